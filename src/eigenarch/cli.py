@@ -1,0 +1,38 @@
+"""The ``eigenarch`` command line: a thin layer over the library's functions.
+
+Each area of the package adds its commands with a ``register(app)`` function in its own
+``cli`` module; this file only assembles them and turns user errors into one-line messages.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from eigenarch.data import cli as data_cli
+from eigenarch.errors import EigenarchError
+from eigenarch.evaluation import cli as evaluation_cli
+from eigenarch.progress import console
+from eigenarch.widths import cli as widths_cli
+
+app = typer.Typer(
+    name="eigenarch",
+    help="Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+data_cli.register(app)
+evaluation_cli.register(app)
+widths_cli.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a user error prints ``error: <message>`` on one line and exits 2."""
+    try:
+        app(args=argv, prog_name="eigenarch")
+    except EigenarchError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic shapes sets and COCO-format loading."""

@@ -1,0 +1,288 @@
+"""COCO-format detection data for torchvision detectors, with strict input checks.
+
+Works for real COCO (``annotations/instances_train2017.json`` + ``train2017/``), for the
+shapes set (``annotations/instances_train.json`` + ``train/``) and for any file pair given
+explicitly. Every problem with the input is an :class:`EigenarchError` naming the file and
+the field or value at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from torchvision.transforms.functional import pil_to_tensor
+
+from eigenarch.errors import EigenarchError
+from eigenarch.progress import console
+
+_REQUIRED = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def find_split(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """The ``(annotation file, image folder)`` of ``split`` under a COCO-layout ``root``.
+
+    Tries ``annotations/instances_{split}.json`` with ``{split}/`` (the shapes set), then the
+    COCO 2017 names ``annotations/instances_{split}2017.json`` with ``{split}2017/``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EigenarchError(f"{root}: data folder not found")
+    for suffix in ("", "2017"):
+        annotations = root / "annotations" / f"instances_{split}{suffix}.json"
+        if annotations.is_file():
+            return annotations, root / f"{split}{suffix}"
+    raise EigenarchError(
+        f"{root}: no annotations for split {split!r} "
+        f"(expected annotations/instances_{split}.json or annotations/instances_{split}2017.json)"
+    )
+
+
+def load_coco_json(path: str | os.PathLike[str]) -> COCO:
+    """Read and check a COCO annotation file; returns an indexed ``pycocotools`` COCO object.
+
+    Checks the top-level lists, the required keys of every entry, unique ids, and that every
+    annotation names a known image and category.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EigenarchError(f"{path}: annotation file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EigenarchError(f"{path}: invalid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise EigenarchError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    if not isinstance(data, dict):
+        raise EigenarchError(f"{path}: expected a JSON object with images/annotations/categories")
+    for section, keys in _REQUIRED.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            raise EigenarchError(f"{path}: missing key {section!r} (expected a list)")
+        for index, entry in enumerate(entries):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise EigenarchError(f"{path}: {section}[{index}] lacks key {missing[0]!r}")
+        ids = [entry["id"] for entry in entries]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise EigenarchError(f"{path}: {section} id {duplicate} appears more than once")
+    image_ids = {image["id"] for image in data["images"]}
+    category_ids = {category["id"] for category in data["categories"]}
+    for ann in data["annotations"]:
+        if ann["category_id"] not in category_ids:
+            raise EigenarchError(
+                f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']} "
+                f"(known: {sorted(category_ids)[:10]})"
+            )
+        if ann["image_id"] not in image_ids:
+            raise EigenarchError(
+                f"{path}: annotation {ann['id']} has unknown image_id {ann['image_id']}"
+            )
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise EigenarchError(
+                f"{path}: annotation {ann['id']} bbox {bbox!r} (expected [x, y, width, height])"
+            )
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """COCO-format detection data set for torchvision detectors.
+
+    ``dataset[i]`` is ``(image, target)``: a float32 image tensor ``(3, H, W)`` in [0, 1] and a
+    target dict with ``boxes`` (float32 ``(N, 4)`` xyxy), ``labels`` (int64, contiguous ids
+    ``1..K`` in category-id order, 0 is background), ``image_id``, ``area``, ``iscrowd``
+    and, when ``masks=True``, ``masks`` (uint8 ``(N, H, W)``). Crowd regions and boxes of
+    non-positive size are left out of the targets (the latter counted in ``dropped_boxes``
+    and reported once); the evaluator still sees the original annotation file.
+
+    Args:
+        annotation_file: the COCO JSON file.
+        image_dir: the folder the images' ``file_name`` values are relative to.
+        masks: also return instance masks (for Mask R-CNN).
+        transforms: optional callable ``(image, target) -> (image, target)``.
+        image_ids: restrict to these image ids (in this order), e.g. a held-out split.
+        verbose: print the dropped-box report.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike[str],
+        image_dir: str | os.PathLike[str],
+        masks: bool = False,
+        transforms: Callable | None = None,
+        image_ids: list[int] | None = None,
+        verbose: bool = True,
+    ) -> None:
+        self.annotation_file = Path(annotation_file)
+        self.image_dir = Path(image_dir)
+        self.coco = load_coco_json(self.annotation_file)
+        self.masks = masks
+        self.transforms = transforms
+        self.category_ids = sorted(self.coco.getCatIds())
+        self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
+        self.label_of_category = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        if image_ids is None:
+            image_ids = sorted(self.coco.getImgIds())
+        unknown = [i for i in image_ids if i not in self.coco.imgs]
+        if unknown:
+            raise EigenarchError(f"{self.annotation_file}: unknown image ids {unknown[:5]}")
+        self.image_ids = list(image_ids)
+        self._check_image_files()
+        self.dropped_boxes = sum(
+            1
+            for i in self.image_ids
+            for ann in self.coco.imgToAnns[i]
+            if not ann.get("iscrowd", 0) and not _valid_box(ann["bbox"])
+        )
+        if self.dropped_boxes and verbose:
+            console.print(
+                f"{self.annotation_file}: dropped {self.dropped_boxes} annotation(s) with "
+                "non-positive box width or height",
+                highlight=False,
+            )
+
+    @classmethod
+    def from_root(
+        cls, root: str | os.PathLike[str], split: str = "train", **kwargs: Any
+    ) -> CocoDetection:
+        """The split ``split`` of a COCO-layout folder (see :func:`find_split`)."""
+        annotation_file, image_dir = find_split(root, split)
+        return cls(annotation_file, image_dir, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background, as torchvision detectors count them."""
+        return len(self.category_ids) + 1
+
+    def _check_image_files(self) -> None:
+        if not self.image_dir.is_dir():
+            raise EigenarchError(f"{self.image_dir}: image folder not found")
+        missing = [
+            self.coco.imgs[i]["file_name"]
+            for i in self.image_ids
+            if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()
+        ]
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise EigenarchError(
+                f"{self.image_dir}: {len(missing)} image file(s) listed in "
+                f"{self.annotation_file.name} are missing: {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The image at ``index`` as a float32 ``(3, H, W)`` tensor in [0, 1]."""
+        path = self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
+        try:
+            with Image.open(path) as image:
+                pixels = pil_to_tensor(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise EigenarchError(f"{path}: unreadable image ({exc})") from None
+        return pixels.float().div_(255.0)
+
+    def load_target(self, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """The target dict of the image at ``index`` (see the class docstring)."""
+        image_id = self.image_ids[index]
+        anns = [
+            a
+            for a in self.coco.imgToAnns[image_id]
+            if not a.get("iscrowd", 0) and _valid_box(a["bbox"])
+        ]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2].clamp_(0, width)
+        boxes[:, 1::2].clamp_(0, height)
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor(
+                [self.label_of_category[a["category_id"]] for a in anns], dtype=torch.int64
+            ),
+            "image_id": image_id,
+            "area": torch.tensor([float(a.get("area", 0.0)) for a in anns], dtype=torch.float32),
+            "iscrowd": torch.zeros(len(anns), dtype=torch.int64),
+        }
+        if self.masks:
+            masks = [self._mask(a, height, width) for a in anns]
+            target["masks"] = (
+                torch.from_numpy(np.stack(masks))
+                if masks
+                else torch.zeros((0, height, width), dtype=torch.uint8)
+            )
+        return target
+
+    def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        if "segmentation" not in ann:
+            raise EigenarchError(
+                f"{self.annotation_file}: annotation {ann['id']} lacks key 'segmentation' "
+                "(needed for masks)"
+            )
+        info = self.coco.imgs[ann["image_id"]]
+        mask = self.coco.annToMask(ann)
+        if mask.shape != (height, width):
+            raise EigenarchError(
+                f"{self.annotation_file}: image {info['file_name']} is {width}x{height} on "
+                f"disk but {info.get('width')}x{info.get('height')} in the annotations"
+            )
+        return mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.load_image(index)
+        target = self.load_target(index, image.shape[1], image.shape[2])
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def _valid_box(bbox: list[float]) -> bool:
+    return bbox[2] > 0 and bbox[3] > 0
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list, list]:
+    """Collate for detection: lists of images and targets (torchvision detectors take lists)."""
+    images, targets = zip(*batch, strict=True) if batch else ((), ())
+    return list(images), list(targets)
+
+
+class RandomHorizontalFlip:
+    """Flip image, boxes and masks left-right with probability ``p`` (training augmentation)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        self.p = p
+        self.generator = generator
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        if torch.rand((), generator=self.generator).item() >= self.p:
+            return image, target
+        width = image.shape[-1]
+        target = dict(target)
+        boxes = target["boxes"].clone()
+        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+        target["boxes"] = boxes
+        if "masks" in target:
+            target["masks"] = target["masks"].flip(-1)
+        return image.flip(-1), target
