@@ -16,7 +16,7 @@ from rich.progress import (
 from rich.text import Text
 
 #: Console for human-readable output on stderr, so stdout stays clean for JSON.
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class _InfoColumn(ProgressColumn):

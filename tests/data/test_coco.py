@@ -1,0 +1,197 @@
+"""COCO-format loading: targets for torchvision detectors and a clear error for each bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from eigenarch.data.coco import (
+    CocoDetection,
+    RandomHorizontalFlip,
+    collate_detection,
+    find_split,
+    load_coco_json,
+)
+from eigenarch.errors import EigenarchError
+
+
+@pytest.fixture
+def root(shapes_root, tmp_path):
+    """A private copy of the tiny shapes set that a test may break."""
+    return shutil.copytree(shapes_root, tmp_path / "data")
+
+
+def _edit(root, split, change):
+    path = root / "annotations" / f"instances_{split}.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_targets_follow_the_annotations(shapes_root):
+    dataset = CocoDetection.from_root(shapes_root, "train", masks=True)
+    assert len(dataset) == 12 and dataset.num_classes == 9
+    assert dataset.category_names[0] == "circle"
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        assert image.dtype == torch.float32 and image.shape == (3, 128, 128)
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        anns = dataset.coco.imgToAnns[target["image_id"]]
+        expected = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+        torch.testing.assert_close(target["boxes"], expected.float())
+        assert target["labels"].tolist() == [a["category_id"] for a in anns]
+        assert target["masks"].shape == (len(anns), 128, 128)
+        # Each mask's extent is its box.
+        for mask, box in zip(target["masks"], target["boxes"], strict=True):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box.int().tolist()
+
+
+def test_labels_are_contiguous_whatever_the_category_ids(root):
+    def renumber(data):
+        for category in data["categories"]:
+            category["id"] = category["id"] * 10 + 3
+        for ann in data["annotations"]:
+            ann["category_id"] = ann["category_id"] * 10 + 3
+
+    _edit(root, "val", renumber)
+    dataset = CocoDetection.from_root(root, "val")
+    labels = torch.cat([dataset[i][1]["labels"] for i in range(len(dataset))])
+    assert labels.min() >= 1 and labels.max() <= 8
+    assert dataset.category_ids == [i * 10 + 3 for i in range(1, 9)]
+
+
+def test_real_coco_2017_layout_is_found(root):
+    (root / "annotations" / "instances_val.json").rename(
+        root / "annotations" / "instances_val2017.json"
+    )
+    (root / "val").rename(root / "val2017")
+    annotations, images = find_split(root, "val")
+    assert annotations.name == "instances_val2017.json" and images.name == "val2017"
+    assert len(CocoDetection.from_root(root, "val")) == 6
+
+
+def test_crowd_regions_are_left_out_of_targets(root):
+    def crowd_first(data):
+        data["annotations"][0]["iscrowd"] = 1
+
+    path = _edit(root, "train", crowd_first)
+    first = json.loads(path.read_text())["annotations"][0]
+    dataset = CocoDetection.from_root(root, "train")
+    index = dataset.image_ids.index(first["image_id"])
+    n_anns = len(dataset.coco.imgToAnns[first["image_id"]])
+    assert len(dataset[index][1]["boxes"]) == n_anns - 1
+
+
+def test_non_positive_boxes_are_dropped_counted_and_reported(root, capsys):
+    def degenerate(data):
+        data["annotations"][0]["bbox"][2] = 0
+        data["annotations"][1]["bbox"][3] = -4
+
+    path = _edit(root, "train", degenerate)
+    dataset = CocoDetection.from_root(root, "train")
+    assert dataset.dropped_boxes == 2
+    err = capsys.readouterr().err
+    assert "dropped 2 annotation(s)" in err and path.name in err
+    total = sum(len(dataset[i][1]["boxes"]) for i in range(len(dataset)))
+    assert total == len(dataset.coco.anns) - 2
+
+
+BAD_JSON = {
+    "missing key": (lambda d: d.pop("categories"), "missing key 'categories'"),
+    "entry key": (lambda d: d["images"][2].pop("file_name"), "images[2] lacks key 'file_name'"),
+    "annotation key": (
+        lambda d: d["annotations"][1].pop("bbox"),
+        "annotations[1] lacks key 'bbox'",
+    ),
+    "unknown category": (
+        lambda d: d["annotations"][0].update(category_id=99),
+        "annotation 1 has unknown category_id 99",
+    ),
+    "unknown image": (
+        lambda d: d["annotations"][0].update(image_id=1234),
+        "annotation 1 has unknown image_id 1234",
+    ),
+    "bad bbox": (lambda d: d["annotations"][0].update(bbox=[1, 2]), "annotation 1 bbox [1, 2]"),
+    "duplicate id": (
+        lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+        "images id 1 appears more than once",
+    ),
+    "not an object": (lambda d: d.clear(), "missing key 'images'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_JSON)
+def test_bad_annotation_files_name_the_field(root, case, run_cli):
+    change, message = BAD_JSON[case]
+    path = _edit(root, "val", change)
+    with pytest.raises(EigenarchError, match=re.escape(message)) as info:
+        CocoDetection.from_root(root, "val")
+    assert str(path) in str(info.value)
+    result = run_cli("data", "check", root, "--split", "val")
+    assert result.code == 2 and message in result.stderr
+    assert result.stderr.strip().startswith("error:")
+
+
+def test_missing_and_invalid_files(root, run_cli):
+    with pytest.raises(EigenarchError, match="no annotations for split 'test'"):
+        find_split(root, "test")
+    with pytest.raises(EigenarchError, match="annotation file not found"):
+        load_coco_json(root / "nope.json")
+    with pytest.raises(EigenarchError, match="data folder not found"):
+        find_split(root / "absent", "val")
+    path = root / "annotations" / "instances_val.json"
+    path.write_text('{"images": [}')
+    with pytest.raises(EigenarchError, match=r"instances_val.json: invalid JSON \(Expecting"):
+        load_coco_json(path)
+    result = run_cli("data", "check", root, "--split", "val")
+    assert result.code == 2 and "invalid JSON" in result.stderr
+
+
+def test_missing_image_files_are_named(root, run_cli):
+    (root / "val" / "000002.jpg").unlink()
+    (root / "val" / "000004.jpg").unlink()
+    with pytest.raises(EigenarchError, match="2 image file.*missing: 000002.jpg, 000004.jpg"):
+        CocoDetection.from_root(root, "val")
+    shutil.rmtree(root / "train")
+    with pytest.raises(EigenarchError, match="image folder not found"):
+        CocoDetection.from_root(root, "train")
+
+
+def test_unreadable_image_is_named(root, run_cli):
+    (root / "val" / "000003.jpg").write_bytes(b"not a jpeg")
+    dataset = CocoDetection.from_root(root, "val")
+    with pytest.raises(EigenarchError, match=r"000003.jpg: unreadable image"):
+        dataset[3]
+    result = run_cli("data", "check", root, "--split", "val")
+    assert result.code == 2 and "000003.jpg: unreadable image" in result.stderr
+
+
+def test_check_command_reports_counts(shapes_root, run_cli):
+    result = run_cli("data", "check", shapes_root, "--masks")
+    assert result.code == 0, result.stderr
+    assert "train" in result.stderr and "12" in result.stderr
+
+
+def test_flip_and_collate(shapes_root):
+    dataset = CocoDetection.from_root(shapes_root, "val", masks=True)
+    image, target = dataset[0]
+    flip = RandomHorizontalFlip(p=1.0)
+    flipped, flipped_target = flip(image, target)
+    torch.testing.assert_close(flipped, image.flip(-1))
+    boxes = flipped_target["boxes"]
+    torch.testing.assert_close(boxes[:, 0], 128 - target["boxes"][:, 2])
+    for mask, box in zip(flipped_target["masks"], boxes, strict=True):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert [xs.min(), xs.max() + 1] == box[[0, 2]].int().tolist()
+    back, back_target = flip(flipped, flipped_target)
+    torch.testing.assert_close(back_target["boxes"], target["boxes"])
+    images, targets = collate_detection([dataset[0], dataset[1]])
+    assert len(images) == len(targets) == 2
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_detection)
+    assert [len(batch[0]) for batch in loader] == [3, 3]
