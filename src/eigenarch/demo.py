@@ -49,8 +49,9 @@ class DemoSizes:
 def _step_data(out: Path, sizes: DemoSizes, seed: int) -> dict:
     cfg = ShapesConfig(sizes.train_images, sizes.val_images, sizes.image_size, seed)
     files = generate_shapes(out / "shapes", cfg)
-    cls_cfg = ShapesClsConfig(sizes.cls_per_class, max(1, sizes.cls_per_class // 5),
-                              sizes.cls_size, seed)  # fmt: skip
+    cls_cfg = ShapesClsConfig(
+        sizes.cls_per_class, max(1, sizes.cls_per_class // 5), sizes.cls_size, seed
+    )
     classes = generate_shapes_cls(out / "shapes-cls", cls_cfg)
     return {
         "detection": {split: str(path) for split, path in files.items()},
@@ -66,9 +67,12 @@ STEPS: list[tuple[str, str, Callable[[Path, DemoSizes, int], dict]]] = [
 
 
 def run_demo(
-    out: str | Path = "runs/demo", quick: bool = False, scale: float = 1.0,
-    seed: int = 0, force: bool = False,
-) -> dict:  # fmt: skip
+    out: str | Path = "runs/demo",
+    quick: bool = False,
+    scale: float = 1.0,
+    seed: int = 0,
+    force: bool = False,
+) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step)."""
     out = Path(out)
     state_file = out / "state.json"

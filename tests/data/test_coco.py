@@ -11,9 +11,9 @@ import torch
 
 from eigenarch.data.coco import (
     CocoDetection,
-    RandomHorizontalFlip,
     collate_detection,
     find_split,
+    hflip,
     load_coco_json,
 )
 from eigenarch.errors import EigenarchError
@@ -181,15 +181,14 @@ def test_check_command_reports_counts(shapes_root, run_cli):
 def test_flip_and_collate(shapes_root):
     dataset = CocoDetection.from_root(shapes_root, "val", masks=True)
     image, target = dataset[0]
-    flip = RandomHorizontalFlip(p=1.0)
-    flipped, flipped_target = flip(image, target)
+    flipped, flipped_target = hflip(image, target)
     torch.testing.assert_close(flipped, image.flip(-1))
     boxes = flipped_target["boxes"]
     torch.testing.assert_close(boxes[:, 0], 128 - target["boxes"][:, 2])
     for mask, box in zip(flipped_target["masks"], boxes, strict=True):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         assert [xs.min(), xs.max() + 1] == box[[0, 2]].int().tolist()
-    back, back_target = flip(flipped, flipped_target)
+    back, back_target = hflip(flipped, flipped_target)
     torch.testing.assert_close(back_target["boxes"], target["boxes"])
     images, targets = collate_detection([dataset[0], dataset[1]])
     assert len(images) == len(targets) == 2

@@ -104,12 +104,34 @@ def test_classification_set_is_deterministic(tmp_path):
 
 
 def test_cli_writes_the_sets(tmp_path, run_cli):
-    result = run_cli("data", "shapes", "--out", tmp_path / "det", "--train", "3", "--val", "2",
-                     "--size", "64", "--workers", "1")  # fmt: skip
+    result = run_cli(
+        "data",
+        "shapes",
+        "--out",
+        tmp_path / "det",
+        "--train",
+        "3",
+        "--val",
+        "2",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+    )
     assert result.code == 0, result.stderr
     assert len(list((tmp_path / "det" / "val").glob("*.jpg"))) == 2
-    result = run_cli("data", "shapes-cls", "--out", tmp_path / "cls", "--train-per-class", "1",
-                     "--val-per-class", "1", "--size", "32")  # fmt: skip
+    result = run_cli(
+        "data",
+        "shapes-cls",
+        "--out",
+        tmp_path / "cls",
+        "--train-per-class",
+        "1",
+        "--val-per-class",
+        "1",
+        "--size",
+        "32",
+    )
     assert result.code == 0, result.stderr
     assert (tmp_path / "cls" / "classes.json").is_file()
 

@@ -19,11 +19,17 @@ def _ground_truth(tmp_path, boxes):
         "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 200}],
         "categories": [{"id": 5, "name": "thing"}],
         "annotations": [
-            {"id": k + 1, "image_id": 1, "category_id": 5, "bbox": box,
-             "area": box[2] * box[3], "iscrowd": 0}
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
             for k, box in enumerate(boxes)
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(data))
     return path
@@ -73,12 +79,14 @@ def test_torchvision_outputs_round_trip_to_perfect_bbox_and_segm_ap(shapes_root,
     for index in range(len(dataset)):
         _, target = dataset[index]
         n = len(target["boxes"])
-        predictions.append({
-            "boxes": target["boxes"],
-            "labels": target["labels"],
-            "scores": torch.linspace(0.9, 0.5, n),
-            "masks": target["masks"][:, None].float() * 0.9,
-        })  # fmt: skip
+        predictions.append(
+            {
+                "boxes": target["boxes"],
+                "labels": target["labels"],
+                "scores": torch.linspace(0.9, 0.5, n),
+                "masks": target["masks"][:, None].float() * 0.9,
+            }
+        )
         image_ids.append(target["image_id"])
     results = predictions_to_coco(predictions, image_ids, dataset.category_ids)
     out = tmp_path / "dets" / "detections.json"
@@ -118,20 +126,29 @@ def test_bad_detections_are_refused(tmp_path, run_cli):
 
 def test_evaluate_command(shapes_root, tmp_path, run_cli):
     gt = load_coco_json(shapes_root / "annotations" / "instances_val.json")
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "score": 1.0, "segmentation": mask_utils.frPyObjects(a["segmentation"], 128, 128)}
-            for a in gt.anns.values()]  # fmt: skip
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+            "segmentation": mask_utils.frPyObjects(a["segmentation"], 128, 128),
+        }
+        for a in gt.anns.values()
+    ]
     for det in dets:
         det["segmentation"] = mask_utils.merge(det["segmentation"])
         det["segmentation"]["counts"] = det["segmentation"]["counts"].decode()
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
-    args = ["--iou-type", "bbox", "--iou-type", "segm", "--out", tmp_path / "m.json"]
+    args = ["--iou-type", "bbox", "--iou-type", "segm", "--out", tmp_path / "ev"]
     result = run_cli("evaluate", "--data", shapes_root, "--detections", path, *args)
     assert result.code == 0, result.stderr
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["segm"]["AP50"] == 1.0
     assert "100.0" in result.stderr
     path.write_text("[{")
     result = run_cli("evaluate", "--data", shapes_root, "--detections", path)
     assert result.code == 2 and "invalid JSON" in result.stderr
+    result = run_cli("evaluate", "--detections", path, "--run", tmp_path)
+    assert result.code == 2 and "exactly one of --run, --checkpoint and --detections" in result.stderr

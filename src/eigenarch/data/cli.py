@@ -17,8 +17,9 @@ from eigenarch.data.shapes import (
 )
 from eigenarch.progress import console, progress_bar
 
-data_app = typer.Typer(help="Generate the embedded data sets; check COCO-format data.",
-                       no_args_is_help=True)  # fmt: skip
+data_app = typer.Typer(
+    help="Generate the embedded data sets; check COCO-format data.", no_args_is_help=True
+)
 
 
 @data_app.command("shapes")
@@ -34,8 +35,9 @@ def shapes(
     cfg = ShapesConfig(train=train, val=val, size=size, seed=seed)
     with progress_bar() as bar:
         task = bar.add_task("shapes", total=train + val)
-        files = generate_shapes(out, cfg, workers=workers or None,
-                                on_image=lambda: bar.advance(task))  # fmt: skip
+        files = generate_shapes(
+            out, cfg, workers=workers or None, on_image=lambda: bar.advance(task)
+        )
     for split, path in files.items():
         console.print(f"{split}: {path}", highlight=False)
 
@@ -54,8 +56,9 @@ def shapes_cls(
     total = (train_per_class + val_per_class) * len(classification_classes())
     with progress_bar() as bar:
         task = bar.add_task("shapes-cls", total=total)
-        classes = generate_shapes_cls(out, cfg, workers=workers or None,
-                                      on_image=lambda: bar.advance(task))  # fmt: skip
+        classes = generate_shapes_cls(
+            out, cfg, workers=workers or None, on_image=lambda: bar.advance(task)
+        )
     console.print(f"{len(classes)} classes in {out}/train and {out}/val", highlight=False)
 
 
@@ -72,8 +75,13 @@ def check(
             dataset = CocoDetection.from_root(data, name, masks=masks)
             for _ in bar.track(dataset, description=f"check {name}"):
                 pass
-            table.add_row(name, str(len(dataset)), str(len(dataset.coco.anns)),
-                          str(dataset.num_classes - 1), str(dataset.dropped_boxes))  # fmt: skip
+            table.add_row(
+                name,
+                str(len(dataset)),
+                str(len(dataset.coco.anns)),
+                str(dataset.num_classes - 1),
+                str(dataset.dropped_boxes),
+            )
     console.print(table)
 
 

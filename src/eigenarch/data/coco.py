@@ -268,21 +268,13 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list, lis
     return list(images), list(targets)
 
 
-class RandomHorizontalFlip:
-    """Flip image, boxes and masks left-right with probability ``p`` (training augmentation)."""
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        self.p = p
-        self.generator = generator
-
-    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-        if torch.rand((), generator=self.generator).item() >= self.p:
-            return image, target
-        width = image.shape[-1]
-        target = dict(target)
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        target["boxes"] = boxes
-        if "masks" in target:
-            target["masks"] = target["masks"].flip(-1)
-        return image.flip(-1), target
+def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    """Flip an image and its target (boxes, masks) left-right (training augmentation)."""
+    width = image.shape[-1]
+    target = dict(target)
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    target["boxes"] = boxes
+    if "masks" in target:
+        target["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), target

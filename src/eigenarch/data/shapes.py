@@ -48,8 +48,20 @@ def _star() -> list[tuple[float, float]]:
 
 def _cross(arm: float = 0.34) -> list[tuple[float, float]]:
     a, b = arm, 1.0
-    return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
-            (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]  # fmt: skip
+    return [
+        (-a, -b),
+        (a, -b),
+        (a, -a),
+        (b, -a),
+        (b, a),
+        (a, a),
+        (a, b),
+        (-a, b),
+        (-a, a),
+        (-b, a),
+        (-b, -a),
+        (-a, -a),
+    ]
 
 
 def _heart() -> list[tuple[float, float]]:
@@ -198,9 +210,7 @@ def _clean(geometry, min_area: float = 2.0) -> Polygon | MultiPolygon:
     return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
-def _place(
-    rng: np.random.Generator, category: int, size: int, diameter: float
-) -> Polygon:
+def _place(rng: np.random.Generator, category: int, size: int, diameter: float) -> Polygon:
     outline = _OUTLINES[SHAPE_CLASSES[category]]
     aspect = math.exp(rng.uniform(-0.3, 0.3))
     shape = affinity.scale(outline, diameter / 2 * aspect, diameter / 2 / aspect, origin=(0, 0))

@@ -1,0 +1,238 @@
+"""``eigenarch count`` and ``eigenarch search``: ResNet costs and Intrinsic Architecture Search."""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eigenarch.errors import EigenarchError
+from eigenarch.widths.cost import (
+    DEFAULT_DEPTHS,
+    METRICS,
+    RESNET50_WIDTHS,
+    ResNetCost,
+    resnet_cost,
+    uniform_widths,
+)
+from eigenarch.widths.search import search_widths
+from eigenarch.widths.spec import WidthSpec, load_dims, load_width_spec, save_width_spec
+
+_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+
+class Side(str, Enum):
+    in_ = "in"
+    out = "out"
+    both = "both"
+
+
+class Norm(str, Enum):
+    gn = "gn"
+    bn = "bn"
+    frozen_bn = "frozen_bn"
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"3,4,6,3"`` -> ``(3, 4, 6, 3)``; a one-line error names the option otherwise."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise EigenarchError(f"{option} {text!r}: expected comma-separated integers") from None
+
+
+def parse_target(text: str) -> tuple[str, float | str]:
+    """``"macs=resnet50"``, ``"params=20M"``, ``"macs=4.1e9"`` -> ``(metric, number or name)``."""
+    metric, sep, value = text.partition("=")
+    if not sep or metric not in METRICS or not value:
+        raise EigenarchError(
+            f"--target {text!r}: expected macs=<value> or params=<value>, the value a number "
+            "(K/M/G suffix allowed) or resnet50"
+        )
+    if value.lower().startswith("resnet"):
+        return metric, value.lower()
+    scale = _SUFFIX.get(value[-1].upper(), 1.0)
+    try:
+        number = float(value[:-1] if scale != 1.0 else value) * scale
+    except ValueError:
+        number = math.nan
+    if not 1 <= number < math.inf:
+        raise EigenarchError(f"--target {text!r}: {value!r} is not a positive number or resnet50")
+    return metric, number
+
+
+def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
+    if stage == "stem":
+        return str(widths[0])
+    if stage == "fc":
+        return ""
+    s = int(stage[-1])
+    return f"{widths[2 * s - 1]}/{widths[2 * s]}"
+
+
+def cost_table(cost: ResNetCost, title: str | None = None) -> Table:
+    """Per-stage widths (bottleneck/output), blocks, MACs and params, with totals."""
+    table = Table("stage", "widths", "blocks", "MACs (G)", "params (M)", "% params", title=title)
+    for stage, (macs, params) in cost.stages().items():
+        blocks = str(cost.depths[int(stage[-1]) - 1]) if stage.startswith("layer") else ""
+        table.add_row(
+            stage,
+            _stage_label(stage, cost.widths),
+            blocks,
+            f"{macs / 1e9:.3f}",
+            f"{params / 1e6:.3f}",
+            f"{100 * params / cost.params:.1f}",
+        )
+    table.add_row(
+        "total",
+        "",
+        str(sum(cost.depths)),
+        f"{cost.macs / 1e9:.3f}",
+        f"{cost.params / 1e6:.3f}",
+        "100.0",
+        style="bold",
+    )
+    return table
+
+
+def comparison_table(found: ResNetCost, base: ResNetCost) -> Table:
+    """Per-stage widths, MACs and params of a search result beside its base model."""
+    table = Table(
+        "stage",
+        "widths",
+        "MACs (G)",
+        "params (M)",
+        "params",
+        title="base ResNet -> searched ResiaNet",
+    )
+    rows = [
+        (stage, base.widths, found.widths, *b, *f)
+        for (stage, b), f in zip(base.stages().items(), found.stages().values(), strict=True)
+    ]
+    rows.append(("total", (), (), base.macs, base.params, found.macs, found.params))
+    for stage, bw, fw, bm, bp, fm, fp in rows:
+        old, new = (_stage_label(stage, bw), _stage_label(stage, fw)) if bw else ("", "")
+        widths = f"{old} -> {new}" if old else ""
+        table.add_row(
+            stage,
+            widths,
+            f"{bm / 1e9:.3f} -> {fm / 1e9:.3f}",
+            f"{bp / 1e6:.3f} -> {fp / 1e6:.3f}",
+            f"{100 * (fp / bp - 1):+.1f}%",
+            style="bold" if stage == "total" else None,
+        )
+    return table
+
+
+def count(
+    widths: str = typer.Option(
+        None, help="Nine widths stem,b2,o2,b3,o3,b4,o4,b5,o5.", show_default="ResNet-50's"
+    ),
+    depths: str = typer.Option(None, help="Blocks per stage.", show_default="3,4,6,3"),
+    spec: Path = typer.Option(None, help="Width spec JSON (e.g. from `eigenarch search`)."),
+    multiplier: float = typer.Option(
+        None, help="Uniform width multiplier applied to the widths, each rounded to --multiple."
+    ),
+    multiple: int = typer.Option(32, help="Rounding multiple for --multiplier."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Analytic MACs and params (conv + fc weights, 224x224 input, 1000 classes) of a ResNet."""
+    if spec is not None:
+        if widths is not None or depths is not None:
+            raise EigenarchError("--spec gives widths and depths; drop --widths/--depths")
+        loaded = load_width_spec(spec)
+        base, blocks = loaded.widths, loaded.depths
+    else:
+        base = parse_ints(widths, "--widths") if widths is not None else RESNET50_WIDTHS
+        blocks = parse_ints(depths, "--depths") if depths is not None else DEFAULT_DEPTHS
+    if multiplier is not None:
+        base = uniform_widths(multiplier, base, multiple)
+    cost = resnet_cost(base, blocks)
+    if as_json:
+        obj = {
+            "widths": list(cost.widths),
+            "depths": list(cost.depths),
+            "macs": cost.macs,
+            "params": cost.params,
+            "multiplier": multiplier,
+            "stages": {k: {"macs": m, "params": p} for k, (m, p) in cost.stages().items()},
+            "layers": [layer._asdict() for layer in cost.layers],
+        }
+        typer.echo(json.dumps(obj))
+        return
+    title = None if multiplier is None else f"widths x{multiplier:g}, rounded to {multiple}"
+    Console().print(cost_table(cost, title))
+
+
+def search(
+    out: Path = typer.Option(..., help="Width spec JSON to write."),
+    target: str = typer.Option(
+        ...,
+        help="Budget: macs=resnet50, params=resnet50, "
+        "macs=<number> or params=<number> (K/M/G suffix allowed).",
+    ),
+    spectra: Path = typer.Option(None, help="Saved spectra (eigenarch.spectrum.Spectra)."),
+    dims: Path = typer.Option(None, help="JSON object {map name: intrinsic dimensionality}."),
+    threshold: float = typer.Option(
+        None, help="Eigenvalue threshold for --spectra.", show_default="1e-3"
+    ),
+    multiple: int = typer.Option(32, help="Widths are multiples of this."),
+    side: Side = typer.Option(
+        Side.in_,
+        help="Maps read by the next layer (in), produced by "
+        "a layer (out), or the larger of the two (both).",
+    ),
+    depths: str = typer.Option("3,4,6,3", help="Blocks per stage of the analysed ResNet."),
+    norm: Norm = typer.Option(Norm.gn, help="Normalisation recorded in the width spec."),
+    gn_groups: int = typer.Option(32, help="GroupNorm groups recorded in the width spec."),
+) -> None:
+    """Intrinsic Architecture Search: shrink, adjust and expand ResNet widths to a budget."""
+    if (spectra is None) == (dims is None):
+        raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
+    if norm is Norm.gn and gn_groups >= 1 and multiple % gn_groups:
+        raise EigenarchError(
+            f"--multiple {multiple} gives widths that {gn_groups} GroupNorm groups cannot split; "
+            "use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
+        )
+    metric, value = parse_target(target)
+    blocks = parse_ints(depths, "--depths")
+    source: dict = {"command": "search", "target": target}
+    if spectra is not None:
+        source["threshold"] = 1e-3 if threshold is None else threshold
+        source["spectra"] = str(spectra)
+        values = _spectra_dims(spectra, source["threshold"])
+    else:
+        if threshold is not None:
+            raise EigenarchError("--threshold applies to --spectra only; --dims are final")
+        source["dims"] = str(dims)
+        values = load_dims(dims)
+    result = search_widths(values, value, metric, multiple, side.value, blocks)
+    spec = WidthSpec(result.widths, result.depths, norm.value, gn_groups, source)
+    save_width_spec(out, spec, result.to_dict())
+    found, base = resnet_cost(result.widths, blocks), resnet_cost(RESNET50_WIDTHS, blocks)
+    stdout = Console()
+    stdout.print(comparison_table(found, base))
+    stdout.print(
+        f"omega {result.omega:.6f}, target {metric} {result.target:,}; parameter reduction "
+        f"{100 * (1 - found.params / base.params):.1f}%, MACs reduction "
+        f"{100 * (1 - found.macs / base.macs):.1f}%; wrote {out}",
+        highlight=False,
+    )
+
+
+def _spectra_dims(path: Path, threshold: float) -> dict[str, int]:
+    from eigenarch.spectrum import Spectra  # imports torch: only when needed
+
+    spectra = Spectra.load(path)
+    return {name: spectra.intrinsic_dim(name, threshold) for name in spectra.names}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``count`` and ``search`` to the main CLI."""
+    app.command("count")(count)
+    app.command("search")(search)

@@ -1,0 +1,121 @@
+"""Width spec files (JSON) that build the same ResiaNet anywhere, and dims files.
+
+A width spec holds ``{"widths": [9 ints], "depths": [4 ints], "norm": "gn"|"bn"|"frozen_bn",
+"gn_groups": int, "source": {...}}``; a search adds its own fields (``adjusted``, ``omega``,
+``macs``, ...), which loading ignores. A dims file is a JSON object ``{map name: number}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eigenarch.errors import EigenarchError
+from eigenarch.io import atomic_write_json
+from eigenarch.widths.cost import DEFAULT_DEPTHS, WIDTH_NAMES, check_widths
+from eigenarch.widths.search import check_dims
+
+NORMS = ("gn", "bn", "frozen_bn")
+
+
+def check_norm(widths: Sequence[int], norm: str, gn_groups: int = 32) -> None:
+    """Check that ``norm`` is known and, for GroupNorm, that ``gn_groups`` divides every width."""
+    if norm not in NORMS:
+        raise EigenarchError(f"norm {norm!r} is not one of {', '.join(NORMS)}")
+    if isinstance(gn_groups, bool) or not isinstance(gn_groups, int) or gn_groups < 1:
+        raise EigenarchError(f"gn_groups {gn_groups!r} is not a positive integer")
+    if norm == "gn":
+        for name, w in zip(WIDTH_NAMES, widths, strict=True):
+            if w % gn_groups:
+                raise EigenarchError(
+                    f"width {name}={w} is not a multiple of the {gn_groups} GroupNorm groups; "
+                    "use widths that are, fewer groups (gn_groups) or norm 'bn'"
+                )
+
+
+@dataclass(frozen=True)
+class WidthSpec:
+    """Everything needed to build a ResiaNet: widths, depths, normalisation, provenance."""
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...] = DEFAULT_DEPTHS
+    norm: str = "gn"
+    gn_groups: int = 32
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        widths, depths = check_widths(list(self.widths), list(self.depths))
+        check_norm(widths, self.norm, self.gn_groups)
+        if not isinstance(self.source, dict):
+            raise EigenarchError(f"source {self.source!r} is not a JSON object")
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "depths", depths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "widths": list(self.widths),
+            "depths": list(self.depths),
+            "norm": self.norm,
+            "gn_groups": self.gn_groups,
+            "source": self.source,
+        }
+
+
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a JSON object from ``path``; one-line errors name the file and the problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EigenarchError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EigenarchError(
+            f"{what} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise EigenarchError(f"{what} {path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def load_width_spec(path: str | os.PathLike[str]) -> WidthSpec:
+    """Read a width spec written by :func:`save_width_spec` (or by hand)."""
+    obj = read_json_object(path, "width spec")
+    if "widths" not in obj:
+        raise EigenarchError(f"width spec {path}: missing field 'widths' (9 integers)")
+    for key, kind in (("widths", list), ("depths", list), ("source", dict)):
+        if key in obj and not isinstance(obj[key], kind):
+            raise EigenarchError(f"width spec {path}: field {key!r} is not a JSON {kind.__name__}")
+    try:
+        return WidthSpec(
+            widths=obj["widths"],
+            depths=obj.get("depths", DEFAULT_DEPTHS),
+            norm=obj.get("norm", "gn"),
+            gn_groups=obj.get("gn_groups", 32),
+            source=obj.get("source", {}),
+        )
+    except EigenarchError as exc:
+        raise EigenarchError(f"width spec {path}: {exc}") from None
+
+
+def save_width_spec(
+    path: str | os.PathLike[str], spec: WidthSpec, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Atomically write ``spec`` (plus ``extra`` fields, e.g. a search's results) as JSON."""
+    obj = spec.to_dict()
+    obj.update((k, v) for k, v in (extra or {}).items() if k not in obj)
+    return atomic_write_json(path, obj)
+
+
+def load_dims(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a dims file: a JSON object from map name to intrinsic dimensionality."""
+    dims = read_json_object(path, "dims file")
+    try:
+        check_dims(dims)
+    except EigenarchError as exc:
+        raise EigenarchError(f"dims file {path}: {exc}") from None
+    return dims

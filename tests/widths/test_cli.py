@@ -1,0 +1,223 @@
+"""``eigenarch count`` and ``eigenarch search`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from eigenarch.widths import (
+    RESNET50_WIDTHS,
+    load_width_spec,
+    resnet_cost,
+    search_widths,
+    uniform_widths,
+    width_groups,
+)
+
+
+def write_dims(path, values, prefix="backbone.body."):
+    dims = {}
+    for group in width_groups():
+        for unit in group.units:
+            for name in unit.producers + unit.consumers:
+                if not name.startswith(("fpn.", "fc")):
+                    dims[prefix + name] = values[group.index] - 3 * (name.endswith(":out"))
+    path.write_text(json.dumps(dims))
+    return dims
+
+
+def test_count_table(run_cli):
+    r = run_cli("count")
+    assert r.code == 0
+    lines = r.stdout.splitlines()
+    assert any("layer3" in line and "256/1024" in line and "7.078" in line for line in lines)
+    assert any("total" in line and "4.089" in line and "25.503" in line for line in lines)
+
+
+def test_count_json(run_cli):
+    widths = "64,64,224,128,576,256,1152,544,896"
+    r = run_cli("count", "--widths", widths, "--depths", "3,4,6,3", "--json")
+    assert r.code == 0
+    obj = json.loads(r.stdout)
+    cost = resnet_cost(tuple(int(w) for w in widths.split(",")))
+    assert obj["widths"] == list(cost.widths) and obj["depths"] == [3, 4, 6, 3]
+    assert (obj["macs"], obj["params"]) == (cost.macs, cost.params)
+    assert sum(s["params"] for s in obj["stages"].values()) == cost.params
+    assert obj["layers"][0]["name"] == "conv1" and len(obj["layers"]) == len(cost.layers)
+
+
+def test_count_multiplier_baseline(run_cli):
+    r = run_cli("count", "--multiplier", "0.75", "--json")
+    obj = json.loads(r.stdout)
+    assert tuple(obj["widths"]) == uniform_widths(0.75) and obj["multiplier"] == 0.75
+    assert obj["params"] == resnet_cost(uniform_widths(0.75)).params
+    r = run_cli("count", "--multiplier", "0.75", "--multiple", "8", "--json")
+    assert json.loads(r.stdout)["widths"][0] == 48
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--widths", "64,x"), "--widths '64,x': expected comma-separated integers"),
+        (("--widths", "64,64"), "widths [64, 64] has 2 numbers; expected 9"),
+        (("--depths", "3,4,6"), "depths [3, 4, 6] has 3 numbers; expected 4"),
+        (("--multiplier", "-1"), "multiplier -1"),
+        (("--spec", "missing.json"), "width spec missing.json: cannot read"),
+    ],
+)
+def test_count_errors(run_cli, args, message):
+    r = run_cli("count", *args)
+    assert r.code == 2 and r.stdout == ""
+    assert f"error: {message}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_search_with_dims_writes_a_width_spec(run_cli, tmp_path):
+    values = (70, 40, 190, 90, 470, 150, 950, 300, 650)
+    dims = write_dims(tmp_path / "dims.json", values)
+    out = tmp_path / "w.json"
+    r = run_cli(
+        "search",
+        "--dims",
+        tmp_path / "dims.json",
+        "--target",
+        "params=resnet50",
+        "--side",
+        "both",
+        "--out",
+        out,
+    )
+    assert r.code == 0, r.stderr
+    expected = search_widths(dims, "resnet50", "params", side="both")
+    obj = json.loads(out.read_text())
+    assert obj["widths"] == list(expected.widths)
+    assert obj["adjusted"] == pytest.approx(values)  # "both": the larger (":in") side
+    assert obj["omega"] == expected.omega
+    assert (obj["macs"], obj["params"]) == (expected.macs, expected.params)
+    assert obj["target"] == {"metric": "params", "value": 25_502_912}
+    assert obj["base"] == {
+        "widths": list(RESNET50_WIDTHS),
+        "macs": 4_089_184_256,
+        "params": 25_502_912,
+    }
+    assert obj["norm"] == "gn" and obj["source"]["dims"] == str(tmp_path / "dims.json")
+    assert load_width_spec(out).widths == expected.widths
+    reduction = 100 * (1 - expected.params / 25_502_912)
+    assert f"parameter reduction {reduction:.1f}%" in r.stdout
+    assert "layer3" in r.stdout and "->" in r.stdout
+
+
+def test_search_numeric_target_and_options(run_cli, tmp_path):
+    write_dims(tmp_path / "dims.json", (70, 40, 190, 90, 470, 150, 950, 300, 650))
+    out = tmp_path / "w.json"
+    r = run_cli(
+        "search",
+        "--dims",
+        tmp_path / "dims.json",
+        "--target",
+        "macs=2.5G",
+        "--multiple",
+        "8",
+        "--norm",
+        "bn",
+        "--side",
+        "out",
+        "--out",
+        out,
+    )
+    assert r.code == 0, r.stderr
+    obj = json.loads(out.read_text())
+    assert obj["target"] == {"metric": "macs", "value": 2_500_000_000}
+    assert obj["macs"] <= 2_500_000_000 and all(w % 8 == 0 for w in obj["widths"])
+    assert obj["norm"] == "bn" and obj["side"] == "out" and obj["multiple"] == 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--target", "macs=1M"), "budget 1,000,000 macs is below the smallest reachable 222,"),
+        (("--target", "flops=4G"), "--target 'flops=4G': expected macs=<value>"),
+        (("--target", "macs=-3"), "--target 'macs=-3': '-3' is not a positive number"),
+        (("--target", "macs=resnet50", "--multiple", "8"), "--multiple 8 gives widths"),
+        (("--target", "macs=resnet50", "--threshold", "1e-3"), "--threshold applies to"),
+        (("--target", "macs=resnet50", "--depths", "3,4,5,3"), "outside depths [3, 4, 5, 3]"),
+    ],
+)
+def test_search_errors_leave_no_file(run_cli, tmp_path, args, message):
+    write_dims(tmp_path / "dims.json", RESNET50_WIDTHS)
+    out = tmp_path / "w.json"
+    r = run_cli("search", "--dims", tmp_path / "dims.json", "--out", out, *args)
+    assert r.code == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    assert not out.exists() and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"backbone.body.conv1:out": 3}', "width group 'layer1.0.conv1'"),
+        ('{"conv1:out": 3', "invalid JSON"),
+        ('{"conv1": 3}', "does not end in ':in'"),
+        ("7", "expected a JSON object"),
+    ],
+)
+def test_search_bad_dims(run_cli, tmp_path, content, message):
+    (tmp_path / "dims.json").write_text(content)
+    out = tmp_path / "w.json"
+    r = run_cli(
+        "search",
+        "--dims",
+        tmp_path / "dims.json",
+        "--target",
+        "macs=resnet50",
+        "--side",
+        "out",
+        "--out",
+        out,
+    )
+    assert r.code == 2 and message in r.stderr and not out.exists(), r.stderr
+
+
+def test_search_needs_one_input(run_cli, tmp_path):
+    r = run_cli("search", "--target", "macs=resnet50", "--out", tmp_path / "w.json")
+    assert r.code == 2 and "exactly one of --spectra FILE or --dims" in r.stderr
+
+
+def test_search_from_saved_spectra(run_cli, tmp_path):
+    from eigenarch.models import resianet
+    from eigenarch.spectrum import SpectrumCollector
+
+    torch.manual_seed(0)
+    net = resianet((32,) * 9, (1, 1, 1, 1), norm="bn", num_classes=10).eval()
+    detector = nn.Module()  # a detector-like wrapper: maps are "backbone.body.<...>"
+    detector.backbone = nn.Module()
+    detector.backbone.body = net
+    with torch.no_grad(), SpectrumCollector(detector) as collector:
+        for _ in range(3):
+            net(torch.randn(4, 3, 64, 64))
+    spectra = collector.spectra()
+    spectra.save(tmp_path / "s.safetensors")
+    dims = {n: spectra.intrinsic_dim(n, 1e-2) for n in spectra.names}
+    assert "backbone.body.layer1.0.conv1:in" in dims
+
+    out = tmp_path / "w.json"
+    r = run_cli(
+        "search",
+        "--spectra",
+        tmp_path / "s.safetensors",
+        "--threshold",
+        "1e-2",
+        "--target",
+        "params=2M",
+        "--depths",
+        "1,1,1,1",
+        "--out",
+        out,
+    )
+    assert r.code == 0, r.stderr
+    obj = json.loads(out.read_text())
+    expected = search_widths(dims, 2e6, "params", depths=(1, 1, 1, 1))
+    assert obj["widths"] == list(expected.widths) and obj["source"]["threshold"] == 1e-2
+    r = run_cli("search", "--spectra", tmp_path / "nope", "--target", "params=2M", "--out", out)
+    assert r.code == 2 and "error:" in r.stderr

@@ -1,0 +1,206 @@
+"""Intrinsic Architecture Search (SPEC section 6): groups, adjust, expand, properties."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eigenarch.errors import EigenarchError
+from eigenarch.widths import (
+    RESNET50_WIDTHS,
+    adjust_widths,
+    intrinsic_widths,
+    resnet_cost,
+    search_widths,
+    width_groups,
+)
+from eigenarch.widths.search import expand_widths
+
+
+def dims_for(values, depths=(3, 4, 6, 3), rng=None, side_maps=("producers", "consumers")):
+    """Dims where every map of the group feeding width ``i`` is ``values[i]`` (maybe jittered)."""
+    dims = {}
+    for group in width_groups(depths):
+        for unit in group.units:
+            for kind in side_maps:
+                for name in getattr(unit, kind):
+                    if name.startswith("fpn."):
+                        continue
+                    v = values[group.index]
+                    dims[name] = v if rng is None else rng.randint(0, v)
+    return dims
+
+
+def test_groups_follow_spec_table():
+    groups = {g.name: g for g in width_groups((3, 4, 6, 3))}
+    assert len(groups) == 1 + 2 * 16 + 4
+    stem = groups["stem"].units[0]
+    assert stem.producers == ("conv1:out",)
+    assert stem.consumers == ("layer1.0.conv1:in", "layer1.0.downsample.0:in")
+    first = groups["layer2.1.conv1"]
+    assert first.index == 3 and first.units[0].consumers == ("layer2.1.conv2:in",)
+    second = groups["layer3.5.conv2"]
+    assert second.index == 5 and second.units[0].consumers == ("layer3.5.conv3:in",)
+    s2 = groups["layer2.shortcut"]
+    assert s2.index == 4
+    producers = {m for u in s2.units for m in u.producers}
+    consumers = {m for u in s2.units for m in u.consumers}
+    assert producers == {f"layer2.{b}.conv3:out" for b in range(4)} | {"layer2.0.downsample.0:out"}
+    assert consumers == {f"layer2.{b}.conv1:in" for b in (1, 2, 3)} | {
+        "layer3.0.conv1:in",
+        "layer3.0.downsample.0:in",
+        "fpn.inner_blocks.1:in",
+    }
+    s4 = {m for u in groups["layer4.shortcut"].units for m in u.consumers}
+    assert s4 == {"layer4.1.conv1:in", "layer4.2.conv1:in", "fc:in", "fpn.inner_blocks.3:in"}
+
+
+def test_resnet50_dims_give_resnet50_back():
+    for metric in ("macs", "params"):
+        result = search_widths(dims_for(RESNET50_WIDTHS), "resnet50", metric)
+        assert result.widths == RESNET50_WIDTHS
+        assert result.adjusted == pytest.approx(RESNET50_WIDTHS, rel=1e-12)
+        assert all(type(a) is float for a in result.adjusted)
+        assert (result.macs, result.params) == (4_089_184_256, 25_502_912)
+        assert (result.base_macs, result.base_params) == (result.macs, result.params)
+        assert 1 <= result.omega < 1 + 16 / 2048  # o5 = 2048 rounds to 2048 below 2064
+
+
+def test_adjust_rules():
+    dims = dims_for((10, 20, 30, 40, 50, 60, 70, 80, 90))
+    dims["layer3.4.conv3:out"] = 500  # one block's output sets the whole stage (max)
+    dims["layer2.0.conv1:out"] = 2  # the stage's bottleneck is a geometric mean
+    dims["layer1.1.conv2:out"] = 0  # clamped to 1
+    out = adjust_widths(intrinsic_widths(dims, "out"), "out")
+    assert out[6] == 500
+    assert out[3] == pytest.approx(math.exp((math.log(2) + 7 * math.log(40)) / 8))
+    assert out[1] == pytest.approx(math.exp((math.log(1) + 5 * math.log(20)) / 6))
+    assert adjust_widths(intrinsic_widths(dims, "in"), "in") == pytest.approx(
+        (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    )
+    both = adjust_widths(intrinsic_widths(dims, "both"), "both")
+    assert both[6] == 500 and both[3] == pytest.approx(40)
+
+
+def test_detector_prefix_and_fpn_laterals():
+    plain = dims_for((64, 40, 200, 80, 400, 160, 800, 300, 900))
+    det = {"backbone.body." + k: v for k, v in plain.items() if not k.startswith("fc")}
+    det["roi_heads.box_head.0.0:in"] = 4096  # other modules are ignored
+    det["backbone.fpn.layer_blocks.0.0:in"] = 4096
+    assert search_widths(det, "resnet50").widths == search_widths(plain, "resnet50").widths
+    det["backbone.fpn.inner_blocks.2.0:in"] = 1500  # reads stage 3's output
+    res = search_widths(det, "resnet50")
+    assert res.adjusted[6] == 1500
+    assert res.intrinsic["layer3.5.conv3"] == 1500
+
+
+def test_intrinsic_per_layer_for_plots():
+    dims = {"conv1:out": 50, "layer1.0.conv1:out": 30, "layer1.0.conv2:in": 20}
+    assert intrinsic_widths(dims, "out") == {"conv1": 50, "layer1.0.conv1": 30}
+    assert intrinsic_widths(dims, "in") == {"layer1.0.conv1": 20}
+    assert intrinsic_widths(dims, "both") == {"conv1": 50, "layer1.0.conv1": 30}
+
+
+@pytest.mark.parametrize(
+    "dims, kwargs, match",
+    [
+        ({"layer1.0.conv2:in": 3}, {}, r"width group 'stem' \(and 35 more groups\) on side 'in'"),
+        ({"conv1": 3}, {}, "does not end in ':in'"),
+        ({"conv1:out": -1}, {}, "expected a number >= 0"),
+        ({"conv1:out": True}, {}, "expected a number >= 0"),
+        ({"a.layer1.0.conv1:in": 3, "b.layer1.0.conv1:in": 3}, {}, "more than one ResNet"),
+        ({"layer3.6.conv1:in": 3}, {}, "outside depths"),
+        ({"layer5.0.conv1:in": 3}, {}, "outside depths"),
+        (None, {"side": "sideways"}, "side 'sideways'"),
+        (None, {"metric": "flops"}, "metric 'flops'"),
+        (None, {"target": "resnet18"}, "target 'resnet18'"),
+        (None, {"target": 0}, "not a positive number"),
+        (None, {"target": float("nan")}, "not a positive number"),
+        (None, {"multiple": 0}, "multiple 0"),
+        (None, {"target": 1e8}, r"below the smallest reachable 222,662,912 \(every width 32\)"),
+    ],
+)
+def test_errors(dims, kwargs, match):
+    dims = dims if dims is not None else dims_for(RESNET50_WIDTHS)
+    with pytest.raises(EigenarchError, match=match):
+        search_widths(dims, **{"target": "resnet50", **kwargs})
+
+
+def test_greedy_fill_ties_go_to_the_earlier_group():
+    # cost = sum of widths; equal adjusted widths give equal shortfalls everywhere
+    widths, omega = expand_widths([10.0] * 9, 9 * 10 + 4, sum, 1)
+    assert widths == (11, 11, 11, 11, 10, 10, 10, 10, 10)
+    assert 10.5 - 1e-6 < omega * 10 < 10.5
+
+
+def test_greedy_fill_prefers_the_largest_relative_shortfall():
+    # just below omega = 1.05 the ideal widths are 31.5 and 10.5, rounded to 31 and 10;
+    # one unit of budget is left and 0.5 / 10.5 > 0.5 / 31.5: the last group grows
+    widths, omega = expand_widths([30.0] * 8 + [10.0], 8 * 31 + 10 + 1, sum, 1)
+    assert widths == (31,) * 8 + (11,)
+    assert omega == pytest.approx(1.05, rel=1e-8) and omega < 1.05
+
+
+# ---------------------------------------------------------------------------------- properties
+
+params_st = st.fixed_dictionaries(
+    {
+        "rnd": st.randoms(use_true_random=False),
+        "metric": st.sampled_from(["macs", "params"]),
+        "multiple": st.sampled_from([8, 16, 32, 64]),
+        "side": st.sampled_from(["in", "out", "both"]),
+        "depths": st.sampled_from([(3, 4, 6, 3), (1, 1, 1, 1), (2, 3, 2, 1)]),
+        "scale": st.floats(0.3, 3.0),
+    }
+)
+
+
+def random_case(p):
+    rng: random.Random = p["rnd"]
+    values = [rng.randint(1, 2048) for _ in range(9)]
+    dims = dims_for(values, p["depths"], rng=rng)
+    smallest = resnet_cost((p["multiple"],) * 9, p["depths"]).metric(p["metric"])
+    base = resnet_cost(RESNET50_WIDTHS, p["depths"]).metric(p["metric"])
+    budget = int(smallest + p["scale"] * base)
+    return dims, budget
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=params_st)
+def test_result_fits_is_maximal_and_rounded(p):
+    dims, budget = random_case(p)
+    q, depths, metric = p["multiple"], p["depths"], p["metric"]
+    res = search_widths(dims, budget, metric, q, p["side"], depths)
+    assert res.target == budget
+    assert resnet_cost(res.widths, depths).metric(metric) == getattr(res, metric) <= budget
+    assert all(w % q == 0 and w >= q for w in res.widths)
+    for g in range(9):
+        grown = list(res.widths)
+        grown[g] += q
+        assert resnet_cost(grown, depths).metric(metric) > budget
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    values=st.lists(st.integers(1, 4096), min_size=9, max_size=9),
+    depths=st.sampled_from([(3, 4, 6, 3), (1, 2, 1, 2)]),
+    side=st.sampled_from(["in", "out", "both"]),
+)
+def test_identical_dims_come_back_before_expansion(values, depths, side):
+    shrunk = intrinsic_widths(dims_for(values, depths), side, depths)
+    assert adjust_widths(shrunk, side, depths) == pytest.approx(values, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=params_st, more=st.floats(1.0, 2.0))
+def test_multiplier_grows_with_budget(p, more):
+    dims, budget = random_case(p)
+    args = (p["metric"], p["multiple"], p["side"], p["depths"])
+    small = search_widths(dims, budget, *args)
+    big = search_widths(dims, int(budget * more) + 1, *args)
+    assert small.omega <= big.omega
+    assert getattr(small, p["metric"]) <= getattr(big, p["metric"])

@@ -1,0 +1,82 @@
+"""Width spec files: round trip, validation, one-line errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eigenarch.errors import EigenarchError
+from eigenarch.widths import (
+    RESNET50_WIDTHS,
+    WidthSpec,
+    check_norm,
+    load_dims,
+    load_width_spec,
+    save_width_spec,
+)
+
+
+def test_round_trip_keeps_spec_and_extra_fields(tmp_path):
+    spec = WidthSpec([32] * 9, [1, 2, 1, 1], "bn", 8, {"command": "test"})
+    assert spec.widths == (32,) * 9 and spec.depths == (1, 2, 1, 1)
+    path = save_width_spec(tmp_path / "sub" / "w.json", spec, {"omega": 1.5, "widths": [0]})
+    obj = json.loads(path.read_text())
+    assert list(obj)[:5] == ["widths", "depths", "norm", "gn_groups", "source"]
+    assert obj["widths"] == [32] * 9 and obj["omega"] == 1.5
+    assert load_width_spec(path) == spec
+    assert [p.name for p in path.parent.iterdir()] == ["w.json"]  # no temp file left
+
+
+def test_defaults_for_a_hand_written_spec(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"widths": list(RESNET50_WIDTHS)}))
+    spec = load_width_spec(path)
+    assert (spec.depths, spec.norm, spec.gn_groups, spec.source) == ((3, 4, 6, 3), "gn", 32, {})
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"widths": [1, 2', "invalid JSON at line 1 column"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ("{}", "missing field 'widths'"),
+        ('{"widths": 64}', "field 'widths' is not a JSON list"),
+        ('{"widths": [64, 64]}', "expected 9"),
+        ('{"widths": [64, 64, 256, 128, 512, 256, 1024, 512, "x"]}', "width 'x'"),
+        ('{"widths": [48, 64, 256, 128, 512, 256, 1024, 512, 2048]}', "stem=48 is not a multi"),
+        ('{"widths": [64, 64, 256, 128, 512, 256, 1024, 512, 2048], "norm": "ln"}', "norm 'ln'"),
+        ('{"widths": [64, 64, 256, 128, 512, 256, 1024, 512, 2048], "depths": [3]}', "expected 4"),
+        ('{"widths": [64, 64, 256, 128, 512, 256, 1024, 512, 2048], "source": 1}', "'source'"),
+    ],
+)
+def test_malformed_spec_files(tmp_path, text, match):
+    path = tmp_path / "w.json"
+    path.write_text(text)
+    with pytest.raises(EigenarchError, match=match) as info:
+        load_width_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"width spec {path}: ") and "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(EigenarchError, match="cannot read"):
+        load_width_spec(tmp_path / "none.json")
+
+
+def test_group_norm_divisibility():
+    check_norm([48] * 9, "gn", 16)
+    check_norm([48] * 9, "bn")
+    with pytest.raises(EigenarchError, match="width b2=40 is not a multiple of the 16 GroupNorm"):
+        check_norm([48, 40] + [48] * 7, "gn", 16)
+    with pytest.raises(EigenarchError, match="gn_groups 0"):
+        check_norm([48] * 9, "gn", 0)
+
+
+def test_dims_files(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('{"conv1:out": 12, "layer1.0.conv1:in": 3.5}')
+    assert load_dims(path) == {"conv1:out": 12, "layer1.0.conv1:in": 3.5}
+    path.write_text('{"conv1:out": null}')
+    with pytest.raises(EigenarchError, match=r"dims file .*d.json: intrinsic dim.*'conv1:out'"):
+        load_dims(path)
