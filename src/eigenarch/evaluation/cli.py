@@ -1,4 +1,4 @@
-"""``eigenarch evaluate``: COCO metrics of a detections file against a data set's split."""
+"""``eigenarch evaluate``: COCO metrics of a trained detector or of a detections file."""
 
 from __future__ import annotations
 
@@ -7,35 +7,79 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from eigenarch.data.coco import find_split
+from eigenarch.data.coco import CocoDetection, find_split
+from eigenarch.distributed import init_distributed, is_main, local_device
+from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import COCO_METRICS, evaluate_detections
 from eigenarch.io import atomic_write_json
 from eigenarch.progress import console
+from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+from eigenarch.train.evaluate import evaluate_model
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
     """The COCO summary as a rich table: one row per IoU type, one column per metric."""
     table = Table("type", *COCO_METRICS)
     for iou_type, values in metrics.items():
-        table.add_row(iou_type, *(f"{100 * values[m]:.1f}" if values[m] >= 0 else "-"
-                                  for m in COCO_METRICS))  # fmt: skip
+        cells = (f"{100 * values[m]:.1f}" if values[m] >= 0 else "-" for m in COCO_METRICS)
+        table.add_row(iou_type, *cells)
     return table
 
 
+def _model_metrics(
+    checkpoint: Path,
+    data: Path | None,
+    split: str,
+    out: Path | None,
+    device: str,
+    batch_size: int,
+) -> tuple[dict, Path]:
+    init_distributed(device)
+    model, payload = detector_from_checkpoint(checkpoint)
+    data = data if data is not None else Path(payload["train"]["data"])
+    dataset = CocoDetection.from_root(data, split, masks=payload["config"]["kind"] == "mask_rcnn")
+    if dataset.category_ids != payload["data"]["category_ids"]:
+        raise EigenarchError(f"{data}: categories differ from those {checkpoint} was trained on")
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    out = out or (run_dir or checkpoint.parent) / "eval" / f"{checkpoint.stem}-{split}"
+    iou_types = ("bbox", "segm") if payload["config"]["kind"] == "mask_rcnn" else ("bbox",)
+    device_ = local_device(device)
+    metrics = evaluate_model(model.to(device_), dataset, device_, iou_types, out, batch_size)
+    return metrics, out
+
+
 def evaluate(
-    data: Path = typer.Option(..., help="COCO-layout folder holding the ground truth."),
-    detections: Path = typer.Option(..., help="COCO results JSON (a list of detections)."),
+    run: Path | None = typer.Option(None, help="A training run: evaluate its last checkpoint."),
+    checkpoint: Path | None = typer.Option(None, help="A detector checkpoint to evaluate."),
+    detections: Path | None = typer.Option(None, help="A COCO results JSON to evaluate."),
+    data: Path | None = typer.Option(None, help="COCO-layout folder (default: the run's data)."),
     split: str = typer.Option("val", help="Split whose annotations are the ground truth."),
-    iou_type: list[str] = typer.Option(["bbox"], help="IoU types: bbox, segm."),
-    out: Path | None = typer.Option(None, help="Write the metrics here as JSON."),
+    iou_type: list[str] = typer.Option(["bbox"], help="For --detections: bbox and/or segm."),
+    out: Path | None = typer.Option(None, help="Folder for metrics.json (and detections.json)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    batch_size: int = typer.Option(2, help="Images per forward pass."),
 ) -> None:
-    """Evaluate detections with pycocotools' COCOeval and print AP, AP50, AP75, APs, APm, APl."""
-    annotation_file, _ = find_split(data, split)
-    metrics = evaluate_detections(annotation_file, detections, iou_types=iou_type)
-    console.print(metrics_table(metrics))
-    if out is not None:
-        atomic_write_json(out, metrics)
-        console.print(f"metrics written to {out}", highlight=False)
+    """Print COCO AP, AP50, AP75, APs, APm, APl (bbox, and segm for Mask R-CNN)."""
+    if sum(x is not None for x in (run, checkpoint, detections)) != 1:
+        raise EigenarchError("give exactly one of --run, --checkpoint and --detections")
+    if detections is not None:
+        if data is None:
+            raise EigenarchError("--detections needs --data (the ground truth's folder)")
+        annotation_file, _ = find_split(data, split)
+        metrics = evaluate_detections(annotation_file, detections, iou_types=iou_type)
+        if out is not None:
+            atomic_write_json(out / "metrics.json", metrics)
+    else:
+        if run is not None:
+            found = list_checkpoints(run)
+            if not found:
+                raise EigenarchError(f"--run {run}: no checkpoints/iter_*.pt in it")
+            checkpoint = found[-1][1]
+        metrics, out = _model_metrics(checkpoint, data, split, out, device, batch_size)
+    if is_main():
+        console.print(metrics_table(metrics))
+        if out is not None:
+            console.print(f"metrics written to {out / 'metrics.json'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

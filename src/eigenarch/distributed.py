@@ -1,0 +1,67 @@
+"""torch.distributed helpers: the same code runs alone or under ``torchrun``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`init_distributed` joins the
+process group (NCCL for CUDA, gloo for CPU); alone, every helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group if launched by torchrun; returns ``(rank, world size)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return rank(), world_size()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files (rank 0)."""
+    return rank() == 0
+
+
+def local_device(device: str) -> torch.device:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; anything else is unchanged."""
+    if str(device) == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device | str = "cpu") -> dict:
+    """The mean of each value over all ranks (for logging losses)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / world_size()).tolist(), strict=True))
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,193 @@
+"""Faster R-CNN / Mask R-CNN with an FPN over a ResiaNet, Group Normalization throughout.
+
+torchvision's ``FasterRCNN`` / ``MaskRCNN`` with the paper's set-up (SPEC section 7): FPN
+over the four stages (P2-P5, plus P6 by max-pooling for the RPN), GroupNorm in backbone,
+FPN and heads, the 4conv1fc box head and the GN mask head. From scratch the backbone convs
+are He-normal (ResiaNet's init) and the FPN convs Glorot-uniform.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from eigenarch.errors import EigenarchError
+from eigenarch.models.resianet import norm_layer, resianet_from_spec
+from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
+from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
+from eigenarch.widths.spec import WidthSpec, load_width_spec
+
+KINDS = ("faster_rcnn", "mask_rcnn")
+#: Anchor sizes per FPN level (P2..P6), torchvision's default.
+DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+
+
+def backbone_spec(
+    backbone: str | os.PathLike[str] | WidthSpec,
+    norm: str = "gn",
+    gn_groups: int = 32,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+) -> WidthSpec:
+    """Resolve ``"resnet50"``, nine comma-separated widths or a width-spec file to a spec.
+
+    A spec file keeps its own depths and norm; ``gn_groups`` applies to names and widths.
+    """
+    if isinstance(backbone, WidthSpec):
+        return backbone
+    text = str(backbone)
+    if text == "resnet50":
+        return WidthSpec(RESNET50_WIDTHS, tuple(depths), norm, gn_groups, {"name": "resnet50"})
+    if "," in text:
+        try:
+            widths = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise EigenarchError(
+                f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers "
+                "or a width-spec JSON file"
+            ) from None
+        return WidthSpec(widths, tuple(depths), norm, gn_groups, {"widths": text})
+    if Path(text).is_file():
+        return load_width_spec(text)
+    raise EigenarchError(
+        f"--backbone {text!r}: not 'resnet50', nine comma-separated widths, or an existing file"
+    )
+
+
+def backbone_config(
+    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any], gn_groups: int = 32
+) -> dict[str, Any]:
+    """The JSON description of a backbone, as a checkpoint's config keeps it.
+
+    A DetNAS network (a dict or JSON file with ``"format": "eigenarch.detnas"``, see
+    :mod:`eigenarch.nas`) is kept as it is; anything else becomes a width spec's dict.
+    """
+    if isinstance(backbone, dict):
+        if backbone.get("format") == DETNAS_FORMAT:
+            return dict(backbone)
+        return WidthSpec(**backbone).to_dict()
+    detnas = None if isinstance(backbone, WidthSpec) else load_detnas_file(backbone)
+    return detnas or backbone_spec(backbone, gn_groups=gn_groups).to_dict()
+
+
+def backbone_body(
+    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any],
+    gn_groups: int = 32,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """The body module of a backbone description; with ``num_classes`` a classifier."""
+    config = backbone_config(backbone, gn_groups)
+    if config.get("format") == DETNAS_FORMAT:
+        return body_from_config(config, num_classes)
+    return resianet_from_spec(WidthSpec(**config), num_classes or 1000)
+
+
+def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
+    """Any backbone ``body`` with an FPN over its four stages (``out_channels = fpn_channels``).
+
+    The body exposes ``stage_channels`` (four output widths) and, unless its stages are
+    ResNet's ``layer1..layer4``, ``stage_names`` (the four stage modules' names).
+    """
+    names = getattr(body, "stage_names", ("layer1", "layer2", "layer3", "layer4"))
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={name: str(k) for k, name in enumerate(names)},
+        in_channels_list=list(body.stage_channels),
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=norm_layer("gn", gn_groups),
+    )
+    for module in backbone.fpn.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return backbone
+
+
+def build_detector(
+    kind: str = "faster_rcnn",
+    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] | nn.Module = "resnet50",
+    num_classes: int = 91,
+    min_size: int = 800,
+    max_size: int = 1333,
+    gn_groups: int = 32,
+    fpn_channels: int = 256,
+    head_channels: int = 256,
+    representation: int = 1024,
+    anchor_sizes: Sequence[int] = DEFAULT_ANCHOR_SIZES,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    **kwargs: Any,
+) -> GeneralizedRCNN:
+    """torchvision's ``FasterRCNN`` or ``MaskRCNN`` on a GN ResiaNet-FPN backbone.
+
+    Args:
+        kind: ``"faster_rcnn"`` or ``"mask_rcnn"``.
+        backbone: ``"resnet50"``, nine comma-separated widths, a width-spec file or a spec
+            (a ResiaNet is built), a DetNAS network description (file or dict, see
+            :func:`backbone_config`), or any body module with ``stage_channels`` (see
+            :func:`body_with_fpn`).
+        num_classes: classes including background.
+        min_size, max_size: the transform's resize (shorter side, cap on the longer side).
+        gn_groups: GroupNorm groups everywhere (32 in the paper; fewer for narrow nets).
+        fpn_channels, head_channels, representation: FPN width, conv width of the box and
+            mask heads, and the box head's fc width (256 / 256 / 1024 in the paper).
+        anchor_sizes: one anchor size per level P2..P6 (aspect ratios 0.5, 1, 2).
+        kwargs: passed on to torchvision's ``FasterRCNN`` (e.g. ``rpn_batch_size_per_image``).
+    """
+    if kind not in KINDS:
+        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if len(anchor_sizes) != 5:
+        raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
+    for name, width in (("fpn_channels", fpn_channels), ("head_channels", head_channels)):
+        if width % gn_groups:
+            raise EigenarchError(
+                f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
+            )
+    if not isinstance(backbone, nn.Module):
+        backbone = backbone_body(backbone, gn_groups)
+    features = body_with_fpn(backbone, fpn_channels, gn_groups)
+    gn = norm_layer("gn", gn_groups)
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+    common = dict(
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(image_mean) if image_mean is not None else None,
+        image_std=list(image_std) if image_std is not None else None,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        box_head=FastRCNNConvFCHead(
+            (fpn_channels, 7, 7), [head_channels] * 4, [representation], norm_layer=gn
+        ),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        **kwargs,
+    )
+    if kind == "faster_rcnn":
+        return FasterRCNN(features, **common)
+    return MaskRCNN(
+        features,
+        mask_head=MaskRCNNHeads(fpn_channels, [head_channels] * 4, 1, norm_layer=gn),
+        mask_predictor=MaskRCNNPredictor(head_channels, head_channels, num_classes),
+        **common,
+    )
+
+
+def build_classifier(
+    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] = "resnet50",
+    num_classes: int = 1000,
+    gn_groups: int = 32,
+) -> nn.Module:
+    """The backbone as a plain classifier (global pooling + fc), for pre-training."""
+    return backbone_body(backbone, gn_groups, num_classes)

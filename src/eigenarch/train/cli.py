@@ -1,0 +1,125 @@
+"""``eigenarch train`` and ``eigenarch pretrain``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from eigenarch.distributed import is_main
+from eigenarch.evaluation.cli import metrics_table
+from eigenarch.progress import console
+from eigenarch.train.loop import TrainConfig, train_detector
+from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
+from eigenarch.widths.cli import parse_ints
+
+
+def train(
+    data: Path = typer.Option(..., help="COCO-layout folder with train and val splits."),
+    out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics."),
+    kind: str = typer.Option("faster_rcnn", help="faster_rcnn or mask_rcnn."),
+    backbone: str = typer.Option(
+        "resnet50", help="resnet50, nine comma-separated widths, or a width-spec JSON file."
+    ),
+    init: str = typer.Option(
+        "scratch", help="scratch, or a backbone state dict / our checkpoint / Detectron .pkl."
+    ),
+    schedule: str = typer.Option("1x", help="1x, 2x or 3x (90k / 180k / 270k iterations)."),
+    schedule_scale: float | None = typer.Option(None, help="Multiply the schedule's length."),
+    iters: int | None = typer.Option(None, help="Set the length; milestones scale with it."),
+    batch_size: int = typer.Option(16, help="Images per iteration over all processes."),
+    lr: float | None = typer.Option(None, help="Base learning rate (default 0.02 x B / 16)."),
+    checkpoint_every: int = typer.Option(5000, help="Keep a checkpoint every K iterations."),
+    eval_every: int = typer.Option(0, help="Also evaluate on val every K iterations (0: end)."),
+    seed: int = typer.Option(0, help="Random seed: same seed, same losses."),
+    min_size: int = typer.Option(800, help="Resize the shorter image side to this."),
+    max_size: int = typer.Option(1333, help="Cap the longer image side."),
+    gn_groups: int = typer.Option(32, help="GroupNorm groups (fewer for narrow test nets)."),
+    fpn_channels: int = typer.Option(256, help="FPN width."),
+    head_channels: int = typer.Option(256, help="Conv width of the box and mask heads."),
+    representation: int = typer.Option(1024, help="fc width of the box head."),
+    anchor_sizes: str = typer.Option("32,64,128,256,512", help="Anchor size per level P2..P6."),
+    rpn_batch: int = typer.Option(256, help="Anchors sampled per image for the RPN loss."),
+    roi_batch: int = typer.Option(512, help="RoIs sampled per image for the box head."),
+    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
+    resume: bool = typer.Option(
+        False, help="Continue OUT's run from its last checkpoint with its saved settings."
+    ),
+) -> None:
+    """Train Faster R-CNN / Mask R-CNN on a ResiaNet backbone (runs under torchrun too)."""
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        kind=kind,
+        backbone=backbone,
+        init=init,
+        schedule=schedule,
+        schedule_scale=schedule_scale,
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        checkpoint_every=checkpoint_every,
+        eval_every=eval_every,
+        seed=seed,
+        min_size=min_size,
+        max_size=max_size,
+        gn_groups=gn_groups,
+        fpn_channels=fpn_channels,
+        head_channels=head_channels,
+        representation=representation,
+        anchor_sizes=parse_ints(anchor_sizes, "--anchor-sizes"),
+        rpn_batch=rpn_batch,
+        roi_batch=roi_batch,
+        workers=workers,
+        device=device,
+    )
+    metrics = train_detector(cfg, resume=resume)
+    if is_main():
+        console.print(metrics_table(metrics))
+        console.print(f"run written to {out}", highlight=False)
+
+
+def pretrain(
+    data: Path = typer.Option(..., help="ImageFolder root with train/<class>/ and val/<class>/."),
+    out: Path = typer.Option(..., help="The classifier checkpoint to write (for train --init)."),
+    backbone: str = typer.Option(
+        "resnet50", help="resnet50, nine comma-separated widths, or a width-spec JSON file."
+    ),
+    gn_groups: int = typer.Option(32, help="GroupNorm groups."),
+    epochs: int = typer.Option(90, help="Training epochs."),
+    batch_size: int = typer.Option(256, help="Images per iteration over all processes."),
+    lr: float = typer.Option(0.1, help="Learning rate at 256 images per iteration (scaled)."),
+    schedule: str = typer.Option("cosine", help="cosine, or step (x0.1 at 1/3 and 2/3)."),
+    size: int = typer.Option(224, help="Crop size in pixels (64 for the shapes-cls set)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue from OUT.resume (the last epoch)."),
+) -> None:
+    """Pre-train a backbone as an image classifier (the "I" start; runs under torchrun too)."""
+    cfg = PretrainConfig(
+        data=str(data),
+        out=str(out),
+        backbone=backbone,
+        gn_groups=gn_groups,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        size=size,
+        seed=seed,
+        workers=workers,
+        device=device,
+    )
+    summary = pretrain_classifier(cfg, resume=resume)
+    if is_main():
+        console.print(
+            f"val top-1 {summary['val_accuracy']:.3f}; weights written to {out}", highlight=False
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eigenarch train`` and ``eigenarch pretrain`` to the main app."""
+    app.command("train")(train)
+    app.command("pretrain")(pretrain)

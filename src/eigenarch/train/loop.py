@@ -1,0 +1,366 @@
+"""Detector training: a short, deterministic, resumable loop with hooks.
+
+Everything random is a function of ``(seed, iteration)``: the images of each iteration come
+from a per-epoch permutation and flip mask, and the model's own sampling (RPN / RoI) is
+seeded per iteration. So a run resumed from a checkpoint repeats an uninterrupted run's
+losses exactly, and under ``torchrun`` each rank takes its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eigenarch.data.coco import CocoDetection, collate_detection, hflip
+from eigenarch.distributed import (
+    barrier,
+    init_distributed,
+    is_distributed,
+    is_main,
+    local_device,
+    rank,
+    world_size,
+)
+from eigenarch.errors import EigenarchError
+from eigenarch.io import atomic_write_json
+from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, backbone_config, build_detector
+from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
+from eigenarch.progress import console
+from eigenarch.train.checkpoint import (
+    DETECTOR_FORMAT,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from eigenarch.train.evaluate import evaluate_model
+from eigenarch.train.hooks import (
+    Hook,
+    LRScheduler,
+    MetricsLogger,
+    PeriodicCheckpointer,
+    PeriodicEvaluator,
+)
+from eigenarch.train.schedule import Schedule, make_schedule
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a detector training run (saved as ``RUN_DIR/config.json``).
+
+    ``batch_size`` counts images per iteration over all ranks. ``lr`` overrides the
+    paper's 0.02 x batch / 16. ``roi_batch`` is RoIs sampled per image for the box head.
+    """
+
+    data: str
+    out: str
+    kind: str = "faster_rcnn"
+    backbone: str = "resnet50"
+    init: str = "scratch"
+    schedule: str = "1x"
+    schedule_scale: float | None = None
+    iters: int | None = None
+    batch_size: int = 16
+    lr: float | None = None
+    checkpoint_every: int = 5000
+    eval_every: int = 0
+    seed: int = 0
+    min_size: int = 800
+    max_size: int = 1333
+    gn_groups: int = 32
+    fpn_channels: int = 256
+    head_channels: int = 256
+    representation: int = 1024
+    anchor_sizes: Sequence[int] = field(default=DEFAULT_ANCHOR_SIZES)
+    rpn_batch: int = 256
+    roi_batch: int = 512
+    flip: bool = True
+    workers: int = 2
+    device: str = "cpu"
+
+    @property
+    def masks(self) -> bool:
+        return self.kind == "mask_rcnn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+class IterationBatches(torch.utils.data.Dataset):
+    """Item ``k`` is this rank's share of the global batch of iteration ``start + k``.
+
+    Global sample position ``p = iteration * batch_size + j`` is image ``perm_e[p % n]`` of
+    epoch ``e = p // n``, flipped if ``flip_e[p % n]``; both drawn from ``seed`` and ``e``.
+    """
+
+    def __init__(
+        self,
+        dataset: CocoDetection,
+        batch_size: int,
+        seed: int,
+        start: int,
+        end: int,
+        flip: bool = True,
+    ) -> None:
+        if batch_size % world_size():
+            raise EigenarchError(
+                f"--batch-size {batch_size} is not a multiple of the {world_size()} processes"
+            )
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.start, self.end, self.flip = start, end, flip
+        self.local = batch_size // world_size()
+        self.rank = rank()
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    @lru_cache(maxsize=2)  # noqa: B019 - one data set per run, two epochs at a time
+    def _epoch(self, epoch: int) -> tuple[list[int], list[bool]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        flips = (torch.rand(len(self.dataset), generator=generator) < 0.5).tolist()
+        return order, flips
+
+    def __getitem__(self, k: int) -> tuple[list, list]:
+        first = (self.start + k) * self.batch_size + self.rank * self.local
+        samples = []
+        for position in range(first, first + self.local):
+            epoch, offset = divmod(position, len(self.dataset))
+            order, flips = self._epoch(epoch)
+            image, target = self.dataset[order[offset]]
+            if self.flip and flips[offset]:
+                image, target = hflip(image, target)
+            samples.append((image, target))
+        return collate_detection(samples)
+
+
+class Trainer:
+    """Runs ``max_iter`` SGD steps of a detector, calling hooks around each step.
+
+    Override :meth:`run_step` for another step (e.g. a supernet's path sampling); add
+    behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: IterationBatches,
+        max_iter: int,
+        hooks: Sequence[Hook],
+        device: torch.device,
+        seed: int,
+        checkpoint_payload=None,
+    ) -> None:
+        self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.max_iter, self.hooks, self.device, self.seed = max_iter, list(hooks), device, seed
+        self.checkpoint_payload = checkpoint_payload
+        self.iter = batches.start
+        self.losses: dict[str, float] = {}
+        self.final_metrics: dict = {}
+
+    def train(self, workers: int = 0) -> dict:
+        """Run from ``batches.start`` to ``max_iter``; returns the final metrics (if any)."""
+        loader = torch.utils.data.DataLoader(
+            self.batches,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+        )
+        for hook in self.hooks:
+            hook.before_train(self)
+        for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
+            self.iter = iteration
+            for hook in self.hooks:
+                hook.before_step(self)
+            self.run_step(images, targets)
+            for hook in self.hooks:
+                hook.after_step(self)
+        for hook in self.hooks:
+            hook.after_train(self)
+        return self.final_metrics
+
+    def run_step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
+        """One SGD step: seed the model's sampling, forward, check, backward, update."""
+        # The RPN / RoI samplers draw from the global generator: make them per-iteration.
+        torch.manual_seed(self.seed * 1_000_003 + self.iter * world_size() + rank())
+        images = [image.to(self.device) for image in images]
+        targets = [
+            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
+            for t in targets
+        ]
+        losses = self.model(images, targets)
+        total = sum(losses.values())
+        # Stop every rank if any rank's loss is not finite, before the weights are touched.
+        finite = torch.isfinite(total.detach()).to(torch.float32)
+        if is_distributed():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            raise EigenarchError(
+                f"non-finite loss at iteration {self.iter + 1} ({parts}); stopped, the last "
+                f"good checkpoint is kept: {self._last_checkpoint()}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.losses = {
+            "loss": float(total.detach()),
+            **{k: float(v.detach()) for k, v in losses.items()},
+        }
+
+    def _last_checkpoint(self) -> str:
+        run_dir = self.checkpoint_payload["run_dir"] if self.checkpoint_payload else None
+        found = list_checkpoints(run_dir) if run_dir else []
+        return str(found[-1][1]) if found else "none"
+
+    def save_checkpoint(self, iteration: int) -> None:
+        """Write ``RUN_DIR/checkpoints/iter_XXXXXXX.pt`` (rank 0; all ranks wait for it)."""
+        if is_main() and self.checkpoint_payload is not None:
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            payload = {k: v for k, v in self.checkpoint_payload.items() if k != "run_dir"}
+            payload.update(
+                model=model.state_dict(), optimizer=self.optimizer.state_dict(), iteration=iteration
+            )
+            save_checkpoint(checkpoint_path(self.checkpoint_payload["run_dir"], iteration), payload)
+        barrier()
+
+
+def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_detector` that rebuild this run's model."""
+    detectron = str(cfg.init).endswith(".pkl")
+    return {
+        "kind": cfg.kind,
+        "backbone": backbone_config(cfg.backbone, cfg.gn_groups),
+        "num_classes": num_classes,
+        "min_size": cfg.min_size,
+        "max_size": cfg.max_size,
+        "gn_groups": cfg.gn_groups,
+        "fpn_channels": cfg.fpn_channels,
+        "head_channels": cfg.head_channels,
+        "representation": cfg.representation,
+        "anchor_sizes": list(cfg.anchor_sizes),
+        "image_mean": list(DETECTRON_MEAN) if detectron else None,
+        "image_std": list(DETECTRON_STD) if detectron else None,
+        "rpn_batch_size_per_image": cfg.rpn_batch,
+        "box_batch_size_per_image": cfg.roi_batch,
+    }
+
+
+def _load_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise EigenarchError(f"--resume: {path} not found (is {run_dir} a training run?)")
+    saved = json.loads(path.read_text())
+    return TrainConfig(**{**saved, "anchor_sizes": tuple(saved["anchor_sizes"])})
+
+
+def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.
+
+    Writes ``config.json``, ``checkpoints/iter_XXXXXXX.pt`` (iteration 0 = the initial
+    weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl``, and the final
+    ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
+    """
+    run_dir = Path(cfg.out)
+    if resume:
+        cfg = dataclasses.replace(_load_config(run_dir), out=str(run_dir))
+    elif list_checkpoints(run_dir):
+        raise EigenarchError(
+            f"--out {run_dir}: already holds a run; use --resume or another folder"
+        )
+    init_distributed(cfg.device)
+    device = local_device(cfg.device)
+    schedule: Schedule = make_schedule(
+        cfg.schedule, cfg.batch_size, cfg.schedule_scale, cfg.iters, cfg.lr
+    )
+    train_set = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
+    val_set = CocoDetection.from_root(cfg.data, "val", masks=cfg.masks, verbose=is_main())
+    if val_set.category_ids != train_set.category_ids:
+        raise EigenarchError(f"{cfg.data}: train and val splits have different categories")
+
+    torch.manual_seed(cfg.seed)
+    config = model_config(cfg, train_set.num_classes)
+    model = build_detector(**config)
+    init_info = None
+    if cfg.init != "scratch" and not resume:
+        init_info = load_backbone_weights(model.backbone.body, cfg.init)
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
+    start = 0
+    if resume:
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise EigenarchError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        state = load_checkpoint(found[-1][1])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["iteration"]
+        if is_main():
+            console.print(f"resuming {run_dir} from iteration {start}", highlight=False)
+    elif is_main():
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    payload = {
+        "format": DETECTOR_FORMAT,
+        "config": config,
+        "train": cfg.to_dict(),
+        "data": {
+            "category_ids": train_set.category_ids,
+            "category_names": train_set.category_names,
+        },
+        "run_dir": str(run_dir),
+    }
+    ddp_model = (
+        nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+        if is_distributed()
+        else model
+    )
+    iou_types = ("bbox", "segm") if cfg.masks else ("bbox",)
+
+    def evaluate(iteration: int) -> dict:
+        out = (
+            run_dir
+            if iteration == schedule.iterations
+            else run_dir / "eval" / f"iter_{iteration:07d}"
+        )
+        return evaluate_model(model, val_set, device, iou_types, out_dir=out)
+
+    trainer = Trainer(
+        ddp_model,
+        optimizer,
+        IterationBatches(train_set, cfg.batch_size, cfg.seed, start, schedule.iterations, cfg.flip),
+        schedule.iterations,
+        [
+            LRScheduler(schedule),
+            MetricsLogger(run_dir / "metrics.jsonl"),
+            PeriodicCheckpointer(cfg.checkpoint_every),
+            PeriodicEvaluator(evaluate, cfg.eval_every),
+        ],
+        device,
+        cfg.seed,
+        payload,
+    )
+    if start == 0:
+        trainer.save_checkpoint(0)
+    if init_info is not None and is_main():
+        atomic_write_json(
+            run_dir / "init.json", {k: v for k, v in init_info.items() if k != "unmatched"}
+        )
+    return trainer.train(cfg.workers)

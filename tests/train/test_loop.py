@@ -1,0 +1,110 @@
+"""Detector training: it learns, checkpoints, resumes exactly, stops on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision.models.detection.roi_heads as roi_heads
+
+from eigenarch.errors import EigenarchError
+from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+from eigenarch.train.loop import Trainer, train_detector
+
+from .conftest import TINY_ARGS
+
+
+def _losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def test_training_lowers_the_loss_and_keeps_checkpoints(tiny_config, tmp_path):
+    metrics = train_detector(tiny_config("run", iters=6, checkpoint_every=3))
+    run = tmp_path / "run"
+    losses = [entry["loss"] for entry in _losses(run)]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert [it for it, _ in list_checkpoints(run)] == [0, 3, 6]
+    assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    model, payload = detector_from_checkpoint(run / "checkpoints" / "iter_0000006.pt")
+    assert payload["iteration"] == 6 and payload["train"]["seed"] == 0
+    assert payload["data"]["category_names"][0] == "circle"
+    assert model.roi_heads.box_predictor.cls_score.out_features == 9
+
+
+def test_resume_after_a_kill_repeats_the_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+    train_detector(tiny_config("whole"))
+    original = Trainer.run_step
+
+    def killed_at_iteration_3(self, images, targets):
+        if self.iter == 2:
+            raise KeyboardInterrupt
+        original(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "run_step", killed_at_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(tiny_config("killed"))
+    monkeypatch.setattr(Trainer, "run_step", original)
+    killed = tmp_path / "killed"
+    assert [it for it, _ in list_checkpoints(killed)] == [0, 2]
+    train_detector(tiny_config("killed", seed=123), resume=True)  # saved settings win
+    assert _losses(killed) == _losses(tmp_path / "whole")
+    a = torch.load(killed / "checkpoints" / "iter_0000004.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "whole" / "checkpoints" / "iter_0000004.pt", weights_only=True)
+    for key, value in a.items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = roi_heads.fastrcnn_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss, box = original(*args)
+        return (loss * float("nan"), box) if calls["n"] == 3 else (loss, box)
+
+    monkeypatch.setattr(roi_heads, "fastrcnn_loss", poisoned)
+    with pytest.raises(EigenarchError, match="non-finite loss at iteration 3.*iter_0000002.pt"):
+        train_detector(tiny_config("nan"))
+    assert [it for it, _ in list_checkpoints(tmp_path / "nan")] == [0, 2]
+
+
+def test_mask_rcnn_trains_and_reports_segm(tiny_config):
+    metrics = train_detector(tiny_config("mask", kind="mask_rcnn", iters=2, checkpoint_every=0))
+    assert set(metrics) == {"bbox", "segm"}
+
+
+def test_train_and_evaluate_commands(shapes_root, tmp_path, run_cli):
+    out = tmp_path / "cli"
+    args = ["--data", shapes_root, "--out", out, "--iters", "2", "--batch-size", "2"]
+    result = run_cli("train", *args, *TINY_ARGS)
+    assert result.code == 0, result.stderr
+    assert "AP50" in result.stderr and (out / "checkpoints" / "iter_0000002.pt").is_file()
+    again = run_cli("train", *args, *TINY_ARGS)
+    assert again.code == 2 and "already holds a run; use --resume" in again.stderr
+    result = run_cli("evaluate", "--run", out)
+    assert result.code == 0, result.stderr
+    evaluated = json.loads((out / "eval" / "iter_0000002-val" / "metrics.json").read_text())
+    assert evaluated == json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--backbone", "1,2,x", "--backbone '1,2,x'"),
+        ("--backbone", "missing.json", "not 'resnet50', nine comma-separated widths"),
+        ("--kind", "yolo", "--kind 'yolo'"),
+        ("--schedule", "5x", "--schedule '5x'"),
+        ("--init", "absent.pt", "--init absent.pt: file not found"),
+    ],
+)
+def test_bad_train_options_give_one_line_errors(
+    shapes_root, tmp_path, run_cli, option, value, message
+):
+    args = ["--data", shapes_root, "--out", tmp_path / "bad", "--iters", "1", *TINY_ARGS]
+    result = run_cli("train", *args, option, value)
+    assert result.code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,90 @@
+"""Classifier pre-training: runs, resumes exactly, and feeds detector initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import eigenarch.train.pretrain as pretrain
+from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
+from eigenarch.errors import EigenarchError
+from eigenarch.models.weights import read_backbone_weights
+
+from .conftest import TINY_WIDTHS
+
+
+@pytest.fixture(scope="module")
+def cls_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    generate_shapes_cls(root, ShapesClsConfig(2, 1, size=32), workers=1)
+    return root
+
+
+def _config(cls_root, out, **overrides):
+    settings = dict(
+        data=str(cls_root),
+        out=str(out),
+        backbone=TINY_WIDTHS,
+        gn_groups=8,
+        epochs=2,
+        batch_size=16,
+        lr=0.4,
+        size=32,
+        workers=0,
+    )
+    return pretrain.PretrainConfig(**{**settings, **overrides})
+
+
+def test_pretraining_resumes_exactly_and_initialises_a_detector(cls_root, tmp_path, monkeypatch):
+    whole = pretrain.pretrain_classifier(_config(cls_root, tmp_path / "whole.pt"))
+    assert len(whole["history"]) == 2 and 0.0 <= whole["val_accuracy"] <= 1.0
+    original = pretrain.train_epoch
+
+    def killed_in_epoch_2(model, loader, optimizer, cfg, epoch, device, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(model, loader, optimizer, cfg, epoch, device, bar)
+
+    monkeypatch.setattr(pretrain, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain_classifier(_config(cls_root, tmp_path / "killed.pt"))
+    monkeypatch.setattr(pretrain, "train_epoch", original)
+    assert not (tmp_path / "killed.pt").exists()
+    resumed = pretrain.pretrain_classifier(_config(cls_root, tmp_path / "killed.pt"), resume=True)
+    assert resumed["history"] == whole["history"]
+    a = torch.load(tmp_path / "whole.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not pretrain.resume_path(tmp_path / "killed.pt").exists()
+    state, info = read_backbone_weights(tmp_path / "whole.pt")
+    assert info["format"] == "eigenarch.classifier" and "fc.weight" not in state
+    assert torch.equal(state["conv1.weight"], a["conv1.weight"])
+
+
+def test_pretrain_command_and_bad_input(cls_root, tmp_path, run_cli):
+    out = tmp_path / "cli.pt"
+    args = [
+        "--data",
+        cls_root,
+        "--out",
+        out,
+        "--backbone",
+        TINY_WIDTHS,
+        "--gn-groups",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--size",
+        "32",
+        "--workers",
+        "0",
+    ]
+    result = run_cli("pretrain", *args)
+    assert result.code == 0, result.stderr
+    assert "val top-1" in result.stderr and out.is_file()
+    result = run_cli("pretrain", *args[2:], "--data", tmp_path)
+    assert result.code == 2 and "expected ImageFolder trees train/<class>/" in result.stderr
+    with pytest.raises(EigenarchError, match="--schedule 'linear'"):
+        pretrain.pretrain_classifier(_config(cls_root, tmp_path / "x.pt", schedule="linear"))
