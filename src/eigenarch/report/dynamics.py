@@ -1,0 +1,449 @@
+"""Eigenspectrum dynamics of a training run (paper section 4.2, Figures 3 and 4).
+
+The spectra of every checkpoint of a run are collected once and kept under the run
+(``RUN_DIR/spectra/iter_XXXXXXX.safetensors``); ``RUN_DIR/dynamics.json`` records the
+settings, every map's intrinsic dimensionality over the iterations and the two phenomena
+of the paper, found by :func:`find_events`:
+
+- *dropping*: within the first part of training (iterations up to ``early`` x the run's
+  length, at least the first checkpoint after the initial one) the dimensionality falls
+  below ``(1 - drop)`` x its value at the first checkpoint; the event is at the first
+  checkpoint where it does.
+- *rebounding*: right after a learning-rate decay at iteration ``m`` (checkpoints in
+  ``(m, m + window x length]``, at least the first one after ``m``, never past the next
+  decay) the dimensionality rises above ``(1 + rise)`` x its value at the last checkpoint
+  at or before ``m``; the event is at the first checkpoint where it does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eigenarch.data.coco import CocoDetection
+from eigenarch.distributed import barrier, init_distributed, is_main, local_device
+from eigenarch.errors import EigenarchError
+from eigenarch.io import atomic_write_json
+from eigenarch.progress import console
+from eigenarch.spectrum import Spectra
+from eigenarch.spectrum.cli import stream_spectra
+from eigenarch.spectrum.spectra import sidecar
+from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
+from eigenarch.train.schedule import make_schedule
+
+SPECTRA_DIR = "spectra"
+DYNAMICS_FILE = "dynamics.json"
+FORMAT = "eigenarch-dynamics"
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Thresholds of the dropping / rebounding detectors (fractions; see the module doc)."""
+
+    drop: float = 0.3
+    early: float = 0.25
+    rise: float = 0.1
+    window: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not 0 < value <= 1:
+                raise EigenarchError(f"--{name} {value}: expected a fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A dropping or rebounding of one map: dimensionality ``before`` -> ``after``."""
+
+    kind: str  # "dropping" or "rebounding"
+    iteration: int  # the checkpoint where it is seen
+    before: int
+    after: int
+    since: int  # iteration of ``before``: the first checkpoint, or the last before the decay
+    milestone: int | None = None  # the learning-rate decay of a rebounding
+
+    @property
+    def change(self) -> float:
+        """Relative change ``after / before - 1`` (``inf`` from 0)."""
+        return self.after / self.before - 1 if self.before else float("inf")
+
+
+@dataclass
+class MapDynamics:
+    """One map's intrinsic dimensionality at every checkpoint, and its events."""
+
+    name: str
+    channels: int
+    dims: list[int]
+    events: list[Event] = field(default_factory=list)
+
+    def event(self, kind: str) -> Event | None:
+        return next((e for e in self.events if e.kind == kind), None)
+
+
+def _first_checkpoints(iterations: Sequence[int], start: int, end: int, stop: int) -> list[int]:
+    """Indices of checkpoints in ``(start, end]``, else the first one in ``(start, stop]``."""
+    inside = [i for i, it in enumerate(iterations) if start < it <= end]
+    if inside:
+        return inside
+    after = [i for i, it in enumerate(iterations) if start < it <= stop]
+    return after[:1]
+
+
+def find_events(
+    iterations: Sequence[int],
+    dims: Sequence[int],
+    milestones: Sequence[int],
+    length: int,
+    criteria: Criteria = Criteria(),
+) -> list[Event]:
+    """The dropping and reboundings of one dimensionality series (module doc for the rules).
+
+    ``iterations`` are the checkpoints' iterations (ascending), ``dims`` the dimensionality
+    at each, ``milestones`` the learning-rate decays and ``length`` the run's iterations.
+    """
+    if len(iterations) != len(dims):
+        raise ValueError("iterations and dims must have the same length")
+    events = []
+    if len(dims) >= 2 and dims[0] > 0:
+        cut = (1 - criteria.drop) * dims[0]
+        span = _first_checkpoints(iterations, iterations[0], criteria.early * length, length)
+        hit = next((i for i in span if dims[i] < cut), None)
+        if hit is not None:
+            events.append(Event("dropping", iterations[hit], dims[0], dims[hit], iterations[0]))
+    bounds = [*sorted(milestones), max(length, iterations[-1] if iterations else 0)]
+    for m, stop in zip(bounds, bounds[1:], strict=False):
+        before = [i for i, it in enumerate(iterations) if it <= m]
+        if not before:
+            continue
+        base = dims[before[-1]]
+        span = _first_checkpoints(iterations, m, min(m + criteria.window * length, stop), stop)
+        hit = next((i for i in span if dims[i] > base * (1 + criteria.rise)), None)
+        if hit is not None:
+            events.append(
+                Event("rebounding", iterations[hit], base, dims[hit], iterations[before[-1]], m)
+            )
+    return events
+
+
+@dataclass
+class RunDynamics:
+    """The dynamics of a run: settings, checkpoints, milestones and every map's series."""
+
+    run: str
+    iterations: list[int]
+    milestones: list[int]
+    length: int
+    threshold: float
+    criteria: Criteria
+    maps: list[MapDynamics]
+    spectra: list[str]  # spectra file of each checkpoint, relative to the run
+    settings: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    backbone: dict[str, Any] | None = None  # the run's width spec (widths, depths, ...)
+
+    def map(self, name: str) -> MapDynamics:
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise EigenarchError(f"{self.run}: no map named {name!r} in its dynamics")
+
+    def spectra_path(self, iteration: int) -> Path:
+        return Path(self.run) / self.spectra[self.iterations.index(iteration)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "run": self.run,
+            "command": self.command,
+            "settings": self.settings,
+            "threshold": self.threshold,
+            "criteria": asdict(self.criteria),
+            "length": self.length,
+            "milestones": self.milestones,
+            "iterations": self.iterations,
+            "spectra": self.spectra,
+            "backbone": self.backbone,
+            "maps": [
+                {
+                    "name": m.name,
+                    "channels": m.channels,
+                    "dims": m.dims,
+                    "events": [
+                        {**asdict(e), "change": None if math.isinf(e.change) else e.change}
+                        for e in m.events
+                    ],
+                }
+                for m in self.maps
+            ],
+        }
+
+    def save(self) -> Path:
+        """Write ``RUN_DIR/dynamics.json`` atomically."""
+        return atomic_write_json(Path(self.run) / DYNAMICS_FILE, self.to_dict())
+
+
+def analyse(
+    run: str | os.PathLike[str],
+    iterations: Sequence[int],
+    dims: Mapping[str, Sequence[int]],
+    channels: Mapping[str, int],
+    milestones: Sequence[int],
+    length: int,
+    threshold: float,
+    criteria: Criteria = Criteria(),
+    spectra: Sequence[str] = (),
+) -> RunDynamics:
+    """A :class:`RunDynamics` from every map's dimensionality series (maps in ``dims`` order)."""
+    maps = [
+        MapDynamics(
+            name,
+            int(channels[name]),
+            [int(d) for d in series],
+            find_events(iterations, series, milestones, length, criteria),
+        )
+        for name, series in dims.items()
+    ]
+    return RunDynamics(
+        str(run),
+        list(iterations),
+        sorted(milestones),
+        length,
+        threshold,
+        criteria,
+        maps,
+        list(spectra),
+    )
+
+
+def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
+    """Read ``RUN_DIR/dynamics.json`` written by ``eigenarch dynamics``."""
+    path = Path(run_dir) / DYNAMICS_FILE
+    if not path.is_file():
+        raise EigenarchError(
+            f"{run_dir}: no {DYNAMICS_FILE}; compute it with `eigenarch dynamics --run {run_dir}`"
+        )
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        if obj.get("format") != FORMAT:
+            raise ValueError("format")
+        maps = [
+            MapDynamics(
+                m["name"],
+                int(m["channels"]),
+                [int(d) for d in m["dims"]],
+                [Event(**{k: v for k, v in e.items() if k != "change"}) for e in m["events"]],
+            )
+            for m in obj["maps"]
+        ]
+        return RunDynamics(
+            run=str(run_dir),
+            iterations=[int(i) for i in obj["iterations"]],
+            milestones=[int(i) for i in obj["milestones"]],
+            length=int(obj["length"]),
+            threshold=float(obj["threshold"]),
+            criteria=Criteria(**obj["criteria"]),
+            maps=maps,
+            spectra=list(obj["spectra"]),
+            settings=obj.get("settings") or {},
+            command=obj.get("command", ""),
+            backbone=obj.get("backbone"),
+        )
+    except (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ):
+        raise EigenarchError(f"{path}: not a dynamics file written by eigenarch") from None
+
+
+def dynamics_command(run: str, settings: Mapping[str, Any]) -> str:
+    """The ``eigenarch dynamics`` command line that reproduces ``settings``."""
+    parts = ["eigenarch", "dynamics", "--run", run]
+    for key, value in settings.items():
+        if key == "layers":
+            for pattern in value or []:
+                parts += ["--layers", pattern]
+        elif key == "sides":
+            parts += ["--sides", ",".join(value)]
+        elif value is not None:
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def spectra_file(run_dir: str | os.PathLike[str], iteration: int) -> Path:
+    """``RUN_DIR/spectra/iter_XXXXXXX.safetensors``: the spectra of one checkpoint."""
+    return Path(run_dir) / SPECTRA_DIR / f"iter_{iteration:07d}.safetensors"
+
+
+def run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training run's ``config.json`` (the settings of ``eigenarch train``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise EigenarchError(f"{run_dir}: no config.json (not a run folder of `eigenarch train`)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EigenarchError(f"{path}: not valid JSON") from None
+    if not isinstance(config, dict):
+        raise EigenarchError(f"{path}: expected a JSON object")
+    return config
+
+
+def run_schedule(config: Mapping[str, Any]) -> tuple[int, list[int]]:
+    """``(iterations, learning-rate decay iterations)`` of a run's schedule."""
+    try:
+        schedule = make_schedule(
+            config["schedule"],
+            config["batch_size"],
+            config.get("schedule_scale"),
+            config.get("iters"),
+            config.get("lr"),
+        )
+    except KeyError as exc:
+        raise EigenarchError(f"run config: missing field {exc}") from None
+    return schedule.iterations, list(schedule.milestones)
+
+
+def _stamp(path: Path) -> dict[str, Any]:
+    """What identifies a checkpoint file's contents for reuse: name, size and time."""
+    info = path.stat()
+    return {"file": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def _cached(path: Path, key: Mapping[str, Any]) -> bool:
+    """Whether the spectra file ``path`` was computed with exactly ``key``."""
+    try:
+        meta = json.loads(sidecar(path).read_text(encoding="utf-8")).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return path.is_file() and meta.get("dynamics") == key
+
+
+def compute_dynamics(
+    run_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    split: str = "train",
+    images: int = 1000,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    sides: Sequence[str] = ("in", "out"),
+    max_channels: int = 4096,
+    batch_size: int = 2,
+    workers: int = 0,
+    device: str = "cpu",
+    threshold: float = 1e-3,
+    criteria: Criteria = Criteria(),
+) -> RunDynamics:
+    """Spectra of every checkpoint of a run (reused when already computed with the same
+    settings), their dimensionalities at ``threshold`` and events; saved under the run.
+
+    ``data`` defaults to the run's training data. Under ``torchrun`` each rank streams its
+    share of the images; rank 0 writes the files.
+    """
+    run = Path(run_dir)
+    config = run_config(run)
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        raise EigenarchError(f"{run}: no checkpoints/iter_XXXXXXX.pt files")
+    if images < 1 or batch_size < 1:
+        raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
+    length, milestones = run_schedule(config)
+    data = Path(data if data is not None else config.get("data", "")).resolve()
+    settings = {
+        "data": str(data),
+        "split": split,
+        "images": images,
+        "seed": seed,
+        "layers": list(layers) if layers else None,
+        "sides": list(sides),
+        "max_channels": max_channels,
+        "batch_size": batch_size,
+    }
+    init_distributed(device)
+    dataset, chosen, backbone = None, [], None
+    dims: dict[str, list[int]] = {}
+    channels: dict[str, int] = {}
+    files = []
+    for k, (iteration, path) in enumerate(checkpoints):
+        target = spectra_file(run, iteration)
+        key = {**settings, "checkpoint": _stamp(path)}
+        if _cached(target, key):
+            spectra = Spectra.load(target)
+        else:
+            if dataset is None:
+                dataset = CocoDetection.from_root(data, split, masks=False, verbose=is_main())
+                order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+                chosen = order[: min(images, len(dataset))].tolist()
+            model, payload = detector_from_checkpoint(path)
+            backbone = payload["config"]["backbone"]
+            model.eval().to(local_device(device))
+            spectra = stream_spectra(
+                model,
+                True,
+                dataset,
+                chosen,
+                batch_size=batch_size,
+                workers=workers,
+                device=str(local_device(device)),
+                include=list(layers) if layers else None,
+                sides=sides,
+                max_channels=max_channels,
+                description=f"iter {iteration} ({k + 1}/{len(checkpoints)})",
+            )
+            spectra.meta = {
+                "model": str(path),
+                "data": str(data),
+                "split": split,
+                "images": len(chosen),
+                "seed": seed,
+                "dynamics": key,
+            }
+            if is_main():
+                spectra.save(target)
+            barrier()
+        files.append(str(target.relative_to(run)))
+        for name in spectra.names:
+            dims.setdefault(name, [None] * k).append(spectra.intrinsic_dim(name, threshold))
+            channels[name] = spectra.channels(name)
+        for series in dims.values():
+            series.extend([None] * (k + 1 - len(series)))
+    partial = [name for name, series in dims.items() if None in series]
+    if partial and is_main():
+        console.print(
+            f"left out {len(partial)} map(s) without samples at some checkpoint: "
+            f"{', '.join(partial[:5])}{' ...' if len(partial) > 5 else ''}",
+            highlight=False,
+        )
+    full = {name: series for name, series in dims.items() if name not in partial}
+    if backbone is None:
+        backbone = load_checkpoint(checkpoints[-1][1])["config"]["backbone"]
+    result = analyse(
+        run,
+        [it for it, _ in checkpoints],
+        full,
+        channels,
+        milestones,
+        length,
+        threshold,
+        criteria,
+        files,
+    )
+    result.settings, result.backbone = settings, backbone
+    result.command = dynamics_command(
+        str(run), {**settings, "threshold": threshold, **asdict(criteria)}
+    )
+    if is_main():
+        result.save()
+    return result

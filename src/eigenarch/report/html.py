@@ -1,0 +1,573 @@
+"""``eigenarch report``: one self-contained HTML page over one or more training runs.
+
+Per run: the settings and commands, the dropping / rebounding events, the dimensionality
+over iterations (Figure 4), eigenspectra at several checkpoints (Figure 3), the dimensionality
+per part and stage at the first and last checkpoint, the widths found by Intrinsic
+Architecture Search from the final spectra with their MACs / params, and width diagrams
+(Figure 2). With two or more runs: the first against each other one (Figure 5, tables).
+Plots are embedded as base64 PNG (SVG and PNG files are written beside the page), so the
+page opens in a browser from anywhere without a server; ``report.json`` holds the numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eigenarch.errors import EigenarchError
+from eigenarch.io import atomic_write_json, atomic_write_text
+from eigenarch.progress import console
+from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
+from eigenarch.report.dynamics import RunDynamics, load_dynamics, run_config
+from eigenarch.report.plots import (
+    compare_figure,
+    dims_figure,
+    eigenspectra_figure,
+    resnet_layers,
+    save_figure,
+    widths_figure,
+)
+from eigenarch.spectrum import Spectra
+from eigenarch.train import cli as train_cli
+from eigenarch.widths import WIDTH_NAMES, intrinsic_widths, resnet_cost, search_widths
+from eigenarch.widths.spec import read_json_object
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
+       padding: 0 1em; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 13px; color: #555; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 12px; }
+.note { color: #a04000; }
+"""
+
+
+@dataclass
+class Page:
+    """The page being built: body parts, plot and table ids, files and JSON summary."""
+
+    out: Path
+    body: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, text: str) -> None:
+        self.body.append(text)
+
+    def heading(self, level: int, text: str, anchor: str | None = None) -> None:
+        ident = f' id="{_esc(anchor)}"' if anchor else ""
+        self.add(f"<h{level}{ident}>{_esc(text)}</h{level}>")
+
+    def note(self, text: str) -> None:
+        console.print(f"note: {text}", highlight=False)
+        self.add(f'<p class="note">{_esc(text)}</p>')
+
+    def code(self, text: str) -> None:
+        self.add(f"<pre>{_esc(text)}</pre>")
+
+    def table(
+        self, ident: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str
+    ) -> None:
+        head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_esc(_cell(v))}</td>" for v in row) + "</tr>" for row in rows
+        )
+        self.tables.append(ident)
+        self.add(
+            f'<table id="{_esc(ident)}"><caption>{_esc(caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+
+    def figure(self, ident: str, fig, caption: str) -> None:
+        png, svg = save_figure(fig, self.out / "plots" / ident)
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        self.figures.append(ident)
+        self.add(
+            f'<figure id="{_esc(ident)}"><img alt="{_esc(caption)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{_esc(caption)} '
+            f'(<a href="plots/{_esc(svg.name)}">SVG</a>)</figcaption></figure>'
+        )
+
+    def html(self, title: str) -> str:
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+            + "\n".join(self.body)
+            + "</body></html>\n"
+        )
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def _ident(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+def pick_maps(dyn: RunDynamics, patterns: Sequence[str] | None, count: int) -> list[str]:
+    """Maps to plot: those matching ``patterns`` (fnmatch over names or module paths), or
+    the maps with the largest events, then the largest range relative to their width."""
+    if patterns:
+        found = [
+            m.name
+            for m in dyn.maps
+            if any(
+                fnmatchcase(m.name, p) or fnmatchcase(m.name.rpartition(":")[0], p)
+                for p in patterns
+            )
+        ]
+        if not found:
+            raise EigenarchError(
+                f"--maps {' '.join(patterns)}: no map of {dyn.run} matches (e.g. "
+                f"{', '.join(m.name for m in dyn.maps[:3])})"
+            )
+        return found[:count]
+
+    def score(m) -> tuple[float, float]:
+        change = max((abs(min(e.change, 10.0)) for e in m.events), default=0.0)
+        return -change, -(max(m.dims) - min(m.dims)) / max(m.channels, 1)
+
+    return [m.name for m in sorted(dyn.maps, key=score)[:count]]
+
+
+def train_command(config: dict[str, Any]) -> str:
+    """The ``eigenarch train`` command line of a run's ``config.json``."""
+    options = inspect.signature(train_cli.train).parameters
+    parts = ["eigenarch", "train"]
+    for key, value in config.items():
+        if key in options and value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts += [f"--{key.replace('_', '-')}", text]
+    return shlex.join(parts)
+
+
+@dataclass
+class _Run:
+    path: Path
+    label: str
+    config: dict[str, Any]
+    dyn: RunDynamics
+    final: Spectra
+
+
+def _load_run(path: Path, label: str) -> _Run:
+    dyn = load_dynamics(path)
+    final = Spectra.load(dyn.spectra_path(dyn.iterations[-1]))
+    return _Run(path, label, run_config(path), dyn, final)
+
+
+def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
+    dyn, key = run.dyn, _ident(run.label)
+    rows = [
+        (
+            m.name,
+            m.channels,
+            e.kind,
+            e.iteration,
+            e.since,
+            e.before,
+            e.after,
+            "inf" if e.before == 0 else f"{100 * e.change:+.1f}%",
+            e.milestone,
+        )
+        for m in dyn.maps
+        for e in m.events
+    ]
+    page.heading(3, "Dropping and rebounding")
+    page.add(
+        f"<p>{len(dyn.iterations)} checkpoints ({', '.join(map(str, dyn.iterations))}); "
+        f"learning-rate decays at {', '.join(map(str, dyn.milestones)) or 'none'}; "
+        f"criteria {_esc(json.dumps(vars(dyn.criteria)))}; threshold {dyn.threshold:g}. "
+        f"{sum(1 for r in rows if r[2] == 'dropping')} dropping and "
+        f"{sum(1 for r in rows if r[2] == 'rebounding')} rebounding map(s).</p>"
+    )
+    page.table(
+        f"{key}-events",
+        ["map", "channels", "event", "iteration", "since", "before", "after", "change", "lr decay"],
+        rows,
+        f"{run.label}: events of the intrinsic dimensionality",
+    )
+    events = {m.name: m.events for m in dyn.maps}
+    page.figure(
+        f"{key}-dims",
+        dims_figure(
+            dyn.iterations,
+            {n: dyn.map(n).dims for n in chosen},
+            dyn.milestones,
+            events,
+            dyn.threshold,
+        ),
+        f"{run.label}: intrinsic dimensionality over iterations of {', '.join(chosen)}; "
+        "learning-rate decays dashed, droppings and reboundings marked (cf. paper "
+        "Figure 4)",
+    )
+    last = len(dyn.iterations) - 1
+    picks = sorted({round(x) for x in np.linspace(0, last, min(checkpoints, last + 1))})
+    curves: dict[str, list] = {n: [] for n in chosen[:3]}
+    first = Spectra.load(dyn.spectra_path(dyn.iterations[0]))
+    for i in picks:
+        iteration = dyn.iterations[i]
+        loaded = {0: first, last: run.final}
+        spectra = loaded[i] if i in loaded else Spectra.load(dyn.spectra_path(iteration))
+        for name in curves:
+            curves[name].append((iteration, spectra.eigenvalues(name).numpy()))
+    page.figure(
+        f"{key}-spectra",
+        eigenspectra_figure(curves, dyn.threshold),
+        f"{run.label}: normalised eigenspectra of {', '.join(curves)} at {len(picks)} "
+        "checkpoints, threshold dashed (cf. paper Figure 3)",
+    )
+    names = (f"iter {dyn.iterations[0]}", f"iter {dyn.iterations[-1]}")
+    maps = [MapComparison(m.name, m.channels, m.dims[0], m.dims[-1]) for m in dyn.maps]
+    change = Comparison(names, dyn.threshold, maps)
+    _group_tables(page, change, f"{key}-stages", f"{run.label}: first vs last checkpoint")
+    summary = {k: v for k, v in dyn.to_dict().items() if k != "maps"}
+    summary["events"] = [{"map": m.name, **asdict(e)} for m in dyn.maps for e in m.events]
+    summary["plotted"] = list(chosen)
+    page.summary["runs"][run.label]["dynamics"] = summary
+
+
+def _group_tables(page: Page, comparison: Comparison, ident: str, title: str) -> None:
+    a, b = comparison.names
+    for by_stage, what in ((False, "part"), (True, "stage")):
+        rows = [
+            (g.part, g.stage or "", g.maps, g.channels, g.a, g.b, g.diff, g.ratio)
+            for g in comparison.groups(by_stage)
+        ]
+        page.table(
+            f"{ident}-{what}",
+            ["part", "stage", "maps", "channels", f"dims {a}", f"dims {b}", "difference", "ratio"],
+            rows,
+            f"{title}: summed intrinsic dimensionality per {what}",
+        )
+
+
+def _widths_row(
+    label: str, widths: Sequence[int], depths: Sequence[int], omega: float | None = None
+) -> list[Any]:
+    cost = resnet_cost(widths, depths)
+    return [
+        label,
+        *widths,
+        f"{cost.macs / 1e9:.3f}",
+        f"{cost.params / 1e6:.3f}",
+        "" if omega is None else f"{omega:.4f}",
+    ]
+
+
+def _widths_section(
+    page: Page, run: _Run, metrics: Sequence[str], multiple: int, side: str
+) -> None:
+    dyn, key = run.dyn, _ident(run.label)
+    page.heading(3, "Intrinsic Architecture Search")
+    backbone = dyn.backbone or {}
+    if "widths" not in backbone:
+        page.note(f"{run.label}: the backbone's widths are unknown; no search")
+        return
+    base, depths = tuple(backbone["widths"]), tuple(backbone.get("depths", (3, 4, 6, 3)))
+    norm, groups = backbone.get("norm", "gn"), int(backbone.get("gn_groups", 32))
+    if norm == "gn" and multiple % groups:
+        page.note(f"--multiple {multiple} gives widths that {groups} GroupNorm groups cannot split")
+    base_cost = resnet_cost(base, depths)
+    dims = {n: run.final.intrinsic_dim(n, dyn.threshold) for n in run.final.names}
+    rows = [_widths_row("base", base, depths)]
+    diagrams = [("base", resnet_layers(base, depths))]
+    found, commands = {}, []
+    try:
+        intrinsic = intrinsic_widths(dims, side, depths)
+        diagrams.append(
+            ("intrinsic", [(k, v) for k, v in intrinsic.items() if "downsample" not in k])
+        )
+        for metric in metrics:
+            budget = base_cost.metric(metric)
+            result = search_widths(dims, budget, metric, multiple, side, depths)
+            found[metric] = result.to_dict() | {
+                "base": {"widths": list(base), "macs": base_cost.macs, "params": base_cost.params}
+            }
+            rows.append(
+                _widths_row(f"searched ({metric} of base)", result.widths, depths, result.omega)
+            )
+            diagrams.append((f"ResiaNet ({metric})", resnet_layers(result.widths, depths)))
+            found[metric]["command"] = shlex.join(
+                [
+                    "eigenarch",
+                    "search",
+                    "--spectra",
+                    str(dyn.spectra_path(dyn.iterations[-1])),
+                    "--threshold",
+                    f"{dyn.threshold:g}",
+                    "--target",
+                    f"{metric}={budget}",
+                    "--side",
+                    side,
+                    "--multiple",
+                    str(multiple),
+                    "--depths",
+                    ",".join(map(str, depths)),
+                    "--norm",
+                    norm,
+                    "--gn-groups",
+                    str(groups),
+                    "--out",
+                    f"{key}-{metric}.json",
+                ]
+            )
+            commands.append(found[metric]["command"])
+    except EigenarchError as exc:
+        page.note(f"{run.label}: search not possible from its final spectra: {exc}")
+    page.code(
+        "\n".join(commands)
+        or f"search: threshold {dyn.threshold:g}, side {side}, multiple {multiple}, "
+        f"target = the base backbone's {' / '.join(metrics)}"
+    )
+    page.table(
+        f"{key}-widths",
+        ["architecture", *WIDTH_NAMES, "MACs (G)", "params (M)", "omega"],
+        rows,
+        f"{run.label}: widths (stem, bottleneck/output per stage) and cost at "
+        "224x224 (conv + fc weights)",
+    )
+    page.figure(
+        f"{key}-width-diagram",
+        widths_figure(diagrams),
+        f"{run.label}: width diagrams, bar width proportional to output channels "
+        "(cf. paper Figure 2)",
+    )
+    page.summary["runs"][run.label]["search"] = found
+
+
+@dataclass
+class _Spec:
+    path: Path
+    fields: dict[str, Any]
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+
+
+def _read_spec(path: Path) -> _Spec:
+    """A width spec file (``widths``, optional ``depths``; search fields kept for display)."""
+    fields = read_json_object(path, "width spec")
+    try:
+        widths, depths = tuple(fields["widths"]), tuple(fields.get("depths", (3, 4, 6, 3)))
+        resnet_cost(widths, depths)
+    except (KeyError, TypeError, EigenarchError) as exc:
+        raise EigenarchError(
+            f"width spec {path}: expected 'widths' of 9 integers ({exc})"
+        ) from None
+    return _Spec(path, fields, widths, depths)
+
+
+def _spec_section(page: Page, specs: Sequence[_Spec]) -> None:
+    page.heading(2, "Width specs", "width-specs")
+    rows, diagrams = [], []
+    for spec in specs:
+        rows.append(_widths_row(spec.path.name, spec.widths, spec.depths, spec.fields.get("omega")))
+        intrinsic = spec.fields.get("intrinsic")
+        if isinstance(intrinsic, dict):
+            layers = [(k, v) for k, v in intrinsic.items() if "downsample" not in k]
+            diagrams.append((f"{spec.path.stem}: intrinsic", layers))
+        diagrams.append((spec.path.stem, resnet_layers(spec.widths, spec.depths)))
+        page.code(f"{spec.path}: " + json.dumps(spec.fields.get("source", {})))
+    page.table(
+        "width-specs-table",
+        ["spec", *WIDTH_NAMES, "MACs (G)", "params (M)", "omega"],
+        rows,
+        "width specs given with --widths",
+    )
+    page.figure(
+        "width-specs-diagram",
+        widths_figure(diagrams),
+        "width diagrams of the given specs (cf. paper Figure 2)",
+    )
+    page.summary["width_specs"] = [str(spec.path) for spec in specs]
+
+
+def _comparison_section(
+    page: Page,
+    a: _Run,
+    b: _Run,
+    comparison: Comparison | str,
+    stages: Sequence[str],
+    side: str,
+    top: int,
+) -> None:
+    """``comparison`` is the result, or why there is none (e.g. two architectures)."""
+    ident = _ident(f"{a.label}-vs-{b.label}")
+    page.heading(2, f"{a.label} vs {b.label}", ident)
+    if isinstance(comparison, str):
+        page.note(comparison)
+        return
+    if a.dyn.threshold != b.dyn.threshold:
+        page.note(
+            f"thresholds differ ({a.dyn.threshold:g} vs {b.dyn.threshold:g}); "
+            f"using {a.dyn.threshold:g}"
+        )
+    _group_tables(page, comparison, ident, f"{a.label} vs {b.label}")
+    rows = [(m.name, m.channels, m.a, m.b, m.diff, m.ratio) for m in comparison.most_different(top)]
+    page.table(
+        f"{ident}-top",
+        ["map", "channels", a.label, b.label, "difference", "ratio"],
+        rows,
+        f"the {len(rows)} maps that differ most (|difference| / channels)",
+    )
+    if stages:
+        page.figure(
+            f"{ident}-stages",
+            compare_figure(comparison, stages, side),
+            f"{a.label} vs {b.label}: intrinsic dimensionality per layer ({side} maps) "
+            "of the chosen stages (cf. paper Figure 5)",
+        )
+    page.summary["comparisons"].append(comparison.to_dict(top))
+
+
+def _compare(a: _Run, b: _Run) -> Comparison | str:
+    try:
+        return compare_spectra(a.final, b.final, a.dyn.threshold, (a.label, b.label))
+    except EigenarchError as exc:
+        return str(exc)
+
+
+def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
+    """The paper's Table 1: backbone, MACs, params and COCO AP (mean ± std over seeds)."""
+    metrics = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+    def value(row: dict[str, Any], key: str) -> str:
+        std = row.get(f"{key}_std")
+        return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+    page.heading(2, "Backbones compared (Table 1)", "table1")
+    page.table(
+        "table1",
+        ["backbone", "widths", "MACs (G)", "params (M)", "seeds", *metrics],
+        [
+            (
+                r["backbone"],
+                ",".join(map(str, r["widths"])),
+                f"{r['macs'] / 1e9:.3f}",
+                f"{r['params'] / 1e6:.2f}",
+                r["seeds"],
+                *(value(r, m) for m in metrics),
+            )
+            for r in rows
+        ],
+        "Each backbone trained from scratch with the same schedule; COCO bbox metrics (%) on "
+        "the val split",
+    )
+    page.summary["table1"] = list(rows)
+
+
+def write_report(
+    runs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    maps: Sequence[str] | None = None,
+    max_maps: int = 6,
+    checkpoints: int = 6,
+    stages: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("macs", "params"),
+    multiple: int = 32,
+    side: str = "in",
+    width_specs: Sequence[str | os.PathLike[str]] = (),
+    top: int = 10,
+    command: str = "",
+    table1: Sequence[dict[str, Any]] = (),
+    findings: Sequence[str] = (),
+) -> Path:
+    """Write ``OUT/report.html`` (plus ``OUT/report.json`` and ``OUT/plots/``) over ``runs``,
+    each analysed first with ``eigenarch dynamics``; returns the HTML path.
+
+    ``table1`` (rows with backbone, macs, params and AP..APl, optionally ``*_std``) and
+    ``findings`` (sentences) open the page when given, as ``eigenarch demo`` does.
+    """
+    if not runs:
+        raise EigenarchError("eigenarch report needs at least one RUN_DIR")
+    paths = [Path(r) for r in runs]
+    labels = list(names) if names else [p.name or str(p) for p in paths]
+    if len(labels) != len(paths) or len({_ident(label) for label in labels}) != len(labels):
+        raise EigenarchError(
+            f"run names {','.join(labels)}: expected {len(paths)} distinct names, one per "
+            "RUN_DIR (set them with --names A,B,...)"
+        )
+    if max_maps < 1 or checkpoints < 1 or top < 1:
+        raise EigenarchError("--max-maps, --checkpoints and --top: expected >= 1")
+    # Everything a user can get wrong is checked before anything is written.
+    loaded = [_load_run(p, label) for p, label in zip(paths, labels, strict=True)]
+    plotted = [pick_maps(run.dyn, maps, max_maps) for run in loaded]
+    comparisons = [_compare(loaded[0], other) for other in loaded[1:]]
+    plot_lists = [plot_stages(c, stages) if isinstance(c, Comparison) else [] for c in comparisons]
+    specs = [_read_spec(Path(p)) for p in width_specs]
+    page = Page(Path(out), summary={"command": command, "runs": {}, "comparisons": []})
+    page.heading(1, "eigenarch report: " + ", ".join(labels))
+    page.add(
+        "<p>Eigenspectrum dynamics, intrinsic dimensionalities and Intrinsic Architecture "
+        "Search (Shinya, Simo-Serra, Suzuki, ICCV 2019 Workshops, sections 4.2-4.4).</p>"
+    )
+    if findings:
+        page.heading(2, "What was found", "findings")
+        page.add("<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in findings) + "</ul>")
+        page.summary["findings"] = list(findings)
+    if table1:
+        _table1_section(page, table1)
+    page.heading(2, "Commands", "commands")
+    page.code(command or "eigenarch report")
+    for run, chosen in zip(loaded, plotted, strict=True):
+        page.heading(2, f"Run {run.label}", _ident(f"run-{run.label}"))
+        page.summary["runs"][run.label] = {"path": str(run.path), "config": run.config}
+        page.code(f"{train_command(run.config)}\n{run.dyn.command}")
+        page.table(
+            f"{_ident(run.label)}-settings",
+            ["setting", "value"],
+            [(k, json.dumps(v)) for k, v in run.config.items()],
+            f"{run.label}: training settings (config.json)",
+        )
+        metrics_file = run.path / "metrics.json"
+        if metrics_file.is_file():
+            final = json.loads(metrics_file.read_text(encoding="utf-8"))
+            page.summary["runs"][run.label]["metrics"] = final
+            rows = [
+                (t, k, v)
+                for t, values in final.items()
+                if isinstance(values, dict)
+                for k, v in values.items()
+            ]
+            page.table(
+                f"{_ident(run.label)}-metrics",
+                ["type", "metric", "value"],
+                rows,
+                f"{run.label}: final COCO metrics",
+            )
+        _dynamics_section(page, run, chosen, checkpoints)
+        _widths_section(page, run, metrics, multiple, side)
+    if specs:
+        _spec_section(page, specs)
+    for other, comparison, chosen in zip(loaded[1:], comparisons, plot_lists, strict=True):
+        _comparison_section(page, loaded[0], other, comparison, chosen, side, top)
+    page.summary["figures"], page.summary["tables"] = page.figures, page.tables
+    target = atomic_write_text(Path(out) / "report.html", page.html("eigenarch report"))
+    atomic_write_json(Path(out) / "report.json", page.summary)
+    return target

@@ -1,0 +1,244 @@
+"""Dropping / rebounding rules, and ``eigenarch dynamics`` on runs with known dynamics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eigenarch.report import dynamics as dynamics_module
+from eigenarch.report.dynamics import (
+    Criteria,
+    Event,
+    analyse,
+    compute_dynamics,
+    find_events,
+    load_dynamics,
+    spectra_file,
+)
+from eigenarch.spectrum import Spectra
+
+MILESTONES = (60_000, 80_000)  # the 1x schedule: 90k iterations
+ITERS = list(range(0, 90_001, 10_000))
+
+
+def test_dropping_at_first_checkpoint_below_the_fraction():
+    dims = [200, 150, 120, 100, 100, 100, 100, 100, 100, 100]
+    events = find_events(ITERS, dims, MILESTONES, 90_000, Criteria(drop=0.3, early=0.25))
+    # 150 is a fall of 25% (not > 30%); 120 at 20k is 40%: dropping there.
+    assert events == [Event("dropping", 20_000, 200, 120, 0)]
+    assert events[0].change == pytest.approx(-0.4)
+
+
+def test_no_dropping_after_the_first_part_or_below_the_fraction():
+    late = [200, 190, 180, 170, 60, 60, 60, 60, 60, 60]  # the fall comes at 40k > 22.5k
+    assert find_events(ITERS, late, MILESTONES, 90_000) == []
+    mild = [200, 150, 141, 141, 141, 141, 141, 141, 141, 141]  # 29.5% < 30%
+    assert find_events(ITERS, mild, MILESTONES, 90_000) == []
+    assert find_events(ITERS, late, MILESTONES, 90_000, Criteria(early=0.5))[0].iteration == 40_000
+
+
+def test_rebounding_right_after_each_decay():
+    dims = [100, 90, 80, 80, 80, 80, 80, 95, 95, 120]
+    events = find_events(ITERS, dims, MILESTONES, 90_000, Criteria(rise=0.1, window=0.15))
+    assert events == [
+        Event("rebounding", 70_000, 80, 95, 60_000, 60_000),
+        Event("rebounding", 90_000, 95, 120, 80_000, 80_000),
+    ]
+    # A rise before the decay, or one too small, is no rebounding.
+    assert find_events(ITERS, [80] * 5 + [120] * 5, MILESTONES, 90_000) == []
+    assert find_events(ITERS, [80] * 7 + [87] * 3, MILESTONES, 90_000) == []
+
+
+def test_rebounding_window_and_sparse_checkpoints():
+    # No checkpoint in the window (60k, 69k]: the first one after the decay (70k) is used.
+    dims = [100] * 7 + [130] * 3
+    events = find_events(ITERS, dims, MILESTONES, 90_000, Criteria(window=0.1))
+    assert events == [Event("rebounding", 70_000, 100, 130, 60_000, 60_000)]
+    # A rise at the checkpoint of the decay itself (80k) happened before it; at 70k it was
+    # still flat, so there is no rebounding at all.
+    assert find_events(ITERS, [100] * 8 + [130] * 2, MILESTONES, 90_000) == []
+    # From a dead map (0) any rise counts; its change is infinite.
+    zero = find_events([0, 10, 20], [0, 0, 3], [10], 20)
+    assert zero == [Event("rebounding", 20, 0, 3, 10, 10)] and zero[0].change == float("inf")
+
+
+@given(st.integers(0, 4096), st.lists(st.integers(1, 100_000), max_size=3, unique=True))
+def test_constant_series_is_never_flagged(dim, milestones):
+    iterations = list(range(0, 100_001, 5_000))
+    assert find_events(iterations, [dim] * len(iterations), milestones, 100_000) == []
+
+
+def test_criteria_are_fractions():
+    with pytest.raises(Exception, match="--drop 1.5"):
+        Criteria(drop=1.5)
+
+
+def _spectra(counts: dict[str, int], channels: int = 32) -> Spectra:
+    """Diagonal covariances with exactly ``count`` eigenvalues above 1e-3 of the largest."""
+    covs = {}
+    for name, count in counts.items():
+        values = torch.full((channels,), 1e-5, dtype=torch.float64)
+        values[:count] = torch.logspace(0, -2.5, count, dtype=torch.float64)
+        covs[name] = torch.diag(values)
+    return Spectra(covs, {name: 10 for name in counts})
+
+
+def test_synthetic_spectra_sequence(tmp_path):
+    """Dimensionalities computed from spectra at each checkpoint, then the events."""
+    series = {
+        "drops:out": [32, 30, 12, 10, 10, 10, 11, 10, 10, 10],
+        "rebounds:in": [20, 20, 20, 18, 18, 18, 18, 27, 27, 27],
+        "steady:in": [16] * 10,
+    }
+    sequence = [_spectra({n: s[k] for n, s in series.items()}) for k in range(len(ITERS))]
+    dims = {n: [sp.intrinsic_dim(n) for sp in sequence] for n in series}
+    assert dims == series
+    result = analyse(tmp_path, ITERS, dims, {n: 32 for n in series}, MILESTONES, 90_000, 1e-3)
+    flagged = {m.name: [(e.kind, e.iteration) for e in m.events] for m in result.maps}
+    assert flagged == {
+        "drops:out": [("dropping", 20_000)],
+        "rebounds:in": [("rebounding", 70_000)],
+        "steady:in": [],
+    }
+    result.save()
+    again = load_dynamics(tmp_path)
+    assert again.to_dict() == result.to_dict()
+
+
+def test_dynamics_of_a_run_with_known_events(analysed_runs, known):
+    result = load_dynamics(analysed_runs["A"])
+    assert result.iterations == list(known.iterations)
+    assert result.milestones == [27, 36] and result.length == 40
+    target = result.map(known.target + ":out")
+    assert target.channels == 16
+    assert target.dims[1] <= 4 < target.dims[0] and target.dims[3] == target.dims[0]
+    kinds = [(e.kind, e.iteration, e.milestone) for e in target.events]
+    assert kinds == [("dropping", 10, None), ("rebounding", 30, 27)]
+    # The stored spectra are those of each checkpoint: knocked-out channels are zero.
+    spectra = Spectra.load(spectra_file(analysed_runs["A"], 10))
+    cov = spectra.covariance(known.target + ":out")
+    assert not cov[4:].any() and cov[:4].diagonal().gt(0).all()
+    assert spectra.samples(known.target + ":out") == known.images
+    assert all(
+        target.dims[k]
+        == Spectra.load(spectra_file(analysed_runs["A"], it)).intrinsic_dim(known.target + ":out")
+        for k, it in enumerate(known.iterations)
+    )
+    unchanged = load_dynamics(analysed_runs["B"])
+    assert not any(m.events for m in unchanged.maps)
+    assert all(len(set(m.dims)) == 1 for m in unchanged.maps)
+
+
+def test_cli_reuses_spectra_and_recomputes_on_new_settings(
+    analysed_runs, known, copy_run, run_cli, monkeypatch
+):
+    run = copy_run(analysed_runs["A"])
+    files = sorted((run / "spectra").glob("*.safetensors"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("spectra recomputed")
+
+    monkeypatch.setattr(dynamics_module, "stream_spectra", fail)
+    r = run_cli(
+        "dynamics",
+        "--run",
+        run,
+        "--images",
+        known.images,
+        "--workers",
+        "0",
+        "--json",
+        "--threshold",
+        "1e-3.5",
+    )
+    assert r.code == 0, r.stderr
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    out = json.loads(r.stdout)
+    assert out["threshold"] == pytest.approx(10**-3.5)
+    spectra = Spectra.load(files[0])
+    for m in out["maps"]:
+        assert m["dims"][0] == spectra.intrinsic_dim(m["name"], 10**-3.5)
+    assert json.loads((run / "dynamics.json").read_text())["threshold"] == out["threshold"]
+    assert "--threshold 0.000316" in out["command"] and f"--images {known.images}" in out["command"]
+
+    # Other settings (fewer images) need a new pass over the data.
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_cli("dynamics", "--run", run, "--images", "2", "--workers", "0")
+    monkeypatch.undo()
+    monkeypatch.setenv("COLUMNS", "250")  # table rows on one line each
+    r = run_cli(
+        "dynamics",
+        "--run",
+        run,
+        "--images",
+        "2",
+        "--workers",
+        "0",
+        "--layers",
+        "backbone.body.layer1.*",
+        "--flagged",
+    )
+    assert r.code == 0, r.stderr
+    assert [f.stat().st_mtime_ns for f in files] != stamps
+    spectra = Spectra.load(files[-1])
+    assert spectra.meta["images"] == 2 and spectra.samples(known.target + ":out") == 2
+    assert all(n.startswith("backbone.body.layer1.") for n in spectra.names)
+    assert "dropping" in r.stdout and "@10:" in r.stdout and "@30:" in r.stdout
+    flagged = [line for line in r.stdout.splitlines() if "@" in line]
+    assert len(flagged) == 1 and known.target + ":out" in flagged[0]
+
+
+def test_cli_errors(run_cli, tmp_path, analysed_runs, copy_run):
+    r = run_cli("dynamics", "--run", tmp_path)
+    assert r.code == 2 and "no config.json" in r.stderr
+    run = copy_run(analysed_runs["B"])
+    for path in (run / "checkpoints").iterdir():
+        path.unlink()
+    r = run_cli("dynamics", "--run", run)
+    assert r.code == 2 and "no checkpoints" in r.stderr
+    r = run_cli("dynamics", "--run", analysed_runs["B"], "--drop", "0")
+    assert r.code == 2 and "--drop 0.0" in r.stderr
+    r = run_cli("report", tmp_path, "--out", tmp_path / "rep")
+    assert r.code == 2 and "eigenarch dynamics --run" in r.stderr
+
+
+def _dynamics_worker(rank: int, world: int, init: str, run: str, images: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        compute_dynamics(run, images=images, layers=["backbone.body.layer1.*"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(analysed_runs, known, copy_run, tmp_path):
+    """Under torch.distributed each rank streams its share; rank 0 writes the same result."""
+    run = copy_run(analysed_runs["A"])
+    shutil.rmtree(run / "spectra")
+    (run / "dynamics.json").unlink()
+    # fork: the workers start with everything imported (one intra-op thread, see conftest)
+    args = (2, f"file://{tmp_path}/init", str(run), known.images)
+    mp.start_processes(_dynamics_worker, args=args, nprocs=2, start_method="fork")
+    single, double = load_dynamics(analysed_runs["A"]), load_dynamics(run)
+    assert [m.name for m in double.maps] == [
+        m.name for m in single.maps if m.name.startswith("backbone.body.layer1.")
+    ]
+    for m in double.maps:
+        assert (m.dims, m.events) == (single.map(m.name).dims, single.map(m.name).events)
+    for iteration in known.iterations:
+        one = Spectra.load(spectra_file(analysed_runs["A"], iteration))
+        two = Spectra.load(spectra_file(run, iteration))
+        assert two.meta["images"] == known.images
+        for name in two.names:
+            assert two.samples(name) == one.samples(name)
+            expected = one.covariance(name)
+            # float32 forward passes of other batches: equal to float32 round-off
+            assert (two.covariance(name) - expected).norm() <= 1e-5 * expected.norm()
