@@ -1,15 +1,21 @@
-"""``eigenarch demo``: the pipeline on the embedded data set, as resumable steps.
+"""``eigenarch demo``: the paper's whole pipeline on the embedded shapes data, resumably.
 
-Each step writes its outputs under the demo folder and records itself in ``state.json``;
-re-running skips finished steps (``--force`` redoes them).
+Steps: data -> pre-training (the "I" start) -> detector training from that start (I) and
+from scratch (S) -> eigenspectrum dynamics and the I-vs-S comparison -> Intrinsic
+Architecture Search (ResiaNet S (MACs), I (MACs), I (params)) and the uniform-multiplier
+baseline -> retraining of every searched backbone -> the report. Each step records its
+outputs in ``state.json``; re-running skips finished steps and resumes an interrupted
+training run from its last checkpoint (``--force`` redoes everything).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import typer
@@ -20,49 +26,359 @@ from eigenarch.data.shapes import (
     generate_shapes,
     generate_shapes_cls,
 )
+from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.progress import console
+from eigenarch.report.compare import compare_spectra, final_spectra
+from eigenarch.report.dynamics import compute_dynamics
+from eigenarch.report.html import write_report
+from eigenarch.spectrum import Spectra
+from eigenarch.train.checkpoint import list_checkpoints
+from eigenarch.train.loop import TrainConfig, train_detector
+from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier, resume_path
+from eigenarch.widths.cost import DEFAULT_DEPTHS, resnet_cost, uniform_widths
+from eigenarch.widths.search import search_widths
+from eigenarch.widths.spec import WidthSpec, save_width_spec
+
+#: The base network: ResNet-50's depths at a quarter of its widths.
+BASE_WIDTHS = (16, 16, 64, 32, 128, 64, 256, 128, 512)
+GN_GROUPS = 8
+MULTIPLE = 8  # searched widths are multiples of the GroupNorm groups
+DETECTOR = dict(
+    gn_groups=GN_GROUPS,
+    fpn_channels=64,
+    head_channels=32,
+    representation=256,
+    anchor_sizes=(16, 32, 64, 128, 256),
+    roi_batch=64,
+    rpn_batch=128,
+)
 
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Every size the demo uses; ``quick`` shrinks them, ``scale`` multiplies them."""
+    """Every size the demo uses: ``--quick`` picks the small set, ``--scale`` multiplies."""
 
-    train_images: int
-    val_images: int
-    image_size: int
-    cls_per_class: int
-    cls_size: int
+    train_images: int = 1000
+    val_images: int = 200
+    image_size: int = 192
+    cls_per_class: int = 60
+    cls_size: int = 48
+    pretrain_epochs: int = 6
+    iters: int = 300
+    batch_size: int = 4
+    lr: float = 0.02
+    checkpoint_every: int = 50
+    spectrum_images: int = 48
+    seeds: int = 1
 
     @classmethod
     def make(cls, quick: bool = False, scale: float = 1.0) -> DemoSizes:
-        base = cls(200, 50, 128, 20, 32) if quick else cls(1000, 200, 256, 120, 64)
-        return cls(
-            train_images=round(base.train_images * scale),
-            val_images=round(base.val_images * scale),
-            image_size=base.image_size,
-            cls_per_class=round(base.cls_per_class * scale),
-            cls_size=base.cls_size,
+        if scale <= 0:
+            raise EigenarchError(f"--scale {scale}: expected a positive number")
+        base = (
+            cls(
+                train_images=100,
+                val_images=30,
+                image_size=128,
+                cls_per_class=12,
+                cls_size=32,
+                pretrain_epochs=2,
+                iters=24,
+                batch_size=2,
+                checkpoint_every=8,
+                spectrum_images=12,
+            )
+            if quick
+            else cls()
+        )
+        grow = (
+            "train_images",
+            "val_images",
+            "cls_per_class",
+            "iters",
+            "checkpoint_every",
+            "spectrum_images",
+        )
+        return replace(
+            base,
+            **{k: max(1, round(getattr(base, k) * scale)) for k in grow},
+            seeds=max(1, int(scale)),
         )
 
 
-def _step_data(out: Path, sizes: DemoSizes, seed: int) -> dict:
-    cfg = ShapesConfig(sizes.train_images, sizes.val_images, sizes.image_size, seed)
-    files = generate_shapes(out / "shapes", cfg)
+@dataclass(frozen=True)
+class Demo:
+    """Where the demo writes, how big it is, and on which device it runs."""
+
+    out: Path
+    sizes: DemoSizes
+    seed: int = 0
+    device: str = "cpu"
+
+    @property
+    def data(self) -> Path:
+        return self.out / "shapes"
+
+    def run(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+
+def _step_data(demo: Demo) -> dict:
+    sizes = demo.sizes
+    cfg = ShapesConfig(sizes.train_images, sizes.val_images, sizes.image_size, demo.seed)
+    generate_shapes(demo.data, cfg)
     cls_cfg = ShapesClsConfig(
-        sizes.cls_per_class, max(1, sizes.cls_per_class // 5), sizes.cls_size, seed
+        sizes.cls_per_class, max(2, sizes.cls_per_class // 5), sizes.cls_size, demo.seed
     )
-    classes = generate_shapes_cls(out / "shapes-cls", cls_cfg)
+    classes = generate_shapes_cls(demo.out / "shapes-cls", cls_cfg)
     return {
-        "detection": {split: str(path) for split, path in files.items()},
-        "classification": str(out / "shapes-cls"),
+        "detection": str(demo.data),
+        "classification": str(demo.out / "shapes-cls"),
         "classes": len(classes),
     }
 
 
-#: The demo's steps, in order: (name, description, function(out, sizes, seed) -> outputs).
-STEPS: list[tuple[str, str, Callable[[Path, DemoSizes, int], dict]]] = [
-    ("data", "generate the shapes detection and classification sets", _step_data),
+def _step_pretrain(demo: Demo) -> dict:
+    sizes = demo.sizes
+    out = demo.out / "pretrain.pt"
+    cfg = PretrainConfig(
+        data=str(demo.out / "shapes-cls"),
+        out=str(out),
+        backbone=_widths(BASE_WIDTHS),
+        gn_groups=GN_GROUPS,
+        epochs=sizes.pretrain_epochs,
+        batch_size=64,
+        lr=0.1,
+        size=sizes.cls_size,
+        seed=demo.seed,
+        workers=0,
+        device=demo.device,
+    )
+    summary = pretrain_classifier(cfg, resume=resume_path(out).is_file())
+    return {"checkpoint": str(out), "val_accuracy": summary["val_accuracy"]}
+
+
+def _train(demo: Demo, name: str, backbone: str, init: str = "scratch", seed: int = 0) -> dict:
+    """Train (or resume, or reuse) the run ``name``; returns its final COCO metrics."""
+    run_dir = demo.run(name)
+    if (run_dir / "metrics.json").is_file():
+        return json.loads((run_dir / "metrics.json").read_text())
+    sizes = demo.sizes
+    cfg = TrainConfig(
+        data=str(demo.data),
+        out=str(run_dir),
+        backbone=backbone,
+        init=init,
+        iters=sizes.iters,
+        batch_size=sizes.batch_size,
+        lr=sizes.lr,
+        checkpoint_every=sizes.checkpoint_every,
+        seed=seed,
+        min_size=sizes.image_size,
+        max_size=sizes.image_size,
+        workers=0,
+        device=demo.device,
+        **DETECTOR,
+    )
+    console.print(f"training {name} ({backbone})", highlight=False)
+    return train_detector(cfg, resume=bool(list_checkpoints(run_dir)))
+
+
+def _step_train(demo: Demo) -> dict:
+    base = _widths(BASE_WIDTHS)
+    return {
+        "I": _train(demo, "I", base, init=str(demo.out / "pretrain.pt"), seed=demo.seed),
+        "S": _train(demo, "S", base, seed=demo.seed),
+    }
+
+
+def _step_analyse(demo: Demo) -> dict:
+    sizes = demo.sizes
+    events = {}
+    for name in ("I", "S"):
+        dynamics = compute_dynamics(
+            demo.run(name), images=sizes.spectrum_images, seed=demo.seed, device=demo.device
+        )
+        events[name] = {
+            kind: sum(1 for m in dynamics.maps if m.event(kind) is not None)
+            for kind in ("dropping", "rebounding")
+        }
+    comparison = compare_spectra(
+        Spectra.load(final_spectra(demo.run("I"))),
+        Spectra.load(final_spectra(demo.run("S"))),
+        names=("I", "S"),
+    )
+    parts = {g.part: g.ratio for g in comparison.groups(by_stage=False)}
+    return {"events": events, "part_ratio_I_over_S": parts}
+
+
+def _dims(demo: Demo, name: str) -> dict[str, int]:
+    spectra = Spectra.load(final_spectra(demo.run(name)))
+    return {n: spectra.intrinsic_dim(n) for n in spectra.names}
+
+
+def _step_search(demo: Demo) -> dict:
+    base = resnet_cost(BASE_WIDTHS, DEFAULT_DEPTHS)
+    wanted = {
+        "ResiaNet S (MACs)": ("S", "macs"),
+        "ResiaNet I (MACs)": ("I", "macs"),
+        "ResiaNet I (params)": ("I", "params"),
+    }
+    specs = {}
+    for label, (run, metric) in wanted.items():
+        result = search_widths(_dims(demo, run), base.metric(metric), metric, MULTIPLE)
+        source = {
+            "demo": label,
+            "spectra": str(final_spectra(demo.run(run))),
+            "target": f"{metric}={base.metric(metric)} (the base network's)",
+        }
+        spec = WidthSpec(result.widths, DEFAULT_DEPTHS, "gn", GN_GROUPS, source)
+        path = demo.out / "search" / f"{_slug(label)}.json"
+        save_width_spec(path, spec, result.to_dict())
+        specs[label] = str(path)
+    # The simple width multiplier with about ResiaNet S's parameter reduction.
+    target = resnet_cost(json.loads(Path(specs["ResiaNet S (MACs)"]).read_text())["widths"]).params
+    multiplier = min(
+        (m / 100 for m in range(10, 201)),
+        key=lambda m: abs(resnet_cost(uniform_widths(m, BASE_WIDTHS, MULTIPLE)).params - target),
+    )
+    widths = uniform_widths(multiplier, BASE_WIDTHS, MULTIPLE)
+    label = f"uniform x{multiplier:.2f}"
+    spec = WidthSpec(widths, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": label})
+    path = demo.out / "search" / "uniform.json"
+    save_width_spec(path, spec, {"multiplier": multiplier})
+    specs[label] = str(path)
+    return {"specs": specs}
+
+
+def _step_retrain(demo: Demo, specs: dict[str, str]) -> dict:
+    rows = {"base": [], **{label: [] for label in specs}}
+    for k in range(demo.sizes.seeds):
+        seed = demo.seed + k
+        suffix = "" if k == 0 else f"-seed{seed}"
+        rows["base"].append(_train(demo, "S" + suffix, _widths(BASE_WIDTHS), seed=seed))
+        for label, path in specs.items():
+            rows[label].append(_train(demo, _slug(label) + suffix, path, seed=seed))
+    return {"metrics": rows}
+
+
+def table1(specs: dict[str, str], metrics: dict[str, list[dict]]) -> list[dict]:
+    """The paper's Table 1 in miniature: cost and AP (mean, std over seeds) per backbone."""
+    rows = []
+    for label, runs in metrics.items():
+        widths = (
+            BASE_WIDTHS if label == "base" else json.loads(Path(specs[label]).read_text())["widths"]
+        )
+        cost = resnet_cost(widths)
+        row = {
+            "backbone": label,
+            "widths": list(widths),
+            "macs": cost.macs,
+            "params": cost.params,
+            "seeds": len(runs),
+        }
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            values = [100 * run["bbox"][key] for run in runs]
+            row[key] = statistics.fmean(values)
+            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def findings(table: list[dict], analysis: dict) -> list[str]:
+    """Plain-language statements made from the measured numbers."""
+    base = next(r for r in table if r["backbone"] == "base")
+    lines = []
+    for row in table:
+        if row["backbone"] == "base":
+            continue
+        change = row["AP"] - base["AP"]
+        verdict = "matches or beats" if change >= 0 else "falls short of"
+        lines.append(
+            f"{row['backbone']}: {row['params'] / 1e6:.2f} M params "
+            f"({100 * (row['params'] / base['params'] - 1):+.0f}% vs base), "
+            f"{row['macs'] / 1e6:.0f} M MACs; AP {row['AP']:.1f} vs base {base['AP']:.1f} "
+            f"({change:+.1f}): it {verdict} the base here."
+        )
+    lines.append(
+        "The paper reports ResiaNets matching or beating ResNet-50 at equal MACs with fewer "
+        "parameters, and beating a uniform width multiplier of equal size; numbers this small "
+        "(short CPU schedules) are noisy, so read the rows above with their seeds."
+    )
+    ratios = analysis["part_ratio_I_over_S"]
+    backbone = ratios.get("backbone")
+    if backbone is not None:
+        more = "more" if backbone > 1 else "fewer"
+        lines.append(
+            f"Pre-trained (I) backbone maps use {more} dimensions than scratch (S) ones "
+            f"(I/S ratio {backbone:.2f}); the paper reports I using more in lower layers."
+        )
+    for run, counts in analysis["events"].items():
+        lines.append(
+            f"Run {run}: {counts['dropping']} map(s) dropping early, "
+            f"{counts['rebounding']} rebounding after a learning-rate decay."
+        )
+    return lines
+
+
+def _step_report(demo: Demo, specs: dict[str, str], retrain: dict, analysis: dict) -> dict:
+    table = table1(specs, retrain["metrics"])
+    text = findings(table, analysis)
+    path = write_report(
+        [demo.run("I"), demo.run("S")],
+        demo.out / "report",
+        names=["I", "S"],
+        multiple=MULTIPLE,
+        width_specs=list(specs.values()),
+        command="eigenarch demo",
+        table1=table,
+        findings=text,
+    )
+    return {"report": str(path), "table1": table, "findings": text}
+
+
+def _widths(widths) -> str:
+    return ",".join(str(w) for w in widths)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+
+
+#: (name, description, function(demo, state) -> outputs), in order.
+STEPS: list[tuple[str, str, Callable[[Demo, dict], dict]]] = [
+    ("data", "generate the shapes detection and classification sets", lambda d, s: _step_data(d)),
+    (
+        "pretrain",
+        "pre-train the backbone on shapes-cls (the I start)",
+        lambda d, s: _step_pretrain(d),
+    ),
+    (
+        "train",
+        "train the detector from pre-training (I) and from scratch (S)",
+        lambda d, s: _step_train(d),
+    ),
+    (
+        "analyse",
+        "eigenspectrum dynamics of I and S, and the I-vs-S comparison",
+        lambda d, s: _step_analyse(d),
+    ),
+    (
+        "search",
+        "Intrinsic Architecture Search and the uniform-multiplier baseline",
+        lambda d, s: _step_search(d),
+    ),
+    (
+        "retrain",
+        "retrain every searched backbone from scratch and evaluate",
+        lambda d, s: _step_retrain(d, s["search"]["specs"]),
+    ),
+    (
+        "report",
+        "write the report",
+        lambda d, s: _step_report(d, s["search"]["specs"], s["retrain"], s["analyse"]),
+    ),
 ]
 
 
@@ -72,14 +388,17 @@ def run_demo(
     scale: float = 1.0,
     seed: int = 0,
     force: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step)."""
     out = Path(out)
+    demo = Demo(out, DemoSizes.make(quick, scale), seed, device)
+    settings = {"quick": quick, "scale": scale, "seed": seed, "sizes": asdict(demo.sizes)}
     state_file = out / "state.json"
-    sizes = DemoSizes.make(quick, scale)
-    settings = {"quick": quick, "scale": scale, "seed": seed}
-    state = json.loads(state_file.read_text()) if state_file.is_file() and not force else {}
-    if state.get("settings") != settings:
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if force or state.get("settings") != settings:
+        if out.is_dir() and state_file.is_file():
+            shutil.rmtree(out)  # only a folder the demo made itself
         state = {"settings": settings, "steps": {}}
     for number, (name, description, step) in enumerate(STEPS, start=1):
         label = f"[{number}/{len(STEPS)}] {description}"
@@ -88,7 +407,7 @@ def run_demo(
             continue
         console.print(f"{label} ...", highlight=False)
         start = time.perf_counter()
-        outputs = step(out, sizes, seed)
+        outputs = step(demo, {k: v["outputs"] for k, v in state["steps"].items()})
         seconds = round(time.perf_counter() - start, 1)
         state["steps"][name] = {"outputs": outputs, "seconds": seconds}
         atomic_write_json(state_file, state)
@@ -97,15 +416,23 @@ def run_demo(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for every output of the demo."),
-    quick: bool = typer.Option(False, help="Smaller sizes: same steps, a few minutes."),
-    scale: float = typer.Option(1.0, help="Multiply data sizes (e.g. 10 on a GPU machine)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    force: bool = typer.Option(False, help="Redo finished steps."),
+    quick: bool = typer.Option(False, help="Smaller sizes: the same steps in about 3 minutes."),
+    scale: float = typer.Option(1.0, help="Multiply data sizes and iterations (e.g. 10 on a GPU)."),
+    seed: int = typer.Option(0, help="Random seed (seeds seed..seed+scale-1 when scale >= 2)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    force: bool = typer.Option(False, help="Delete the folder's earlier demo and start over."),
 ) -> None:
-    """Run the pipeline end to end on the embedded shapes data set (resumable)."""
-    state = run_demo(out, quick, scale, seed, force)
+    """Run the paper's pipeline end to end on the embedded shapes data set (resumable)."""
+    state = run_demo(out, quick, scale, seed, force, device)
     total = sum(step["seconds"] for step in state["steps"].values())
-    console.print(f"demo finished in {total:.0f} s of step time; outputs in {out}", highlight=False)
+    report = state["steps"]["report"]["outputs"]
+    for line in report["findings"]:
+        console.print(f"- {line}", highlight=False)
+    console.print(
+        f"demo finished ({total:.0f} s of step time). Report: {report['report']} — open it in "
+        f"a browser, e.g. `xdg-open {report['report']}`",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
