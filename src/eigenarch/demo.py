@@ -79,15 +79,15 @@ class DemoSizes:
         base = (
             cls(
                 train_images=100,
-                val_images=30,
+                val_images=20,
                 image_size=128,
                 cls_per_class=12,
                 cls_size=32,
                 pretrain_epochs=2,
                 iters=24,
                 batch_size=2,
-                checkpoint_every=8,
-                spectrum_images=12,
+                checkpoint_every=12,
+                spectrum_images=8,
             )
             if quick
             else cls()
@@ -197,8 +197,13 @@ def _step_analyse(demo: Demo) -> dict:
     sizes = demo.sizes
     events = {}
     for name in ("I", "S"):
+        # Maps wider than 1024 channels (the box head's flattened RoI input) are skipped.
         dynamics = compute_dynamics(
-            demo.run(name), images=sizes.spectrum_images, seed=demo.seed, device=demo.device
+            demo.run(name),
+            images=sizes.spectrum_images,
+            seed=demo.seed,
+            device=demo.device,
+            max_channels=1024,
         )
         events[name] = {
             kind: sum(1 for m in dynamics.maps if m.event(kind) is not None)

@@ -1,0 +1,152 @@
+"""Speed and memory of the eigenspectrum collector (issue 3, section 6).
+
+One run, the same inputs for every configuration: torchvision ResNet-50 (random weights,
+eval, 224 x 224, batch 2) under ``torch.no_grad``:
+
+* ``plain``      -- the forward alone;
+* ``all maps``   -- with :class:`SpectrumCollector` on every conv / fc ``:in`` and ``:out`` map;
+* ``outputs``    -- with the collector on ``:out`` maps only;
+* ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed.
+
+Configurations are timed in turn, forward by forward, so that load from other processes hits
+them alike; the median and the minimum over ``--repeats`` forwards of the wall-clock time and
+of the process CPU time are reported (with ``--threads 1`` the CPU time is the work done,
+whatever other processes load the machine). Peak memory is measured in fresh processes
+collecting ``--memory-images`` images each.
+
+Usage: ``python benchmarks/spectrum.py [--repeats 20] [--threads N] [--memory-images 4,16,64]
+[--json FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, nullcontext
+
+import torch
+import torchvision
+
+from eigenarch.spectrum import SpectrumCollector
+
+BATCH, SIZE = 2, 224
+
+
+def resnet50() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet50().eval()
+
+
+def delve_tracker(model: torch.nn.Module, folder: str):
+    """delve's tracker on conv + linear outputs, or ``None`` (with the reason) if unavailable."""
+    try:
+        from delve import SaturationTracker
+    except ImportError as exc:
+        return None, f"delve not importable: {exc}"
+    logging.getLogger("delve.logger").setLevel(logging.WARNING)  # it logs every layer it hooks
+    tracker = SaturationTracker(f"{folder}/delve", save_to="csv", modules=model, device="cpu",
+                                stats=["lsat"], include_conv=True)  # fmt: skip
+    return tracker, None
+
+
+def timings(repeats: int) -> dict:
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    base = resnet50()
+    configs = {
+        "plain": (base, nullcontext()),
+        "all maps": (copy.deepcopy(base), None),
+        "outputs": (copy.deepcopy(base), None),
+    }
+    configs["all maps"] = (configs["all maps"][0], SpectrumCollector(configs["all maps"][0]))
+    configs["outputs"] = (configs["outputs"][0],
+                          SpectrumCollector(configs["outputs"][0], sides=("out",)))  # fmt: skip
+    folder = tempfile.mkdtemp()
+    delve_model = copy.deepcopy(base)
+    tracker, delve_error = delve_tracker(delve_model, folder)
+    if tracker is not None:
+        configs["delve"] = (delve_model, nullcontext())
+    wall: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
+    with ExitStack() as stack, torch.no_grad():
+        for model, context in configs.values():
+            stack.enter_context(context)
+            model(x)  # warm-up: buffers allocated, kernels chosen
+            model(x)
+        for _ in range(repeats):
+            for name, (model, _) in configs.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                model(x)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    result = {
+        name: {
+            "median_s": statistics.median(wall[name]),
+            "min_s": min(wall[name]),
+            "cpu_median_s": statistics.median(cpu[name]),
+            "cpu_min_s": min(cpu[name]),
+        }
+        for name in configs
+    }
+    result["maps"] = {"all maps": len(configs["all maps"][1].names),
+                      "outputs": len(configs["outputs"][1].names)}  # fmt: skip
+    if delve_error:
+        result["delve_error"] = delve_error
+    return result
+
+
+def peak_memory(images: int) -> dict:
+    """Collect ``images`` images (batches of 2) in a fresh process; its peak RSS (VmHWM, which,
+    unlike ``ru_maxrss``, does not carry over the parent's peak through fork and exec)."""
+    code = (
+        "import json, re, torch, torchvision\n"
+        "from eigenarch.spectrum import SpectrumCollector\n"
+        "torch.manual_seed(0); m = torchvision.models.resnet50().eval()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "with SpectrumCollector(m) as c, torch.no_grad():\n"
+        f"    for _ in range({images} // {BATCH}):\n"
+        f"        m(torch.randn({BATCH}, 3, {SIZE}, {SIZE}, generator=g))\n"
+        "s = c.spectra()\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
+        "print(json.dumps({'peak_rss_mib': int(hwm) / 1024, 'samples': s.samples('conv1:in'),"
+        " 'state_mib': sum(12 * c.shape[0] ** 2 for c in map(s.covariance, s.names)) / 2**20}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--memory-images", default="4,16,64")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    result["time"] = timings(args.repeats)
+    t = result["time"]
+    for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
+        plain = t["plain"][stat]
+        result[f"ratio_all_maps_{stat[:-2]}"] = t["all maps"][stat] / plain
+        if "delve" in t:
+            result[f"added_vs_delve_{stat[:-2]}"] = (t["outputs"][stat] - plain) / (
+                t["delve"][stat] - plain
+            )
+    result["memory"] = {n: peak_memory(int(n)) for n in args.memory_images.split(",")}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

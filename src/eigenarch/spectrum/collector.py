@@ -1,0 +1,397 @@
+"""Streaming covariance of every feature map of a PyTorch model (SPEC section 3).
+
+:class:`SpectrumCollector` hooks every ``Conv2d``, ``Linear`` and ``ConvTranspose2d`` of a
+model and accumulates, per map, the non-centred, resolution-normalised covariance
+
+    Sigma = 1/n * sum_i 1/(W_i H_i) * sum_{x,y} F_{i,x,y} F_{i,x,y}^T
+
+while the user runs forward passes. Products are float32 GEMMs (float64 for maps narrower than
+:data:`NARROW`) accumulated in place into a per-map buffer (only the upper block triangle for
+wide maps); the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook
+calls and whenever spectra are read.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from eigenarch.errors import EigenarchError
+from eigenarch.spectrum.spectra import Spectra
+
+#: Module types whose input and output maps are collected (and their subclasses).
+HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
+#: Hook calls a map's float32 buffer takes before it is added into the float64 sum.
+FLUSH_EVERY = 16
+#: Maps narrower than this (an RGB input, logits) are multiplied in float64: their float32
+#: products lose accuracy over many positions, and cost next to nothing either way.
+NARROW = 16
+#: On the CPU, maps at least this wide compute only the upper block triangle of each product,
+#: in (at most) :data:`PANELS` row panels of at least :data:`MIN_PANEL` channels: nearly half
+#: the work, at full GEMM speed. (GPUs run full products: there, launches cost more than flops.)
+SYMMETRIC_MIN_CHANNELS = 128
+PANELS = 16
+MIN_PANEL = 64
+
+
+class _Triangle:
+    """A ``(C, C)`` accumulator and views of the row panels of its upper block triangle.
+
+    Only those panels are ever written: the lower block triangle stays zero and is restored
+    from the upper one when the spectra are read.
+    """
+
+    def __init__(self, channels: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.tensor = torch.zeros(channels, channels, dtype=dtype, device=device)
+        self.step = channels
+        if channels >= SYMMETRIC_MIN_CHANNELS and self.tensor.device.type == "cpu":
+            self.step = max(MIN_PANEL, channels // PANELS)
+        self.starts = list(range(0, channels, self.step))
+        self.panels = [self.tensor[i : i + self.step, i:] for i in self.starts]
+
+    def add_gram(self, matrix: Tensor, alpha: float) -> None:
+        """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
+        matrix = matrix.to(self.tensor.dtype)
+        columns = matrix.T
+        rows = matrix.split(self.step)
+        for start, panel, block in zip(self.starts, self.panels, rows, strict=True):
+            panel.addmm_(block, columns[:, start:], alpha=alpha)
+
+    def add_(self, other: _Triangle) -> None:
+        for panel, addend in zip(self.panels, other.panels, strict=True):
+            panel.add_(addend)
+
+    def zero_(self) -> None:
+        for panel in self.panels:
+            panel.zero_()
+
+
+@dataclass
+class _Map:
+    """Running state of one feature map."""
+
+    name: str
+    channels: int
+    spatial: bool  # a conv map (N, C, H, W); otherwise a Linear's (..., C) rows
+    rows_only: bool  # inside a detector's RoI heads: every row is one sample
+    total: _Triangle | None = None  # float64 running sum
+    buffer: _Triangle | None = None  # float32 products not yet added into ``total``
+    pending: int = 0  # hook calls in ``buffer``
+    samples: int = 0
+    # Does another map consume this map's tensors (so its products are kept for reuse)?
+    # None until known: products are kept meanwhile.
+    shared: bool | None = None
+    spare: list[_Triangle] = field(default_factory=list)  # product buffers no longer kept
+
+    def new_buffer(self, like: Tensor) -> _Triangle:
+        exact = like.dtype == torch.float64 or self.channels < NARROW
+        return _Triangle(self.channels, torch.float64 if exact else torch.float32, like.device)
+
+    def product_buffer(self, like: Tensor) -> _Triangle:
+        """A zeroed buffer for a product to keep: a spare one if any (no new allocation)."""
+        if not self.spare:
+            return self.new_buffer(like)
+        product = self.spare.pop()
+        product.zero_()
+        return product
+
+    def commit(self, samples: int) -> None:
+        self.samples += samples
+        self.pending += 1
+        if self.pending >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending == 0:
+            return
+        if self.total is None:
+            self.total = _Triangle(self.channels, torch.float64, self.buffer.tensor.device)
+        self.total.add_(self.buffer)
+        self.buffer.zero_()
+        self.pending = 0
+
+
+@dataclass
+class _Padding:
+    """The image batch of the current detector forward: padded size and image sizes."""
+
+    height: int
+    width: int
+    sizes: list[tuple[int, int]]
+
+
+@dataclass
+class _Seen:
+    """A tensor already multiplied (while it lives), by which map, and its product if kept."""
+
+    ref: weakref.ref
+    version: int
+    first: _Map
+    product: _Triangle | None
+    samples: int
+    reused: bool = False
+
+
+class SpectrumCollector:
+    """Accumulate the covariance of every conv / linear / transposed-conv map of ``model``.
+
+    Use as a context manager around any forward passes: hooks are attached on entry and
+    removed on exit, and nothing else about the model changes. torchvision detectors'
+    padding is found from their ``GeneralizedRCNNTransform``; padded positions never enter
+    the sums. Read the result with :meth:`spectra` (inside or after the ``with``).
+
+    Args:
+        model: any ``nn.Module``.
+        include: ``fnmatch`` patterns over module paths or map names (``"backbone.body.*"``,
+            ``"*:in"``); ``None`` collects every hooked module.
+        sides: which maps to collect, a non-empty subset of ``("in", "out")``.
+        max_channels: maps wider than this are skipped with a warning unless ``include``
+            names them exactly (module path or map name); ``None`` means no limit.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        include: Sequence[str] | None = None,
+        sides: Iterable[str] = ("in", "out"),
+        max_channels: int | None = 4096,
+    ) -> None:
+        sides = tuple(sides)
+        if not sides or any(s not in ("in", "out") for s in sides):
+            raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
+        self.model = model
+        self.include = [include] if isinstance(include, str) else include
+        self.sides = sides
+        self.max_channels = max_channels
+        #: Maps left out for being wider than ``max_channels``: name -> channels.
+        self.skipped: dict[str, int] = {}
+        self._maps: dict[str, _Map] = {}
+        self._layers: list[tuple[nn.Module, _Map | None, _Map | None]] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._padding: _Padding | None = None
+        self._seen: dict[int, _Seen] = {}
+        self._select()
+
+    @property
+    def names(self) -> list[str]:
+        """The collected map names, in module order."""
+        return list(self._maps)
+
+    def _select(self) -> None:
+        roi = tuple(f"{p}." for p, m in self.model.named_modules() if isinstance(m, RoIHeads))
+        for path, module in self.model.named_modules():
+            if not isinstance(module, HOOKED_TYPES):
+                continue
+            if isinstance(module, nn.Linear):
+                widths = {"in": module.in_features, "out": module.out_features}
+            else:
+                widths = {"in": module.in_channels, "out": module.out_channels}
+            spatial, rows_only = not isinstance(module, nn.Linear), path.startswith(roi)
+            pair = []
+            for side in ("in", "out"):
+                name = f"{path}:{side}"
+                chosen = side in self.sides and (
+                    self.include is None
+                    or any(fnmatchcase(path, p) or fnmatchcase(name, p) for p in self.include)
+                )
+                too_wide = self.max_channels is not None and widths[side] > self.max_channels
+                explicit = name in (self.include or ()) or path in (self.include or ())
+                if chosen and too_wide and not explicit:
+                    self.skipped[name] = widths[side]
+                    chosen = False
+                state = _Map(name, widths[side], spatial, rows_only) if chosen else None
+                if state is not None:
+                    self._maps[name] = state
+                pair.append(state)
+            if pair[0] or pair[1]:
+                self._layers.append((module, pair[0], pair[1]))
+        if not self._maps:
+            what = f"include patterns {self.include}" if self.include else "the model"
+            raise EigenarchError(
+                f"{what}: no Conv2d, Linear or ConvTranspose2d map to collect "
+                f"(sides {self.sides}, max_channels {self.max_channels})"
+            )
+        if self.skipped:
+            listed = ", ".join(f"{n} ({c})" for n, c in list(self.skipped.items())[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            warnings.warn(
+                f"skipped {len(self.skipped)} map(s) wider than max_channels="
+                f"{self.max_channels}: {listed}{more}; name them in include to collect them",
+                stacklevel=3,
+            )
+
+    def __enter__(self) -> SpectrumCollector:
+        if self._handles:
+            raise EigenarchError("this SpectrumCollector is already attached (nested `with`?)")
+        self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
+        for module in self.model.modules():
+            if isinstance(module, GeneralizedRCNNTransform):
+                self._handles.append(module.register_forward_hook(self._on_transform))
+        for module, map_in, map_out in self._layers:
+            self._handles.append(module.register_forward_hook(self._layer_hook(map_in, map_out)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._padding = None
+        self._seen.clear()
+
+    def _on_forward(self, module: nn.Module, args: tuple) -> None:
+        self._padding = None
+        for key in list(self._seen):
+            self._forget(key)
+
+    def _on_transform(self, module: nn.Module, args: tuple, output: tuple) -> None:
+        image_list = output[0]
+        height, width = image_list.tensors.shape[-2:]
+        self._padding = _Padding(height, width, [tuple(s) for s in image_list.image_sizes])
+
+    def _layer_hook(self, map_in: _Map | None, map_out: _Map | None):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            # Our own tensors are normal ones, and our float32 products never TF32 / bf16.
+            with torch.inference_mode(False), torch.no_grad(), _full_precision():
+                if map_in is not None and args and isinstance(args[0], Tensor):
+                    self._accumulate(map_in, args[0])
+                if map_out is not None and isinstance(output, Tensor):
+                    self._accumulate(map_out, output)
+
+        return hook
+
+    def _accumulate(self, state: _Map, tensor: Tensor) -> None:
+        """Add ``tensor`` to ``state``; a tensor already multiplied for another map is reused.
+
+        Tensors are recognised by identity and version counter while they live. Inference
+        tensors have no version counter: they are multiplied for every map that reads them.
+        """
+        if state.buffer is None:
+            state.buffer = state.new_buffer(tensor)
+        trackable = not tensor.is_inference()
+        seen = self._seen.get(id(tensor)) if trackable else None
+        if seen is not None and (seen.ref() is not tensor or seen.version != tensor._version):
+            seen = None
+        if seen is not None and seen.first is not state:
+            seen.first.shared = True
+            layout = (state.spatial, state.rows_only)
+            if seen.product is not None and (seen.first.spatial, seen.first.rows_only) == layout:
+                seen.reused = True
+                state.buffer.add_(seen.product)
+                state.commit(seen.samples)
+                return
+        keep = trackable and seen is None and state.shared is not False
+        product = state.product_buffer(tensor) if keep else state.buffer
+        samples = _multiply(product, tensor, state, self._padding)
+        if keep:
+            state.buffer.add_(product)
+        if trackable and seen is None:
+            key = id(tensor)
+            ref = weakref.ref(tensor, lambda ref: self._forget(key, ref))
+            self._seen[key] = _Seen(ref, tensor._version, state, product if keep else None, samples)
+        state.commit(samples)
+
+    def _forget(self, key: int, ref: weakref.ref | None = None) -> None:
+        """Drop a remembered tensor; a product nobody reused marks its map as not shared."""
+        seen = self._seen.get(key)
+        if seen is None or (ref is not None and seen.ref is not ref):
+            return
+        del self._seen[key]
+        if seen.product is None:
+            return
+        if not seen.reused and seen.first.shared is None:
+            seen.first.shared = False
+        if seen.first.shared:
+            seen.first.spare.append(seen.product)  # for the map's next kept product
+
+    def flush(self) -> None:
+        """Add every pending float32 product into the float64 sums."""
+        for state in self._maps.values():
+            state.flush()
+
+    def spectra(self) -> Spectra:
+        """The covariances so far; under ``torch.distributed``, summed over every rank.
+
+        Sums and sample counts are all-reduced here (once per call, not per batch), so every
+        rank gets the same result. Maps that saw no sample on any rank are left out. The
+        collector's own state is unchanged: collection may go on afterwards.
+        """
+        self.flush()
+        states = list(self._maps.values())
+        distributed = dist.is_available() and dist.is_initialized()
+        device = _reduce_device(states) if distributed else torch.device("cpu")
+        counts = torch.tensor([s.samples for s in states], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(counts)
+        covariances, samples = {}, {}
+        for state, count in zip(states, counts.tolist(), strict=True):
+            total = state.total.tensor if state.total is not None else None
+            if distributed:
+                if total is None:
+                    total = torch.zeros(state.channels, state.channels, dtype=torch.float64)
+                total = total.to(device, copy=True)
+                dist.all_reduce(total)
+            if count == 0:
+                continue
+            upper = total.cpu().triu()
+            covariances[state.name] = (upper + upper.triu(1).T) / count
+            samples[state.name] = int(count)
+        return Spectra(covariances, samples)
+
+
+@contextmanager
+def _full_precision() -> Iterator[None]:
+    """Float32 matmuls at full precision (whatever ``set_float32_matmul_precision`` says)."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | None) -> int:
+    """``out += sum_i 1/(W_i H_i) F_i F_i^T`` over the samples of ``tensor``; their number."""
+    if not state.spatial:  # a Linear's (..., C) input or output: every row is a sample
+        rows = tensor.reshape(-1, tensor.shape[-1])
+        if rows.shape[0]:
+            out.add_gram(rows.T, 1.0)
+        return rows.shape[0]
+    if tensor.dim() == 3:  # an unbatched (C, H, W) conv map
+        tensor = tensor.unsqueeze(0)
+    batch, channels, height, width = tensor.shape
+    images = padding is None or batch == len(padding.sizes)
+    if state.rows_only or not images:
+        # RoI features (R, C, h, w): every row is a sample of weight 1 / (h w).
+        if batch:
+            out.add_gram(tensor.movedim(1, -1).reshape(-1, channels).T, 1.0 / (height * width))
+        return batch
+    for i in range(batch):
+        h, w = height, width
+        if padding is not None:  # the valid, top-left region of image i
+            image_h, image_w = padding.sizes[i]
+            h = min(height, math.ceil(image_h * height / padding.height))
+            w = min(width, math.ceil(image_w * width / padding.width))
+        out.add_gram(tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w))
+    return batch
+
+
+def _reduce_device(states: list[_Map]) -> torch.device:
+    """Where to all-reduce: this rank's GPU for NCCL (where its sums are), else the CPU."""
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    held = [s.total.tensor.device for s in states if s.total is not None]
+    return held[0] if held else torch.device("cuda", torch.cuda.current_device())

@@ -1,0 +1,224 @@
+"""SpectrumCollector against a direct float64 numpy computation of SPEC section 3."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+import eigenarch.spectrum.collector as collector_module
+from eigenarch.errors import EigenarchError
+from eigenarch.spectrum import SpectrumCollector
+
+
+def test_toy_detector_matches_reference(
+    toy_detector, toy_batches, collect_with_reference, assert_matches
+):
+    spectra, reference = collect_with_reference(toy_detector, toy_batches)
+    assert_matches(spectra, reference)
+    images = sum(len(b) for b in toy_batches)
+    assert spectra.samples("head:in") == 2 * images  # a shared head: every call counts
+    assert spectra.samples("box:in") == 3 * images  # RoI rows
+    assert spectra.samples("mask:out") == 3 * images
+    assert spectra.samples("stem:in") == images
+    # The batches really are padded, so the valid-region rule is exercised.
+    image_list, _ = toy_detector.transform(toy_batches[0])
+    padded, sizes = image_list.tensors.shape[-2:], image_list.image_sizes
+    assert any(tuple(s) != tuple(padded) for s in sizes)
+
+
+def test_dead_map_gives_zeros_not_nan(toy_detector, toy_batches, collect_with_reference):
+    spectra, _ = collect_with_reference(toy_detector, toy_batches)
+    values = spectra.eigenvalues("dead:out")
+    assert values.dtype == torch.float64 and not values.isnan().any() and not values.any()
+    assert spectra.intrinsic_dim("dead:out") == 0
+    assert spectra.degrees_of_freedom("dead:out") == 0.0
+    assert spectra.effective_rank("dead:out") == 0.0
+
+
+def test_mask_rcnn_matches_reference(collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    model = MaskRCNN(backbone, num_classes=3, min_size=64, max_size=96,
+                     rpn_post_nms_top_n_test=50, box_detections_per_img=5,
+                     box_score_thresh=0.0).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    batches = [[torch.rand(3, 60, 90, generator=g), torch.rand(3, 80, 50, generator=g)]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fc6:in (12544 channels) is skipped with a warning
+        spectra, reference = collect_with_reference(model, batches)
+    assert_matches(spectra, reference)
+    assert spectra.samples("rpn.head.conv.0.0:in") == 5 * 2  # one call per FPN level
+    assert spectra.samples("roi_heads.mask_predictor.conv5_mask:out") == spectra.samples(
+        "roi_heads.mask_head.0.0:in"
+    )
+
+
+def test_shared_input_is_multiplied_once(monkeypatch):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 6, 3, padding=1)
+            self.downsample = nn.Conv2d(4, 6, 1)
+
+        def forward(self, x):
+            return self.conv1(x) + self.downsample(x)
+
+    calls = []
+    multiply = collector_module._multiply
+    monkeypatch.setattr(collector_module, "_multiply",
+                        lambda *a: calls.append(a[1].data_ptr()) or multiply(*a))  # fmt: skip
+    model = Block()
+    g = torch.Generator().manual_seed(0)
+    with SpectrumCollector(model, sides=("in",)) as collector, torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 4, 5, 5, generator=g))
+    assert len(calls) == 3  # one product per forward, the first one included
+    spectra = collector.spectra()
+    assert torch.equal(spectra.covariance("conv1:in"), spectra.covariance("downsample:in"))
+    assert spectra.samples("conv1:in") == spectra.samples("downsample:in") == 6
+
+
+def test_model_left_untouched(toy_detector, toy_batches):
+    before = {name: set(vars(m)) for name, m in toy_detector.named_modules()}
+    state = copy.deepcopy(toy_detector.state_dict())
+    with torch.no_grad():
+        expected = toy_detector(toy_batches[0])
+        with SpectrumCollector(toy_detector):
+            toy_detector(toy_batches[0])
+        got = toy_detector(toy_batches[0])
+    assert {name: set(vars(m)) for name, m in toy_detector.named_modules()} == before
+    for module in toy_detector.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    assert all(torch.equal(state[k], v) for k, v in toy_detector.state_dict().items())
+    assert torch.equal(expected[1], got[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_maps(dtype, collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).to(dtype)  # fmt: skip
+    batches = [torch.rand(4, 3, 8, 8).to(dtype) for _ in range(2)]
+    spectra, reference = collect_with_reference(model, batches)
+    assert_matches(spectra, reference)
+
+
+def test_include_sides_and_width_limit():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(), nn.Linear(8 * 4, 20))
+    with pytest.warns(UserWarning, match=r"2:in \(32\), 2:out \(20\)"):
+        collector = SpectrumCollector(model, max_channels=16)
+    assert collector.names == ["0:in", "0:out"]
+    assert set(collector.skipped) == {"2:in", "2:out"}
+    # Named exactly (module path or map name), a wide map is collected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SpectrumCollector(model, include=["2"], max_channels=16).names == ["2:in", "2:out"]
+    assert SpectrumCollector(model, include=["*:out"], sides=["out"]).names == ["0:out", "2:out"]
+    with pytest.raises(EigenarchError, match="sides"):
+        SpectrumCollector(model, sides=("middle",))
+    with pytest.raises(EigenarchError, match="no Conv2d"):
+        SpectrumCollector(model, include=["backbone.*"])
+
+
+def test_default_limit_skips_fc6_sized_maps():
+    model = nn.Linear(12544, 4)
+    with pytest.warns(UserWarning, match="max_channels=4096"):
+        assert SpectrumCollector(model).names == [":out"]
+
+
+def test_spectra_can_be_read_while_collecting():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    x = torch.rand(2, 3, 6, 6)
+    with SpectrumCollector(model) as collector, torch.no_grad():
+        model(x)
+        first = collector.spectra()
+        assert torch.equal(first.covariance("0:in"), collector.spectra().covariance("0:in"))
+        model(x)
+    assert collector.spectra().samples("0:in") == 4
+    assert torch.allclose(collector.spectra().covariance("0:out"), first.covariance("0:out"))
+
+
+class _Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 40, 3)  # wide enough for the symmetric panels when patched
+        self.fc = nn.Linear(40, 7)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=6))
+def test_streaming_is_independent_of_batching(sizes):
+    torch.manual_seed(0)
+    model = _Classifier().eval()
+    images = torch.rand(12, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    cuts = np.cumsum([0, *sizes])
+    cuts = [c for c in cuts if c < len(images)] + [len(images)]
+    results = []
+    for bounds in (list(zip(cuts[:-1], cuts[1:], strict=True)), [(0, len(images))]):
+        with SpectrumCollector(model) as collector, torch.no_grad():
+            for start, stop in bounds:
+                model(images[start:stop])
+        results.append(collector.spectra())
+    for name in results[1].names:
+        a, b = results[0].covariance(name), results[1].covariance(name)
+        assert (a - b).norm() / b.norm() < 1e-6
+        assert results[0].samples(name) == results[1].samples(name)
+
+
+def test_symmetric_panels_match_full_products(
+    monkeypatch, toy_detector, toy_batches, collect_with_reference, assert_matches
+):
+    monkeypatch.setattr(collector_module, "SYMMETRIC_MIN_CHANNELS", 4)
+    monkeypatch.setattr(collector_module, "MIN_PANEL", 3)
+    monkeypatch.setattr(collector_module, "FLUSH_EVERY", 1)
+    spectra, reference = collect_with_reference(toy_detector, toy_batches)
+    assert_matches(spectra, reference)
+    cov = spectra.covariance("branch:out")
+    assert torch.equal(cov, cov.T) and math.isfinite(cov.sum().item())
+
+
+def test_inference_mode_no_grad_and_autograd_agree(toy_detector, toy_batches):
+    results = []
+    for context in (torch.inference_mode, torch.no_grad, torch.enable_grad):
+        with SpectrumCollector(toy_detector) as collector, context():
+            for batch in toy_batches:
+                outputs = toy_detector(batch)
+        results.append(collector.spectra())
+    outputs[1].sum().backward()  # the hooks left the autograd graph intact
+    assert toy_detector.box.weight.grad is not None
+    for spectra in results[:2]:
+        assert spectra.names == results[2].names
+        for name in spectra.names:
+            expected = results[2].covariance(name)
+            assert (spectra.covariance(name) - expected).norm() <= 1e-6 * expected.norm(), name
+            assert spectra.samples(name) == results[2].samples(name)
+
+
+def test_products_ignore_reduced_matmul_precision():
+    model = nn.Linear(256, 2)
+    x = torch.randn(3000, 256, generator=torch.Generator().manual_seed(0))
+    results = []
+    previous = torch.get_float32_matmul_precision()
+    for precision in ("highest", "medium"):  # "medium" may allow bf16 / TF32 float32 matmuls
+        torch.set_float32_matmul_precision(precision)
+        try:
+            with SpectrumCollector(model, sides=("in",)) as collector, torch.no_grad():
+                model(x)  # the map is the input itself: the same whatever the precision
+            assert torch.get_float32_matmul_precision() == precision
+        finally:
+            torch.set_float32_matmul_precision(previous)
+        results.append(collector.spectra().covariance(":in"))
+    assert torch.equal(results[0], results[1])

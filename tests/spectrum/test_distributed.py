@@ -1,0 +1,59 @@
+"""Two gloo processes on CPU give the same spectra as one process on the same images."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from eigenarch.spectrum import Spectra, SpectrumCollector
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 24, 3), nn.ReLU(), nn.Conv2d(24, 16, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 3 * 3, 10),
+    ).eval()  # fmt: skip
+
+
+def make_images() -> torch.Tensor:
+    return torch.rand(10, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+
+
+def collect(images: torch.Tensor, batch_size: int = 2) -> Spectra:
+    model = make_model()
+    with SpectrumCollector(model) as collector, torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size])
+    return collector.spectra()
+
+
+def worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        images = make_images()
+        collect(images[rank::world], batch_size=3).save(f"{out}.{rank}")
+        # A rank that saw nothing at all still takes part in the reduction.
+        collect(images if rank == 0 else images[:0]).save(f"{out}.idle.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one(tmp_path):
+    world = 2
+    mp.spawn(worker, args=(world, f"file://{tmp_path}/init", str(tmp_path / "s")),
+             nprocs=world, join=True)  # fmt: skip
+    single = collect(make_images())
+    ranks = [Spectra.load(tmp_path / f"s{kind}.{r}") for kind in ("", ".idle") for r in range(2)]
+    for name in single.names:
+        expected = single.covariance(name)
+        for spectra in ranks:
+            assert spectra.samples(name) == single.samples(name)
+            assert (spectra.covariance(name) - expected).norm() / expected.norm() < 1e-6
+            assert spectra.intrinsic_dim(name) == single.intrinsic_dim(name)
+        assert torch.equal(ranks[0].covariance(name), ranks[1].covariance(name))
+    assert all(spectra.names == single.names for spectra in ranks)
+    assert single.samples("5:in") == 10 and single.samples("0:in") == 10

@@ -1,0 +1,154 @@
+"""Spectra: eigenvalues and measures of SPEC section 3, and the safetensors + JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import eigenarch.spectrum.spectra as spectra_module
+from eigenarch.errors import EigenarchError
+from eigenarch.spectrum import Spectra
+from eigenarch.spectrum.spectra import sidecar
+
+
+def psd(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
+    """A float64 PSD matrix with the given eigenvalues and a random basis."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g,
+                                       dtype=torch.float64))  # fmt: skip
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+
+
+@pytest.fixture
+def spectra() -> Spectra:
+    covariances = {
+        "a:in": psd([4.0, 2.0, 1e-2, 1e-3, 1e-5]),
+        "a:out": psd([1.0, 0.5, 0.25], seed=1),
+        "dead:out": torch.zeros(2, 2, dtype=torch.float64),
+    }
+    return Spectra(covariances, {"a:in": 10, "a:out": 10, "dead:out": 3}, {"model": "toy"})
+
+
+def test_eigenvalues_and_measures(spectra):
+    values = spectra.eigenvalues("a:in")
+    assert values.dtype == torch.float64
+    assert torch.allclose(values, torch.tensor([1.0, 0.5, 2.5e-3, 2.5e-4, 2.5e-6],
+                                               dtype=torch.float64), atol=1e-12)  # fmt: skip
+    assert spectra.intrinsic_dim("a:in") == 3
+    assert spectra.intrinsic_dim("a:in", threshold=10**-3.5) == 3
+    assert spectra.intrinsic_dim("a:in", threshold=1e-5) == 4
+    lam = np.array([1.0, 0.5, 2.5e-3, 2.5e-4, 2.5e-6])
+    assert spectra.degrees_of_freedom("a:in") == pytest.approx((lam / (lam + 1e-3)).sum())
+    p = lam / lam.sum()
+    assert spectra.effective_rank("a:in") == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert spectra.channels("a:in") == 5 and spectra.samples("a:in") == 10
+    assert spectra.names == ["a:in", "a:out", "dead:out"]
+
+
+def test_dead_map(spectra):
+    assert not spectra.eigenvalues("dead:out").any()
+    assert spectra.intrinsic_dim("dead:out") == 0
+    assert spectra.degrees_of_freedom("dead:out") == 0 and spectra.effective_rank("dead:out") == 0
+
+
+def test_negative_eigenvalues_are_clamped():
+    cov = psd([1.0, 0.5, 0.0]) - 1e-12 * torch.eye(3, dtype=torch.float64)
+    values = Spectra({"m": cov}, {"m": 1}).eigenvalues("m")
+    assert (values >= 0).all() and values[0] == 1
+
+
+def test_unknown_map_is_a_clear_error(spectra):
+    with pytest.raises(EigenarchError, match="no map named 'a'.*did you mean a:in"):
+        spectra.covariance("a")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=12),
+    st.floats(1e-9, 0.9),
+    st.floats(1e-9, 0.9),
+)
+def test_intrinsic_dim_properties(eigenvalues, t1, t2):
+    s = Spectra({"m": psd(eigenvalues)}, {"m": 1})
+    low, high = sorted((t1, t2))
+    c = len(eigenvalues)
+    assert 0 <= s.intrinsic_dim("m", high) <= s.intrinsic_dim("m", low) <= c
+    assert 0 <= s.degrees_of_freedom("m", low) <= c + 1e-9
+    assert not math.isnan(s.effective_rank("m")) and s.effective_rank("m") <= c + 1e-9
+    values = s.eigenvalues("m")
+    assert (values[:-1] >= values[1:]).all() and ((values >= 0) & (values <= 1)).all()
+
+
+def test_save_load_round_trip(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    assert sidecar(path).name == "s.safetensors.json"
+    loaded = Spectra.load(path)
+    assert loaded.names == spectra.names and loaded.meta == {"model": "toy"}
+    for name in spectra.names:
+        assert torch.equal(loaded.covariance(name), spectra.covariance(name))
+        assert torch.equal(loaded.eigenvalues(name), spectra.eigenvalues(name))
+        assert loaded.samples(name) == spectra.samples(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
+
+
+def test_corrupted_file_is_refused(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EigenarchError, match="do not match"):
+        Spectra.load(path)
+
+
+def test_truncated_file_is_refused(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(EigenarchError, match="corrupted"):
+        Spectra.load(path)
+
+
+def test_foreign_files_are_refused(spectra, tmp_path):
+    foreign = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(EigenarchError, match="sidecar model.safetensors.json is missing"):
+        Spectra.load(foreign)
+    sidecar(foreign).write_text('{"format": "something-else"}')
+    with pytest.raises(EigenarchError, match="not an eigenarch spectra sidecar"):
+        Spectra.load(foreign)
+    sidecar(foreign).write_text("{not json")
+    with pytest.raises(EigenarchError, match="not valid JSON"):
+        Spectra.load(foreign)
+    with pytest.raises(EigenarchError, match="not found"):
+        Spectra.load(tmp_path / "missing.safetensors")
+
+
+def test_sidecar_naming_maps_absent_from_file_is_refused(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    info = json.loads(sidecar(path).read_text())
+    info["maps"][0]["channels"] = 7
+    sidecar(path).write_text(json.dumps(info))
+    with pytest.raises(EigenarchError, match="no 7-channel tensors for map 'a:in'"):
+        Spectra.load(path)
+
+
+def test_failed_save_leaves_previous_file(spectra, tmp_path, monkeypatch):
+    path = spectra.save(tmp_path / "s.safetensors")
+    before = path.read_bytes()
+
+    def broken(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(spectra_module, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        spectra.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
+    assert Spectra.load(path).names == spectra.names

@@ -1,0 +1,155 @@
+"""``eigenarch spectrum`` and ``eigenarch spectrum show``, run as a user would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from eigenarch.data.shapes import ShapesConfig, generate_shapes
+from eigenarch.models.detector import build_detector
+from eigenarch.spectrum import Spectra
+from eigenarch.spectrum.cli import parse_threshold
+from eigenarch.train.checkpoint import DETECTOR_FORMAT
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, ShapesConfig(train=5, val=2, size=64, seed=0), workers=1)
+    return root
+
+
+def collect(run_cli, shapes, out, *extra):
+    return run_cli("spectrum", "--data", shapes, "--images", "3", "--workers", "0",
+                   "--out", out, *extra)  # fmt: skip
+
+
+def test_classifier_collect_then_show(run_cli, shapes, tmp_path):
+    out = tmp_path / "r18.safetensors"
+    r = collect(run_cli, shapes, out, "--model", "resnet18", "--include", "layer4.*", "--json")
+    assert r.code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    spectra = Spectra.load(out)
+    assert [row["name"] for row in summary["maps"]] == spectra.names
+    assert spectra.names[0] == "layer4.0.conv1:in" and len(spectra.names) == 10
+    assert all(spectra.samples(n) == 3 for n in spectra.names)
+    assert spectra.meta["model"] == "resnet18" and spectra.meta["images"] == 3
+    for row in summary["maps"]:
+        assert row["intrinsic_dim"] == spectra.intrinsic_dim(row["name"], 1e-3)
+        assert row["share"] == row["intrinsic_dim"] / row["channels"]
+
+    r = run_cli("spectrum", "show", out, "--threshold", "1e-3.5", "--json")
+    assert r.code == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["threshold"] == pytest.approx(10**-3.5)
+    for row in shown["maps"]:
+        assert row["intrinsic_dim"] == spectra.intrinsic_dim(row["name"], 10**-3.5)
+
+    r = run_cli("spectrum", "show", out)
+    assert r.code == 0 and "layer4.1.conv2:out" in r.stdout and "dim @ 0.001" in r.stdout
+
+
+def test_same_seed_same_file(run_cli, shapes, tmp_path):
+    args = ("--model", "resnet18", "--include", "layer4.1.*", "--seed", "3")
+    for name in ("a", "b"):
+        assert collect(run_cli, shapes, tmp_path / name, *args).code == 0
+    a, b = Spectra.load(tmp_path / "a"), Spectra.load(tmp_path / "b")
+    assert all(torch.equal(a.covariance(n), b.covariance(n)) for n in a.names)
+
+
+def test_detector_with_random_weights(run_cli, shapes, tmp_path):
+    out = tmp_path / "frcnn.safetensors"
+    r = collect(run_cli, shapes, out, "--model", "fasterrcnn_resnet50_fpn", "--min-size", "64",
+                "--include", "rpn.*", "--include", "roi_heads.box_head.*")  # fmt: skip
+    assert r.code == 0, r.stderr
+    spectra = Spectra.load(out)
+    assert spectra.samples("rpn.head.conv.0.0:in") == 5 * 3  # 5 FPN levels, 3 images
+    assert spectra.channels("rpn.head.cls_logits:out") == 3
+    assert "roi_heads.box_head.fc6:out" in spectra.names
+    assert "skipping 1 map(s) wider than 4096" in r.stderr and "fc6:in" in r.stderr
+    assert "rpn.head.conv.0.0:in" in r.stdout  # the table
+
+
+def test_checkpoint_file(run_cli, shapes, tmp_path):
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18()
+    good = tmp_path / "good.pt"
+    torch.save({"model": model.state_dict(), "config": {"arch": "resnet18"}}, good)
+    r = collect(run_cli, shapes, tmp_path / "c", "--model", good, "--include", "fc")
+    assert r.code == 0, r.stderr
+    assert Spectra.load(tmp_path / "c").names == ["fc:in", "fc:out"]
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": model.state_dict()}, bad)
+    r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
+    assert r.code == 2 and "'config'" in r.stderr
+    torch.save({"model": model.state_dict(), "config": {"depth": 18}}, bad)
+    r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
+    assert r.code == 2 and "naming a torchvision builder in 'arch'" in r.stderr
+    torch.save({"model": {"fc.weight": torch.zeros(1)}, "config": {"arch": "resnet18"}}, bad)
+    r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
+    assert r.code == 2 and "weights do not fit the resnet18" in r.stderr
+    bad.write_bytes(b"not a checkpoint")
+    r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
+    assert r.code == 2 and "not a readable torch checkpoint" in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
+    config = dict(backbone=",".join(["32"] * 9), num_classes=9, gn_groups=8, fpn_channels=16,
+                  head_channels=16, representation=32, min_size=96, max_size=96)  # fmt: skip
+    torch.manual_seed(0)
+    detector = build_detector(**config)
+    path = tmp_path / "iter_0000010.pt"
+    torch.save({"format": DETECTOR_FORMAT, "config": config, "model": detector.state_dict()}, path)
+    r = collect(run_cli, shapes, tmp_path / "s", "--model", path, "--include", "rpn.*",
+                "--min-size", "64", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    spectra = Spectra.load(tmp_path / "s")
+    assert spectra.channels("rpn.head.conv.0.0:in") == 16
+    assert spectra.samples("rpn.head.conv.0.0:in") == 5 * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model", "nonsense"), "--model 'nonsense': not a file"),
+        (("--model", "resnet18", "--threshold", "abc"), "--threshold 'abc'"),
+        (("--model", "resnet18", "--sides", "up"), "sides ('up',)"),
+        (("--model", "resnet18", "--include", "nothing.*"), "no Conv2d"),
+        (("--model", "resnet18", "--split", "test"), "no annotations for split 'test'"),
+        (("--images", "2"), "needs --model and --data"),
+    ],
+)
+def test_user_errors(run_cli, shapes, tmp_path, args, message):
+    r = collect(run_cli, shapes, tmp_path / "x", *args)
+    assert r.code == 2 and r.stderr.startswith("error:") and message in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_show_refuses_bad_files(run_cli, tmp_path):
+    r = run_cli("spectrum", "show", tmp_path / "none.safetensors")
+    assert r.code == 2 and "not found" in r.stderr
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    r = run_cli("spectrum", "show", junk)
+    assert r.code == 2 and "sidecar" in r.stderr
+
+
+def test_help(run_cli):
+    r = run_cli("spectrum", "--help")
+    assert r.code == 0 and "--model" in r.stdout and "show" in r.stdout
+    assert run_cli("spectrum", "show", "--help").code == 0
+
+
+def test_parse_threshold():
+    assert parse_threshold("1e-3") == 1e-3
+    assert parse_threshold("1e-3.5") == pytest.approx(10**-3.5)
+    assert parse_threshold("5e-2.5") == pytest.approx(5 * 10**-2.5)
+    assert parse_threshold("0.01") == 0.01
+    for bad in ("0", "1", "2e0.5", "e", "1e-3.5.1", "-1e-3"):
+        with pytest.raises(Exception, match="--threshold"):
+            parse_threshold(bad)
