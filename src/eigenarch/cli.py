@@ -10,10 +10,15 @@ import sys
 
 import typer
 
+from eigenarch import demo as demo_cli
 from eigenarch.data import cli as data_cli
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation import cli as evaluation_cli
+from eigenarch.nas import cli as nas_cli
 from eigenarch.progress import console
+from eigenarch.report import cli as report_cli
+from eigenarch.spectrum import cli as spectrum_cli
+from eigenarch.train import cli as train_cli
 from eigenarch.widths import cli as widths_cli
 
 app = typer.Typer(
@@ -25,7 +30,12 @@ app = typer.Typer(
 )
 
 data_cli.register(app)
+nas_cli.register(app)
+report_cli.register(app)
+spectrum_cli.register(app)
+demo_cli.register(app)
 evaluation_cli.register(app)
+train_cli.register(app)
 widths_cli.register(app)
 
 
@@ -34,5 +44,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="eigenarch")
     except EigenarchError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

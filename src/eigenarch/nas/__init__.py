@@ -1,0 +1,68 @@
+"""DetNAS: the ShuffleNetV2 search space, supernet, search and retraining (SPEC section 8).
+
+Detection training and evaluation of supernets live in :mod:`eigenarch.nas.supernet`.
+"""
+
+from eigenarch.nas.search import (
+    STRATEGIES,
+    Candidate,
+    SearchConfig,
+    SearchResult,
+    next_population,
+    plot_choices,
+    plot_fitness,
+    run_search,
+    top_k,
+)
+from eigenarch.nas.shufflenet import (
+    CHOICES,
+    DETNAS_FORMAT,
+    SPACES,
+    ChoiceBlock,
+    SearchSpace,
+    ShuffleBlock,
+    ShuffleNetV2,
+    body_from_config,
+    choice_blocks,
+    detnas_config,
+    load_detnas_file,
+    macs_range,
+    make_space,
+    off_path_parameters,
+    path_cost,
+    path_macs,
+    path_state_dict,
+    read_detnas_config,
+    set_path,
+)
+
+__all__ = [
+    "CHOICES",
+    "DETNAS_FORMAT",
+    "SPACES",
+    "STRATEGIES",
+    "Candidate",
+    "ChoiceBlock",
+    "SearchConfig",
+    "SearchResult",
+    "SearchSpace",
+    "ShuffleBlock",
+    "ShuffleNetV2",
+    "body_from_config",
+    "choice_blocks",
+    "detnas_config",
+    "load_detnas_file",
+    "macs_range",
+    "make_space",
+    "next_population",
+    "off_path_parameters",
+    "path_cost",
+    "path_macs",
+    "path_state_dict",
+    "plot_choices",
+    "plot_fitness",
+    "read_detnas_config",
+    "run_search",
+    "set_path",
+    "top_k",
+]

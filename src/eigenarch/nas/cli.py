@@ -1,0 +1,312 @@
+"""``eigenarch detnas count | supernet | search | retrain | pretrain``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from eigenarch.distributed import is_main
+from eigenarch.errors import EigenarchError
+from eigenarch.evaluation.cli import metrics_table
+from eigenarch.nas.search import STRATEGIES, SearchConfig
+from eigenarch.nas.shufflenet import (
+    CHOICES,
+    SearchSpace,
+    cost_table,
+    detnas_config,
+    format_path,
+    load_detnas_file,
+    macs_range,
+    make_space,
+    path_cost,
+    read_detnas_config,
+)
+from eigenarch.nas.supernet import (
+    DetectionSearch,
+    SupernetConfig,
+    pretrain_supernet,
+    search_supernet,
+    train_supernet,
+)
+from eigenarch.progress import console
+from eigenarch.train import cli as train_cli
+from eigenarch.train.loop import TrainConfig, train_detector
+from eigenarch.train.pretrain import PretrainConfig
+from eigenarch.widths.cli import parse_ints
+
+detnas = typer.Typer(
+    help="DetNAS: ShuffleNetV2 supernet trained on detection, evolutionary search, retraining.",
+    no_args_is_help=True,
+)
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+SPACE = typer.Option(1, help="Search space 1 (20 blocks, ~300M) or 2 (40 blocks, ~1.3G).")
+STEM = typer.Option(None, help="Replace the space's stem width (e.g. narrow test nets).")
+CHANNELS = typer.Option(None, help="Replace the four stage widths, e.g. 32,64,128,256.")
+DEPTHS = typer.Option(None, help="Replace the four stage depths, e.g. 1,1,2,1.")
+
+
+def _space(space: int, stem: int | None, channels: str | None, depths: str | None):
+    return make_space(
+        space,
+        stem,
+        parse_ints(channels, "--channels") if channels else None,
+        parse_ints(depths, "--depths") if depths else None,
+    )
+
+
+def parse_flops(text: str) -> float:
+    """``"300e6"``, ``"300M"``, ``"1.3G"`` -> a number of MACs."""
+    scale = _SUFFIX.get(text[-1:].upper(), 1.0)
+    try:
+        value = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise EigenarchError(f"--flops {text!r}: expected a positive number (K/M/G allowed)")
+    return value
+
+
+def resolve_path(text: str, space: SearchSpace) -> dict[str, Any]:
+    """A DetNAS network description from a search folder, a path file, or ``0,1,2,...``."""
+    candidate = Path(text)
+    if candidate.is_dir():
+        candidate = candidate / "best_path.json"
+        if not candidate.is_file():
+            raise EigenarchError(f"--path {text}: no best_path.json (is it a search folder?)")
+    if candidate.is_file():
+        config = load_detnas_file(candidate)
+        if config is None or config.get("path") is None:
+            raise EigenarchError(f"--path {candidate}: not a DetNAS path file (best_path.json)")
+        return config
+    if "," not in text:
+        raise EigenarchError(
+            f"--path {text!r}: not a search folder, a path file, or comma-separated choices"
+        )
+    return detnas_config(space, parse_ints(text, "--path"))
+
+
+def _parse_as(command, name: str, args: list[str]) -> tuple[dict[str, Any], bool]:
+    """Parse ``args`` with the options of another command; returns (options, --resume)."""
+    app = typer.Typer()
+    app.command()(command)
+    context = typer.main.get_command(app).make_context(name, list(args))
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in context.params.items()}
+    return params, bool(params.pop("resume", False))
+
+
+def train_options(args: list[str]) -> tuple[dict[str, Any], bool]:
+    """``args`` parsed as ``eigenarch train`` parses them: TrainConfig fields and --resume."""
+    if "--backbone" in args:
+        raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
+    params, resume = _parse_as(train_cli.train, "eigenarch train", args)
+    params["anchor_sizes"] = parse_ints(params["anchor_sizes"], "--anchor-sizes")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in params.items() if k in fields}, resume
+
+
+@detnas.command("count")
+def count(
+    path: str | None = typer.Option(None, help="Choices 0..3 per block, comma-separated."),
+    space: int = SPACE,
+    stem: int | None = STEM,
+    channels: str | None = CHANNELS,
+    depths: str | None = DEPTHS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """MACs and params (224 px classifier, SPEC section 4) of a path, or the space's range."""
+    search_space = _space(space, stem, channels, depths)
+    info: dict[str, Any] = {"space": search_space.to_dict(), "blocks": search_space.num_blocks}
+    if path is not None:
+        choices = resolve_path(path, search_space)
+        search_space, chosen = read_detnas_config(choices)
+        macs, params = path_cost(search_space, chosen)
+        info.update(path=format_path(chosen), macs=macs, params=params)
+    else:
+        low, high = macs_range(search_space)
+        info.update(min_macs=low, max_macs=high, fixed_macs=cost_table(search_space)[0][0])
+    if as_json:
+        print(json.dumps(info))
+        return
+    table = Table("what", "value")
+    table.add_row(
+        "space",
+        f"stem {search_space.stem}, stages {'/'.join(map(str, search_space.channels))} x "
+        f"{'/'.join(map(str, search_space.depths))} blocks",
+    )
+    for key, value in list(info.items())[2:]:
+        shown = f"{value / 1e6:.2f} M" if key.endswith(("macs", "params")) else str(value)
+        table.add_row(key.replace("_", " "), shown)
+    console.print(table)
+
+
+@detnas.command("supernet", context_settings=_PASS_THROUGH)
+def supernet(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., help="COCO-layout folder (its train split is used)."),
+    out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics, holdout."),
+    space: int = SPACE,
+    stem: int | None = STEM,
+    channels: str | None = CHANNELS,
+    depths: str | None = DEPTHS,
+    holdout: float = typer.Option(
+        0.05, help="Training images held out for the search: a fraction (<1) or a count."
+    ),
+    sync_bn: bool = typer.Option(True, help="SyncBN under torchrun on GPUs."),
+) -> None:
+    """Train the supernet on detection, one uniformly sampled path per iteration.
+
+    Also takes the options of `eigenarch train` (--kind, --init, --iters, --batch-size,
+    --schedule, --min-size, --gn-groups, --device, --resume, ...), except --backbone;
+    --init may be a supernet pre-trained by `eigenarch detnas pretrain`.
+    """
+    options, resume = train_options([*ctx.args, "--data", str(data), "--out", str(out)])
+    backbone = detnas_config(_space(space, stem, channels, depths), None)
+    cfg = SupernetConfig(**{**options, "backbone": backbone}, holdout=holdout, sync_bn=sync_bn)
+    summary = train_supernet(cfg, resume=resume)
+    if is_main():
+        console.print(
+            f"supernet trained for {summary['iterations']} iterations on "
+            f"{summary['train_images']} images ({summary['holdout_images']} held out); "
+            f"run written to {out}",
+            highlight=False,
+        )
+
+
+@detnas.command("search")
+def search(
+    supernet: Path = typer.Option(..., help="A checkpoint of `eigenarch detnas supernet`."),
+    out: Path = typer.Option(..., help="Search folder: generations, result, best path, plots."),
+    flops: str = typer.Option("300M", help="MACs limit of a path at 224 px (300e6, 1.3G, ...)."),
+    data: Path | None = typer.Option(None, help="COCO-layout folder (default: the supernet's)."),
+    strategy: str = typer.Option("evolution", help=f"{' or '.join(STRATEGIES)}."),
+    population: int = typer.Option(50, help="Candidates per generation."),
+    topk: int = typer.Option(10, help="Parents: the best paths evaluated so far."),
+    mutations: int = typer.Option(20, help="Children by mutation per generation."),
+    crossovers: int = typer.Option(20, help="Children by crossover per generation."),
+    mutation_prob: float = typer.Option(0.1, help="Probability of redrawing each choice."),
+    generations: int = typer.Option(20, help="Generations (evaluations = population x this)."),
+    bn_images: int = typer.Option(500, help="Training images for BatchNorm recalibration."),
+    batch_size: int = typer.Option(2, help="Images per forward pass."),
+    seed: int = typer.Option(0, help="Random seed: same seed, same search."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
+    resume: bool = typer.Option(False, help="Continue OUT's search with its saved settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Evolutionary (or random) search of a trained supernet under a FLOPs limit.
+
+    Fitness is bbox AP on the supernet's held-out training images, after BatchNorm
+    recalibration on a fixed subset of the other training images. Under torchrun each
+    process evaluates its own candidates.
+    """
+    settings = DetectionSearch(
+        supernet=str(supernet),
+        out=str(out),
+        search=SearchConfig(
+            flops=parse_flops(flops),
+            strategy=strategy,
+            population=population,
+            topk=topk,
+            mutations=mutations,
+            crossovers=crossovers,
+            mutation_prob=mutation_prob,
+            generations=generations,
+            seed=seed,
+        ),
+        data=str(data) if data is not None else None,
+        bn_images=bn_images,
+        batch_size=batch_size,
+        device=device,
+    )
+    result = search_supernet(settings, resume=resume)
+    if not is_main():
+        return
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("generation", "evaluated", "best AP", "mean AP", "best so far")
+    for row in result["generations"]:
+        table.add_row(
+            str(row["generation"]),
+            str(row["evaluated"]),
+            f"{100 * row['best']:.2f}",
+            f"{100 * row['mean']:.2f}",
+            f"{100 * row['best_so_far']:.2f}",
+        )
+    console.print(table)
+    best = result["best"]
+    console.print(
+        f"best path {result['best_path']}: {best['macs'] / 1e6:.1f} M MACs, "
+        f"{result['best_params'] / 1e6:.2f} M params, bbox AP {100 * best['fitness']:.2f} "
+        f"({result['evaluations']} evaluations); written to {out}",
+        highlight=False,
+    )
+    console.print("choices: " + ", ".join(f"{k}={name}" for k, name in enumerate(CHOICES)))
+
+
+@detnas.command("retrain", context_settings=_PASS_THROUGH)
+def retrain(
+    ctx: typer.Context,
+    path: str | None = typer.Option(
+        None, help="A search folder, its best_path.json, or choices 0..3 comma-separated."
+    ),
+    space: int = SPACE,
+    stem: int | None = STEM,
+    channels: str | None = CHANNELS,
+    depths: str | None = DEPTHS,
+) -> None:
+    """Train a detector on the stand-alone network of a path, as `eigenarch train` does.
+
+    Takes every option of `eigenarch train` except --backbone (--data, --out, --init, --iters,
+    --resume, ...). For ImageNet-style pre-training first, run `eigenarch pretrain --backbone
+    SEARCH/best_path.json` and pass its output as --init.
+    """
+    options, resume = train_options(list(ctx.args))
+    if not resume:
+        if path is None:
+            raise EigenarchError("--path: required (a search folder, a path file or choices)")
+        options["backbone"] = resolve_path(path, _space(space, stem, channels, depths))
+    metrics = train_detector(TrainConfig(**options), resume=resume)
+    if is_main():
+        console.print(metrics_table(metrics))
+        console.print(f"run written to {options['out']}", highlight=False)
+
+
+@detnas.command("pretrain", context_settings=_PASS_THROUGH)
+def pretrain(
+    ctx: typer.Context,
+    space: int = SPACE,
+    stem: int | None = STEM,
+    channels: str | None = CHANNELS,
+    depths: str | None = DEPTHS,
+) -> None:
+    """ImageNet-style pre-training of the supernet on an ImageFolder, a sampled path per step.
+
+    Takes the options of `eigenarch pretrain` except --backbone (--data, --out, --epochs,
+    --batch-size, --size, --resume, ...); the output initialises `detnas supernet --init`.
+    """
+    if "--backbone" in ctx.args:
+        raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
+    options, resume = _parse_as(train_cli.pretrain, "eigenarch pretrain", list(ctx.args))
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    options = {k: v for k, v in options.items() if k in fields}
+    options["backbone"] = detnas_config(_space(space, stem, channels, depths), None)
+    summary = pretrain_supernet(PretrainConfig(**options), resume=resume)
+    if is_main():
+        console.print(
+            f"val top-1 (last sampled path) {summary['val_accuracy']:.3f}; "
+            f"weights written to {options['out']}",
+            highlight=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eigenarch detnas ...`` to the main app."""
+    app.add_typer(detnas, name="detnas")
