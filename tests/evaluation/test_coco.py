@@ -151,4 +151,5 @@ def test_evaluate_command(shapes_root, tmp_path, run_cli):
     result = run_cli("evaluate", "--data", shapes_root, "--detections", path)
     assert result.code == 2 and "invalid JSON" in result.stderr
     result = run_cli("evaluate", "--detections", path, "--run", tmp_path)
-    assert result.code == 2 and "exactly one of --run, --checkpoint and --detections" in result.stderr
+    assert result.code == 2
+    assert "exactly one of --run, --checkpoint and --detections" in result.stderr
