@@ -69,6 +69,7 @@ from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
     list_checkpoints,
     load_checkpoint,
+    restore_latest,
 )
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import LRScheduler, MetricsLogger, PeriodicCheckpointer
@@ -191,18 +192,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
-    start = 0
-    if resume:
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise EigenarchError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        state = load_checkpoint(found[-1][1])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["iteration"]
-        if is_main():
-            console.print(f"resuming {run_dir} from iteration {start}", highlight=False)
-    elif is_main():
+    start = restore_latest(run_dir, model, optimizer) if resume else 0
+    if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "holdout.json", {"train": train_ids, "holdout": held_ids})
     payload = {

@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_path
 from eigenarch.models.detector import build_detector
+from eigenarch.progress import console
 
 DETECTOR_FORMAT = "eigenarch.detector"
 CLASSIFIER_FORMAT = "eigenarch.classifier"
@@ -54,6 +56,19 @@ def load_checkpoint(path: str | os.PathLike[str], expect: str = DETECTOR_FORMAT)
     if not isinstance(payload, dict) or payload.get("format") != expect:
         raise EigenarchError(f"{path}: not an {expect} checkpoint")
     return payload
+
+
+def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
+    """Load a run's last checkpoint into ``model`` and ``optimizer``; returns its iteration."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise EigenarchError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    state = load_checkpoint(found[-1][1])
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if is_main():
+        console.print(f"resuming {run_dir} from iteration {state['iteration']}", highlight=False)
+    return state["iteration"]
 
 
 def detector_from_config(config: dict[str, Any]) -> GeneralizedRCNN:

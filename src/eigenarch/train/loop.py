@@ -33,12 +33,11 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, backbone_config, build_detector
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
-from eigenarch.progress import console
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
     checkpoint_path,
     list_checkpoints,
-    load_checkpoint,
+    restore_latest,
     save_checkpoint,
 )
 from eigenarch.train.evaluate import evaluate_model
@@ -302,18 +301,8 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
-    start = 0
-    if resume:
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise EigenarchError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        state = load_checkpoint(found[-1][1])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["iteration"]
-        if is_main():
-            console.print(f"resuming {run_dir} from iteration {start}", highlight=False)
-    elif is_main():
+    start = restore_latest(run_dir, model, optimizer) if resume else 0
+    if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
     payload = {
         "format": DETECTOR_FORMAT,
