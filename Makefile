@@ -21,8 +21,9 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
 	  >/dev/null 2>&1 || echo "note: chromium not installed; the report render test skips"; }
 
+# One intra-op thread per test process: two processes on two cores, no thread stalls.
 test: install browser
-	$(BIN)/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 demo: install
 	$(BIN)/eigenarch demo

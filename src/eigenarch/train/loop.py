@@ -65,7 +65,7 @@ class TrainConfig:
     data: str
     out: str
     kind: str = "faster_rcnn"
-    backbone: str = "resnet50"
+    backbone: str | dict[str, Any] = "resnet50"
     init: str = "scratch"
     schedule: str = "1x"
     schedule_scale: float | None = None
