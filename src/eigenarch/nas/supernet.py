@@ -43,7 +43,6 @@ from eigenarch.errors import EigenarchError
 from eigenarch.evaluation import evaluate_detections
 from eigenarch.io import atomic_write_json
 from eigenarch.models.detector import build_detector
-from eigenarch.models.weights import load_backbone_weights
 from eigenarch.nas.search import (
     SearchConfig,
     SearchResult,
@@ -69,17 +68,14 @@ from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
     list_checkpoints,
     load_checkpoint,
-    restore_latest,
 )
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import LRScheduler, MetricsLogger, PeriodicCheckpointer
 from eigenarch.train.loop import (
-    MOMENTUM,
-    WEIGHT_DECAY,
     IterationBatches,
     TrainConfig,
     Trainer,
-    model_config,
+    prepare_model,
 )
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
 from eigenarch.train.schedule import make_schedule
@@ -183,16 +179,9 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     full = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     train_ids, held_ids = holdout_split(full.image_ids, cfg.holdout, cfg.seed)
 
-    torch.manual_seed(cfg.seed)
-    config = model_config(cfg, full.num_classes)
-    model = build_detector(**config)
-    if cfg.init != "scratch" and not resume:
-        load_backbone_weights(model.backbone.body, cfg.init)
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    config, model, optimizer, start, _ = prepare_model(
+        cfg, full.num_classes, schedule, device, resume
     )
-    start = restore_latest(run_dir, model, optimizer) if resume else 0
     if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "holdout.json", {"train": train_ids, "holdout": held_ids})

@@ -259,6 +259,26 @@ def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
+def prepare_model(
+    cfg: TrainConfig, num_classes: int, schedule: Schedule, device: torch.device, resume: bool
+) -> tuple[dict[str, Any], nn.Module, torch.optim.Optimizer, int, dict | None]:
+    """Build a run's detector (seeded) and SGD optimizer; load ``--init`` weights, or with
+    ``resume`` the run's last checkpoint. Returns ``(config, model, optimizer, start
+    iteration, init info)``."""
+    torch.manual_seed(cfg.seed)
+    config = model_config(cfg, num_classes)
+    model = build_detector(**config)
+    init_info = None
+    if cfg.init != "scratch" and not resume:
+        init_info = load_backbone_weights(model.backbone.body, cfg.init)
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
+    start = restore_latest(cfg.out, model, optimizer) if resume else 0
+    return config, model, optimizer, start, init_info
+
+
 def _load_config(run_dir: Path) -> TrainConfig:
     path = run_dir / "config.json"
     if not path.is_file():
@@ -291,17 +311,9 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     if val_set.category_ids != train_set.category_ids:
         raise EigenarchError(f"{cfg.data}: train and val splits have different categories")
 
-    torch.manual_seed(cfg.seed)
-    config = model_config(cfg, train_set.num_classes)
-    model = build_detector(**config)
-    init_info = None
-    if cfg.init != "scratch" and not resume:
-        init_info = load_backbone_weights(model.backbone.body, cfg.init)
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    config, model, optimizer, start, init_info = prepare_model(
+        cfg, train_set.num_classes, schedule, device, resume
     )
-    start = restore_latest(run_dir, model, optimizer) if resume else 0
     if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
     payload = {
