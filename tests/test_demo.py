@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 import eigenarch.demo as demo_module
-from eigenarch.demo import STEPS, run_demo
+from eigenarch.demo import STEPS, run_demo, train_runs
+from eigenarch.train.loop import TrainConfig
+
+
+def _losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
 
 
 def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
@@ -33,3 +39,39 @@ def test_force_redoes_every_step(tmp_path, monkeypatch):
     assert calls == ["a", "b", "c"]
     run_demo(tmp_path, quick=True, force=True)
     assert calls == ["a", "b", "c"] * 2
+
+
+def test_parallel_trainings_equal_serial_ones(shapes_root, tmp_path):
+    def configs(folder):
+        return {
+            name: TrainConfig(
+                data=str(shapes_root),
+                out=str(tmp_path / folder / name),
+                backbone="8,8,16,8,16,8,16,8,16",
+                gn_groups=4,
+                fpn_channels=16,
+                head_channels=16,
+                representation=32,
+                min_size=96,
+                max_size=96,
+                anchor_sizes=(16, 32, 64, 128, 256),
+                roi_batch=16,
+                rpn_batch=32,
+                proposals=(100, 50),
+                iters=3,
+                batch_size=2,
+                checkpoint_every=0,
+                lr=0.01,
+                seed=seed,
+                workers=0,
+            )
+            for name, seed in (("a", 0), ("b", 1))
+        }
+
+    serial = train_runs(configs("serial"), jobs=1)
+    parallel = train_runs(configs("parallel"), jobs=2)
+    assert serial == parallel and serial["a"] != serial["b"]
+    for name in "ab":
+        logs = [_losses(tmp_path / folder / name) for folder in ("serial", "parallel")]
+        assert logs[0] == logs[1] and len(logs[0]) == 3
+    assert train_runs(configs("parallel"), jobs=2) == parallel  # finished runs are reused

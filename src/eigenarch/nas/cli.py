@@ -107,9 +107,7 @@ def train_options(args: list[str]) -> tuple[dict[str, Any], bool]:
     if "--backbone" in args:
         raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
     params, resume = _parse_as(train_cli.train, "eigenarch train", args)
-    params["anchor_sizes"] = parse_ints(params["anchor_sizes"], "--anchor-sizes")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in params.items() if k in fields}, resume
+    return train_cli.train_fields(params), resume
 
 
 @detnas.command("count")

@@ -75,6 +75,7 @@ from eigenarch.train.loop import (
     IterationBatches,
     TrainConfig,
     Trainer,
+    load_run_config,
     prepare_model,
 )
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
@@ -148,14 +149,6 @@ class SupernetConfig(TrainConfig):
     sync_bn: bool = True
 
 
-def _load_supernet_config(run_dir: Path) -> SupernetConfig:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise EigenarchError(f"--resume: {path} not found (is {run_dir} a supernet run?)")
-    saved = json.loads(path.read_text())
-    return SupernetConfig(**{**saved, "anchor_sizes": tuple(saved["anchor_sizes"])})
-
-
 def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the supernet run in ``cfg.out``.
 
@@ -165,7 +158,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     """
     run_dir = Path(cfg.out)
     if resume:
-        cfg = dataclasses.replace(_load_supernet_config(run_dir), out=str(run_dir))
+        cfg = load_run_config(run_dir, SupernetConfig, "supernet")
     elif list_checkpoints(run_dir):
         raise EigenarchError(
             f"--out {run_dir}: already holds a run; use --resume or another folder"

@@ -5,10 +5,10 @@ model and accumulates, per map, the non-centred, resolution-normalised covarianc
 
     Sigma = 1/n * sum_i 1/(W_i H_i) * sum_{x,y} F_{i,x,y} F_{i,x,y}^T
 
-while the user runs forward passes. Products are float32 GEMMs (float64 for maps narrower than
-:data:`NARROW`) accumulated in place into a per-map buffer (only the upper block triangle for
-wide maps); the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook
-calls and whenever spectra are read.
+while the user runs forward passes. Products are float32 (float64 for maps narrower than
+:data:`NARROW`) accumulated in place into a per-map buffer (on the CPU by BLAS ``syrk``, upper
+triangle only); the buffer is added into the float64 running sum after :data:`FLUSH_EVERY`
+hook calls and whenever spectra are read.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from fnmatch import fnmatchcase
 
 import torch
 import torch.distributed as dist
+from scipy.linalg import blas
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -37,36 +39,48 @@ FLUSH_EVERY = 16
 #: Maps narrower than this (an RGB input, logits) are multiplied in float64: their float32
 #: products lose accuracy over many positions, and cost next to nothing either way.
 NARROW = 16
-#: On the CPU, maps at least this wide compute only the upper block triangle of each product,
-#: in (at most) :data:`PANELS` row panels of at least :data:`MIN_PANEL` channels: nearly half
-#: the work, at full GEMM speed. (GPUs run full products: there, launches cost more than flops.)
+#: On the CPU, the float32 buffers of maps at least this wide are added and zeroed in (at
+#: most) :data:`PANELS` row panels of at least :data:`MIN_PANEL` channels covering the upper
+#: block triangle: the lower triangle is never written there.
 SYMMETRIC_MIN_CHANNELS = 128
 PANELS = 16
 MIN_PANEL = 64
+_SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
 
 
 class _Triangle:
-    """A ``(C, C)`` accumulator and views of the row panels of its upper block triangle.
+    """A ``(C, C)`` accumulator whose upper triangle holds the sum.
 
-    Only those panels are ever written: the lower block triangle stays zero and is restored
-    from the upper one when the spectra are read.
+    On the CPU each product is one BLAS ``syrk`` (half the work of a full product) that adds
+    into the upper triangle in place, and only the row panels of the upper block triangle are
+    ever added or zeroed; the lower triangle is restored from the upper one when the spectra
+    are read. On other devices products are full (there, launches cost more than flops).
     """
 
     def __init__(self, channels: int, dtype: torch.dtype, device: torch.device) -> None:
         self.tensor = torch.zeros(channels, channels, dtype=dtype, device=device)
-        self.step = channels
+        step = channels
         if channels >= SYMMETRIC_MIN_CHANNELS and self.tensor.device.type == "cpu":
-            self.step = max(MIN_PANEL, channels // PANELS)
-        self.starts = list(range(0, channels, self.step))
-        self.panels = [self.tensor[i : i + self.step, i:] for i in self.starts]
+            step = max(MIN_PANEL, channels // PANELS)
+        self.panels = [self.tensor[i : i + step, i:] for i in range(0, channels, step)]
 
     def add_gram(self, matrix: Tensor, alpha: float) -> None:
         """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
-        matrix = matrix.to(self.tensor.dtype)
-        columns = matrix.T
-        rows = matrix.split(self.step)
-        for start, panel, block in zip(self.starts, self.panels, rows, strict=True):
-            panel.addmm_(block, columns[:, start:], alpha=alpha)
+        matrix = matrix.detach().to(self.tensor.dtype)
+        if self.tensor.device.type != "cpu":
+            self.tensor.addmm_(matrix, matrix.T, alpha=alpha)
+            return
+        # BLAS is column-major: the buffer's transpose is a Fortran array whose lower
+        # triangle is our upper one; a (C, K) matrix is passed as whichever of it or its
+        # transpose is a Fortran array, so that nothing is copied.
+        if matrix.T.is_contiguous():
+            factor, trans = matrix.T.numpy().T, 0  # (C, K) Fortran: factor @ factor.T
+        else:
+            factor, trans = matrix.contiguous().numpy().T, 1  # (K, C) Fortran: factor.T @ factor
+        total = self.tensor.numpy().T
+        _SYRK[self.tensor.dtype](
+            alpha, factor, beta=1.0, c=total, trans=trans, lower=1, overwrite_c=1
+        )
 
     def add_(self, other: _Triangle) -> None:
         for panel, addend in zip(self.panels, other.panels, strict=True):
@@ -234,6 +248,8 @@ class SpectrumCollector:
     def __enter__(self) -> SpectrumCollector:
         if self._handles:
             raise EigenarchError("this SpectrumCollector is already attached (nested `with`?)")
+        # BLAS (our syrk products) uses as many threads as torch does.
+        self._blas_threads = threadpool_limits(torch.get_num_threads(), user_api="blas")
         self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
         for module in self.model.modules():
             if isinstance(module, GeneralizedRCNNTransform):
@@ -246,6 +262,7 @@ class SpectrumCollector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._blas_threads.restore_original_limits()
         self._padding = None
         self._seen.clear()
 

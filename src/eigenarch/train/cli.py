@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,6 +14,15 @@ from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
 from eigenarch.widths.cli import parse_ints
+
+
+def train_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields among ``eigenarch train``'s parsed options."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
+    for name in ("anchor_sizes", "proposals"):
+        fields[name] = parse_ints(fields[name], "--" + name.replace("_", "-"))
+    return fields
 
 
 def train(
@@ -41,6 +52,9 @@ def train(
     anchor_sizes: str = typer.Option("32,64,128,256,512", help="Anchor size per level P2..P6."),
     rpn_batch: int = typer.Option(256, help="Anchors sampled per image for the RPN loss."),
     roi_batch: int = typer.Option(512, help="RoIs sampled per image for the box head."),
+    proposals: str = typer.Option(
+        "2000,1000", help="RPN proposals kept per image (and per level before NMS): train,test."
+    ),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
     resume: bool = typer.Option(
@@ -48,32 +62,7 @@ def train(
     ),
 ) -> None:
     """Train Faster R-CNN / Mask R-CNN on a ResiaNet backbone (runs under torchrun too)."""
-    cfg = TrainConfig(
-        data=str(data),
-        out=str(out),
-        kind=kind,
-        backbone=backbone,
-        init=init,
-        schedule=schedule,
-        schedule_scale=schedule_scale,
-        iters=iters,
-        batch_size=batch_size,
-        lr=lr,
-        checkpoint_every=checkpoint_every,
-        eval_every=eval_every,
-        seed=seed,
-        min_size=min_size,
-        max_size=max_size,
-        gn_groups=gn_groups,
-        fpn_channels=fpn_channels,
-        head_channels=head_channels,
-        representation=representation,
-        anchor_sizes=parse_ints(anchor_sizes, "--anchor-sizes"),
-        rpn_batch=rpn_batch,
-        roi_batch=roi_batch,
-        workers=workers,
-        device=device,
-    )
+    cfg = TrainConfig(**train_fields(locals()))
     metrics = train_detector(cfg, resume=resume)
     if is_main():
         console.print(metrics_table(metrics))

@@ -84,6 +84,7 @@ class TrainConfig:
     anchor_sizes: Sequence[int] = field(default=DEFAULT_ANCHOR_SIZES)
     rpn_batch: int = 256
     roi_batch: int = 512
+    proposals: Sequence[int] = (2000, 1000)
     flip: bool = True
     workers: int = 2
     device: str = "cpu"
@@ -256,6 +257,27 @@ def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
         "image_std": list(DETECTRON_STD) if detectron else None,
         "rpn_batch_size_per_image": cfg.rpn_batch,
         "box_batch_size_per_image": cfg.roi_batch,
+        **proposal_counts(cfg.proposals),
+    }
+
+
+def proposal_counts(proposals: Sequence[int]) -> dict[str, int]:
+    """torchvision's RPN top-n settings from ``(training, testing)`` proposal counts.
+
+    Each count is kept both before NMS (per FPN level) and after it (per image), as
+    torchvision's defaults (2000 in training, 1000 in testing) do.
+    """
+    if len(proposals) != 2 or min(proposals) < 1:
+        raise EigenarchError(
+            f"--proposals {','.join(map(str, proposals))}: expected two positive counts "
+            "(training, testing)"
+        )
+    train, test = proposals
+    return {
+        "rpn_pre_nms_top_n_train": train,
+        "rpn_post_nms_top_n_train": train,
+        "rpn_pre_nms_top_n_test": test,
+        "rpn_post_nms_top_n_test": test,
     }
 
 
@@ -279,12 +301,15 @@ def prepare_model(
     return config, model, optimizer, start, init_info
 
 
-def _load_config(run_dir: Path) -> TrainConfig:
+def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str = "training"):
+    """The ``config_class`` saved in ``run_dir/config.json``, with ``out=run_dir`` (for
+    ``--resume``)."""
     path = run_dir / "config.json"
     if not path.is_file():
-        raise EigenarchError(f"--resume: {path} not found (is {run_dir} a training run?)")
+        raise EigenarchError(f"--resume: {path} not found (is {run_dir} a {what} run?)")
     saved = json.loads(path.read_text())
-    return TrainConfig(**{**saved, "anchor_sizes": tuple(saved["anchor_sizes"])})
+    tuples = {k: tuple(saved[k]) for k in ("anchor_sizes", "proposals") if k in saved}
+    return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
 
 def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -296,7 +321,7 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """
     run_dir = Path(cfg.out)
     if resume:
-        cfg = dataclasses.replace(_load_config(run_dir), out=str(run_dir))
+        cfg = load_run_config(run_dir)
     elif list_checkpoints(run_dir):
         raise EigenarchError(
             f"--out {run_dir}: already holds a run; use --resume or another folder"
