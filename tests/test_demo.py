@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import eigenarch.demo as demo_module
-from eigenarch.demo import STEPS, run_demo, train_runs
+from eigenarch.demo import STEPS, run_demo, table1, train_runs
 from eigenarch.train.loop import TrainConfig
 
 
@@ -75,3 +77,14 @@ def test_parallel_trainings_equal_serial_ones(shapes_root, tmp_path):
         logs = [_losses(tmp_path / folder / name) for folder in ("serial", "parallel")]
         assert logs[0] == logs[1] and len(logs[0]) == 3
     assert train_runs(configs("parallel"), jobs=2) == parallel  # finished runs are reused
+
+
+def test_table1_leaves_out_sizes_without_val_objects():
+    def run(ap, apl):
+        return {"bbox": {"AP": ap, "AP50": ap, "AP75": ap, "APs": ap, "APm": ap, "APl": apl}}
+
+    (row,) = table1({}, {"base": [run(0.2, -1.0), run(0.4, 0.3)]})
+    assert row["AP"] == pytest.approx(30.0) and row["AP_std"] == pytest.approx(14.142, abs=1e-3)
+    assert row["APl"] == pytest.approx(30.0) and row["APl_std"] is None
+    (row,) = table1({}, {"base": [run(0.2, -1.0)]})
+    assert row["APl"] is None and row["seeds"] == 1

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -33,7 +35,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.progress import console, progress_bar
 from eigenarch.report.compare import compare_spectra, final_spectra
-from eigenarch.report.dynamics import compute_dynamics
+from eigenarch.report.dynamics import compute_dynamics, spectra_file
 from eigenarch.report.html import write_report
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import list_checkpoints
@@ -55,6 +57,7 @@ DETECTOR = dict(
     anchor_sizes=(16, 32, 64, 128, 256),
     roi_batch=64,
     rpn_batch=128,
+    proposals=(1000, 1000),
 )
 
 
@@ -68,10 +71,10 @@ class DemoSizes:
     cls_per_class: int = 60
     cls_size: int = 48
     pretrain_epochs: int = 6
-    iters: int = 300
-    batch_size: int = 4
+    iters: int = 600
+    batch_size: int = 2
     lr: float = 0.02
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
     spectrum_images: int = 48
     seeds: int = 1
 
@@ -190,49 +193,64 @@ def _finished(cfg: TrainConfig) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _train_one(cfg: TrainConfig, threads: int | None = None) -> dict:
-    """Train (or resume) one run; in a worker process, with ``threads`` and no output."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-        console.quiet = True
+def _train_one(cfg: TrainConfig) -> dict:
     return train_detector(cfg, resume=bool(list_checkpoints(cfg.out)))
 
 
-def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict]:
-    """Train every run not finished yet; returns each run's final COCO metrics by name.
+def _quiet_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    console.quiet = True
 
-    With ``jobs > 1``, that many runs train at once in worker processes that share this
-    process's threads (one each on a 2-core CPU): on a CPU, two single-thread trainings
-    get through about 1.5x the images of one two-thread training. One bar per run follows
-    its ``metrics.jsonl``.
+
+def run_parallel(
+    calls: dict[str, Callable[[], Any]],
+    jobs: int,
+    progress: Callable[[str], tuple[int, int]],
+    verb: str,
+) -> dict[str, Any]:
+    """``{name: call()}`` for every call, ``jobs`` of them at once.
+
+    With ``jobs > 1`` the calls run in worker processes that share this process's threads
+    (one each on a 2-core CPU, where two single-thread trainings get through about 1.5x the
+    images of one two-thread training), without output of their own; one bar per call
+    shows ``progress(name) -> (done, total)``. A call must pickle: a module-level function
+    or a ``functools.partial`` of one.
     """
-    results = {name: _finished(cfg) for name, cfg in configs.items()}
-    pending = {name: cfg for name, cfg in configs.items() if results[name] is None}
-    jobs = max(1, min(jobs, len(pending)))
+    jobs = max(1, min(jobs, len(calls)))
     if jobs == 1:
-        for name, cfg in pending.items():
-            console.print(f"training {name} ({cfg.backbone})", highlight=False)
-            results[name] = _train_one(cfg)
+        results = {}
+        for name, call in calls.items():
+            console.print(f"{verb} {name}", highlight=False)
+            results[name] = call()
         return results
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     with (
-        ProcessPoolExecutor(jobs, mp_context=context) as pool,
+        ProcessPoolExecutor(jobs, context, _quiet_worker, (threads,)) as pool,
         progress_bar() as bar,
     ):
-        futures = {pool.submit(_train_one, cfg, threads): name for name, cfg in pending.items()}
-        tasks = {
-            name: bar.add_task(f"train {name}", total=cfg.iters) for name, cfg in pending.items()
-        }
-        running = set(futures)
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        tasks = {name: bar.add_task(f"{verb} {name}", total=progress(name)[1]) for name in calls}
+        running = set(futures.values())
         while running:
             _, running = wait(running, timeout=1.0)
-            for name, cfg in pending.items():
-                log = Path(cfg.out) / "metrics.jsonl"
-                done = len(log.read_text().splitlines()) if log.is_file() else 0
-                bar.update(tasks[name], completed=done)
-        for future, name in futures.items():
-            results[name] = future.result()
+            for name in calls:
+                bar.update(tasks[name], completed=progress(name)[0])
+        return {name: future.result() for name, future in futures.items()}
+
+
+def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict]:
+    """Train (or resume) every run not finished yet, ``jobs`` at once (see
+    :func:`run_parallel`); returns each run's final COCO metrics by name."""
+    results = {name: _finished(cfg) for name, cfg in configs.items()}
+    pending = {name: cfg for name, cfg in configs.items() if results[name] is None}
+
+    def progress(name: str) -> tuple[int, int]:
+        log = Path(pending[name].out) / "metrics.jsonl"
+        return (len(log.read_text().splitlines()) if log.is_file() else 0), pending[name].iters
+
+    calls = {name: partial(_train_one, cfg) for name, cfg in pending.items()}
+    results.update(run_parallel(calls, jobs, progress, "train"))
     return results
 
 
@@ -245,25 +263,31 @@ def _step_train(demo: Demo) -> dict:
     return train_runs(configs, demo.jobs)
 
 
+def _events(run_dir: Path, images: int, seed: int, device: str) -> dict[str, int]:
+    """Compute (or reuse) a run's dynamics; the number of maps with each event."""
+    # Maps wider than 1024 channels (the box head's flattened RoI input) are skipped.
+    dynamics = compute_dynamics(run_dir, images=images, seed=seed, device=device, max_channels=1024)
+    return {
+        kind: sum(1 for m in dynamics.maps if m.event(kind) is not None)
+        for kind in ("dropping", "rebounding")
+    }
+
+
 def _step_analyse(demo: Demo) -> dict:
-    sizes = demo.sizes
-    events = {}
-    for name in ("I", "S"):
-        # Maps wider than 1024 channels (the box head's flattened RoI input) are skipped.
-        dynamics = compute_dynamics(
-            demo.run(name),
-            images=sizes.spectrum_images,
-            seed=demo.seed,
-            device=demo.device,
-            max_channels=1024,
-        )
-        events[name] = {
-            kind: sum(1 for m in dynamics.maps if m.event(kind) is not None)
-            for kind in ("dropping", "rebounding")
-        }
+    runs = {name: demo.run(name) for name in ("I", "S")}
+
+    def progress(name: str) -> tuple[int, int]:
+        found = list_checkpoints(runs[name])
+        return sum(spectra_file(runs[name], it).is_file() for it, _ in found), len(found)
+
+    calls = {
+        name: partial(_events, run, demo.sizes.spectrum_images, demo.seed, demo.device)
+        for name, run in runs.items()
+    }
+    events = run_parallel(calls, demo.jobs, progress, "spectra of")
     comparison = compare_spectra(
-        Spectra.load(final_spectra(demo.run("I"))),
-        Spectra.load(final_spectra(demo.run("S"))),
+        Spectra.load(final_spectra(runs["I"])),
+        Spectra.load(final_spectra(runs["S"])),
         names=("I", "S"),
     )
     parts = {g.part: g.ratio for g in comparison.groups(by_stage=False)}
@@ -338,8 +362,9 @@ def table1(specs: dict[str, str], metrics: dict[str, list[dict]]) -> list[dict]:
             "seeds": len(runs),
         }
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            values = [100 * run["bbox"][key] for run in runs]
-            row[key] = statistics.fmean(values)
+            # COCOeval gives -1 where the val split has no object of that size.
+            values = [100 * run["bbox"][key] for run in runs if run["bbox"][key] >= 0]
+            row[key] = statistics.fmean(values) if values else None
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
         rows.append(row)
     return rows

@@ -457,6 +457,8 @@ def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
     metrics = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
     def value(row: dict[str, Any], key: str) -> str:
+        if row[key] is None:  # no val object of that size
+            return "n/a"
         std = row.get(f"{key}_std")
         return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
