@@ -70,7 +70,7 @@ class DemoSizes:
     image_size: int = 192
     cls_per_class: int = 60
     cls_size: int = 48
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 30
     iters: int = 600
     batch_size: int = 2
     lr: float = 0.02
@@ -155,7 +155,7 @@ def _step_pretrain(demo: Demo) -> dict:
         backbone=_widths(BASE_WIDTHS),
         gn_groups=GN_GROUPS,
         epochs=sizes.pretrain_epochs,
-        batch_size=64,
+        batch_size=32,
         lr=0.1,
         size=sizes.cls_size,
         seed=demo.seed,
