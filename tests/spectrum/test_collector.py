@@ -178,13 +178,19 @@ def test_streaming_is_independent_of_batching(sizes):
         assert results[0].samples(name) == results[1].samples(name)
 
 
-def test_symmetric_panels_match_full_products(
-    monkeypatch, toy_detector, toy_batches, collect_with_reference, assert_matches
+@pytest.mark.parametrize("threads", [1, 2])  # BLAS syrk, then addmm_ row panels
+def test_symmetric_products_match_full_ones(
+    monkeypatch, threads, toy_detector, toy_batches, collect_with_reference, assert_matches
 ):
     monkeypatch.setattr(collector_module, "SYMMETRIC_MIN_CHANNELS", 4)
     monkeypatch.setattr(collector_module, "MIN_PANEL", 3)
     monkeypatch.setattr(collector_module, "FLUSH_EVERY", 1)
-    spectra, reference = collect_with_reference(toy_detector, toy_batches)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        spectra, reference = collect_with_reference(toy_detector, toy_batches)
+    finally:
+        torch.set_num_threads(previous)
     assert_matches(spectra, reference)
     cov = spectra.covariance("branch:out")
     assert torch.equal(cov, cov.T) and math.isfinite(cov.sum().item())

@@ -6,9 +6,9 @@ model and accumulates, per map, the non-centred, resolution-normalised covarianc
     Sigma = 1/n * sum_i 1/(W_i H_i) * sum_{x,y} F_{i,x,y} F_{i,x,y}^T
 
 while the user runs forward passes. Products are float32 (float64 for maps narrower than
-:data:`NARROW`) accumulated in place into a per-map buffer (on the CPU by BLAS ``syrk``, upper
-triangle only); the buffer is added into the float64 running sum after :data:`FLUSH_EVERY`
-hook calls and whenever spectra are read.
+:data:`NARROW`) accumulated in place into a per-map buffer (on the CPU, upper triangle only);
+the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook calls and
+whenever spectra are read.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ FLUSH_EVERY = 16
 #: Maps narrower than this (an RGB input, logits) are multiplied in float64: their float32
 #: products lose accuracy over many positions, and cost next to nothing either way.
 NARROW = 16
-#: On the CPU, the float32 buffers of maps at least this wide are added and zeroed in (at
-#: most) :data:`PANELS` row panels of at least :data:`MIN_PANEL` channels covering the upper
-#: block triangle: the lower triangle is never written there.
+#: On the CPU, maps at least this wide are kept as (at most) :data:`PANELS` row panels of at
+#: least :data:`MIN_PANEL` channels covering the upper block triangle: with several torch
+#: threads each product computes only those panels (``addmm_``), nearly half the work at
+#: full GEMM speed; the lower block triangle is never written.
 SYMMETRIC_MIN_CHANNELS = 128
 PANELS = 16
 MIN_PANEL = 64
@@ -51,25 +52,34 @@ _SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
 class _Triangle:
     """A ``(C, C)`` accumulator whose upper triangle holds the sum.
 
-    On the CPU each product is one BLAS ``syrk`` (half the work of a full product) that adds
-    into the upper triangle in place, and only the row panels of the upper block triangle are
-    ever added or zeroed; the lower triangle is restored from the upper one when the spectra
-    are read. On other devices products are full (there, launches cost more than flops).
+    Products on the CPU: with one torch thread, one BLAS ``syrk`` (exactly half the work of
+    a full product) adding into the upper triangle in place; with more, the row panels of
+    the upper block triangle by ``addmm_`` in torch's thread pool (BLAS's own threads and
+    torch's OpenMP threads slow each other down several times when both are busy-waiting on
+    the same cores). On other devices, full products (there, launches cost more than flops).
+    Only the panels are ever added or zeroed; the lower triangle is restored from the upper
+    one when the spectra are read.
     """
 
     def __init__(self, channels: int, dtype: torch.dtype, device: torch.device) -> None:
         self.tensor = torch.zeros(channels, channels, dtype=dtype, device=device)
-        step = channels
+        self.step = channels
         if channels >= SYMMETRIC_MIN_CHANNELS and self.tensor.device.type == "cpu":
-            step = max(MIN_PANEL, channels // PANELS)
-        self.panels = [self.tensor[i : i + step, i:] for i in range(0, channels, step)]
+            self.step = max(MIN_PANEL, channels // PANELS)
+        self.starts = list(range(0, channels, self.step))
+        self.panels = [self.tensor[i : i + self.step, i:] for i in self.starts]
 
     def add_gram(self, matrix: Tensor, alpha: float) -> None:
         """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
         matrix = matrix.detach().to(self.tensor.dtype)
-        if self.tensor.device.type != "cpu":
-            self.tensor.addmm_(matrix, matrix.T, alpha=alpha)
+        if self.tensor.device.type == "cpu" and torch.get_num_threads() == 1:
+            self._syrk(matrix, alpha)
             return
+        columns, rows = matrix.T, matrix.split(self.step)
+        for start, panel, block in zip(self.starts, self.panels, rows, strict=True):
+            panel.addmm_(block, columns[:, start:], alpha=alpha)
+
+    def _syrk(self, matrix: Tensor, alpha: float) -> None:
         # BLAS is column-major: the buffer's transpose is a Fortran array whose lower
         # triangle is our upper one; a (C, K) matrix is passed as whichever of it or its
         # transpose is a Fortran array, so that nothing is copied.
@@ -248,8 +258,8 @@ class SpectrumCollector:
     def __enter__(self) -> SpectrumCollector:
         if self._handles:
             raise EigenarchError("this SpectrumCollector is already attached (nested `with`?)")
-        # BLAS (our syrk products) uses as many threads as torch does.
-        self._blas_threads = threadpool_limits(torch.get_num_threads(), user_api="blas")
+        # Our BLAS products (syrk, with one torch thread) use one thread too.
+        self._blas_threads = threadpool_limits(1, user_api="blas")
         self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
         for module in self.model.modules():
             if isinstance(module, GeneralizedRCNNTransform):
