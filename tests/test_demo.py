@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
 import eigenarch.demo as demo_module
-from eigenarch.demo import STEPS, run_demo, table1, train_runs
+from eigenarch.demo import STEPS, run_demo, run_parallel, table1, train_runs
 from eigenarch.train.loop import TrainConfig
 
 
@@ -88,3 +89,10 @@ def test_table1_leaves_out_sizes_without_val_objects():
     assert row["APl"] == pytest.approx(30.0) and row["APl_std"] is None
     (row,) = table1({}, {"base": [run(0.2, -1.0)]})
     assert row["APl"] is None and row["seeds"] == 1
+
+
+def test_a_failing_parallel_call_raises_its_error():
+    calls = {"bad": partial(int, "x"), "good": partial(abs, -1)}
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_parallel(calls, 2, lambda name: (0, 1), "run")
+    assert run_parallel({"good": partial(abs, -1)}, 2, lambda name: (0, 1), "run") == {"good": 1}

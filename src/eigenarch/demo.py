@@ -59,6 +59,7 @@ DETECTOR = dict(
     rpn_batch=128,
     proposals=(1000, 1000),
 )
+PRETRAIN = dict(batch_size=32, lr=0.1)
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,7 @@ def _step_pretrain(demo: Demo) -> dict:
         backbone=_widths(BASE_WIDTHS),
         gn_groups=GN_GROUPS,
         epochs=sizes.pretrain_epochs,
-        batch_size=32,
-        lr=0.1,
+        **PRETRAIN,
         size=sizes.cls_size,
         seed=demo.seed,
         workers=0,
@@ -214,7 +214,8 @@ def run_parallel(
     (one each on a 2-core CPU, where two single-thread trainings get through about 1.5x the
     images of one two-thread training), without output of their own; one bar per call
     shows ``progress(name) -> (done, total)``. A call must pickle: a module-level function
-    or a ``functools.partial`` of one.
+    or a ``functools.partial`` of one; worker processes are spawned, so a script calling
+    this (or :func:`run_demo`) needs the ``if __name__ == "__main__":`` guard.
     """
     jobs = max(1, min(jobs, len(calls)))
     if jobs == 1:
@@ -232,10 +233,16 @@ def run_parallel(
         futures = {name: pool.submit(call) for name, call in calls.items()}
         tasks = {name: bar.add_task(f"{verb} {name}", total=progress(name)[1]) for name in calls}
         running = set(futures.values())
-        while running:
-            _, running = wait(running, timeout=1.0)
-            for name in calls:
-                bar.update(tasks[name], completed=progress(name)[0])
+        try:
+            while running:
+                finished, running = wait(running, timeout=1.0)
+                for name in calls:
+                    bar.update(tasks[name], completed=progress(name)[0])
+                for future in finished:
+                    future.result()  # a failed call stops the rest, with its error
+        except BaseException:  # also Ctrl-C: nothing queued starts any more
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -485,7 +492,15 @@ def run_demo(
     if jobs < 1:
         raise EigenarchError(f"--jobs {jobs}: expected a positive integer")
     demo = Demo(out, DemoSizes.make(quick, scale), seed, device, jobs)
-    settings = {"quick": quick, "scale": scale, "seed": seed, "sizes": asdict(demo.sizes)}
+    settings = {
+        "quick": quick,
+        "scale": scale,
+        "seed": seed,
+        "sizes": asdict(demo.sizes),
+        "detector": DETECTOR,
+        "pretrain": PRETRAIN,
+    }
+    settings = json.loads(json.dumps(settings))  # as state.json holds them
     state_file = out / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     if force or state.get("settings") != settings:

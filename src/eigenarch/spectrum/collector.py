@@ -88,9 +88,11 @@ class _Triangle:
         else:
             factor, trans = matrix.contiguous().numpy().T, 1  # (K, C) Fortran: factor.T @ factor
         total = self.tensor.numpy().T
-        _SYRK[self.tensor.dtype](
+        result = _SYRK[self.tensor.dtype](
             alpha, factor, beta=1.0, c=total, trans=trans, lower=1, overwrite_c=1
         )
+        if result.ctypes.data != total.ctypes.data:  # not updated in place: copy back
+            total[...] = result
 
     def add_(self, other: _Triangle) -> None:
         for panel, addend in zip(self.panels, other.panels, strict=True):
@@ -203,6 +205,7 @@ class SpectrumCollector:
         self._maps: dict[str, _Map] = {}
         self._layers: list[tuple[nn.Module, _Map | None, _Map | None]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._blas_threads: threadpool_limits | None = None
         self._padding: _Padding | None = None
         self._seen: dict[int, _Seen] = {}
         self._select()
@@ -258,23 +261,27 @@ class SpectrumCollector:
     def __enter__(self) -> SpectrumCollector:
         if self._handles:
             raise EigenarchError("this SpectrumCollector is already attached (nested `with`?)")
-        # Our BLAS products (syrk, with one torch thread) use one thread too.
-        self._blas_threads = threadpool_limits(1, user_api="blas")
         self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
         for module in self.model.modules():
             if isinstance(module, GeneralizedRCNNTransform):
                 self._handles.append(module.register_forward_hook(self._on_transform))
         for module, map_in, map_out in self._layers:
             self._handles.append(module.register_forward_hook(self._layer_hook(map_in, map_out)))
+        if torch.get_num_threads() == 1:  # our syrk products then run: one BLAS thread too
+            self._blas_threads = threadpool_limits(1, user_api="blas")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._blas_threads.restore_original_limits()
-        self._padding = None
-        self._seen.clear()
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            self._handles.clear()
+            if self._blas_threads is not None:
+                self._blas_threads.restore_original_limits()
+                self._blas_threads = None
+            self._padding = None
+            self._seen.clear()
 
     def _on_forward(self, module: nn.Module, args: tuple) -> None:
         self._padding = None

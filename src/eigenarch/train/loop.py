@@ -93,6 +93,9 @@ class TrainConfig:
     def masks(self) -> bool:
         return self.kind == "mask_rcnn"
 
+    def __post_init__(self) -> None:
+        proposal_counts(self.proposals)  # checked before any data is read
+
     def to_dict(self) -> dict[str, Any]:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
