@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: Widths of the tiny detector of ``tiny_config`` (tests/train's ``TINY_ARGS`` repeat them).
+TINY_WIDTHS = "16,16,32,16,32,32,64,32,64"
+
 
 @dataclass
 class CliResult:
@@ -43,3 +46,36 @@ def shapes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     generate_shapes(root, ShapesConfig(train=12, val=6, size=128, seed=0), workers=1)
     return root
+
+
+@pytest.fixture
+def tiny_config(shapes_root, tmp_path):
+    """``tiny_config(name, **overrides)`` -> a TrainConfig writing to ``tmp_path / name``: a
+    tiny detector that trains in seconds on 2 CPU cores."""
+
+    from eigenarch.train.loop import TrainConfig
+
+    def make(name: str = "run", **overrides) -> TrainConfig:
+        settings = dict(
+            data=str(shapes_root),
+            out=str(tmp_path / name),
+            backbone=TINY_WIDTHS,
+            gn_groups=8,
+            fpn_channels=32,
+            head_channels=32,
+            representation=64,
+            min_size=128,
+            max_size=128,
+            anchor_sizes=(16, 32, 64, 128, 256),
+            roi_batch=64,
+            rpn_batch=64,
+            workers=0,
+            iters=4,
+            batch_size=2,
+            checkpoint_every=2,
+            lr=0.01,
+        )
+        settings.update(overrides)
+        return TrainConfig(**settings)
+
+    return make

@@ -9,7 +9,6 @@ import pytest
 
 import eigenarch.demo as demo_module
 from eigenarch.demo import STEPS, run_demo, run_parallel, table1, train_runs
-from eigenarch.train.loop import TrainConfig
 
 
 def _losses(run_dir):
@@ -44,30 +43,10 @@ def test_force_redoes_every_step(tmp_path, monkeypatch):
     assert calls == ["a", "b", "c"] * 2
 
 
-def test_parallel_trainings_equal_serial_ones(shapes_root, tmp_path):
+def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path):
     def configs(folder):
         return {
-            name: TrainConfig(
-                data=str(shapes_root),
-                out=str(tmp_path / folder / name),
-                backbone="8,8,16,8,16,8,16,8,16",
-                gn_groups=4,
-                fpn_channels=16,
-                head_channels=16,
-                representation=32,
-                min_size=96,
-                max_size=96,
-                anchor_sizes=(16, 32, 64, 128, 256),
-                roi_batch=16,
-                rpn_batch=32,
-                proposals=(100, 50),
-                iters=3,
-                batch_size=2,
-                checkpoint_every=0,
-                lr=0.01,
-                seed=seed,
-                workers=0,
-            )
+            name: tiny_config(f"{folder}/{name}", seed=seed, iters=3, checkpoint_every=0)
             for name, seed in (("a", 0), ("b", 1))
         }
 
