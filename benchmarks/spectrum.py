@@ -5,14 +5,17 @@ eval, 224 x 224, batch 2) under ``torch.no_grad``:
 
 * ``plain``      -- the forward alone;
 * ``all maps``   -- with :class:`SpectrumCollector` on every conv / fc ``:in`` and ``:out`` map;
+* ``all maps, products`` -- the same with ``derive=False``: every ``:out`` map multiplied,
+  none derived from its ``:in`` map;
 * ``outputs``    -- with the collector on ``:out`` maps only;
 * ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed.
 
 Configurations are timed in turn, forward by forward, so that load from other processes hits
 them alike; the median and the minimum over ``--repeats`` forwards of the wall-clock time and
 of the process CPU time are reported (with ``--threads 1`` the CPU time is the work done,
-whatever other processes load the machine). Peak memory is measured in fresh processes
-collecting ``--memory-images`` images each.
+whatever other processes load the machine). The time of the final ``spectra()`` call (where
+derived maps get their ``W S W^T``) is reported per collector configuration, twice. Peak memory is
+measured in fresh processes collecting ``--memory-images`` images each.
 
 Usage: ``python benchmarks/spectrum.py [--repeats 20] [--threads N] [--memory-images 4,16,64]
 [--json FILE]``
@@ -59,14 +62,15 @@ def delve_tracker(model: torch.nn.Module, folder: str):
 def timings(repeats: int) -> dict:
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     base = resnet50()
-    configs = {
-        "plain": (base, nullcontext()),
-        "all maps": (copy.deepcopy(base), None),
-        "outputs": (copy.deepcopy(base), None),
+    collectors = {
+        "all maps": {},
+        "all maps, products": {"derive": False},
+        "outputs": {"sides": ("out",)},
     }
-    configs["all maps"] = (configs["all maps"][0], SpectrumCollector(configs["all maps"][0]))
-    configs["outputs"] = (configs["outputs"][0],
-                          SpectrumCollector(configs["outputs"][0], sides=("out",)))  # fmt: skip
+    configs = {"plain": (base, nullcontext())}
+    for name, kwargs in collectors.items():
+        model = copy.deepcopy(base)
+        configs[name] = (model, SpectrumCollector(model, **kwargs))
     folder = tempfile.mkdtemp()
     delve_model = copy.deepcopy(base)
     tracker, delve_error = delve_tracker(delve_model, folder)
@@ -85,6 +89,12 @@ def timings(repeats: int) -> dict:
                 model(x)
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
+        reads: dict[str, list[float]] = {name: [] for name in collectors}
+        for _ in range(2):  # the first read also pays for fresh memory
+            for name in collectors:
+                start = time.perf_counter()
+                configs[name][1].spectra()
+                reads[name].append(time.perf_counter() - start)
     result = {
         name: {
             "median_s": statistics.median(wall[name]),
@@ -94,8 +104,9 @@ def timings(repeats: int) -> dict:
         }
         for name in configs
     }
-    result["maps"] = {"all maps": len(configs["all maps"][1].names),
-                      "outputs": len(configs["outputs"][1].names)}  # fmt: skip
+    result["maps"] = {name: len(configs[name][1].names) for name in collectors}
+    result["derived maps"] = {name: len(configs[name][1].derived) for name in collectors}
+    result["spectra() s"] = reads
     if delve_error:
         result["delve_error"] = delve_error
     return result
@@ -136,6 +147,7 @@ def main() -> None:
     for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
         plain = t["plain"][stat]
         result[f"ratio_all_maps_{stat[:-2]}"] = t["all maps"][stat] / plain
+        result[f"ratio_all_maps_products_{stat[:-2]}"] = t["all maps, products"][stat] / plain
         if "delve" in t:
             result[f"added_vs_delve_{stat[:-2]}"] = (t["outputs"][stat] - plain) / (
                 t["delve"][stat] - plain

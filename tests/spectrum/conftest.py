@@ -85,11 +85,13 @@ def intrinsic_dim(cov: np.ndarray, threshold: float = 1e-3) -> int:
     return 0 if values[0] <= 0 else int((values / values[0] > threshold).sum())
 
 
-def _collect_with_reference(model, batches, **kwargs) -> tuple[Spectra, dict]:
+def _collect_with_reference(model, batches, after=None, **kwargs) -> tuple[Spectra, dict]:
     recorder = Recorder(model)
     with SpectrumCollector(model, **kwargs) as collector, torch.no_grad():
-        for batch in batches:
+        for i, batch in enumerate(batches):
             model(batch)
+            if after is not None:
+                after(collector, i)
     recorder.close()
     return collector.spectra(), reference_covariances(recorder.calls)
 
@@ -110,7 +112,8 @@ def _assert_matches(spectra: Spectra, reference: dict) -> None:
 
 @pytest.fixture
 def collect_with_reference():
-    """``(model, batches, **collector_args) -> (spectra, {name: (reference Sigma, n)})``."""
+    """``(model, batches, after=None, **collector_args) -> (spectra, {name: (reference Sigma,
+    n)})``; ``after(collector, i)`` runs after batch ``i``."""
     return _collect_with_reference
 
 

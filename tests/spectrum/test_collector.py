@@ -148,6 +148,63 @@ def test_spectra_can_be_read_while_collecting():
     assert torch.allclose(collector.spectra().covariance("0:out"), first.covariance("0:out"))
 
 
+class _Expand(nn.Module):
+    """A 3x3 conv, then a bias-free 1x1 expansion whose ``:out`` map can be derived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Conv2d(8, 32, 1, bias=False)
+
+    def forward(self, x):
+        return self.expand(torch.relu(self.reduce(x)))
+
+
+@pytest.mark.parametrize(("size", "derived"), [(6, ["expand:out"]), (1, [])])  # 1x1: no gain
+def test_derived_outputs_match_reference(size, derived, collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, size, size, generator=g) for n in (2, 3, 1)]
+    seen = []
+    spectra, reference = collect_with_reference(
+        model, batches, after=lambda collector, i: seen.append(collector.derived)
+    )
+    assert seen == [derived] * 3
+    assert_matches(spectra, reference)
+
+
+@pytest.mark.parametrize("after_batch", [0, 2])  # between forwards; after the last one
+def test_weight_change_ends_derivation(after_batch, collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 6, 6, generator=g) for _ in range(3)]
+    seen = []
+
+    def after(collector, i):
+        seen.append(collector.derived)
+        if i == after_batch:
+            model.expand.weight.mul_(-2.0)  # an optimizer step, a loaded state dict
+
+    spectra, reference = collect_with_reference(model, batches, after=after)
+    assert seen == [["expand:out"]] * (after_batch + 1) + [[]] * (2 - after_batch)
+    assert_matches(spectra, reference)
+
+
+def test_output_changed_by_another_hook_is_multiplied(collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    model.expand.register_forward_hook(lambda module, args, output: output * 2 + 1)
+    batches = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))]
+    seen = []
+    spectra, reference = collect_with_reference(
+        model, batches, after=lambda collector, i: seen.append(collector.derived)
+    )
+    assert seen == [[]]
+    assert_matches(spectra, reference)
+
+
 class _Classifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -13,7 +13,8 @@ from eigenarch.spectrum import Spectra, SpectrumCollector
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 24, 3), nn.ReLU(), nn.Conv2d(24, 16, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(3, 24, 3), nn.ReLU(), nn.Conv2d(24, 48, 1, bias=False),  # a derived :out
+        nn.ReLU(), nn.Conv2d(48, 16, 3, stride=2), nn.ReLU(),
         nn.Flatten(), nn.Linear(16 * 3 * 3, 10),
     ).eval()  # fmt: skip
 
@@ -27,6 +28,7 @@ def collect(images: torch.Tensor, batch_size: int = 2) -> Spectra:
     with SpectrumCollector(model) as collector, torch.no_grad():
         for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size])
+    assert collector.derived == (["2:out"] if len(images) else [])
     return collector.spectra()
 
 
@@ -56,4 +58,5 @@ def test_two_processes_equal_one(tmp_path):
             assert spectra.intrinsic_dim(name) == single.intrinsic_dim(name)
         assert torch.equal(ranks[0].covariance(name), ranks[1].covariance(name))
     assert all(spectra.names == single.names for spectra in ranks)
-    assert single.samples("5:in") == 10 and single.samples("0:in") == 10
+    assert single.samples("7:in") == 10 and single.samples("0:in") == 10
+    assert single.samples("2:out") == 10

@@ -8,7 +8,10 @@ model and accumulates, per map, the non-centred, resolution-normalised covarianc
 while the user runs forward passes. Products are float32 (float64 for maps narrower than
 :data:`NARROW`) accumulated in place into a per-map buffer (on the CPU, upper triangle only);
 the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook calls and
-whenever spectra are read.
+whenever spectra are read. The ``:out`` map of a bias-free 1x1, stride-1 ``Conv2d`` is
+``y = W x`` at every position, so its sum is ``W S_in W^T`` exactly: when its ``:in`` map is
+collected too and that is cheaper, it is derived from the ``:in`` sum instead of multiplied
+(:class:`_Derivation`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ SYMMETRIC_MIN_CHANNELS = 128
 PANELS = 16
 MIN_PANEL = 64
 _SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
+#: A ``:out`` map is derived from its ``:in`` map only if the float64 ``W S W^T`` at the end
+#: costs no more than multiplying this many samples of the map would.
+DERIVE_PAYBACK_SAMPLES = 8
 
 
 class _Triangle:
@@ -119,6 +125,7 @@ class _Map:
     # None until known: products are kept meanwhile.
     shared: bool | None = None
     spare: list[_Triangle] = field(default_factory=list)  # product buffers no longer kept
+    derivation: _Derivation | None = None  # for a ``:out`` map that may be derived
 
     def new_buffer(self, like: Tensor) -> _Triangle:
         exact = like.dtype == torch.float64 or self.channels < NARROW
@@ -146,6 +153,69 @@ class _Map:
         self.total.add_(self.buffer)
         self.buffer.zero_()
         self.pending = 0
+
+    def running_sum(self) -> tuple[Tensor | None, int]:
+        """The float64 sum so far as a full symmetric matrix (``None`` if no sample), and the
+        sample count."""
+        if self.derivation is not None and self.derivation.active:  # no product of its own yet
+            return self.derivation.running_sum()
+        self.flush()
+        return (_symmetric(self.total.tensor) if self.total is not None else None), self.samples
+
+
+@dataclass
+class _Derivation:
+    """The ``:out`` map of a bias-free 1x1, stride-1 ``nn.Conv2d`` from its ``:in`` map.
+
+    Such a conv computes ``y = W x`` at every position of every sample, the two maps share
+    valid regions and sample counts, so the ``:out`` sum is ``W S_in W^T`` (float64, when the
+    sum is read) instead of a product of every output. Decided on the first call: both maps
+    float32 or float64, ``W x`` matching the output on a row of positions (no custom forward
+    or output-changing hook), and the final product no dearer than
+    :data:`DERIVE_PAYBACK_SAMPLES` samples' products. The weight is copied then; if the
+    module's weight changes (training while collecting, a new state dict) or a later call
+    is not derivable, the derived sum so far is made permanent and products take over.
+    """
+
+    source: _Map  # the same conv's ``:in`` map
+    active: bool | None = None  # None until the first call
+    weight: Tensor | None = None  # float64 (C_out, C_in) copy the derived sum uses
+    key: tuple = ()  # identity, version and storage of the weight that was copied
+
+    def follows(
+        self, target: _Map, module: nn.Conv2d, inputs: Tensor | None, output: object
+    ) -> bool:
+        """Is this call's output covered by the derived sum? (Call before adding ``inputs``.)"""
+        if self.active is None:
+            self.active = _derivable_call(module, inputs, output)
+            if self.active:
+                weight = module.weight.detach()
+                self.weight = weight.reshape(weight.shape[:2]).to(torch.float64, copy=True)
+                self.key = _weight_key(module.weight)
+            return self.active
+        if self.active and (
+            _weight_key(module.weight) != self.key or not _derivable_call(module, inputs, output)
+        ):
+            self.stop(target)
+        return self.active
+
+    def running_sum(self) -> tuple[Tensor | None, int]:
+        """``W S_in W^T`` over the source's samples so far, and their number."""
+        total, samples = self.source.running_sum()
+        if total is None:
+            return None, samples
+        weight = self.weight.to(total.device)
+        return weight @ total @ weight.T, samples
+
+    def stop(self, target: _Map) -> None:
+        """Add the derived sum into ``target`` for good; from now on products are taken."""
+        derived, samples = self.running_sum()
+        if derived is not None:
+            if target.total is None:
+                target.total = _Triangle(target.channels, torch.float64, derived.device)
+            target.total.tensor.add_(derived)
+        target.samples += samples
+        self.active, self.weight = False, None
 
 
 @dataclass
@@ -184,6 +254,9 @@ class SpectrumCollector:
         sides: which maps to collect, a non-empty subset of ``("in", "out")``.
         max_channels: maps wider than this are skipped with a warning unless ``include``
             names them exactly (module path or map name); ``None`` means no limit.
+        derive: compute the ``:out`` map of a bias-free 1x1, stride-1 ``Conv2d`` whose ``:in``
+            map is collected as ``W S_in W^T`` where that is cheaper (exact; see
+            :class:`_Derivation`); ``False`` multiplies every map's own tensors.
     """
 
     def __init__(
@@ -192,6 +265,7 @@ class SpectrumCollector:
         include: Sequence[str] | None = None,
         sides: Iterable[str] = ("in", "out"),
         max_channels: int | None = 4096,
+        derive: bool = True,
     ) -> None:
         sides = tuple(sides)
         if not sides or any(s not in ("in", "out") for s in sides):
@@ -200,6 +274,7 @@ class SpectrumCollector:
         self.include = [include] if isinstance(include, str) else include
         self.sides = sides
         self.max_channels = max_channels
+        self.derive = derive
         #: Maps left out for being wider than ``max_channels``: name -> channels.
         self.skipped: dict[str, int] = {}
         self._maps: dict[str, _Map] = {}
@@ -214,6 +289,11 @@ class SpectrumCollector:
     def names(self) -> list[str]:
         """The collected map names, in module order."""
         return list(self._maps)
+
+    @property
+    def derived(self) -> list[str]:
+        """The ``:out`` maps currently derived from their ``:in`` maps (decided on first use)."""
+        return [n for n, s in self._maps.items() if s.derivation and s.derivation.active]
 
     def _select(self) -> None:
         roi = tuple(f"{p}." for p, m in self.model.named_modules() if isinstance(m, RoIHeads))
@@ -241,6 +321,8 @@ class SpectrumCollector:
                 if state is not None:
                     self._maps[name] = state
                 pair.append(state)
+            if pair[0] and pair[1] and self.derive and _derivable_module(module):
+                pair[1].derivation = _Derivation(pair[0])
             if pair[0] or pair[1]:
                 self._layers.append((module, pair[0], pair[1]))
         if not self._maps:
@@ -297,9 +379,13 @@ class SpectrumCollector:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             # Our own tensors are normal ones, and our float32 products never TF32 / bf16.
             with torch.inference_mode(False), torch.no_grad(), _full_precision():
-                if map_in is not None and args and isinstance(args[0], Tensor):
-                    self._accumulate(map_in, args[0])
-                if map_out is not None and isinstance(output, Tensor):
+                inputs = args[0] if args and isinstance(args[0], Tensor) else None
+                derived = map_out is not None and map_out.derivation is not None
+                if derived:  # decided before ``inputs`` enter the source map
+                    derived = map_out.derivation.follows(map_out, module, inputs, output)
+                if map_in is not None and inputs is not None:
+                    self._accumulate(map_in, inputs)
+                if map_out is not None and isinstance(output, Tensor) and not derived:
                     self._accumulate(map_out, output)
 
         return hook
@@ -360,16 +446,15 @@ class SpectrumCollector:
         rank gets the same result. Maps that saw no sample on any rank are left out. The
         collector's own state is unchanged: collection may go on afterwards.
         """
-        self.flush()
         states = list(self._maps.values())
+        sums = [state.running_sum() for state in states]
         distributed = dist.is_available() and dist.is_initialized()
         device = _reduce_device(states) if distributed else torch.device("cpu")
-        counts = torch.tensor([s.samples for s in states], dtype=torch.float64, device=device)
+        counts = torch.tensor([n for _, n in sums], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(counts)
         covariances, samples = {}, {}
-        for state, count in zip(states, counts.tolist(), strict=True):
-            total = state.total.tensor if state.total is not None else None
+        for state, (total, _), count in zip(states, sums, counts.tolist(), strict=True):
             if distributed:
                 if total is None:
                     total = torch.zeros(state.channels, state.channels, dtype=torch.float64)
@@ -377,8 +462,7 @@ class SpectrumCollector:
                 dist.all_reduce(total)
             if count == 0:
                 continue
-            upper = total.cpu().triu()
-            covariances[state.name] = (upper + upper.triu(1).T) / count
+            covariances[state.name] = total.cpu().div_(count)
             samples[state.name] = int(count)
         return Spectra(covariances, samples)
 
@@ -421,6 +505,53 @@ def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | N
             w = min(width, math.ceil(image_w * width / padding.width))
         out.add_gram(tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w))
     return batch
+
+
+def _symmetric(total: Tensor) -> Tensor:
+    """The full matrix of a sum held in its upper triangle."""
+    full = total.triu()
+    return full.add_(full.T.tril(-1))
+
+
+def _derivable_module(module: nn.Module) -> bool:
+    """A plain bias-free 1x1, stride-1, ungrouped ``nn.Conv2d``: ``y = W x`` per position."""
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding in ((0, 0), "valid", "same")
+        and module.groups == 1
+        and module.bias is None
+    )
+
+
+def _derivable_call(module: nn.Conv2d, inputs: Tensor | None, output: object) -> bool:
+    """Float32 / float64 maps of one layout where ``W x`` is the output (checked on one row
+    of positions of the first sample), and deriving pays (:data:`DERIVE_PAYBACK_SAMPLES`)."""
+    exact = (torch.float32, torch.float64)
+    if not (
+        inputs is not None
+        and isinstance(output, Tensor)
+        and inputs.dim() == output.dim() == 4
+        and inputs.dtype == output.dtype == module.weight.dtype
+        and inputs.dtype in exact
+        and inputs.shape[0] == output.shape[0] > 0
+        and inputs.shape[2:] == output.shape[2:]
+    ):
+        return False
+    c_out, c_in = module.weight.shape[:2]
+    positions = output.shape[2] * output.shape[3]
+    final = 2 * c_out * c_in * (c_in + c_out)  # W S W^T once per read, float64 (twice the cost)
+    if final > DERIVE_PAYBACK_SAMPLES * c_out * c_out * positions / 2:  # vs. syrk per sample
+        return False
+    weight = module.weight.detach().reshape(c_out, c_in)
+    row = inputs[0, :, 0, :]
+    expected, got = weight @ row, output[0, :, 0, :]
+    return bool((expected - got).abs().max() <= 1e-4 * (expected.abs().max() + 1e-30))
+
+
+def _weight_key(weight: Tensor) -> tuple:
+    return id(weight), weight._version, weight.data_ptr(), weight.device, weight.dtype
 
 
 def _reduce_device(states: list[_Map]) -> torch.device:
