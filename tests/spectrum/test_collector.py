@@ -47,7 +47,8 @@ def test_dead_map_gives_zeros_not_nan(toy_detector, toy_batches, collect_with_re
 
 def test_mask_rcnn_matches_reference(collect_with_reference, assert_matches):
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    # ResNet-50: bottleneck 1x1 convs, whose :out maps are derived on padded batches.
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5)
     model = MaskRCNN(backbone, num_classes=3, min_size=64, max_size=96,
                      rpn_post_nms_top_n_test=50, box_detections_per_img=5,
                      box_score_thresh=0.0).eval()  # fmt: skip
@@ -55,7 +56,11 @@ def test_mask_rcnn_matches_reference(collect_with_reference, assert_matches):
     batches = [[torch.rand(3, 60, 90, generator=g), torch.rand(3, 80, 50, generator=g)]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fc6:in (12544 channels) is skipped with a warning
-        spectra, reference = collect_with_reference(model, batches)
+        derived = []
+        spectra, reference = collect_with_reference(
+            model, batches, after=lambda collector, i: derived.extend(collector.derived)
+        )
+    assert "backbone.body.layer1.0.conv3:out" in derived
     assert_matches(spectra, reference)
     assert spectra.samples("rpn.head.conv.0.0:in") == 5 * 2  # one call per FPN level
     assert spectra.samples("roi_heads.mask_predictor.conv5_mask:out") == spectra.samples(
