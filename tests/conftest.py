@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -79,3 +80,14 @@ def tiny_config(shapes_root, tmp_path):
         return TrainConfig(**settings)
 
     return make
+
+
+def _logged_steps(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+@pytest.fixture
+def logged_steps():
+    """``run_dir -> [one dict per iteration of its metrics.jsonl, wall-clock "time" left out]``."""
+    return _logged_steps

@@ -11,11 +11,6 @@ import eigenarch.demo as demo_module
 from eigenarch.demo import STEPS, run_demo, run_parallel, table1, train_runs
 
 
-def _losses(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
-
-
 def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05")
     assert result.code == 0, result.stderr
@@ -43,7 +38,7 @@ def test_force_redoes_every_step(tmp_path, monkeypatch):
     assert calls == ["a", "b", "c"] * 2
 
 
-def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path):
+def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path, logged_steps):
     def configs(folder):
         return {
             name: tiny_config(f"{folder}/{name}", seed=seed, iters=3, checkpoint_every=0)
@@ -54,7 +49,7 @@ def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path):
     parallel = train_runs(configs("parallel"), jobs=2)
     assert serial == parallel and serial["a"] != serial["b"]
     for name in "ab":
-        logs = [_losses(tmp_path / folder / name) for folder in ("serial", "parallel")]
+        logs = [logged_steps(tmp_path / folder / name) for folder in ("serial", "parallel")]
         assert logs[0] == logs[1] and len(logs[0]) == 3
     assert train_runs(configs("parallel"), jobs=2) == parallel  # finished runs are reused
 

@@ -15,15 +15,10 @@ from eigenarch.train.loop import Trainer, train_detector
 from .conftest import TINY_ARGS
 
 
-def _losses(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
-
-
-def test_training_lowers_the_loss_and_keeps_checkpoints(tiny_config, tmp_path):
+def test_training_lowers_the_loss_and_keeps_checkpoints(tiny_config, tmp_path, logged_steps):
     metrics = train_detector(tiny_config("run", iters=6, checkpoint_every=3))
     run = tmp_path / "run"
-    losses = [entry["loss"] for entry in _losses(run)]
+    losses = [entry["loss"] for entry in logged_steps(run)]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert [it for it, _ in list_checkpoints(run)] == [0, 3, 6]
     assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -34,7 +29,9 @@ def test_training_lowers_the_loss_and_keeps_checkpoints(tiny_config, tmp_path):
     assert model.roi_heads.box_predictor.cls_score.out_features == 9
 
 
-def test_resume_after_a_kill_repeats_the_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+def test_resume_after_a_kill_repeats_the_uninterrupted_run(
+    tiny_config, tmp_path, monkeypatch, logged_steps
+):
     train_detector(tiny_config("whole"))
     original = Trainer.run_step
 
@@ -50,7 +47,7 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(tiny_config, tmp_path
     killed = tmp_path / "killed"
     assert [it for it, _ in list_checkpoints(killed)] == [0, 2]
     train_detector(tiny_config("killed", seed=123), resume=True)  # saved settings win
-    assert _losses(killed) == _losses(tmp_path / "whole")
+    assert logged_steps(killed) == logged_steps(tmp_path / "whole")
     a = torch.load(killed / "checkpoints" / "iter_0000004.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "whole" / "checkpoints" / "iter_0000004.pt", weights_only=True)
     for key, value in a.items():
