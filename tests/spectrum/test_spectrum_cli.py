@@ -11,7 +11,6 @@ import torchvision
 from eigenarch.data.shapes import ShapesConfig, generate_shapes
 from eigenarch.models.detector import build_detector
 from eigenarch.spectrum import Spectra
-from eigenarch.spectrum.cli import parse_threshold
 from eigenarch.train.checkpoint import DETECTOR_FORMAT
 
 
@@ -143,13 +142,3 @@ def test_help(run_cli):
     r = run_cli("spectrum", "--help")
     assert r.code == 0 and "--model" in r.stdout and "show" in r.stdout
     assert run_cli("spectrum", "show", "--help").code == 0
-
-
-def test_parse_threshold():
-    assert parse_threshold("1e-3") == 1e-3
-    assert parse_threshold("1e-3.5") == pytest.approx(10**-3.5)
-    assert parse_threshold("5e-2.5") == pytest.approx(5 * 10**-2.5)
-    assert parse_threshold("0.01") == 0.01
-    for bad in ("0", "1", "2e0.5", "e", "1e-3.5.1", "-1e-3"):
-        with pytest.raises(Exception, match="--threshold"):
-            parse_threshold(bad)

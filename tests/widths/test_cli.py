@@ -16,6 +16,7 @@ from eigenarch.widths import (
     uniform_widths,
     width_groups,
 )
+from eigenarch.widths.cli import parse_threshold
 
 
 def write_dims(path, values, prefix="backbone.body."):
@@ -198,7 +199,7 @@ def test_search_from_saved_spectra(run_cli, tmp_path):
             net(torch.randn(4, 3, 64, 64))
     spectra = collector.spectra()
     spectra.save(tmp_path / "s.safetensors")
-    dims = {n: spectra.intrinsic_dim(n, 1e-2) for n in spectra.names}
+    dims = {n: spectra.intrinsic_dim(n, 10**-2.5) for n in spectra.names}
     assert "backbone.body.layer1.0.conv1:in" in dims
 
     out = tmp_path / "w.json"
@@ -207,7 +208,7 @@ def test_search_from_saved_spectra(run_cli, tmp_path):
         "--spectra",
         tmp_path / "s.safetensors",
         "--threshold",
-        "1e-2",
+        "1e-2.5",  # the fractional-exponent form `spectrum show` takes
         "--target",
         "params=2M",
         "--depths",
@@ -218,6 +219,16 @@ def test_search_from_saved_spectra(run_cli, tmp_path):
     assert r.code == 0, r.stderr
     obj = json.loads(out.read_text())
     expected = search_widths(dims, 2e6, "params", depths=(1, 1, 1, 1))
-    assert obj["widths"] == list(expected.widths) and obj["source"]["threshold"] == 1e-2
+    assert obj["widths"] == list(expected.widths) and obj["source"]["threshold"] == 10**-2.5
     r = run_cli("search", "--spectra", tmp_path / "nope", "--target", "params=2M", "--out", out)
     assert r.code == 2 and "error:" in r.stderr
+
+
+def test_parse_threshold():
+    assert parse_threshold("1e-3") == 1e-3
+    assert parse_threshold("1e-3.5") == pytest.approx(10**-3.5)
+    assert parse_threshold("5e-2.5") == pytest.approx(5 * 10**-2.5)
+    assert parse_threshold("0.01") == 0.01
+    for bad in ("0", "1", "2e0.5", "e", "1e-3.5.1", "-1e-3"):
+        with pytest.raises(Exception, match="--threshold"):
+            parse_threshold(bad)

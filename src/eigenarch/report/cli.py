@@ -20,7 +20,7 @@ from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.report.plots import compare_figure, save_figure
 from eigenarch.spectrum import Spectra
-from eigenarch.spectrum.cli import parse_threshold
+from eigenarch.widths.cli import parse_threshold
 
 
 class Side(str, Enum):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -22,29 +21,15 @@ from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config
+from eigenarch.widths.cli import parse_threshold
 
 spectrum_app = typer.Typer(
     help="Eigenspectra of every conv / linear map of a model, and their intrinsic dimensions.",
     no_args_is_help=True,
 )
 
-_POWER = re.compile(r"\s*(\d*\.?\d+)?[eE]([+-]?\d*\.?\d+)\s*")
 #: ImageNet statistics, as torchvision's classification weights normalise their inputs.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def parse_threshold(text: str) -> float:
-    """``"1e-3"`` -> 0.001; ``"1e-3.5"`` (a fractional exponent) -> ``10 ** -3.5``."""
-    try:
-        value = float(text)
-    except ValueError:
-        match = _POWER.fullmatch(text)
-        value = float(match[1] or 1) * 10 ** float(match[2]) if match else float("nan")
-    if not 0 < value < 1:
-        raise EigenarchError(
-            f"--threshold {text!r}: expected a number between 0 and 1 such as 1e-3 or 1e-3.5"
-        )
-    return value
 
 
 def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torch.nn.Module, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import Enum
 from pathlib import Path
 
@@ -36,6 +37,24 @@ class Norm(str, Enum):
     gn = "gn"
     bn = "bn"
     frozen_bn = "frozen_bn"
+
+
+#: A power of ten with a fractional exponent, such as 1e-3.5.
+_POWER = re.compile(r"\s*(\d*\.?\d+)?[eE]([+-]?\d*\.?\d+)\s*")
+
+
+def parse_threshold(text: str) -> float:
+    """``"1e-3"`` -> 0.001; ``"1e-3.5"`` (a fractional exponent) -> ``10 ** -3.5``."""
+    try:
+        value = float(text)
+    except ValueError:
+        match = _POWER.fullmatch(text)
+        value = float(match[1] or 1) * 10 ** float(match[2]) if match else float("nan")
+    if not 0 < value < 1:
+        raise EigenarchError(
+            f"--threshold {text!r}: expected a number between 0 and 1 such as 1e-3 or 1e-3.5"
+        )
+    return value
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -178,8 +197,10 @@ def search(
     ),
     spectra: Path = typer.Option(None, help="Saved spectra (eigenarch.spectrum.Spectra)."),
     dims: Path = typer.Option(None, help="JSON object {map name: intrinsic dimensionality}."),
-    threshold: float = typer.Option(
-        None, help="Eigenvalue threshold for --spectra.", show_default="1e-3"
+    threshold: str = typer.Option(
+        None,
+        help="Eigenvalue threshold T for --spectra; 1e-3.5 means 10^-3.5.",
+        show_default="1e-3",
     ),
     multiple: int = typer.Option(32, help="Widths are multiples of this."),
     side: Side = typer.Option(
@@ -203,7 +224,7 @@ def search(
     blocks = parse_ints(depths, "--depths")
     source: dict = {"command": "search", "target": target}
     if spectra is not None:
-        source["threshold"] = 1e-3 if threshold is None else threshold
+        source["threshold"] = 1e-3 if threshold is None else parse_threshold(threshold)
         source["spectra"] = str(spectra)
         values = _spectra_dims(spectra, source["threshold"])
     else:
