@@ -54,12 +54,9 @@ def map_stage(name: str) -> str:
     return {"conv1": "stem", "fc": "fc"}.get(body, body.split(".")[0])
 
 
-@dataclass(frozen=True)
-class MapComparison:
-    """One map: width and both dimensionalities."""
+class _Pair:
+    """Two dimensionalities ``a`` and ``b`` (of model A and model B) and how they differ."""
 
-    name: str
-    channels: int
     a: int
     b: int
 
@@ -74,7 +71,17 @@ class MapComparison:
 
 
 @dataclass(frozen=True)
-class GroupComparison:
+class MapComparison(_Pair):
+    """One map: width and both dimensionalities."""
+
+    name: str
+    channels: int
+    a: int
+    b: int
+
+
+@dataclass(frozen=True)
+class GroupComparison(_Pair):
     """Sums over the maps of a part or stage."""
 
     part: str
@@ -83,14 +90,6 @@ class GroupComparison:
     channels: int
     a: int
     b: int
-
-    @property
-    def diff(self) -> int:
-        return self.a - self.b
-
-    @property
-    def ratio(self) -> float | None:
-        return self.a / self.b if self.b else None
 
 
 @dataclass(frozen=True)
