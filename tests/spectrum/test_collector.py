@@ -180,7 +180,10 @@ def test_derived_outputs_match_reference(size, derived, collect_with_reference, 
 
 
 @pytest.mark.parametrize("after_batch", [0, 2])  # between forwards; after the last one
-def test_weight_change_ends_derivation(after_batch, collect_with_reference, assert_matches):
+@pytest.mark.parametrize("through_data", [False, True])  # .data writes bump no version
+def test_weight_change_ends_derivation(
+    after_batch, through_data, collect_with_reference, assert_matches
+):
     torch.manual_seed(0)
     model = _Expand().eval()
     g = torch.Generator().manual_seed(0)
@@ -189,8 +192,9 @@ def test_weight_change_ends_derivation(after_batch, collect_with_reference, asse
 
     def after(collector, i):
         seen.append(collector.derived)
-        if i == after_batch:
-            model.expand.weight.mul_(-2.0)  # an optimizer step, a loaded state dict
+        if i == after_batch:  # an optimizer step, a loaded state dict, an EMA update
+            weight = model.expand.weight
+            (weight.data if through_data else weight).mul_(-2.0)
 
     spectra, reference = collect_with_reference(model, batches, after=after)
     assert seen == [["expand:out"]] * (after_batch + 1) + [[]] * (2 - after_batch)
@@ -199,15 +203,58 @@ def test_weight_change_ends_derivation(after_batch, collect_with_reference, asse
 
 def test_output_changed_by_another_hook_is_multiplied(collect_with_reference, assert_matches):
     torch.manual_seed(0)
-    model = _Expand().eval()
-    model.expand.register_forward_hook(lambda module, args, output: output * 2 + 1)
-    batches = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))]
+    model = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False)).eval()
+    model[0].register_forward_hook(lambda module, args, output: output * 2)
+    batch = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    batch[:, :, 0] = 0  # letterboxing: a first row that a spot check would find unchanged
+    batches = [batch]
     seen = []
     spectra, reference = collect_with_reference(
         model, batches, after=lambda collector, i: seen.append(collector.derived)
     )
     assert seen == [[]]
     assert_matches(spectra, reference)
+
+
+def test_derived_map_keeps_precision_where_the_weight_cancels_the_mean(
+    collect_with_reference, assert_matches
+):
+    # Non-centred inputs (mean 30 against unit-or-less noise) and weight rows summing to 0:
+    # W S_in W^T is tiny next to S_in, so float32 error in S_in would dominate it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 128, 1, bias=False)).eval()
+    with torch.no_grad():
+        weight = model[0].weight.view(128, 32)
+        weight -= weight.mean(1, keepdim=True)
+    g = torch.Generator().manual_seed(1)
+    scale = (10 ** (-torch.arange(32) / 8.0)).view(1, 32, 1, 1)
+    batches = [30 + scale * torch.randn(4, 32, 12, 12, generator=g) for _ in range(4)]
+    seen = []
+    spectra, reference = collect_with_reference(
+        model, batches, after=lambda collector, i: seen.append(collector.derived)
+    )
+    assert seen == [["0:out"]] * 4
+    assert_matches(spectra, reference)
+    for threshold in (1e-2, 1e-3, 1e-4):
+        values = np.linalg.eigvalsh(reference["0:out"][0])[::-1]
+        assert spectra.intrinsic_dim("0:out", threshold) == (values / values[0] > threshold).sum()
+
+
+def test_inference_tensor_parameters():
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        model = _Expand().eval()  # parameters are inference tensors: no version counter
+        batches = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))] * 2
+    results = []
+    for derive in (True, False):
+        with SpectrumCollector(model, derive=derive) as collector, torch.inference_mode():
+            for batch in batches:
+                model(batch)
+            assert collector.derived == (["expand:out"] if derive else [])
+        results.append(collector.spectra())
+    for name in results[1].names:
+        expected = results[1].covariance(name)
+        assert (results[0].covariance(name) - expected).norm() <= 1e-6 * expected.norm(), name
 
 
 class _Classifier(nn.Module):

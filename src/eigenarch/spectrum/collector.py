@@ -8,10 +8,10 @@ model and accumulates, per map, the non-centred, resolution-normalised covarianc
 while the user runs forward passes. Products are float32 (float64 for maps narrower than
 :data:`NARROW`) accumulated in place into a per-map buffer (on the CPU, upper triangle only);
 the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook calls and
-whenever spectra are read. The ``:out`` map of a bias-free 1x1, stride-1 ``Conv2d`` is
-``y = W x`` at every position, so its sum is ``W S_in W^T`` exactly: when its ``:in`` map is
-collected too and that is cheaper, it is derived from the ``:in`` sum instead of multiplied
-(:class:`_Derivation`).
+whenever spectra are read. The ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
+is ``y = W x`` at every position, so its sum is ``W S_in W^T``: when its ``:in`` map is
+collected too and that is cheaper, it is derived from the (then float64) ``:in`` sum instead
+of multiplied (:class:`_Derivation`).
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ class _Map:
     shared: bool | None = None
     spare: list[_Triangle] = field(default_factory=list)  # product buffers no longer kept
     derivation: _Derivation | None = None  # for a ``:out`` map that may be derived
+    float64: bool = False  # products in float64 (the source of a derived map)
 
     def new_buffer(self, like: Tensor) -> _Triangle:
-        exact = like.dtype == torch.float64 or self.channels < NARROW
+        exact = like.dtype == torch.float64 or self.channels < NARROW or self.float64
         return _Triangle(self.channels, torch.float64 if exact else torch.float32, like.device)
 
     def product_buffer(self, like: Tensor) -> _Triangle:
@@ -165,38 +166,44 @@ class _Map:
 
 @dataclass
 class _Derivation:
-    """The ``:out`` map of a bias-free 1x1, stride-1 ``nn.Conv2d`` from its ``:in`` map.
+    """The ``:out`` map of a bias-free 1x1, stride-1, widening ``nn.Conv2d`` from its ``:in``.
 
-    Such a conv computes ``y = W x`` at every position of every sample, the two maps share
-    valid regions and sample counts, so the ``:out`` sum is ``W S_in W^T`` (float64, when the
-    sum is read) instead of a product of every output. Decided on the first call: both maps
-    float32 or float64, ``W x`` matching the output on a row of positions (no custom forward
-    or output-changing hook), and the final product no dearer than
-    :data:`DERIVE_PAYBACK_SAMPLES` samples' products. The weight is copied then; if the
-    module's weight changes (training while collecting, a new state dict) or a later call
-    is not derivable, the derived sum so far is made permanent and products take over.
+    Such a conv computes ``y = W x`` at every position of every sample, and its two maps
+    share valid regions and sample counts, so the ``:out`` sum is ``W S_in W^T`` (float64,
+    when the sum is read) instead of a product of every output. The source (``:in``) map's
+    products are then taken in float64: ``W S_in W^T`` would otherwise carry ``S_in``'s
+    float32 rounding, which ``W`` magnifies where it nearly cancels ``S_in``'s main
+    directions (the mean of non-centred post-ReLU inputs); with ``C_in <= C_out`` that costs a
+    fraction of the ``C_out``-wide product it replaces.
+
+    Decided on the module's first call: float32 / float64 maps and weight, samples in it,
+    the whole output equal to ``conv2d(x, W)`` and not all zero (no output-changing hook),
+    and the final product no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' products.
+    The weight is copied then. Every later call compares the module's weight with the copy
+    (any write, through ``.data`` too) and the maps' layout; on a difference the derived
+    sum so far is made permanent and products take over.
     """
 
     source: _Map  # the same conv's ``:in`` map
     active: bool | None = None  # None until the first call
-    weight: Tensor | None = None  # float64 (C_out, C_in) copy the derived sum uses
-    key: tuple = ()  # identity, version and storage of the weight that was copied
+    weight: Tensor | None = None  # exact copy of the weight the derived sum uses
 
     def follows(
         self, target: _Map, module: nn.Conv2d, inputs: Tensor | None, output: object
     ) -> bool:
         """Is this call's output covered by the derived sum? (Call before adding ``inputs``.)"""
-        if self.active is None:
-            self.active = _derivable_call(module, inputs, output)
+        if self.active is False:
+            return False
+        if not _linear_layout(module, inputs, output):
+            self._end(target)
+        elif self.active is None:
+            pays = _derivation_pays(module, output)
+            self.active = pays and _output_is_conv(module, inputs, output)
             if self.active:
-                weight = module.weight.detach()
-                self.weight = weight.reshape(weight.shape[:2]).to(torch.float64, copy=True)
-                self.key = _weight_key(module.weight)
-            return self.active
-        if self.active and (
-            _weight_key(module.weight) != self.key or not _derivable_call(module, inputs, output)
-        ):
-            self.stop(target)
+                self.weight = module.weight.detach().clone()
+                self.source.float64 = True  # before its first product
+        elif not torch.equal(module.weight.detach(), self.weight):
+            self._end(target)
         return self.active
 
     def running_sum(self) -> tuple[Tensor | None, int]:
@@ -204,17 +211,18 @@ class _Derivation:
         total, samples = self.source.running_sum()
         if total is None:
             return None, samples
-        weight = self.weight.to(total.device)
+        weight = self.weight.reshape(self.weight.shape[:2]).to(total.device, torch.float64)
         return weight @ total @ weight.T, samples
 
-    def stop(self, target: _Map) -> None:
-        """Add the derived sum into ``target`` for good; from now on products are taken."""
-        derived, samples = self.running_sum()
-        if derived is not None:
-            if target.total is None:
-                target.total = _Triangle(target.channels, torch.float64, derived.device)
-            target.total.tensor.add_(derived)
-        target.samples += samples
+    def _end(self, target: _Map) -> None:
+        """Add the derived sum (if any) into ``target`` for good; products take over."""
+        if self.active:
+            derived, samples = self.running_sum()
+            if derived is not None:
+                if target.total is None:
+                    target.total = _Triangle(target.channels, torch.float64, derived.device)
+                target.total.tensor.add_(derived)
+            target.samples += samples
         self.active, self.weight = False, None
 
 
@@ -254,8 +262,8 @@ class SpectrumCollector:
         sides: which maps to collect, a non-empty subset of ``("in", "out")``.
         max_channels: maps wider than this are skipped with a warning unless ``include``
             names them exactly (module path or map name); ``None`` means no limit.
-        derive: compute the ``:out`` map of a bias-free 1x1, stride-1 ``Conv2d`` whose ``:in``
-            map is collected as ``W S_in W^T`` where that is cheaper (exact; see
+        derive: compute the ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
+            whose ``:in`` map is collected as ``W S_in W^T`` where that is cheaper (see
             :class:`_Derivation`); ``False`` multiplies every map's own tensors.
     """
 
@@ -292,7 +300,9 @@ class SpectrumCollector:
 
     @property
     def derived(self) -> list[str]:
-        """The ``:out`` maps currently derived from their ``:in`` maps (decided on first use)."""
+        """The ``:out`` maps whose sums are derived from their ``:in`` maps now (decided on
+        a module's first call; a map whose weight changed since is multiplied again, its sum
+        keeping the derived part)."""
         return [n for n, s in self._maps.items() if s.derivation and s.derivation.active]
 
     def _select(self) -> None:
@@ -405,7 +415,10 @@ class SpectrumCollector:
         if seen is not None and seen.first is not state:
             seen.first.shared = True
             layout = (state.spatial, state.rows_only)
-            if seen.product is not None and (seen.first.spatial, seen.first.rows_only) == layout:
+            precise = seen.product is not None and (
+                seen.product.tensor.dtype.itemsize >= state.buffer.tensor.dtype.itemsize
+            )
+            if precise and (seen.first.spatial, seen.first.rows_only) == layout:
                 seen.reused = True
                 state.buffer.add_(seen.product)
                 state.commit(seen.samples)
@@ -514,7 +527,7 @@ def _symmetric(total: Tensor) -> Tensor:
 
 
 def _derivable_module(module: nn.Module) -> bool:
-    """A plain bias-free 1x1, stride-1, ungrouped ``nn.Conv2d``: ``y = W x`` per position."""
+    """A plain bias-free 1x1, stride-1, ungrouped, widening ``nn.Conv2d``: ``y = W x``."""
     return (
         type(module) is nn.Conv2d
         and module.kernel_size == (1, 1)
@@ -522,36 +535,38 @@ def _derivable_module(module: nn.Module) -> bool:
         and module.padding in ((0, 0), "valid", "same")
         and module.groups == 1
         and module.bias is None
+        and module.in_channels <= module.out_channels
     )
 
 
-def _derivable_call(module: nn.Conv2d, inputs: Tensor | None, output: object) -> bool:
-    """Float32 / float64 maps of one layout where ``W x`` is the output (checked on one row
-    of positions of the first sample), and deriving pays (:data:`DERIVE_PAYBACK_SAMPLES`)."""
-    exact = (torch.float32, torch.float64)
-    if not (
+def _linear_layout(module: nn.Conv2d, inputs: Tensor | None, output: object) -> bool:
+    """Float32 / float64 ``(B, C, H, W)`` maps of one size and the weight's dtype."""
+    return (
         inputs is not None
         and isinstance(output, Tensor)
         and inputs.dim() == output.dim() == 4
         and inputs.dtype == output.dtype == module.weight.dtype
-        and inputs.dtype in exact
-        and inputs.shape[0] == output.shape[0] > 0
+        and inputs.dtype in (torch.float32, torch.float64)
+        and inputs.shape[0] == output.shape[0]
         and inputs.shape[2:] == output.shape[2:]
-    ):
-        return False
+    )
+
+
+def _derivation_pays(module: nn.Conv2d, output: Tensor) -> bool:
+    """Is ``W S W^T`` per read no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' syrk?"""
     c_out, c_in = module.weight.shape[:2]
+    final = 2 * c_out * c_in * (c_in + c_out)  # float64: about twice a float32 multiply-add
     positions = output.shape[2] * output.shape[3]
-    final = 2 * c_out * c_in * (c_in + c_out)  # W S W^T once per read, float64 (twice the cost)
-    if final > DERIVE_PAYBACK_SAMPLES * c_out * c_out * positions / 2:  # vs. syrk per sample
+    return final <= DERIVE_PAYBACK_SAMPLES * c_out * c_out * positions / 2
+
+
+def _output_is_conv(module: nn.Conv2d, inputs: Tensor, output: Tensor) -> bool:
+    """Is the whole (non-empty, not all-zero) output ``conv2d(inputs, W)``?"""
+    if output.shape[0] == 0:
         return False
-    weight = module.weight.detach().reshape(c_out, c_in)
-    row = inputs[0, :, 0, :]
-    expected, got = weight @ row, output[0, :, 0, :]
-    return bool((expected - got).abs().max() <= 1e-4 * (expected.abs().max() + 1e-30))
-
-
-def _weight_key(weight: Tensor) -> tuple:
-    return id(weight), weight._version, weight.data_ptr(), weight.device, weight.dtype
+    expected = torch.nn.functional.conv2d(inputs, module.weight.detach())
+    scale = expected.abs().max()
+    return bool(scale > 0 and (expected - output).abs().max() <= 1e-4 * scale)
 
 
 def _reduce_device(states: list[_Map]) -> torch.device:
