@@ -561,10 +561,14 @@ def _derivation_pays(module: nn.Conv2d, output: Tensor) -> bool:
 
 
 def _output_is_conv(module: nn.Conv2d, inputs: Tensor, output: Tensor) -> bool:
-    """Is the whole (non-empty, not all-zero) output ``conv2d(inputs, W)``?"""
+    """Is the whole (non-empty, not all-zero) output ``conv2d(inputs, W)``, computed exactly?
+
+    Float64 here, so that reduced-precision convolutions (TF32 on GPUs) fail the check and
+    keep their own products: the derived sum is that of the exact ``W x``.
+    """
     if output.shape[0] == 0:
         return False
-    expected = torch.nn.functional.conv2d(inputs, module.weight.detach())
+    expected = torch.nn.functional.conv2d(inputs.double(), module.weight.detach().double())
     scale = expected.abs().max()
     return bool(scale > 0 and (expected - output).abs().max() <= 1e-4 * scale)
 
