@@ -86,8 +86,8 @@ def intrinsic_dim(cov: np.ndarray, threshold: float = 1e-3) -> int:
 
 
 def _collect_with_reference(model, batches, after=None, **kwargs) -> tuple[Spectra, dict]:
-    recorder = Recorder(model)
     with SpectrumCollector(model, **kwargs) as collector, torch.no_grad():
+        recorder = Recorder(model)  # its hooks after the collector's: both see the same maps
         for i, batch in enumerate(batches):
             model(batch)
             if after is not None:

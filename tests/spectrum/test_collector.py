@@ -201,26 +201,57 @@ def test_weight_change_ends_derivation(
     assert_matches(spectra, reference)
 
 
-def test_output_changed_by_another_hook_is_multiplied(collect_with_reference, assert_matches):
+def test_an_earlier_hook_keeps_products(collect_with_reference, assert_matches):
+    # A hook that runs before the collector's may change the output on any call: here from
+    # the second on, after a first call that passes every check.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False)).eval()
-    model[0].register_forward_hook(lambda module, args, output: output * 2)
-    batch = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
-    batch[:, :, 0] = 0  # letterboxing: a first row that a spot check would find unchanged
-    batches = [batch]
+    model = _Expand().eval()
+    calls = []
+    model.expand.register_forward_hook(
+        lambda m, args, output: output * 2 if calls.append(1) or len(calls) > 1 else output
+    )
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 6, 6, generator=g) for _ in range(2)]
     seen = []
     spectra, reference = collect_with_reference(
         model, batches, after=lambda collector, i: seen.append(collector.derived)
     )
-    assert seen == [[]]
+    assert seen == [[], []]
     assert_matches(spectra, reference)
 
 
-def test_derived_map_keeps_precision_where_the_weight_cancels_the_mean(
-    collect_with_reference, assert_matches
+@pytest.mark.parametrize("change", ["prepended hook", "bias", "forward"])
+def test_module_change_ends_derivation(change, collect_with_reference, assert_matches):
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 6, 6, generator=g) for _ in range(3)]
+    seen = []
+
+    def after(collector, i):
+        seen.append(collector.derived)
+        if i > 0:
+            return
+        expand = model.expand
+        if change == "prepended hook":
+            expand.register_forward_hook(lambda m, args, output: output * 2, prepend=True)
+        elif change == "bias":
+            expand.bias = nn.Parameter(torch.full((32,), 0.5))
+        else:
+            expand.forward = lambda x: nn.Conv2d.forward(expand, x) - 1
+
+    spectra, reference = collect_with_reference(model, batches, after=after)
+    assert seen == [["expand:out"], [], []]
+    assert_matches(spectra, reference)
+
+
+@pytest.mark.parametrize(("mean", "derived"), [(2.0, ["0:out"]), (30.0, [])])
+def test_derived_map_precision_where_the_weight_cancels_the_mean(
+    mean, derived, collect_with_reference, assert_matches
 ):
-    # Non-centred inputs (mean 30 against unit-or-less noise) and weight rows summing to 0:
-    # W S_in W^T is tiny next to S_in, so float32 error in S_in would dominate it.
+    # Non-centred inputs and weight rows summing to 0: W S_in W^T is small next to S_in, so
+    # float32 error in S_in would dominate it (hence float64 products of the :in map), and
+    # at a large mean the conv's own float32 output rounds too much to derive its map.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(32, 128, 1, bias=False)).eval()
     with torch.no_grad():
@@ -228,12 +259,12 @@ def test_derived_map_keeps_precision_where_the_weight_cancels_the_mean(
         weight -= weight.mean(1, keepdim=True)
     g = torch.Generator().manual_seed(1)
     scale = (10 ** (-torch.arange(32) / 8.0)).view(1, 32, 1, 1)
-    batches = [30 + scale * torch.randn(4, 32, 12, 12, generator=g) for _ in range(4)]
+    batches = [mean + scale * torch.randn(4, 32, 12, 12, generator=g) for _ in range(4)]
     seen = []
     spectra, reference = collect_with_reference(
         model, batches, after=lambda collector, i: seen.append(collector.derived)
     )
-    assert seen == [["0:out"]] * 4
+    assert seen == [derived] * 4
     assert_matches(spectra, reference)
     for threshold in (1e-2, 1e-3, 1e-4):
         values = np.linalg.eigvalsh(reference["0:out"][0])[::-1]

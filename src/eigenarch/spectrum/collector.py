@@ -29,6 +29,7 @@ import torch.distributed as dist
 from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -53,6 +54,9 @@ _SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
 #: A ``:out`` map is derived from its ``:in`` map only if the float64 ``W S W^T`` at the end
 #: costs no more than multiplying this many samples of the map would.
 DERIVE_PAYBACK_SAMPLES = 8
+#: ... and only if the output is this close (relative, Frobenius) to an exact ``W x``: the
+#: derived and multiplied sums then differ by under about half of it.
+DERIVE_TOLERANCE = 1e-6
 
 
 class _Triangle:
@@ -173,18 +177,20 @@ class _Derivation:
     when the sum is read) instead of a product of every output. The source (``:in``) map's
     products are then taken in float64: ``W S_in W^T`` would otherwise carry ``S_in``'s
     float32 rounding, which ``W`` magnifies where it nearly cancels ``S_in``'s main
-    directions (the mean of non-centred post-ReLU inputs); with ``C_in <= C_out`` that costs a
-    fraction of the ``C_out``-wide product it replaces.
+    directions (the mean of non-centred post-ReLU inputs); with ``2 C_in <= C_out`` that
+    costs a fraction of the ``C_out``-wide product it replaces.
 
     Decided on the module's first call: float32 / float64 maps and weight, samples in it,
-    the whole output equal to ``conv2d(x, W)`` and not all zero (no output-changing hook),
+    the collector's hook the module's first forward hook (no other hook can change what it
+    sees), the output within :data:`DERIVE_TOLERANCE` of an exact (float64) ``conv2d(x, W)``,
     and the final product no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' products.
-    The weight is copied then. Every later call compares the module's weight with the copy
-    (any write, through ``.data`` too) and the maps' layout; on a difference the derived
-    sum so far is made permanent and products take over.
+    The weight is copied then. Every later call checks the module (its weight against the
+    copy, ``.data`` writes included; bias, stride, hooks) and the maps' layout; on any
+    difference the derived sum so far is made permanent and products take over.
     """
 
     source: _Map  # the same conv's ``:in`` map
+    hook_id: int | None = None  # the collector's forward hook on the module, while attached
     active: bool | None = None  # None until the first call
     weight: Tensor | None = None  # exact copy of the weight the derived sum uses
 
@@ -194,7 +200,11 @@ class _Derivation:
         """Is this call's output covered by the derived sum? (Call before adding ``inputs``.)"""
         if self.active is False:
             return False
-        if not _linear_layout(module, inputs, output):
+        if not (
+            _derivable_module(module)
+            and _first_hook(module, self.hook_id)
+            and _linear_layout(module, inputs, output)
+        ):
             self._end(target)
         elif self.active is None:
             pays = _derivation_pays(module, output)
@@ -358,7 +368,10 @@ class SpectrumCollector:
             if isinstance(module, GeneralizedRCNNTransform):
                 self._handles.append(module.register_forward_hook(self._on_transform))
         for module, map_in, map_out in self._layers:
-            self._handles.append(module.register_forward_hook(self._layer_hook(map_in, map_out)))
+            handle = module.register_forward_hook(self._layer_hook(map_in, map_out))
+            self._handles.append(handle)
+            if map_out is not None and map_out.derivation is not None:
+                map_out.derivation.hook_id = handle.id
         if torch.get_num_threads() == 1:  # our syrk products then run: one BLAS thread too
             self._blas_threads = threadpool_limits(1, user_api="blas")
         return self
@@ -412,13 +425,9 @@ class SpectrumCollector:
         seen = self._seen.get(id(tensor)) if trackable else None
         if seen is not None and (seen.ref() is not tensor or seen.version != tensor._version):
             seen = None
-        if seen is not None and seen.first is not state:
+        if seen is not None and seen.first is not state and _can_reuse(seen.first, state):
             seen.first.shared = True
-            layout = (state.spatial, state.rows_only)
-            precise = seen.product is not None and (
-                seen.product.tensor.dtype.itemsize >= state.buffer.tensor.dtype.itemsize
-            )
-            if precise and (seen.first.spatial, seen.first.rows_only) == layout:
+            if seen.product is not None:
                 seen.reused = True
                 state.buffer.add_(seen.product)
                 state.commit(seen.samples)
@@ -520,6 +529,12 @@ def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | N
     return batch
 
 
+def _can_reuse(first: _Map, state: _Map) -> bool:
+    """Can ``state`` take ``first``'s product of a tensor: same layout, no less precise?"""
+    same_layout = (first.spatial, first.rows_only) == (state.spatial, state.rows_only)
+    return same_layout and first.buffer.tensor.dtype.itemsize >= state.buffer.tensor.dtype.itemsize
+
+
 def _symmetric(total: Tensor) -> Tensor:
     """The full matrix of a sum held in its upper triangle."""
     full = total.triu()
@@ -527,16 +542,23 @@ def _symmetric(total: Tensor) -> Tensor:
 
 
 def _derivable_module(module: nn.Module) -> bool:
-    """A plain bias-free 1x1, stride-1, ungrouped, widening ``nn.Conv2d``: ``y = W x``."""
+    """A plain bias-free 1x1, stride-1, ungrouped ``nn.Conv2d`` at least doubling the width."""
     return (
         type(module) is nn.Conv2d
+        and "forward" not in vars(module)
         and module.kernel_size == (1, 1)
         and module.stride == (1, 1)
         and module.padding in ((0, 0), "valid", "same")
         and module.groups == 1
         and module.bias is None
-        and module.in_channels <= module.out_channels
+        and 2 * module.in_channels <= module.out_channels
     )
+
+
+def _first_hook(module: nn.Module, hook_id: int | None) -> bool:
+    """Is ``hook_id`` the first forward hook to see the module's output (no global ones)?"""
+    hooks = module_hooks._global_forward_hooks
+    return not hooks and next(iter(module._forward_hooks), None) == hook_id
 
 
 def _linear_layout(module: nn.Conv2d, inputs: Tensor | None, output: object) -> bool:
@@ -561,16 +583,16 @@ def _derivation_pays(module: nn.Conv2d, output: Tensor) -> bool:
 
 
 def _output_is_conv(module: nn.Conv2d, inputs: Tensor, output: Tensor) -> bool:
-    """Is the whole (non-empty, not all-zero) output ``conv2d(inputs, W)``, computed exactly?
-
-    Float64 here, so that reduced-precision convolutions (TF32 on GPUs) fail the check and
-    keep their own products: the derived sum is that of the exact ``W x``.
-    """
-    if output.shape[0] == 0:
-        return False
-    expected = torch.nn.functional.conv2d(inputs.double(), module.weight.detach().double())
-    scale = expected.abs().max()
-    return bool(scale > 0 and (expected - output).abs().max() <= 1e-4 * scale)
+    """Is the (non-empty, not all-zero) output within :data:`DERIVE_TOLERANCE` of an exact
+    ``conv2d(inputs, W)``? Float64, sample by sample: reduced-precision convolutions (TF32 on
+    GPUs) and float32 ones rounding much (a weight cancelling a large input mean) fail."""
+    weight = module.weight.detach().double()
+    error = exact = 0.0
+    for i in range(output.shape[0]):
+        expected = torch.nn.functional.conv2d(inputs[i : i + 1].double(), weight)
+        error += (expected - output[i : i + 1]).square().sum().item()
+        exact += expected.square().sum().item()
+    return 0 < exact and error <= DERIVE_TOLERANCE**2 * exact
 
 
 def _reduce_device(states: list[_Map]) -> torch.device:
