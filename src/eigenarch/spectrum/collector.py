@@ -311,7 +311,7 @@ class SpectrumCollector:
     @property
     def derived(self) -> list[str]:
         """The ``:out`` maps whose sums are derived from their ``:in`` maps now (decided on
-        a module's first call; a map whose weight changed since is multiplied again, its sum
+        a module's first call; a map whose module changed since is multiplied again, its sum
         keeping the derived part)."""
         return [n for n, s in self._maps.items() if s.derivation and s.derivation.active]
 
