@@ -12,6 +12,7 @@ import typer
 
 from eigenarch import demo as demo_cli
 from eigenarch.data import cli as data_cli
+from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation import cli as evaluation_cli
 from eigenarch.nas import cli as nas_cli
@@ -46,3 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     except EigenarchError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    except SystemExit as exc:
+        if exc.code in (None, 0):  # a clean finish (under torchrun: on every rank)
+            shutdown_distributed()
+        raise

@@ -20,6 +20,15 @@ def init_distributed(device: str = "cpu") -> tuple[int, int]:
     return rank(), world_size()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if joined. Call on a clean finish only (a rank that failed
+    may have left others inside a collective, which destroying would hang): left to
+    interpreter exit, gloo's threads can abort the process (SIGABRT, "terminate called
+    without an active exception") after all the work is done."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
