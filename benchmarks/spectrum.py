@@ -17,8 +17,11 @@ whatever other processes load the machine). The time of the final ``spectra()`` 
 derived maps get their ``W S W^T``) is reported per collector configuration, twice. Peak memory is
 measured in fresh processes collecting ``--memory-images`` images each.
 
+``--model fasterrcnn`` times the same three collector configurations on torchvision's Faster
+R-CNN R50-FPN (random weights) at 800 px instead (no delve, no memory runs).
+
 Usage: ``python benchmarks/spectrum.py [--repeats 20] [--threads N] [--memory-images 4,16,64]
-[--json FILE]``
+[--model resnet50|fasterrcnn] [--json FILE]``
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ def resnet50() -> torch.nn.Module:
     return torchvision.models.resnet50().eval()
 
 
+def fasterrcnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None
+    ).eval()
+
+
+#: ``--model``: (builder, input). The detector gets one 480 x 640 image, which its transform
+#: resizes to 800 x 1067 (the paper's scale); delve and the memory runs are ResNet-50 only.
+MODELS = {
+    "resnet50": (resnet50, lambda g: torch.randn(BATCH, 3, SIZE, SIZE, generator=g)),
+    "fasterrcnn": (fasterrcnn, lambda g: [torch.rand(3, 480, 640, generator=g)]),
+}
+
+
 def delve_tracker(model: torch.nn.Module, folder: str):
     """delve's tracker on conv + linear outputs, or ``None`` (with the reason) if unavailable."""
     try:
@@ -59,9 +77,10 @@ def delve_tracker(model: torch.nn.Module, folder: str):
     return tracker, None
 
 
-def timings(repeats: int) -> dict:
-    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    base = resnet50()
+def timings(repeats: int, model_name: str = "resnet50") -> dict:
+    build, make_input = MODELS[model_name]
+    x = make_input(torch.Generator().manual_seed(0))
+    base = build()
     collectors = {
         "all maps": {},
         "all maps, products": {"derive": False},
@@ -73,7 +92,9 @@ def timings(repeats: int) -> dict:
         configs[name] = (model, SpectrumCollector(model, **kwargs))
     folder = tempfile.mkdtemp()
     delve_model = copy.deepcopy(base)
-    tracker, delve_error = delve_tracker(delve_model, folder)
+    tracker, delve_error = None, f"delve is timed on resnet50 only, not {model_name}"
+    if model_name == "resnet50":
+        tracker, delve_error = delve_tracker(delve_model, folder)
     if tracker is not None:
         configs["delve"] = (delve_model, nullcontext())
     wall: dict[str, list[float]] = {name: [] for name in configs}
@@ -138,11 +159,12 @@ def main() -> None:
     parser.add_argument("--memory-images", default="4,16,64")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet50")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    result["time"] = timings(args.repeats)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": args.model}
+    result["time"] = timings(args.repeats, args.model)
     t = result["time"]
     for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
         plain = t["plain"][stat]
@@ -152,7 +174,8 @@ def main() -> None:
             result[f"added_vs_delve_{stat[:-2]}"] = (t["outputs"][stat] - plain) / (
                 t["delve"][stat] - plain
             )
-    result["memory"] = {n: peak_memory(int(n)) for n in args.memory_images.split(",")}
+    if args.model == "resnet50" and args.memory_images:
+        result["memory"] = {n: peak_memory(int(n)) for n in args.memory_images.split(",")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
