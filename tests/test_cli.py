@@ -25,3 +25,18 @@ def test_a_failure_keeps_the_process_group(process_group, run_cli):
     result = run_cli("search", "--target", "macs=resnet50", "--out", "x.json")
     assert result.code == 2 and "error:" in result.stderr
     assert dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "--spectra", "s", "--target", "t"), "eigenarch search: Missing option '--out'"),
+        (("spectrum", "show"), "eigenarch spectrum show: Missing argument 'file'"),
+        (("search", "--side", "sideways"), "Invalid value for '--side'"),
+        (("nonsense",), "eigenarch: No such command 'nonsense'"),
+    ],
+)
+def test_command_line_mistakes_give_one_line(run_cli, args, message):
+    result = run_cli(*args)
+    assert result.code == 2 and result.stderr.startswith("error:"), result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -7,8 +7,10 @@ Each area of the package adds its commands with a ``register(app)`` function in 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
+from typer.exceptions import TyperException
 
 from eigenarch import demo as demo_cli
 from eigenarch.data import cli as data_cli
@@ -41,13 +43,28 @@ widths_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a user error prints ``error: <message>`` on one line and exits 2."""
+    """Run the CLI; a user error (ours or a bad command line) prints ``error: <message>`` on
+    one line and exits 2; a clean finish leaves the ``torch.distributed`` group, if any."""
     try:
-        app(args=argv, prog_name="eigenarch")
+        code = typer.main.get_command(app).main(
+            args=argv, prog_name="eigenarch", standalone_mode=False
+        )
     except EigenarchError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
-    except SystemExit as exc:
-        if exc.code in (None, 0):  # a clean finish (under torchrun: on every rank)
-            shutdown_distributed()
-        raise
+        _fail(str(exc))
+    except TyperException as exc:  # a missing or unknown option, a bad value
+        if not exc.format_message():  # no arguments at all: the help was shown
+            sys.exit(exc.exit_code)
+        context = getattr(exc, "ctx", None)
+        path = context.command_path if context is not None else "eigenarch"
+        _fail(f"{path}: {exc.format_message()} (see {path} --help)")
+    except typer.Abort:  # Ctrl-C
+        console.print("aborted", highlight=False)
+        sys.exit(130)
+    if code in (None, 0):  # under torchrun: every rank gets here
+        shutdown_distributed()
+    sys.exit(code or 0)
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(2)

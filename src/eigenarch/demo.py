@@ -523,7 +523,7 @@ def run_demo(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for every output of the demo."),
-    quick: bool = typer.Option(False, help="Smaller sizes: the same steps in about 3 minutes."),
+    quick: bool = typer.Option(False, help="Smaller sizes: the same steps in about a minute."),
     scale: float = typer.Option(1.0, help="Multiply data sizes and iterations (e.g. 10 on a GPU)."),
     seed: int = typer.Option(0, help="Random seed (seeds seed..seed+scale-1 when scale >= 2)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

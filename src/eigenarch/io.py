@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from eigenarch.errors import EigenarchError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -18,18 +20,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched, so a
     reader never sees a half-written file.
     """
-    target = Path(path)
+    target = output_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp, and writers that recreate the file (safetensors), leave 0600: the usual mode
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def output_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a file to write; a one-line error if it is an existing folder (check an
+    ``--out`` with it before long work, not only when the result is written)."""
+    target = Path(path)
+    if target.is_dir():
+        raise EigenarchError(f"{target}: is a folder; expected the path of a file to write")
+    return target
 
 
 def _umask() -> int:

@@ -81,7 +81,17 @@ def test_checkpoint_file(run_cli, shapes, tmp_path):
     assert r.code == 0, r.stderr
     assert Spectra.load(tmp_path / "c").names == ["fc:in", "fc:out"]
 
+    ten = tmp_path / "ten.pt"  # a classifier not trained on ImageNet's 1000 classes
+    weights = torchvision.models.resnet18(num_classes=10).state_dict()
+    torch.save({"model": weights, "config": {"arch": "resnet18", "num_classes": 10}}, ten)
+    r = collect(run_cli, shapes, tmp_path / "ten", "--model", ten, "--include", "fc")
+    assert r.code == 0, r.stderr
+    assert Spectra.load(tmp_path / "ten").channels("fc:out") == 10
+
     bad = tmp_path / "bad.pt"
+    torch.save({"model": weights, "config": {"arch": "resnet18", "num_classes": "ten"}}, bad)
+    r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
+    assert r.code == 2 and "config num_classes 'ten'" in r.stderr
     torch.save({"model": model.state_dict()}, bad)
     r = collect(run_cli, shapes, tmp_path / "d", "--model", bad)
     assert r.code == 2 and "'config'" in r.stderr
@@ -121,6 +131,8 @@ def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
         (("--model", "resnet18", "--include", "nothing.*"), "no Conv2d"),
         (("--model", "resnet18", "--split", "test"), "no annotations for split 'test'"),
         (("--images", "2"), "needs --model and --data"),
+        (("--model", "fasterrcnn_resnet50_fpn", "--min-size", "-5"), "--min-size -5: expected"),
+        (("--model", "resnet18", "--min-size", "64"), "detectors only, not the classifier"),
     ],
 )
 def test_user_errors(run_cli, shapes, tmp_path, args, message):
@@ -142,3 +154,13 @@ def test_help(run_cli):
     r = run_cli("spectrum", "--help")
     assert r.code == 0 and "--model" in r.stdout and "show" in r.stdout
     assert run_cli("spectrum", "show", "--help").code == 0
+
+
+def test_output_folder_or_empty_split_fails_before_the_data_pass(run_cli, shapes, tmp_path):
+    r = collect(run_cli, shapes, tmp_path, "--model", "resnet18")  # --out is a folder
+    assert r.code == 2 and r.stderr.startswith("error:") and "is a folder" in r.stderr
+    empty = tmp_path / "empty"
+    generate_shapes(empty, ShapesConfig(train=0, val=1, size=64, seed=0), workers=1)
+    r = collect(run_cli, empty, tmp_path / "e", "--model", "resnet18")
+    assert r.code == 2 and "train: no images" in r.stderr
+    assert not (tmp_path / "e").exists()

@@ -17,6 +17,7 @@ from eigenarch.data.coco import CocoDetection
 from eigenarch.distributed import init_distributed, local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
+from eigenarch.io import output_file
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector
 from eigenarch.spectrum.spectra import Spectra
@@ -39,11 +40,12 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
     get ``num_classes`` (background included), classifiers keep their 1000 ImageNet classes.
     Checkpoints: a detector checkpoint of ``eigenarch train``, or a ``torch.save``'d dict with
     ``"model"`` (state dict) and ``"config"`` naming the torchvision builder in ``"arch"``
-    (and optionally ``"num_classes"``). ``min_size`` overrides a detector's resize.
+    (and optionally ``"num_classes"``, for a detector or a classifier). ``min_size``
+    overrides a detector's resize (detectors only).
     """
-    resize = {"min_size": min_size} if min_size else {}
+    resize = {"min_size": min_size} if min_size is not None else {}
     if not Path(spec).is_file():
-        return _torchvision_model(spec, num_classes, resize), _is_detector(spec)
+        return _checked_resize(_torchvision_model(spec, num_classes, resize), spec, resize)
     try:
         checkpoint = torch.load(spec, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is a user input error
@@ -55,9 +57,12 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
     if checkpoint.get("format") == DETECTOR_FORMAT:
         model, arch, detector = detector_from_config({**config, **resize}), "detector", True
     elif isinstance(config.get("arch"), str):
-        arch = config["arch"]
-        num_classes = int(config.get("num_classes", num_classes))
-        model, detector = _torchvision_model(arch, num_classes, resize), _is_detector(arch)
+        arch, classes = config["arch"], config.get("num_classes")
+        if classes is not None and (not isinstance(classes, int) or classes < 1):
+            raise EigenarchError(f"{spec}: config num_classes {classes!r}: expected an int >= 1")
+        model, detector = _checked_resize(
+            _torchvision_model(arch, num_classes, resize, classes), arch, resize
+        )
     else:
         raise EigenarchError(f"{spec}: neither an eigenarch detector checkpoint nor a 'config' "
                              "naming a torchvision builder in 'arch'")  # fmt: skip
@@ -73,12 +78,26 @@ def _is_detector(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models.detection)
 
 
-def _torchvision_model(name: str, num_classes: int, resize: dict) -> torch.nn.Module:
+def _checked_resize(model: torch.nn.Module, arch: str, resize: dict):
+    """``(model, is_detector)``; ``--min-size`` is refused for a classifier."""
+    detector = _is_detector(arch)
+    if resize and not detector:
+        raise EigenarchError(f"--min-size: applies to detectors only, not the classifier {arch}")
+    return model, detector
+
+
+def _torchvision_model(
+    name: str, num_classes: int, resize: dict, classes: int | None = None
+) -> torch.nn.Module:
+    """A torchvision builder's model, random weights; ``classes`` (a checkpoint's
+    ``num_classes``) wins over ``num_classes`` (the data set's) and sizes classifiers too."""
     if _is_detector(name):
-        return torchvision.models.get_model(name, weights=None, weights_backbone=None,
-                                            num_classes=num_classes, **resize)  # fmt: skip
+        return torchvision.models.get_model(
+            name, weights=None, weights_backbone=None, num_classes=classes or num_classes, **resize
+        )
     if name in torchvision.models.list_models(module=torchvision.models):
-        return torchvision.models.get_model(name, weights=None)
+        extra = {"num_classes": classes} if classes else {}
+        return torchvision.models.get_model(name, weights=None, **extra)
     raise EigenarchError(
         f"--model {name!r}: not a file, nor a torchvision detector or classifier "
         "(e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, resnet50)"
@@ -208,10 +227,15 @@ def collect(
     cut = parse_threshold(threshold)
     if images < 1 or batch_size < 1:
         raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
+    if min_size is not None and min_size < 1:
+        raise EigenarchError(f"--min-size {min_size}: expected a positive number of pixels")
+    output_file(out)  # a folder there fails now, not after the data pass
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
     dataset = CocoDetection.from_root(data, split=split, masks=False)
+    if len(dataset) == 0:
+        raise EigenarchError(f"{data} {split}: no images to collect spectra from")
     rank, world = init_distributed(device)
     device = str(local_device(device))
     if device.startswith("cuda"):
