@@ -388,7 +388,7 @@ def findings(table: list[dict], analysis: dict) -> list[str]:
         verdict = "matches or beats" if change >= 0 else "falls short of"
         lines.append(
             f"{row['backbone']}: {row['params'] / 1e6:.2f} M params "
-            f"({100 * (row['params'] / base['params'] - 1):+.0f}% vs base), "
+            f"({round(100 * (row['params'] / base['params'] - 1)):+d}% vs base), "
             f"{row['macs'] / 1e6:.0f} M MACs; AP {row['AP']:.1f} vs base {base['AP']:.1f} "
             f"({change:+.1f}): it {verdict} the base here."
         )
