@@ -127,7 +127,7 @@ def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
     [
         (("--model", "nonsense"), "--model 'nonsense': not a file"),
         (("--model", "resnet18", "--threshold", "abc"), "--threshold 'abc'"),
-        (("--model", "resnet18", "--sides", "up"), "sides ('up',)"),
+        (("--model", "resnet18", "--sides", "up"), "--sides 'up': expected in, out or in,out"),
         (("--model", "resnet18", "--include", "nothing.*"), "no Conv2d"),
         (("--model", "resnet18", "--split", "test"), "no annotations for split 'test'"),
         (("--images", "2"), "needs --model and --data"),

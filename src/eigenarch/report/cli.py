@@ -20,6 +20,7 @@ from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.report.plots import compare_figure, save_figure
 from eigenarch.spectrum import Spectra
+from eigenarch.spectrum.cli import parse_sides
 from eigenarch.widths.cli import parse_threshold
 
 
@@ -109,7 +110,7 @@ def dynamics(
         images,
         seed,
         layers or None,
-        sides.split(","),
+        parse_sides(sides),
         max_channels,
         batch_size,
         workers,

@@ -33,6 +33,14 @@ spectrum_app = typer.Typer(
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def parse_sides(text: str) -> tuple[str, ...]:
+    """``"in,out"`` -> ``("in", "out")``: the maps ``--sides`` selects."""
+    sides = tuple(part.strip() for part in text.split(","))
+    if not sides or any(side not in ("in", "out") for side in sides):
+        raise EigenarchError(f"--sides {text!r}: expected in, out or in,out")
+    return sides
+
+
 def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torch.nn.Module, bool]:
     """A model from a torchvision builder name (random weights) or a checkpoint file.
 
@@ -249,7 +257,7 @@ def collect(
     chosen = order[: min(images, len(dataset))].tolist()
     spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
                              workers=workers, device=device, include=include or None,
-                             sides=sides.split(","), max_channels=max_channels)  # fmt: skip
+                             sides=parse_sides(sides), max_channels=max_channels)  # fmt: skip
     spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
                     "seed": seed, "processes": world}  # fmt: skip
     if rank == 0:
