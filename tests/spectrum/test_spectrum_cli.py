@@ -142,6 +142,8 @@ def test_user_errors(run_cli, shapes, tmp_path, args, message):
 
 
 def test_show_refuses_bad_files(run_cli, tmp_path):
+    r = run_cli("spectrum", "show", tmp_path)
+    assert r.code == 2 and "is a folder; expected a spectra file" in r.stderr
     r = run_cli("spectrum", "show", tmp_path / "none.safetensors")
     assert r.code == 2 and "not found" in r.stderr
     junk = tmp_path / "junk.safetensors"

@@ -154,7 +154,9 @@ class Spectra:
         """Read a file written by :meth:`save`; refuses corrupted, foreign or mismatched files."""
         path = Path(path)
         if not path.is_file():
-            raise EigenarchError(f"{path}: spectra file not found")
+            folder = path.is_dir()
+            what = "is a folder; expected a spectra file" if folder else "spectra file not found"
+            raise EigenarchError(f"{path}: {what}")
         side = sidecar(path)
         if not side.is_file():
             raise EigenarchError(f"{path}: its JSON sidecar {side.name} is missing")
