@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         context = getattr(exc, "ctx", None)
         path = context.command_path if context is not None else "eigenarch"
         _fail(f"{path}: {exc.format_message()} (see {path} --help)")
-    except typer.Abort:  # Ctrl-C
+    except typer.Abort:  # end of input at a prompt (Ctrl-C returns 130 as ``code``)
         console.print("aborted", highlight=False)
-        sys.exit(130)
+        sys.exit(1)
     if code in (None, 0):  # under torchrun: every rank gets here
         shutdown_distributed()
     sys.exit(code or 0)
