@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:  # end of input at a prompt (Ctrl-C returns 130 as ``code``)
         console.print("aborted", highlight=False)
         sys.exit(1)
-    if code in (None, 0):  # under torchrun: every rank gets here
-        shutdown_distributed()
-    sys.exit(code or 0)
+    if isinstance(code, int) and code != 0:  # typer's Exit(code), e.g. 130 after Ctrl-C
+        sys.exit(code)
+    shutdown_distributed()  # a clean finish: under torchrun, every rank gets here
+    sys.exit(0)
 
 
 def _fail(message: str) -> NoReturn:
