@@ -109,6 +109,7 @@ def test_intrinsic_per_layer_for_plots():
     "dims, kwargs, match",
     [
         ({"layer1.0.conv2:in": 3}, {}, r"width group 'stem' \(and 35 more groups\) on side 'in'"),
+        ({"layer1.0.conv1:in": 3, "layer1.0.conv2:in": 3}, {}, "basic-block ResNet"),
         ({"conv1": 3}, {}, "does not end in ':in'"),
         ({"conv1:out": -1}, {}, "expected a number >= 0"),
         ({"conv1:out": True}, {}, "expected a number >= 0"),

@@ -93,6 +93,18 @@ def check_dims(dims: Mapping[str, object]) -> None:
             )
 
 
+def _refuse_basic_blocks(dims: Mapping[str, object]) -> None:
+    """A one-line error for a basic-block ResNet's maps (its widths follow other rules)."""
+    matches = (_BODY_LAYER.match(name.rpartition(":")[0]) for name in dims)
+    convs = {match.group(2).split(".", 2)[2] for match in matches if match}
+    if {"conv1", "conv2"} <= convs and "conv3" not in convs:
+        raise EigenarchError(
+            "maps name the blocks' conv1 and conv2 but no conv3: a basic-block ResNet "
+            "(ResNet-18/34); the width rules need a bottleneck ResNet (ResNet-50 and deeper, "
+            "a ResiaNet)"
+        )
+
+
 def canonical_dims(dims: Mapping[str, object], depths: Sequence[int]) -> dict[str, float]:
     """Validate ``dims`` and rename its maps relative to the ResNet.
 
@@ -294,6 +306,7 @@ def search_widths(
     """
     depths = check_depths(depths)
     budget = budget_value(target, metric)
+    _refuse_basic_blocks(dims)
     intrinsic = intrinsic_widths(dims, side, depths)
     adjusted = adjust_widths(intrinsic, side, depths)
     widths, omega = expand_widths(
