@@ -90,11 +90,10 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
     for name, kwargs in collectors.items():
         model = copy.deepcopy(base)
         configs[name] = (model, SpectrumCollector(model, **kwargs))
-    folder = tempfile.mkdtemp()
-    delve_model = copy.deepcopy(base)
     tracker, delve_error = None, f"delve is timed on resnet50 only, not {model_name}"
     if model_name == "resnet50":
-        tracker, delve_error = delve_tracker(delve_model, folder)
+        delve_model = copy.deepcopy(base)
+        tracker, delve_error = delve_tracker(delve_model, tempfile.mkdtemp())
     if tracker is not None:
         configs["delve"] = (delve_model, nullcontext())
     wall: dict[str, list[float]] = {name: [] for name in configs}

@@ -19,7 +19,7 @@ from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
 from eigenarch.io import output_file
 from eigenarch.progress import console, progress_bar
-from eigenarch.spectrum.collector import SpectrumCollector
+from eigenarch.spectrum.collector import SIDES, SpectrumCollector
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config
 from eigenarch.widths.cli import parse_threshold
@@ -36,7 +36,7 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def parse_sides(text: str) -> tuple[str, ...]:
     """``"in,out"`` -> ``("in", "out")``: the maps ``--sides`` selects."""
     sides = tuple(part.strip() for part in text.split(","))
-    if not sides or any(side not in ("in", "out") for side in sides):
+    if not sides or any(side not in SIDES for side in sides):
         raise EigenarchError(f"--sides {text!r}: expected in, out or in,out")
     return sides
 
@@ -53,7 +53,7 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
     """
     resize = {"min_size": min_size} if min_size is not None else {}
     if not Path(spec).is_file():
-        return _checked_resize(_torchvision_model(spec, num_classes, resize), spec, resize)
+        return _torchvision_model(spec, num_classes, resize), _is_detector(spec)
     try:
         checkpoint = torch.load(spec, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is a user input error
@@ -68,9 +68,8 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
         arch, classes = config["arch"], config.get("num_classes")
         if classes is not None and (not isinstance(classes, int) or classes < 1):
             raise EigenarchError(f"{spec}: config num_classes {classes!r}: expected an int >= 1")
-        model, detector = _checked_resize(
-            _torchvision_model(arch, num_classes, resize, classes), arch, resize
-        )
+        model = _torchvision_model(arch, num_classes, resize, classes)
+        detector = _is_detector(arch)
     else:
         raise EigenarchError(f"{spec}: neither an eigenarch detector checkpoint nor a 'config' "
                              "naming a torchvision builder in 'arch'")  # fmt: skip
@@ -86,24 +85,19 @@ def _is_detector(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models.detection)
 
 
-def _checked_resize(model: torch.nn.Module, arch: str, resize: dict):
-    """``(model, is_detector)``; ``--min-size`` is refused for a classifier."""
-    detector = _is_detector(arch)
-    if resize and not detector:
-        raise EigenarchError(f"--min-size: applies to detectors only, not the classifier {arch}")
-    return model, detector
-
-
 def _torchvision_model(
     name: str, num_classes: int, resize: dict, classes: int | None = None
 ) -> torch.nn.Module:
     """A torchvision builder's model, random weights; ``classes`` (a checkpoint's
-    ``num_classes``) wins over ``num_classes`` (the data set's) and sizes classifiers too."""
+    ``num_classes``) wins over ``num_classes`` (the data set's) and sizes classifiers too;
+    ``resize`` (``--min-size``) is for detectors only."""
     if _is_detector(name):
         return torchvision.models.get_model(
             name, weights=None, weights_backbone=None, num_classes=classes or num_classes, **resize
         )
     if name in torchvision.models.list_models(module=torchvision.models):
+        if resize:
+            raise EigenarchError(f"--min-size: detectors only, not the classifier {name}")
         extra = {"num_classes": classes} if classes else {}
         return torchvision.models.get_model(name, weights=None, **extra)
     raise EigenarchError(

@@ -36,6 +36,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from eigenarch.errors import EigenarchError
 from eigenarch.spectrum.spectra import Spectra
 
+#: The two maps of a hooked module: its first positional input and its output.
+SIDES = ("in", "out")
 #: Module types whose input and output maps are collected (and their subclasses).
 HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 #: Hook calls a map's float32 buffer takes before it is added into the float64 sum.
@@ -286,7 +288,7 @@ class SpectrumCollector:
         derive: bool = True,
     ) -> None:
         sides = tuple(sides)
-        if not sides or any(s not in ("in", "out") for s in sides):
+        if not sides or any(s not in SIDES for s in sides):
             raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
         self.model = model
         self.include = [include] if isinstance(include, str) else include
@@ -326,7 +328,7 @@ class SpectrumCollector:
                 widths = {"in": module.in_channels, "out": module.out_channels}
             spatial, rows_only = not isinstance(module, nn.Linear), path.startswith(roi)
             pair = []
-            for side in ("in", "out"):
+            for side in SIDES:
                 name = f"{path}:{side}"
                 chosen = side in self.sides and (
                     self.include is None
@@ -403,9 +405,11 @@ class SpectrumCollector:
             # Our own tensors are normal ones, and our float32 products never TF32 / bf16.
             with torch.inference_mode(False), torch.no_grad(), _full_precision():
                 inputs = args[0] if args and isinstance(args[0], Tensor) else None
-                derived = map_out is not None and map_out.derivation is not None
-                if derived:  # decided before ``inputs`` enter the source map
-                    derived = map_out.derivation.follows(map_out, module, inputs, output)
+                derived = (  # decided before ``inputs`` enter the source map
+                    map_out is not None
+                    and map_out.derivation is not None
+                    and map_out.derivation.follows(map_out, module, inputs, output)
+                )
                 if map_in is not None and inputs is not None:
                     self._accumulate(map_in, inputs)
                 if map_out is not None and isinstance(output, Tensor) and not derived:
