@@ -14,18 +14,18 @@ from eigenarch.widths import (
     resnet_cost,
     search_widths,
     uniform_widths,
-    width_groups,
 )
 from eigenarch.widths.cli import parse_threshold
+
+from .conftest import resnet_tie_maps
 
 
 def write_dims(path, values, prefix="backbone.body."):
     dims = {}
-    for group in width_groups():
-        for unit in group.units:
-            for name in unit.producers + unit.consumers:
-                if not name.startswith(("fpn.", "fc")):
-                    dims[prefix + name] = values[group.index] - 3 * (name.endswith(":out"))
+    for index, (producers, consumers) in enumerate(resnet_tie_maps()):
+        for name in producers + consumers:
+            if not name.startswith("fc"):
+                dims[prefix + name] = values[index] - 3 * (name.endswith(":out"))
     path.write_text(json.dumps(dims))
     return dims
 

@@ -6,8 +6,12 @@ import math
 import random
 
 import pytest
+import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from eigenarch.errors import EigenarchError
 from eigenarch.widths import (
@@ -15,48 +19,75 @@ from eigenarch.widths import (
     adjust_widths,
     intrinsic_widths,
     resnet_cost,
+    channel_groups,
     search_widths,
-    width_groups,
 )
 from eigenarch.widths.search import expand_widths
+
+from .conftest import resnet_tie_maps
 
 
 def dims_for(values, depths=(3, 4, 6, 3), rng=None, side_maps=("producers", "consumers")):
     """Dims where every map of the group feeding width ``i`` is ``values[i]`` (maybe jittered)."""
     dims = {}
-    for group in width_groups(depths):
-        for unit in group.units:
-            for kind in side_maps:
-                for name in getattr(unit, kind):
-                    if name.startswith("fpn."):
-                        continue
-                    v = values[group.index]
+    for index, (producers, consumers) in enumerate(resnet_tie_maps(depths)):
+        for kind, names in (("producers", producers), ("consumers", consumers)):
+            if kind in side_maps:
+                for name in names:
+                    v = values[index]
                     dims[name] = v if rng is None else rng.randint(0, v)
     return dims
 
 
-def test_groups_follow_spec_table():
-    groups = {g.name: g for g in width_groups((3, 4, 6, 3))}
-    assert len(groups) == 1 + 2 * 16 + 4
-    stem = groups["stem"].units[0]
-    assert stem.producers == ("conv1:out",)
-    assert stem.consumers == ("layer1.0.conv1:in", "layer1.0.downsample.0:in")
-    first = groups["layer2.1.conv1"]
-    assert first.index == 3 and first.units[0].consumers == ("layer2.1.conv2:in",)
-    second = groups["layer3.5.conv2"]
-    assert second.index == 5 and second.units[0].consumers == ("layer3.5.conv3:in",)
-    s2 = groups["layer2.shortcut"]
-    assert s2.index == 4
-    producers = {m for u in s2.units for m in u.producers}
-    consumers = {m for u in s2.units for m in u.consumers}
-    assert producers == {f"layer2.{b}.conv3:out" for b in range(4)} | {"layer2.0.downsample.0:out"}
-    assert consumers == {f"layer2.{b}.conv1:in" for b in (1, 2, 3)} | {
-        "layer3.0.conv1:in",
-        "layer3.0.downsample.0:in",
-        "fpn.inner_blocks.1:in",
+def _spec_table(depths=(3, 4, 6, 3), after_last=("fc",)):
+    """SPEC section 6's groups: ``{first producer: (producers, consumers)}``."""
+    table = {"conv1": ({"conv1"}, {"layer1.0.conv1", "layer1.0.downsample.0"})}
+    for s, depth in enumerate(depths, start=1):
+        for b in range(depth):
+            p = f"layer{s}.{b}."
+            table[p + "conv1"] = ({p + "conv1"}, {p + "conv2"})
+            table[p + "conv2"] = ({p + "conv2"}, {p + "conv3"})
+        nxt = (
+            {f"layer{s + 1}.0.conv1", f"layer{s + 1}.0.downsample.0"}
+            if s < len(depths)
+            else set(after_last)
+        )
+        table[f"layer{s}.0.conv3"] = (
+            {f"layer{s}.{b}.conv3" for b in range(depth)} | {f"layer{s}.0.downsample.0"},
+            {f"layer{s}.{b}.conv1" for b in range(1, depth)} | nxt,
+        )
+    return table
+
+
+def test_resnet50_groups_follow_spec_table():
+    groups = channel_groups(torchvision.models.resnet50(), torch.zeros(1, 3, 64, 64))
+    found = {g.name: (set(g.producers), set(g.consumers)) for g in groups}
+    assert found == _spec_table()
+    stem = groups[0]
+    assert stem.name == "conv1" and stem.norms == ("bn1",) and stem.width == 64
+    shortcut = next(g for g in groups if g.name == "layer1.0.conv3")
+    assert set(shortcut.norms) == {f"layer1.{b}.bn3" for b in range(3)} | {"layer1.0.downsample.1"}
+
+
+def test_faster_rcnn_backbone_groups_follow_spec_table():
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    groups = channel_groups(model.backbone, torch.zeros(1, 3, 64, 64))
+    body = {
+        g.name[len("body.") :]: (
+            {p[len("body.") :] for p in g.producers},
+            {c[len("body.") :] for c in g.consumers if c.startswith("body.")},
+        )
+        for g in groups
+        if g.name.startswith("body.")
     }
-    s4 = {m for u in groups["layer4.shortcut"].units for m in u.consumers}
-    assert s4 == {"layer4.1.conv1:in", "layer4.2.conv1:in", "fc:in", "fpn.inner_blocks.3:in"}
+    assert body == _spec_table(after_last=())
+    laterals = {
+        g.name: {c for c in g.consumers if c.startswith("fpn.")}
+        for g in groups
+        if g.name.startswith("body.layer")
+    }
+    for s in range(1, 5):
+        assert laterals[f"body.layer{s}.0.conv3"] == {f"fpn.inner_blocks.{s - 1}.0"}
 
 
 def test_resnet50_dims_give_resnet50_back():
@@ -108,12 +139,16 @@ def test_intrinsic_per_layer_for_plots():
 @pytest.mark.parametrize(
     "dims, kwargs, match",
     [
-        ({"layer1.0.conv2:in": 3}, {}, r"width group 'stem' \(and 35 more groups\) on side 'in'"),
+        (
+            {"layer1.0.conv2:in": 3},
+            {},
+            r"width group 'conv1' \(and 35 more groups\) of bottleneck ResNet 3,4,6,3 on side 'in'",
+        ),
         ({"layer1.0.conv1:in": 3, "layer1.0.conv2:in": 3}, {}, "basic-block ResNet"),
         ({"conv1": 3}, {}, "does not end in ':in'"),
         ({"conv1:out": -1}, {}, "expected a number >= 0"),
         ({"conv1:out": True}, {}, "expected a number >= 0"),
-        ({"a.layer1.0.conv1:in": 3, "b.layer1.0.conv1:in": 3}, {}, "more than one ResNet"),
+        ({"a.layer1.0.conv1:in": 3, "b.layer1.0.conv1:in": 3}, {}, "more than one model"),
         ({"layer3.6.conv1:in": 3}, {}, "outside depths"),
         ({"layer5.0.conv1:in": 3}, {}, "outside depths"),
         (None, {"side": "sideways"}, "side 'sideways'"),

@@ -1,22 +1,24 @@
-"""Widths of a ResNet: cost model, Intrinsic Architecture Search and width spec files."""
+"""Widths of any CNN: channel groups, cost model, Intrinsic Architecture Search, width specs."""
 
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
     RESNET50_WIDTHS,
     WIDTH_NAMES,
     LayerCost,
-    ResNetCost,
+    ModelCost,
+    graph_cost,
+    model_cost,
     resnet_cost,
     round_width,
     uniform_widths,
 )
+from eigenarch.widths.graph import ChannelGroup, ModelGraph, channel_groups, trace_model
 from eigenarch.widths.search import (
-    SearchResult,
-    WidthGroup,
+    WidthSearchResult,
     adjust_widths,
     intrinsic_widths,
+    search_graph,
     search_widths,
-    width_groups,
 )
 from eigenarch.widths.spec import (
     NORMS,
@@ -26,18 +28,24 @@ from eigenarch.widths.spec import (
     load_width_spec,
     save_width_spec,
 )
+from eigenarch.widths.ties import WidthTie, width_ties
 
 __all__ = [
     "DEFAULT_DEPTHS",
     "NORMS",
     "RESNET50_WIDTHS",
     "WIDTH_NAMES",
+    "ChannelGroup",
     "LayerCost",
-    "ResNetCost",
-    "SearchResult",
-    "WidthGroup",
+    "ModelCost",
+    "ModelGraph",
+    "WidthSearchResult",
     "WidthSpec",
+    "WidthTie",
     "adjust_widths",
+    "channel_groups",
+    "graph_cost",
+    "model_cost",
     "check_norm",
     "intrinsic_widths",
     "load_dims",
@@ -45,7 +53,9 @@ __all__ = [
     "resnet_cost",
     "round_width",
     "save_width_spec",
+    "search_graph",
     "search_widths",
+    "trace_model",
     "uniform_widths",
-    "width_groups",
+    "width_ties",
 ]

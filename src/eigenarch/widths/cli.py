@@ -17,7 +17,7 @@ from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
     METRICS,
     RESNET50_WIDTHS,
-    ResNetCost,
+    ModelCost,
     resnet_cost,
     uniform_widths,
 )
@@ -94,7 +94,7 @@ def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
     return f"{widths[2 * s - 1]}/{widths[2 * s]}"
 
 
-def cost_table(cost: ResNetCost, title: str | None = None) -> Table:
+def cost_table(cost: ModelCost, title: str | None = None) -> Table:
     """Per-stage widths (bottleneck/output), blocks, MACs and params, with totals."""
     table = Table("stage", "widths", "blocks", "MACs (G)", "params (M)", "% params", title=title)
     for stage, (macs, params) in cost.stages().items():
@@ -119,7 +119,7 @@ def cost_table(cost: ResNetCost, title: str | None = None) -> Table:
     return table
 
 
-def comparison_table(found: ResNetCost, base: ResNetCost) -> Table:
+def comparison_table(found: ModelCost, base: ModelCost) -> Table:
     """Per-stage widths, MACs and params of a search result beside its base model."""
     table = Table(
         "stage",

@@ -1,18 +1,27 @@
-"""Analytic MACs and parameters of a bottleneck ResNet of any widths (SPEC section 4).
+"""Analytic MACs and parameters of any CNN at any widths (SPEC section 4).
 
 Costs count conv and fully-connected weights only (no biases, no normalisation layers) of
 the backbone as an ImageNet classifier: input 3 x 224 x 224, global pooling, a 1000-way fc.
-Every layer is computed from shapes alone, so one call takes microseconds.
+Every layer is computed from shapes cached by one traced forward
+(:func:`eigenarch.widths.graph.trace_model`), so one call takes microseconds per layer; a
+ResNet's nine widths are its nine width ties.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
 from eigenarch.errors import EigenarchError
+from eigenarch.widths.graph import LayerShape, ModelGraph, trace_model
+from eigenarch.widths.ties import WidthTie, width_ties
 
 #: The nine widths ``(stem, b2, o2, b3, o3, b4, o4, b5, o5)`` of ResNet-50.
 RESNET50_WIDTHS = (64, 64, 256, 128, 512, 256, 1024, 512, 2048)
@@ -26,7 +35,7 @@ METRICS = ("macs", "params")
 
 
 class LayerCost(NamedTuple):
-    """One conv or fc layer: torchvision module name, shapes and cost."""
+    """One conv or fc layer: module name, shapes and cost."""
 
     name: str
     in_channels: int
@@ -39,17 +48,17 @@ class LayerCost(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ResNetCost:
-    """Per-layer costs of a ResNet and their totals."""
+class ModelCost:
+    """Per-layer costs of a model and their totals; ``widths`` / ``depths`` for a ResNet."""
 
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
     layers: tuple[LayerCost, ...]
     macs: int
     params: int
+    widths: tuple[int, ...] = ()
+    depths: tuple[int, ...] = ()
 
     def stages(self) -> dict[str, tuple[int, int]]:
-        """``{"stem"|"layer1".."layer4"|"fc": (macs, params)}`` in network order."""
+        """``{top-level module ("stem" for a ResNet's conv1): (macs, params)}``, in order."""
         out: dict[str, tuple[int, int]] = {}
         for layer in self.layers:
             head = layer.name.split(".")[0]
@@ -108,30 +117,70 @@ def uniform_widths(
     return tuple(round_width(multiplier * w, multiple) for w in widths)
 
 
-def _layers(
-    widths: Sequence[int], depths: Sequence[int], num_classes: int, image_size: int
-) -> Iterator[tuple[str, int, int, int, int, int]]:
-    """``(name, in, out, kernel, stride, out_size)`` of every conv and fc, in forward order.
+def _layer_cost(layer: LayerShape, widths: Sequence[int] | None) -> tuple[int, int, int, int]:
+    """``(in, out, macs, params)`` of one layer with its groups at ``widths`` (SPEC section 4)."""
+    i = layer.in_channels if widths is None or layer.in_group is None else widths[layer.in_group]
+    o = layer.out_channels if widths is None or layer.out_group is None else widths[layer.out_group]
+    params = o * (layer.per_group or i) * math.prod(layer.kernel)
+    return i, o, params * layer.positions, params
 
-    Block 0 of every stage has a projection shortcut (``downsample.0``), as in ResNet-50.
+
+def graph_cost(graph: ModelGraph, widths: Sequence[int] | None = None) -> tuple[int, int]:
+    """``(macs, params)`` of the traced model with group ``i`` at ``widths[i]``.
+
+    Only shapes are used (output positions cached by the trace), so a call takes
+    microseconds per layer; ``None`` gives the traced model's own cost.
     """
-    size = (image_size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
-    yield "conv1", 3, widths[0], 7, 2, size
-    size = (size - 1) // 2 + 1  # max pool: 3x3, stride 2, padding 1
-    channels = widths[0]
-    for s, depth in enumerate(depths):
-        mid, out = widths[1 + 2 * s], widths[2 + 2 * s]
-        for b in range(depth):
-            stride = 2 if s > 0 and b == 0 else 1
-            prefix = f"layer{s + 1}.{b}."
-            yield prefix + "conv1", channels, mid, 1, 1, size
-            in_size, size = size, (size - 1) // stride + 1
-            yield prefix + "conv2", mid, mid, 3, stride, size
-            yield prefix + "conv3", mid, out, 1, 1, size
-            if b == 0:
-                yield prefix + "downsample.0", channels, out, 1, stride, (in_size - 1) // stride + 1
-            channels = out
-    yield "fc", channels, num_classes, 1, 1, 1
+    macs = params = 0
+    for layer in graph.layers:
+        _, _, m, p = _layer_cost(layer, widths)
+        macs += m
+        params += p
+    return macs, params
+
+
+def graph_layer_costs(graph: ModelGraph, widths: Sequence[int] | None = None) -> ModelCost:
+    """Per-layer :class:`ModelCost` of the traced model with its groups at ``widths``."""
+    layers = []
+    for layer in graph.layers:
+        i, o, macs, params = _layer_cost(layer, widths)
+        layers.append(
+            LayerCost(layer.name, i, o, layer.kernel[0], layer.stride, layer.out_size, macs, params)
+        )
+    return ModelCost(tuple(layers), sum(x.macs for x in layers), sum(x.params for x in layers))
+
+
+def model_cost(model: nn.Module, image_size: int = 224) -> ModelCost:
+    """MACs and params of any CNN as an ImageNet classifier on ``3 x image_size^2`` input.
+
+    Conv and fc weights only (no biases, no norms); equals half of
+    ``torch.utils.flop_counter.FlopCounterMode``'s count for a CNN.
+    """
+    graph = trace_model(model, torch.zeros(1, 3, image_size, image_size))
+    return graph_layer_costs(graph)
+
+
+@functools.lru_cache(maxsize=128)
+def resnet_graph(
+    depths: tuple[int, ...], num_classes: int = 1000, image_size: int = 224
+) -> tuple[ModelGraph, tuple[WidthTie, ...]]:
+    """The traced graph of a bottleneck ResNet of ``depths`` and its nine width ties."""
+    model = tv_resnet.ResNet(tv_resnet.Bottleneck, list(depths), num_classes=num_classes)
+    name = "bottleneck ResNet " + ",".join(map(str, depths))
+    graph = trace_model(model, torch.zeros(1, 3, image_size, image_size), name=name)
+    ties = width_ties(graph)
+    if len(ties) != len(WIDTH_NAMES):  # the nine widths of SPEC section 5
+        raise AssertionError(f"a bottleneck ResNet traced to {len(ties)} widths, not 9")
+    return graph, ties
+
+
+def tie_widths(graph: ModelGraph, ties: Sequence[WidthTie], widths: Sequence[int]) -> list[int]:
+    """Per-group widths from one width per tie."""
+    out = [g.width for g in graph.groups]
+    for tie, width in zip(ties, widths, strict=True):
+        for i in tie.groups:
+            out[i] = width
+    return out
 
 
 def resnet_cost(
@@ -139,19 +188,13 @@ def resnet_cost(
     depths: Sequence[int] = DEFAULT_DEPTHS,
     num_classes: int = 1000,
     image_size: int = 224,
-) -> ResNetCost:
+) -> ModelCost:
     """MACs and params of a bottleneck ResNet with nine ``widths`` and four ``depths``.
 
     Layer ``L`` costs ``I*O*K*K*W*H`` MACs and ``I*O*K*K`` params (paper Eq. 3 and 4);
     ResNet-50 gives 4,089,184,256 MACs and 25,502,912 params.
     """
     widths, depths = check_widths(widths, depths)
-    layers = []
-    total_macs = total_params = 0
-    for name, i, o, k, stride, size in _layers(widths, depths, num_classes, image_size):
-        params = i * o * k * k
-        macs = params * size * size
-        layers.append(LayerCost(name, i, o, k, stride, size, macs, params))
-        total_macs += macs
-        total_params += params
-    return ResNetCost(widths, depths, tuple(layers), total_macs, total_params)
+    graph, ties = resnet_graph(depths, num_classes, image_size)
+    cost = graph_layer_costs(graph, tie_widths(graph, ties, widths))
+    return ModelCost(cost.layers, cost.macs, cost.params, widths, depths)

@@ -1,19 +1,26 @@
-"""Intrinsic Architecture Search: shrink, adjust and expand ResNet widths (SPEC section 6).
+"""Intrinsic Architecture Search over the channel groups of any model (SPEC sections 6, 6b).
 
 Intrinsic dimensionalities per feature map name (``"layer1.0.conv1:in"``, optionally with
-a detector prefix such as ``"backbone.body."``) are grouped into the nine widths of a
-ResiaNet, adjusted for the residual branches and expanded uniformly to a MACs or parameter
-budget, with rounding to a multiple ``q`` and a greedy fill of the rounding gaps.
+a detector prefix such as ``"backbone.body."``) give every channel group of the traced
+model a dimensionality (the maximum over its maps on the chosen side); groups tied by
+:func:`eigenarch.widths.ties.width_ties` share one width (the geometric mean for a
+stage's internal groups); the widths are expanded uniformly to a MACs or parameter
+budget, rounded to a multiple ``q`` and greedily filled. A ResNet's nine widths are the
+nine ties of a traced bottleneck ResNet: :func:`search_widths` is this search on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
+
+import torch
 
 from eigenarch.errors import EigenarchError
 from eigenarch.widths.cost import (
@@ -21,65 +28,24 @@ from eigenarch.widths.cost import (
     METRICS,
     RESNET50_WIDTHS,
     STANDARD_DEPTHS,
-    WIDTH_NAMES,
     check_depths,
     check_multiple,
+    check_widths,
+    graph_cost,
     resnet_cost,
+    resnet_graph,
     round_width,
+    tie_widths,
 )
+from eigenarch.widths.graph import ModelGraph, trace_model
+from eigenarch.widths.ties import WidthTie
 
 SIDES = ("in", "out", "both")
-_BODY_LAYER = re.compile(r"^((?:.*\.)?)(layer(\d+)\.(\d+)\.(?:conv[123]|downsample\.0))$")
-_ENDS = re.compile(r"^((?:.*\.)?)(?:conv1|fc)$")
-_FPN_LATERAL = re.compile(r"^(?:.*\.)?fpn\.inner_blocks\.(\d+)(?:\.0)?$")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """The output of one producing layer: its ``:out`` map and the ``:in`` maps reading it."""
-
-    layer: str
-    producers: tuple[str, ...]
-    consumers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class WidthGroup:
-    """Maps that must share one width; ``index`` is its place among the nine widths."""
-
-    name: str
-    index: int
-    units: tuple[Unit, ...]
-
-
-def width_groups(depths: Sequence[int] = DEFAULT_DEPTHS) -> list[WidthGroup]:
-    """The width groups of SPEC section 6, in network order (names relative to the ResNet)."""
-    depths = tuple(depths)
-
-    def after_stage(s: int) -> tuple[str, ...]:  # maps reading stage s's output (1-based)
-        lateral = f"fpn.inner_blocks.{s - 1}:in"
-        if s < len(depths):
-            return f"layer{s + 1}.0.conv1:in", f"layer{s + 1}.0.downsample.0:in", lateral
-        return "fc:in", lateral
-
-    groups = [WidthGroup("stem", 0, (Unit("conv1", ("conv1:out",), after_stage(0)[:2]),))]
-    for s, depth in enumerate(depths, start=1):
-        shortcut = []
-        for b in range(depth):
-            p = f"layer{s}.{b}."
-            for k, conv in enumerate(("conv1", "conv2")):
-                unit = Unit(p + conv, (f"{p}{conv}:out",), (f"{p}conv{k + 2}:in",))
-                groups.append(WidthGroup(p + conv, 2 * s - 1, (unit,)))
-            reader = (f"layer{s}.{b + 1}.conv1:in",) if b + 1 < depth else after_stage(s)
-            shortcut.append(Unit(p + "conv3", (p + "conv3:out",), reader))
-            if b == 0:
-                shortcut.append(Unit(p + "downsample.0", (p + "downsample.0:out",), reader))
-        groups.append(WidthGroup(f"layer{s}.shortcut", 2 * s, tuple(shortcut)))
-    return groups
+_BODY_LAYER = re.compile(r"^((?:.*\.)?)layer(\d+)\.(\d+)\.(conv[123]|downsample\.0)$")
 
 
 def check_dims(dims: Mapping[str, object]) -> None:
-    """Check that ``dims`` maps names ending in ``:in``/``:out`` to numbers >= 0."""
+    """Check that ``dims`` maps names ending in ``:in``/``:out`` to finite numbers >= 0."""
     if not isinstance(dims, Mapping):
         raise EigenarchError(f"dims must be a mapping of map name to number, not {dims!r}")
     for name, value in dims.items():
@@ -87,166 +53,140 @@ def check_dims(dims: Mapping[str, object]) -> None:
             raise EigenarchError(
                 f"map name {name!r} does not end in ':in' or ':out' (e.g. 'layer1.0.conv1:in')"
             )
-        if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
             raise EigenarchError(
                 f"intrinsic dimensionality of {name!r} is {value!r}; expected a number >= 0"
             )
 
 
-def _refuse_basic_blocks(dims: Mapping[str, object]) -> None:
-    """A one-line error for a basic-block ResNet's maps (its widths follow other rules)."""
-    matches = (_BODY_LAYER.match(name.rpartition(":")[0]) for name in dims)
-    convs = {match.group(2).split(".", 2)[2] for match in matches if match}
-    if {"conv1", "conv2"} <= convs and "conv3" not in convs:
+def _prefix(names: Sequence[str], modules: set[str]) -> str:
+    """The prefix that, stripped, turns most map paths into module paths of the model."""
+    counts: Counter[str] = Counter()
+    for name in names:
+        parts = name.split(".")
+        for k in range(len(parts)):
+            if ".".join(parts[k:]) in modules:
+                counts[".".join(parts[:k]) + ("." if k else "")] += 1
+                break
+    if not counts:
+        return ""
+    (best, n), *rest = counts.most_common(2) + [("", -1)]
+    if rest[0][1] == n:
         raise EigenarchError(
-            "maps name the blocks' conv1 and conv2 but no conv3: a basic-block ResNet "
-            "(ResNet-18/34); the width rules need a bottleneck ResNet (ResNet-50 and deeper, "
-            "a ResiaNet)"
+            f"maps name more than one model: prefixes {sorted([best, rest[0][0]])}; keep one"
         )
-
-
-def canonical_dims(dims: Mapping[str, object], depths: Sequence[int]) -> dict[str, float]:
-    """Validate ``dims`` and rename its maps relative to the ResNet.
-
-    A common prefix of the ResNet's modules (``backbone.body.``) is found and stripped; FPN
-    lateral convs become ``fpn.inner_blocks.{i}``; maps of other modules are dropped.
-    """
-    check_dims(dims)
-    prefixes: set[str] = set()
-    ends: set[str] = set()  # prefixes of "conv1" / "fc", used when no block map is present
-    for name in dims:
-        path = name.rpartition(":")[0]
-        end = _ENDS.match(path)
-        if end:
-            ends.add(end.group(1))
-        match = _BODY_LAYER.match(path)
-        if match:
-            prefixes.add(match.group(1))
-            stage, block = int(match.group(3)), int(match.group(4))
-            if not 1 <= stage <= len(depths) or block >= depths[stage - 1]:
-                raise EigenarchError(
-                    f"map {name!r} is outside depths {list(depths)}; pass the depths of the "
-                    "analysed ResNet (e.g. --depths 3,4,23,3 for ResNet-101)"
-                )
-    prefixes = prefixes or ends
-    if len(prefixes) > 1:
-        raise EigenarchError(
-            f"maps name more than one ResNet: prefixes {sorted(prefixes)}; keep one backbone"
-        )
-    prefix = prefixes.pop() if prefixes else ""
-    out: dict[str, float] = {}
-    for name, value in dims.items():
-        path, _, side = name.rpartition(":")
-        lateral = _FPN_LATERAL.match(path)
-        if lateral:
-            out[f"fpn.inner_blocks.{lateral.group(1)}:{side}"] = value
-        elif path.startswith(prefix):
-            out[path[len(prefix) :] + ":" + side] = value
-    return out
-
-
-def _side_maps(unit: Unit, side: str) -> tuple[str, ...]:
-    return {"in": unit.consumers, "out": unit.producers}.get(side, unit.producers + unit.consumers)
-
-
-def intrinsic_widths(
-    dims: Mapping[str, object], side: str = "in", depths: Sequence[int] = DEFAULT_DEPTHS
-) -> dict[str, float]:
-    """Shrunk, unadjusted width of every conv layer's output (paper Figure 2 (b)/(f)).
-
-    ``{layer: d}`` in network order, ``d`` being the largest intrinsic dimensionality of
-    the layer's output maps on ``side``; layers with no map in ``dims`` are left out.
-    """
-    if side not in SIDES:
-        raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
-    depths = check_depths(depths)
-    canon = canonical_dims(dims, depths)
-    out = {}
-    for group in width_groups(depths):
-        for unit in group.units:
-            found = [canon[m] for m in _side_maps(unit, side) if m in canon]
-            if found:
-                out[unit.layer] = max(found)
-    return out
-
-
-def adjust_widths(
-    intrinsic: Mapping[str, float], side: str = "in", depths: Sequence[int] = DEFAULT_DEPTHS
-) -> tuple[float, ...]:
-    """Group, clamp to >= 1 and adjust :func:`intrinsic_widths`: the nine real widths ``O'``.
-
-    Stem and stage outputs take their group's maximum; the bottleneck width of a stage is
-    the geometric mean over the first- and second-conv groups of all its blocks.
-    """
-    per_width: list[list[float]] = [[] for _ in WIDTH_NAMES]
-    missing = []
-    for group in width_groups(depths):
-        found = [intrinsic[u.layer] for u in group.units if u.layer in intrinsic]
-        if found:
-            per_width[group.index].append(max(1.0, float(max(found))))
-        else:
-            missing.append(group)
-    if missing:
-        maps = [m for u in missing[0].units for m in _side_maps(u, side)]
-        more = f" (and {len(missing) - 1} more groups)" if len(missing) > 1 else ""
-        raise EigenarchError(
-            f"no intrinsic dimensionality for width group {missing[0].name!r}{more} on side "
-            f"{side!r}; expected one of {', '.join(maps)}"
-        )
-    return tuple(statistics.geometric_mean(v) if i % 2 else v[0] for i, v in enumerate(per_width))
+    return best
 
 
 @dataclass(frozen=True)
-class SearchResult:
-    """Outcome of :func:`search_widths`; ``to_dict`` gives the JSON fields of a width spec."""
+class GroupMaps:
+    """For every group of a graph, each producer's ``:out`` map and its readers' ``:in`` maps."""
 
-    widths: tuple[int, ...]
-    adjusted: tuple[float, ...]
-    omega: float
-    macs: int
-    params: int
-    metric: str
-    target: int
-    depths: tuple[int, ...]
-    side: str
-    multiple: int
-    intrinsic: dict[str, float]
-    base_macs: int
-    base_params: int
-
-    def to_dict(self) -> dict:
-        return {
-            "widths": list(self.widths),
-            "depths": list(self.depths),
-            "adjusted": list(self.adjusted),
-            "omega": self.omega,
-            "macs": self.macs,
-            "params": self.params,
-            "target": {"metric": self.metric, "value": self.target},
-            "base": {
-                "widths": list(RESNET50_WIDTHS),
-                "macs": self.base_macs,
-                "params": self.base_params,
-            },
-            "side": self.side,
-            "multiple": self.multiple,
-            "intrinsic": self.intrinsic,
-        }
+    units: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
 
 
-def budget_value(target: float | str, metric: str) -> int:
-    """The budget ``zeta`` as an int: a positive number, or a standard ResNet's cost by name."""
-    if metric not in METRICS:
-        raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
-    if isinstance(target, str):
-        if target not in STANDARD_DEPTHS:
-            raise EigenarchError(
-                f"target {target!r} is not a number or one of {', '.join(STANDARD_DEPTHS)}"
-            )
-        return resnet_cost(RESNET50_WIDTHS, STANDARD_DEPTHS[target]).metric(metric)
-    if isinstance(target, bool) or not isinstance(target, Real) or not 1 <= target < math.inf:
-        raise EigenarchError(f"target {target!r} is not a positive number of {metric}")
-    return int(target)
+def group_maps(graph: ModelGraph, fpn_graph: ModelGraph | None = None) -> GroupMaps:
+    """Every group's units; ``fpn_graph`` (the model as ``body`` of a feature pyramid) adds
+    the pyramid's layers that read a group (the FPN lateral convs) to its last unit."""
+    extra: dict[str, tuple[str, ...]] = {}
+    if fpn_graph is not None:
+        for fpn_group in fpn_graph.groups:
+            readers = tuple(c for c in fpn_group.consumers if not c.startswith("body."))
+            for producer in fpn_group.producers:
+                if producer.startswith("body."):
+                    extra[producer[len("body.") :]] = readers
+    units = []
+    for group in graph.groups:
+        found = list(group.units)
+        more = extra.get(group.producers[0], ())
+        if more:
+            producer, readers = found[-1]
+            found[-1] = (producer, readers + more)
+        units.append(tuple(found))
+    return GroupMaps(tuple(units))
+
+
+def relative_dims(
+    graph: ModelGraph, dims: Mapping[str, object], fpn_graph: ModelGraph | None = None
+) -> dict[str, float]:
+    """Validate ``dims`` and rename its maps relative to the model.
+
+    A common prefix of the model's modules (``backbone.body.``) is found and stripped; maps
+    of the feature pyramid around it (``backbone.fpn.*``) keep their ``fpn.`` names; maps of
+    other modules are dropped. A map under the prefix that names no module is an error.
+    """
+    check_dims(dims)
+    modules = {layer.name for layer in graph.layers}
+    paths = [name.rpartition(":")[0] for name in dims]
+    prefix = _prefix(paths, modules)
+    fpn_prefix = prefix[: -len("body.")] if prefix.endswith("body.") else prefix
+    fpn_modules = {n for n in (fpn_graph.order if fpn_graph else ()) if not n.startswith("body.")}
+    out: dict[str, float] = {}
+    for name, value in dims.items():
+        path, _, side = name.rpartition(":")
+        if path.startswith(fpn_prefix) and path[len(fpn_prefix) :] in fpn_modules:
+            out[f"{path[len(fpn_prefix) :]}:{side}"] = float(value)
+        elif path.startswith(prefix):
+            rest = path[len(prefix) :]
+            if rest not in modules:
+                raise EigenarchError(
+                    f"map {name!r} names no conv / linear layer of {graph.model_name}"
+                    + (f" (after the prefix {prefix!r})" if prefix else "")
+                )
+            out[f"{rest}:{side}"] = float(value)
+    return out
+
+
+def _unit_maps(producer: str, readers: tuple[str, ...], side: str) -> list[str]:
+    outs, ins = [f"{producer}:out"], [f"{r}:in" for r in readers]
+    return {"in": ins, "out": outs}.get(side, outs + ins)
+
+
+def intrinsic_per_layer(
+    graph: ModelGraph, maps: GroupMaps, dims: Mapping[str, float], side: str
+) -> dict[str, float]:
+    """``{producing layer: d}`` in network order: the largest dimensionality of the layer's
+    output maps on ``side`` (paper Figure 2 (b)/(f)); layers with no map are left out."""
+    if side not in SIDES:
+        raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
+    out: dict[str, float] = {}
+    for units in maps.units:
+        for producer, readers in units:
+            found = [dims[m] for m in _unit_maps(producer, readers, side) if m in dims]
+            if found:
+                out[producer] = max(found)
+    rank = {name: i for i, name in enumerate(graph.order)}
+    return dict(sorted(out.items(), key=lambda item: rank[item[0]]))
+
+
+def adjusted_widths(
+    graph: ModelGraph,
+    ties: Sequence[WidthTie],
+    maps: GroupMaps,
+    intrinsic: Mapping[str, float],
+    side: str,
+) -> tuple[float, ...]:
+    """One real width ``O'`` per tie: a group's dimensionality is the largest of its layers'
+    (clamped to >= 1); a stage's internal groups share their geometric mean."""
+    per_group: list[float | None] = []
+    for units in maps.units:
+        found = [intrinsic[p] for p, _ in units if p in intrinsic]
+        per_group.append(max(1.0, float(max(found))) if found else None)
+    missing = [i for i, d in enumerate(per_group) if d is None]
+    if missing:
+        group = graph.groups[missing[0]]
+        wanted = [m for p, r in maps.units[missing[0]] for m in _unit_maps(p, r, side)]
+        more = f" (and {len(missing) - 1} more groups)" if len(missing) > 1 else ""
+        raise EigenarchError(
+            f"no intrinsic dimensionality for width group {group.name!r}{more} of "
+            f"{graph.model_name} on side {side!r}; expected one of {', '.join(wanted)}"
+        )
+    return tuple(
+        statistics.geometric_mean([per_group[i] for i in t.groups])
+        if t.shared
+        else max(per_group[i] for i in t.groups)
+        for t in ties
+    )
 
 
 def expand_widths(
@@ -291,6 +231,167 @@ def expand_widths(
         widths[best] += multiple
 
 
+@dataclass(frozen=True)
+class WidthSearchResult:
+    """Outcome of a width search; ``to_dict`` gives the JSON fields of a width spec.
+
+    ``widths`` / ``adjusted`` / ``base_widths`` hold one number per tie (``ties`` names
+    them; for a ResNet the nine widths), ``group_widths`` every group's width.
+    """
+
+    widths: tuple[int, ...]
+    adjusted: tuple[float, ...]
+    omega: float
+    macs: int
+    params: int
+    metric: str
+    target: int
+    side: str
+    multiple: int
+    intrinsic: dict[str, float]
+    base_widths: tuple[int, ...]
+    base_macs: int
+    base_params: int
+    ties: tuple[str, ...]
+    group_widths: dict[str, int]
+    depths: tuple[int, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        out = {
+            "widths": list(self.widths),
+            "adjusted": list(self.adjusted),
+            "omega": self.omega,
+            "macs": self.macs,
+            "params": self.params,
+            "target": {"metric": self.metric, "value": self.target},
+            "base": {
+                "widths": list(self.base_widths),
+                "macs": self.base_macs,
+                "params": self.base_params,
+            },
+            "side": self.side,
+            "multiple": self.multiple,
+            "ties": list(self.ties),
+            "groups": self.group_widths,
+            "intrinsic": self.intrinsic,
+        }
+        if self.depths:
+            out["depths"] = list(self.depths)
+        return out
+
+
+def check_target(target: float, metric: str) -> int:
+    """The budget ``zeta`` as an int: a positive finite number of ``metric``."""
+    if metric not in METRICS:
+        raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    if isinstance(target, bool) or not isinstance(target, Real) or not 1 <= target < math.inf:
+        raise EigenarchError(f"target {target!r} is not a positive number of {metric}")
+    return int(target)
+
+
+def search_graph(
+    graph: ModelGraph,
+    ties: Sequence[WidthTie],
+    dims: Mapping[str, object],
+    target: float | str,
+    metric: str = "macs",
+    multiple: int = 32,
+    side: str = "in",
+    fpn_graph: ModelGraph | None = None,
+    base_widths: Sequence[int] | None = None,
+) -> WidthSearchResult:
+    """Intrinsic Architecture Search on a traced model (SPEC section 6b).
+
+    ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number, or
+    ``"base"`` for the cost of the model at ``base_widths`` (one per tie; default: the
+    traced model's own). ``multiple`` must be a multiple of every tie's divisor.
+    """
+    if side not in SIDES:
+        raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
+    check_multiple(multiple)
+    for tie in ties:
+        if multiple % tie.divisor:
+            raise EigenarchError(
+                f"multiple {multiple}: the widths of {tie.name} must be multiples of "
+                f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use a "
+                f"multiple of {tie.divisor}"
+            )
+    if base_widths is None:
+        base_widths = tuple(graph.groups[t.groups[0]].width for t in ties)
+    base_macs, base_params = graph_cost(graph, tie_widths(graph, ties, base_widths))
+    if target == "base":
+        target = base_macs if metric == "macs" else base_params
+    budget = check_target(target, metric)
+    maps = group_maps(graph, fpn_graph)
+    relative = relative_dims(graph, dims, fpn_graph)
+    intrinsic = intrinsic_per_layer(graph, maps, relative, side)
+    adjusted = adjusted_widths(graph, ties, maps, intrinsic, side)
+    k = METRICS.index(metric)
+
+    def cost(widths: tuple[int, ...]) -> int:
+        return graph_cost(graph, tie_widths(graph, ties, widths))[k]
+
+    widths, omega = expand_widths(adjusted, budget, cost, multiple, metric)
+    groups = tie_widths(graph, ties, widths)
+    macs, params = graph_cost(graph, groups)
+    return WidthSearchResult(
+        widths=widths,
+        adjusted=adjusted,
+        omega=omega,
+        macs=macs,
+        params=params,
+        metric=metric,
+        target=budget,
+        side=side,
+        multiple=multiple,
+        intrinsic=intrinsic,
+        base_widths=tuple(base_widths),
+        base_macs=base_macs,
+        base_params=base_params,
+        ties=tuple(t.name for t in ties),
+        group_widths={g.name: w for g, w in zip(graph.groups, groups, strict=True)},
+    )
+
+
+# ----------------------------------------------------------------------- the ResNet case
+
+
+def _refuse_basic_blocks(dims: Mapping[str, object]) -> None:
+    """A one-line error for a basic-block ResNet's maps given to the nine-width search."""
+    matches = (_BODY_LAYER.match(name.rpartition(":")[0]) for name in dims)
+    convs = {match.group(4) for match in matches if match}
+    if {"conv1", "conv2"} <= convs and "conv3" not in convs:
+        raise EigenarchError(
+            "maps name the blocks' conv1 and conv2 but no conv3: a basic-block ResNet "
+            "(ResNet-18/34); the nine widths are a bottleneck ResNet's: search it as "
+            "--model resnet18 (or resnet34)"
+        )
+
+
+def _check_within(dims: Mapping[str, object], depths: tuple[int, ...]) -> None:
+    for name in dims:
+        match = _BODY_LAYER.match(name.rpartition(":")[0])
+        if match:
+            stage, block = int(match.group(2)), int(match.group(3))
+            if not 1 <= stage <= len(depths) or block >= depths[stage - 1]:
+                raise EigenarchError(
+                    f"map {name!r} is outside depths {list(depths)}; pass the depths of the "
+                    "analysed ResNet (e.g. --depths 3,4,23,3 for ResNet-101)"
+                )
+
+
+def _resnet_fpn_graph(depths: tuple[int, ...]) -> ModelGraph:
+    """The ResNet as the body of a four-level FPN (torchvision's layout, as in Faster R-CNN)."""
+    from torchvision.models import resnet as tv_resnet
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    body = tv_resnet.ResNet(tv_resnet.Bottleneck, list(depths))
+    model = BackboneWithFPN(
+        body, {f"layer{s}": str(s - 1) for s in range(1, 5)}, list(RESNET50_WIDTHS[2::2]), 256
+    )
+    return trace_model(model, torch.zeros(1, 3, 64, 64), name="resnet-fpn")
+
+
 def search_widths(
     dims: Mapping[str, object],
     target: float | str,
@@ -298,33 +399,49 @@ def search_widths(
     multiple: int = 32,
     side: str = "in",
     depths: Sequence[int] = DEFAULT_DEPTHS,
-) -> SearchResult:
-    """Intrinsic Architecture Search (SPEC section 6) from ``{map name: intrinsic dim}``.
+    base_widths: Sequence[int] = RESNET50_WIDTHS,
+) -> WidthSearchResult:
+    """Intrinsic Architecture Search (SPEC section 6) of a bottleneck ResNet's nine widths.
 
-    ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number, or
-    ``"resnet50"`` (also ``"resnet101"``, ``"resnet152"``) for that network's cost.
+    ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number,
+    ``"resnet50"`` (also ``"resnet101"``, ``"resnet152"``) for that network's cost, or
+    ``"base"`` for the cost at ``base_widths`` (the analysed network's nine widths).
     """
     depths = check_depths(depths)
-    budget = budget_value(target, metric)
+    base_widths = check_widths(base_widths, depths)[0]
+    if isinstance(target, str) and target != "base":
+        if metric not in METRICS:
+            raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+        if target not in STANDARD_DEPTHS:
+            raise EigenarchError(
+                f"target {target!r} is not a number, base or one of {', '.join(STANDARD_DEPTHS)}"
+            )
+        target = resnet_cost(RESNET50_WIDTHS, STANDARD_DEPTHS[target]).metric(metric)
+    check_dims(dims)
     _refuse_basic_blocks(dims)
-    intrinsic = intrinsic_widths(dims, side, depths)
-    adjusted = adjust_widths(intrinsic, side, depths)
-    widths, omega = expand_widths(
-        adjusted, budget, lambda w: resnet_cost(w, depths).metric(metric), multiple, metric
-    )
-    found, base = resnet_cost(widths, depths), resnet_cost(RESNET50_WIDTHS, depths)
-    return SearchResult(
-        widths=widths,
-        adjusted=adjusted,
-        omega=omega,
-        macs=found.macs,
-        params=found.params,
-        metric=metric,
-        target=budget,
-        depths=depths,
-        side=side,
-        multiple=multiple,
-        intrinsic=intrinsic,
-        base_macs=base.macs,
-        base_params=base.params,
-    )
+    _check_within(dims, depths)
+    graph, ties = resnet_graph(depths)
+    fpn = any(".fpn." in n or n.startswith("fpn.") for n in dims)
+    result = search_graph(
+        graph, ties, dims, target, metric, multiple, side,
+        fpn_graph=_resnet_fpn_graph(depths) if fpn else None, base_widths=base_widths,
+    )  # fmt: skip
+    return dataclasses.replace(result, depths=depths)
+
+
+def intrinsic_widths(
+    dims: Mapping[str, object], side: str = "in", depths: Sequence[int] = DEFAULT_DEPTHS
+) -> dict[str, float]:
+    """Shrunk, unadjusted width of every conv layer's output of a bottleneck ResNet
+    (paper Figure 2 (b)/(f)): ``{layer: d}`` in network order."""
+    depths = check_depths(depths)
+    graph, _ = resnet_graph(depths)
+    return intrinsic_per_layer(graph, group_maps(graph), relative_dims(graph, dims), side)
+
+
+def adjust_widths(
+    intrinsic: Mapping[str, float], side: str = "in", depths: Sequence[int] = DEFAULT_DEPTHS
+) -> tuple[float, ...]:
+    """The nine real widths ``O'`` of a bottleneck ResNet from :func:`intrinsic_widths`."""
+    graph, ties = resnet_graph(check_depths(depths))
+    return adjusted_widths(graph, ties, group_maps(graph), intrinsic, side)
