@@ -49,6 +49,26 @@ def shapes_root(tmp_path_factory):
     return root
 
 
+#: ``TrainConfig`` settings of a tiny detector that trains in seconds on 2 CPU cores.
+TINY_SETTINGS = dict(
+    backbone=TINY_WIDTHS,
+    gn_groups=8,
+    fpn_channels=32,
+    head_channels=32,
+    representation=64,
+    min_size=128,
+    max_size=128,
+    anchor_sizes=(16, 32, 64, 128, 256),
+    roi_batch=64,
+    rpn_batch=64,
+    workers=0,
+    iters=4,
+    batch_size=2,
+    checkpoint_every=2,
+    lr=0.01,
+)
+
+
 @pytest.fixture
 def tiny_config(shapes_root, tmp_path):
     """``tiny_config(name, **overrides)`` -> a TrainConfig writing to ``tmp_path / name``: a
@@ -57,29 +77,23 @@ def tiny_config(shapes_root, tmp_path):
     from eigenarch.train.loop import TrainConfig
 
     def make(name: str = "run", **overrides) -> TrainConfig:
-        settings = dict(
-            data=str(shapes_root),
-            out=str(tmp_path / name),
-            backbone=TINY_WIDTHS,
-            gn_groups=8,
-            fpn_channels=32,
-            head_channels=32,
-            representation=64,
-            min_size=128,
-            max_size=128,
-            anchor_sizes=(16, 32, 64, 128, 256),
-            roi_batch=64,
-            rpn_batch=64,
-            workers=0,
-            iters=4,
-            batch_size=2,
-            checkpoint_every=2,
-            lr=0.01,
-        )
+        settings = dict(data=str(shapes_root), out=str(tmp_path / name), **TINY_SETTINGS)
         settings.update(overrides)
         return TrainConfig(**settings)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shapes_root, tmp_path_factory):
+    """A finished one-iteration ``eigenarch train`` run of the tiny detector on the shapes set
+    (made once per session; copy what a test changes)."""
+    from eigenarch.train.loop import TrainConfig, train_detector
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    settings = {**TINY_SETTINGS, "iters": 1, "checkpoint_every": 1}
+    train_detector(TrainConfig(data=str(shapes_root), out=str(out), **settings))
+    return out
 
 
 def _logged_steps(run_dir) -> list[dict]:

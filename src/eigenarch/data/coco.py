@@ -108,6 +108,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """The image file ``path`` decoded as RGB; an unreadable, corrupt or truncated file is a
+    one-line error naming it (also from a DataLoader worker, see :class:`EigenarchError`)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise EigenarchError(f"{path}: unreadable image ({exc})") from None
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """COCO-format detection data set for torchvision detectors.
 
@@ -198,12 +208,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def load_image(self, index: int) -> torch.Tensor:
         """The image at ``index`` as a float32 ``(3, H, W)`` tensor in [0, 1]."""
         path = self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"]
-        try:
-            with Image.open(path) as image:
-                pixels = pil_to_tensor(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise EigenarchError(f"{path}: unreadable image ({exc})") from None
-        return pixels.float().div_(255.0)
+        return pil_to_tensor(open_image(path)).float().div_(255.0)
 
     def load_target(self, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
         """The target dict of the image at ``index`` (see the class docstring)."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
+from eigenarch.data.coco import open_image
 from eigenarch.distributed import (
     all_gather_objects,
     init_distributed,
@@ -78,8 +79,8 @@ def _loaders(cfg: PretrainConfig) -> tuple[Any, Any, list[str]]:
             normalize,
         ]
     )
-    train_set = datasets.ImageFolder(root / "train", train_tf)
-    val_set = datasets.ImageFolder(root / "val", val_tf)
+    train_set = datasets.ImageFolder(root / "train", train_tf, loader=open_image)
+    val_set = datasets.ImageFolder(root / "val", val_tf, loader=open_image)
     if train_set.classes != val_set.classes:
         raise EigenarchError(f"--data {root}: train and val have different class folders")
     if cfg.batch_size % world_size():
