@@ -1,14 +1,18 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it."""
+"""Atomic file writes (a temporary file beside the target, then renamed over it) and the one
+reader of ``torch.save`` files, which never runs code from them."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from eigenarch.errors import EigenarchError
 
@@ -65,3 +69,38 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     """Atomically write ``obj`` as JSON (keys in insertion order, trailing newline)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
+    """``torch.load(path)`` on the CPU with ``weights_only=True``: tensors, numbers, strings
+    and containers only, never code from the file.
+
+    A missing file, a folder, or a file that is empty, truncated, of another format (JSON,
+    say) or that holds other objects is a one-line error naming ``path`` and ``what`` was
+    expected (never torch's advice to load it with ``weights_only=False``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EigenarchError(f"{path}: is a folder; expected a {what}")
+    if not path.is_file():
+        raise EigenarchError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(path, exc)})") from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in a few words."""
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if refused:
+        return f"it holds a {refused.group(1)} object; only tensors and plain data are loaded"
+    with path.open("rb") as f:
+        head = f.read(64).lstrip()
+    if not head:
+        return "empty file"
+    if head[:1] in (b"{", b"["):
+        return "a JSON file, not a torch.save file"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "truncated or damaged torch.save file"
+    return "not a torch.save file"

@@ -17,11 +17,11 @@ from eigenarch.data.coco import CocoDetection
 from eigenarch.distributed import init_distributed, local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
-from eigenarch.io import output_file
+from eigenarch.io import load_torch, output_file
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SIDES, SpectrumCollector
 from eigenarch.spectrum.spectra import Spectra
-from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config
+from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config, load_weights
 from eigenarch.widths.cli import parse_threshold
 
 spectrum_app = typer.Typer(
@@ -54,10 +54,7 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
     resize = {"min_size": min_size} if min_size is not None else {}
     if not Path(spec).is_file():
         return _torchvision_model(spec, num_classes, resize), _is_detector(spec)
-    try:
-        checkpoint = torch.load(spec, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is a user input error
-        raise EigenarchError(f"{spec}: not a readable torch checkpoint ({exc})") from None
+    checkpoint = load_torch(spec, "torch checkpoint")
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict) or not isinstance(checkpoint.get("model"), dict):
         raise EigenarchError(f"{spec}: expected a checkpoint dict with 'model' (a state dict) "
@@ -73,11 +70,7 @@ def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torc
     else:
         raise EigenarchError(f"{spec}: neither an eigenarch detector checkpoint nor a 'config' "
                              "naming a torchvision builder in 'arch'")  # fmt: skip
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
-        raise EigenarchError(f"{spec}: weights do not fit the {arch}: {first[0].strip()}") from None
+    load_weights(model, checkpoint["model"], spec, arch)
     return model, detector
 
 

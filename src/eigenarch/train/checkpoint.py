@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_path
+from eigenarch.io import atomic_path, load_torch
 from eigenarch.models.detector import build_detector
 from eigenarch.progress import console
 
@@ -44,18 +46,53 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return Path(path)
 
 
+#: What every checkpoint of a format holds, and of which type (a resume file of ``pretrain``
+#: adds ``optimizer`` and ``epoch``).
+_CONTENTS: dict[str, dict[str, type]] = {
+    DETECTOR_FORMAT: {
+        "config": dict, "train": dict, "data": dict, "model": dict, "optimizer": dict,
+        "iteration": int,
+    },
+    CLASSIFIER_FORMAT: {"config": dict, "model": dict},
+}  # fmt: skip
+
+
 def load_checkpoint(path: str | os.PathLike[str], expect: str = DETECTOR_FORMAT) -> dict:
-    """Read a checkpoint of ours (``weights_only=True``); refuse foreign or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise EigenarchError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise EigenarchError(f"{path}: not a readable checkpoint ({exc})") from None
+    """Read a checkpoint of ours (``weights_only=True``); refuse foreign, corrupt, truncated
+    or edited files in one line naming the file and what was expected."""
+    payload = load_torch(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != expect:
         raise EigenarchError(f"{path}: not an {expect} checkpoint")
+    for key, kind in _CONTENTS.get(expect, {}).items():
+        if not isinstance(payload.get(key), kind):
+            found = "lacks" if key not in payload else "has a malformed"
+            raise EigenarchError(
+                f"{path}: {found} {key!r} (expected a {kind.__name__}, as every {expect} "
+                "checkpoint holds; an edited or foreign file?)"
+            )
     return payload
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Any], source: object, what: str = "model"):
+    """``model.load_state_dict(state)`` (strict), where a key the model lacks, one the file
+    lacks or a shape that differs is one line naming ``source``, the first such key and what
+    the model expects, not torch's list of every difference."""
+    own = model.state_dict()
+    problems = [
+        f"{key} has shape {_shape(value)}, expected {_shape(own[key])}"
+        for key, value in state.items()
+        if key in own and _shape(value) != _shape(own[key])
+    ]
+    problems += [f"{key} is missing from the file" for key in own if key not in state]
+    problems += [f"{key} is not in the {what}" for key in state if key not in own]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EigenarchError(f"{source}: weights do not fit the {what}: {problems[0]}{more}")
+    model.load_state_dict(state)
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if torch.is_tensor(value) else f"a {type(value).__name__}"
 
 
 def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
@@ -63,9 +100,13 @@ def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
     found = list_checkpoints(run_dir)
     if not found:
         raise EigenarchError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    state = load_checkpoint(found[-1][1])
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    path = found[-1][1]
+    state = load_checkpoint(path)
+    load_weights(model, state["model"], path, "run's model")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EigenarchError(f"{path}: optimizer state does not fit the run ({exc})") from None
     if is_main():
         console.print(f"resuming {run_dir} from iteration {state['iteration']}", highlight=False)
     return state["iteration"]
@@ -80,5 +121,5 @@ def detector_from_checkpoint(path: str | os.PathLike[str]) -> tuple[GeneralizedR
     """The detector of a checkpoint with its weights loaded, and the checkpoint's payload."""
     payload = load_checkpoint(path)
     model = detector_from_config(payload["config"])
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload["model"], path, "detector of its config")
     return model, payload
