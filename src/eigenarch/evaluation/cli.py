@@ -11,7 +11,7 @@ from eigenarch.data.coco import CocoDetection, find_split
 from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import COCO_METRICS, evaluate_detections
-from eigenarch.io import atomic_write_json
+from eigenarch.io import atomic_write_json, output_file
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
 from eigenarch.train.evaluate import evaluate_model
@@ -36,16 +36,38 @@ def _model_metrics(
 ) -> tuple[dict, Path]:
     init_distributed(device)
     model, payload = detector_from_checkpoint(checkpoint)
-    data = data if data is not None else Path(payload["train"]["data"])
-    dataset = CocoDetection.from_root(data, split, masks=payload["config"]["kind"] == "mask_rcnn")
-    if dataset.category_ids != payload["data"]["category_ids"]:
+    data = data or payload["train"].get("data")
+    if data is None:
+        raise EigenarchError(f"{checkpoint}: names no data folder; give --data")
+    masks = payload["config"].get("kind") == "mask_rcnn"
+    dataset = CocoDetection.from_root(data, split, masks=masks)
+    if dataset.category_ids != payload["data"].get("category_ids"):
         raise EigenarchError(f"{data}: categories differ from those {checkpoint} was trained on")
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or checkpoint.parent) / "eval" / f"{checkpoint.stem}-{split}"
-    iou_types = ("bbox", "segm") if payload["config"]["kind"] == "mask_rcnn" else ("bbox",)
+    iou_types = ("bbox", "segm") if masks else ("bbox",)
     device_ = local_device(device)
-    metrics = evaluate_model(model.to(device_), dataset, device_, iou_types, out, batch_size)
+    folder = None if _is_file(out) else out
+    metrics = evaluate_model(model.to(device_), dataset, device_, iou_types, folder, batch_size)
     return metrics, out
+
+
+def _is_file(out: Path) -> bool:
+    """``--out`` ending in ``.json`` is the metrics file; any other path is a folder."""
+    return out.suffix.lower() == ".json"
+
+
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that cannot be written before any work is done."""
+    if out is None:
+        return
+    if _is_file(out):
+        output_file(out)
+    elif out.exists() and not out.is_dir():
+        raise EigenarchError(
+            f"--out {out}: is a file; expected a folder for metrics.json and detections.json "
+            "(or a path ending in .json for the metrics alone)"
+        )
 
 
 def evaluate(
@@ -55,20 +77,23 @@ def evaluate(
     data: Path | None = typer.Option(None, help="COCO-layout folder (default: the run's data)."),
     split: str = typer.Option("val", help="Split whose annotations are the ground truth."),
     iou_type: list[str] = typer.Option(["bbox"], help="For --detections: bbox and/or segm."),
-    out: Path | None = typer.Option(None, help="Folder for metrics.json (and detections.json)."),
+    out: Path | None = typer.Option(
+        None,
+        help="A .json file for the metrics, or a folder for metrics.json (and, for a model, "
+        "detections.json).",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch_size: int = typer.Option(2, help="Images per forward pass."),
 ) -> None:
     """Print COCO AP, AP50, AP75, APs, APm, APl (bbox, and segm for Mask R-CNN)."""
     if sum(x is not None for x in (run, checkpoint, detections)) != 1:
         raise EigenarchError("give exactly one of --run, --checkpoint and --detections")
+    _check_out(out)
     if detections is not None:
         if data is None:
             raise EigenarchError("--detections needs --data (the ground truth's folder)")
         annotation_file, _ = find_split(data, split)
         metrics = evaluate_detections(annotation_file, detections, iou_types=iou_type)
-        if out is not None:
-            atomic_write_json(out / "metrics.json", metrics)
     else:
         if run is not None:
             found = list_checkpoints(run)
@@ -79,7 +104,10 @@ def evaluate(
     if is_main():
         console.print(metrics_table(metrics))
         if out is not None:
-            console.print(f"metrics written to {out / 'metrics.json'}", highlight=False)
+            target = out if _is_file(out) else out / "metrics.json"
+            if detections is not None or _is_file(out):  # else evaluate_model wrote it
+                atomic_write_json(target, metrics)
+            console.print(f"metrics written to {target}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

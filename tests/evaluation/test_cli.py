@@ -1,0 +1,41 @@
+"""``eigenarch evaluate --out``: a path ending in .json is the metrics file, else a folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_out_json_is_the_metrics_file(tiny_run, tmp_path, run_cli):
+    out = tmp_path / "results" / "metrics.json"
+    result = run_cli("evaluate", "--run", tiny_run, "--out", out)
+    assert result.code == 0, result.stderr
+    assert out.is_file() and json.loads(out.read_text()) == json.loads(
+        (tiny_run / "metrics.json").read_text()
+    )
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json"]
+    assert f"metrics written to {out}" in result.stderr
+    detections = tmp_path / "dets.json"
+    detections.write_text((tiny_run / "detections.json").read_text())
+    again = tmp_path / "from-detections.json"
+    data = json.loads((tiny_run / "config.json").read_text())["data"]
+    result = run_cli("evaluate", "--detections", detections, "--data", data, "--out", again)
+    assert result.code == 0 and json.loads(again.read_text()) == json.loads(out.read_text())
+
+
+def test_out_folder_gets_metrics_and_detections(tiny_run, tmp_path, run_cli):
+    out = tmp_path / "eval"
+    assert run_cli("evaluate", "--run", tiny_run, "--out", out).code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "metrics.json"]
+
+
+@pytest.mark.parametrize(("name", "message"), [("m.json", "is a folder"), ("m.txt", "is a file")])
+def test_an_out_of_the_wrong_kind_is_refused_before_evaluating(
+    tiny_run, tmp_path, run_cli, name, message
+):
+    out = tmp_path / name
+    out.mkdir() if name.endswith(".json") else out.write_text("")
+    result = run_cli("evaluate", "--run", tiny_run, "--out", out)
+    assert result.code == 2 and result.stderr.startswith("error:") and message in result.stderr
+    assert "evaluate" not in result.stderr.split("error:")[0]  # before the pass over the images
