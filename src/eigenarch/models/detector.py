@@ -1,9 +1,11 @@
-"""Faster R-CNN / Mask R-CNN with an FPN over a ResiaNet, Group Normalization throughout.
+"""Faster R-CNN / Mask R-CNN with an FPN over any backbone, Group Normalization throughout.
 
 torchvision's ``FasterRCNN`` / ``MaskRCNN`` with the paper's set-up (SPEC section 7): FPN
-over the four stages (P2-P5, plus P6 by max-pooling for the RPN), GroupNorm in backbone,
-FPN and heads, the 4conv1fc box head and the GN mask head. From scratch the backbone convs
-are He-normal (ResiaNet's init) and the FPN convs Glorot-uniform.
+over the four stages (P2-P5, plus P6 by max-pooling for the RPN; DetNet: over its five
+stages, P6 from stage 6, used by the RPN only), GroupNorm in backbone (or BatchNorm as
+asked), FPN and heads, the 4conv1fc box head and the GN mask head. Backbones: a ResiaNet,
+any torchvision CNN classifier or DetNet-59 by name, their width specs, or a DetNAS
+network. From scratch the backbone convs are He-normal and the FPN convs Glorot-uniform.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from eigenarch.errors import EigenarchError
+from eigenarch.models.backbones import backbone_names, build_backbone, feature_body, feature_levels
 from eigenarch.models.resianet import norm_layer, resianet_from_spec
 from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
-from eigenarch.widths.spec import WidthSpec, load_width_spec
+from eigenarch.widths.spec import (
+    BACKBONE_FORMAT,
+    BackboneSpec,
+    WidthSpec,
+    backbone_spec_from_dict,
+    load_width_spec,
+)
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 #: Anchor sizes per FPN level (P2..P6), torchvision's default.
@@ -35,20 +44,27 @@ DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
 
 def backbone_spec(
-    backbone: str | os.PathLike[str] | WidthSpec,
-    norm: str = "gn",
+    backbone: str | os.PathLike[str] | WidthSpec | BackboneSpec,
+    norm: str | None = None,
     gn_groups: int = 32,
     depths: Sequence[int] = DEFAULT_DEPTHS,
-) -> WidthSpec:
-    """Resolve ``"resnet50"``, nine comma-separated widths or a width-spec file to a spec.
+) -> WidthSpec | BackboneSpec:
+    """Resolve a ``--backbone`` value to a spec: ``"resnet50"`` or nine comma-separated
+    widths (a ResiaNet), a builder name (:func:`~eigenarch.models.backbones.backbone_names`,
+    e.g. ``mobilenet_v3_large``, ``detnet59``) or a width-spec file.
 
-    A spec file keeps its own depths and norm; ``gn_groups`` applies to names and widths.
+    A spec file keeps its own depths and norm; ``norm`` (default GroupNorm) and
+    ``gn_groups`` apply to names and widths.
     """
-    if isinstance(backbone, WidthSpec):
+    if isinstance(backbone, WidthSpec | BackboneSpec):
         return backbone
     text = str(backbone)
     if text == "resnet50":
-        return WidthSpec(RESNET50_WIDTHS, tuple(depths), norm, gn_groups, {"name": "resnet50"})
+        return WidthSpec(
+            RESNET50_WIDTHS, tuple(depths), norm or "gn", gn_groups, {"name": "resnet50"}
+        )
+    if text in backbone_names():
+        return BackboneSpec(text, {}, norm, gn_groups, {"name": text})
     if "," in text:
         try:
             widths = tuple(int(v) for v in text.split(","))
@@ -57,16 +73,19 @@ def backbone_spec(
                 f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers "
                 "or a width-spec JSON file"
             ) from None
-        return WidthSpec(widths, tuple(depths), norm, gn_groups, {"widths": text})
+        return WidthSpec(widths, tuple(depths), norm or "gn", gn_groups, {"widths": text})
     if Path(text).is_file():
         return load_width_spec(text)
     raise EigenarchError(
-        f"--backbone {text!r}: not 'resnet50', nine comma-separated widths, or an existing file"
+        f"--backbone {text!r}: not 'resnet50', nine comma-separated widths, a builder name "
+        "(e.g. resnet18, mobilenet_v3_large, detnet59) or an existing width-spec file"
     )
 
 
 def backbone_config(
-    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any], gn_groups: int = 32
+    backbone: str | os.PathLike[str] | WidthSpec | BackboneSpec | dict[str, Any],
+    gn_groups: int = 32,
+    norm: str | None = None,
 ) -> dict[str, Any]:
     """The JSON description of a backbone, as a checkpoint's config keeps it.
 
@@ -76,9 +95,12 @@ def backbone_config(
     if isinstance(backbone, dict):
         if backbone.get("format") == DETNAS_FORMAT:
             return dict(backbone)
+        if backbone.get("format") == BACKBONE_FORMAT:
+            return backbone_spec_from_dict(backbone, "backbone").to_dict()
         return WidthSpec(**backbone).to_dict()
-    detnas = None if isinstance(backbone, WidthSpec) else load_detnas_file(backbone)
-    return detnas or backbone_spec(backbone, gn_groups=gn_groups).to_dict()
+    spec = isinstance(backbone, WidthSpec | BackboneSpec)
+    detnas = None if spec else load_detnas_file(backbone)
+    return detnas or backbone_spec(backbone, norm, gn_groups).to_dict()
 
 
 def backbone_body(
@@ -90,24 +112,37 @@ def backbone_body(
     config = backbone_config(backbone, gn_groups)
     if config.get("format") == DETNAS_FORMAT:
         return body_from_config(config, num_classes)
+    if config.get("format") == BACKBONE_FORMAT:
+        return build_backbone(backbone_spec_from_dict(config, "backbone"), num_classes or 1000)
     return resianet_from_spec(WidthSpec(**config), num_classes or 1000)
 
 
 def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
-    """Any backbone ``body`` with an FPN over its four stages (``out_channels = fpn_channels``).
+    """Any backbone ``body`` with an FPN over its feature levels (``out_channels =
+    fpn_channels``).
 
-    The body exposes ``stage_channels`` (four output widths) and, unless its stages are
-    ResNet's ``layer1..layer4``, ``stage_names`` (the four stage modules' names).
+    The levels are the body's ``stage_names`` / ``stage_channels`` (a ResiaNet's
+    ``layer1..layer4``; DetNet's five stages, whose last FPN level is P6 and no max-pooled
+    level is added), else the last module at each of its last four strides
+    (:func:`~eigenarch.models.backbones.feature_levels`).
     """
-    names = getattr(body, "stage_names", ("layer1", "layer2", "layer3", "layer4"))
+    if hasattr(body, "stage_channels") and not hasattr(body, "stage_names"):
+        names, channels = ["layer1", "layer2", "layer3", "layer4"], list(body.stage_channels)
+    else:
+        names, channels = feature_levels(body)
+    top_level = all("." not in name for name in names)
     backbone = BackboneWithFPN(
-        body,
-        return_layers={name: str(k) for k, name in enumerate(names)},
-        in_channels_list=list(body.stage_channels),
+        body if top_level else nn.Module(),
+        return_layers={name: str(k) for k, name in enumerate(names)} if top_level else {},
+        in_channels_list=channels,
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
         norm_layer=norm_layer("gn", gn_groups),
     )
+    if len(names) == 5:  # DetNet: P6 is the FPN level of stage 6, no max-pooled level
+        backbone.fpn.extra_blocks = None
+    if not top_level:  # modules inside a Sequential: torchvision's feature extraction
+        backbone.body = feature_body(body, names)
     for module in backbone.fpn.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.xavier_uniform_(module.weight)

@@ -207,7 +207,9 @@ def collect(
         "resizes images to (default: the model's own, 800).",
     ),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
-    workers: int = typer.Option(2, help="Data loading worker processes."),
+    workers: int = typer.Option(
+        2, min=0, help="Data-loading worker processes (0: load in the main process)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Collect eigenspectra: random images of a data set through a model, every map hooked.

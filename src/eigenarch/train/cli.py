@@ -30,7 +30,15 @@ def train(
     out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics."),
     kind: str = typer.Option("faster_rcnn", help="faster_rcnn or mask_rcnn."),
     backbone: str = typer.Option(
-        "resnet50", help="resnet50, nine comma-separated widths, or a width-spec JSON file."
+        "resnet50",
+        help="resnet50 (a ResiaNet), nine comma-separated widths, a builder name (resnet18, "
+        "mobilenet_v3_large, regnet_y_400mf, efficientnet_b0, convnext_tiny, detnet59, ...) "
+        "or a width-spec JSON file.",
+    ),
+    norm: str = typer.Option(
+        None,
+        help="Backbone normalisation for names and widths: gn, bn or frozen_bn.",
+        show_default="gn",
     ),
     init: str = typer.Option(
         "scratch", help="scratch, or a backbone state dict / our checkpoint / Detectron .pkl."
@@ -55,7 +63,9 @@ def train(
     proposals: str = typer.Option(
         "2000,1000", help="RPN proposals kept per image (and per level before NMS): train,test."
     ),
-    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    workers: int = typer.Option(
+        2, min=0, help="Data-loading worker processes (0: load in the main process)."
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
     resume: bool = typer.Option(
         False, help="Continue OUT's run from its last checkpoint with its saved settings."
@@ -82,7 +92,9 @@ def pretrain(
     schedule: str = typer.Option("cosine", help="cosine, or step (x0.1 at 1/3 and 2/3)."),
     size: int = typer.Option(224, help="Crop size in pixels (64 for the shapes-cls set)."),
     seed: int = typer.Option(0, help="Random seed."),
-    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    workers: int = typer.Option(
+        2, min=0, help="Data-loading worker processes (0: load in the main process)."
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, help="Continue from OUT.resume (the last epoch)."),
 ) -> None:

@@ -66,6 +66,7 @@ class TrainConfig:
     out: str
     kind: str = "faster_rcnn"
     backbone: str | dict[str, Any] = "resnet50"
+    norm: str | None = None
     init: str = "scratch"
     schedule: str = "1x"
     schedule_scale: float | None = None
@@ -247,7 +248,7 @@ def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     detectron = str(cfg.init).endswith(".pkl")
     return {
         "kind": cfg.kind,
-        "backbone": backbone_config(cfg.backbone, cfg.gn_groups),
+        "backbone": backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm),
         "num_classes": num_classes,
         "min_size": cfg.min_size,
         "max_size": cfg.max_size,

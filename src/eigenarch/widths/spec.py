@@ -1,7 +1,10 @@
-"""Width spec files (JSON) that build the same ResiaNet anywhere, and dims files.
+"""Width spec files (JSON) that build the same network anywhere, and dims files.
 
-A width spec holds ``{"widths": [9 ints], "depths": [4 ints], "norm": "gn"|"bn"|"frozen_bn",
-"gn_groups": int, "source": {...}}``; a search adds its own fields (``adjusted``, ``omega``,
+A ResiaNet's width spec holds ``{"widths": [9 ints], "depths": [4 ints], "norm":
+"gn"|"bn"|"frozen_bn", "gn_groups": int, "source": {...}}``. Any other backbone's holds
+``{"format": "eigenarch.backbone", "builder": name, "groups": {group name: width}, "norm",
+"gn_groups", "source"}``: the builder (a torchvision classifier or ``detnet59``) is built and
+every channel group resized. A search adds its own fields (``adjusted``, ``omega``,
 ``macs``, ...), which loading ignores. A dims file is a JSON object ``{map name: number}``.
 """
 
@@ -20,6 +23,8 @@ from eigenarch.widths.cost import DEFAULT_DEPTHS, WIDTH_NAMES, check_widths
 from eigenarch.widths.search import check_dims
 
 NORMS = ("gn", "bn", "frozen_bn")
+#: ``format`` of a width spec naming a builder and per-group widths.
+BACKBONE_FORMAT = "eigenarch.backbone"
 
 
 def check_norm(widths: Sequence[int], norm: str, gn_groups: int = 32) -> None:
@@ -65,6 +70,51 @@ class WidthSpec:
         }
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Any CNN backbone: a builder name, its normalisation and per-group widths.
+
+    ``groups`` maps channel-group names (:func:`eigenarch.widths.channel_groups` of the
+    builder's classifier) to widths; groups not named keep the builder's.
+    """
+
+    builder: str
+    groups: dict[str, int] = field(default_factory=dict)
+    norm: str | None = None
+    gn_groups: int = 32
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.builder, str) or not self.builder:
+            raise EigenarchError(f"builder {self.builder!r} is not a builder name")
+        if self.norm is not None and self.norm not in NORMS:
+            raise EigenarchError(f"norm {self.norm!r} is not one of {', '.join(NORMS)}")
+        if (
+            isinstance(self.gn_groups, bool)
+            or not isinstance(self.gn_groups, int)
+            or (self.gn_groups < 1)
+        ):
+            raise EigenarchError(f"gn_groups {self.gn_groups!r} is not a positive integer")
+        if not isinstance(self.groups, dict):
+            raise EigenarchError(f"groups {self.groups!r} is not a JSON object")
+        for name, width in self.groups.items():
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1 << 20:
+                raise EigenarchError(f"width of group {name!r}: {width!r} is not an integer "
+                                     f"in 1..{1 << 20}")  # fmt: skip
+        if not isinstance(self.source, dict):
+            raise EigenarchError(f"source {self.source!r} is not a JSON object")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": BACKBONE_FORMAT,
+            "builder": self.builder,
+            "groups": dict(self.groups),
+            "norm": self.norm,
+            "gn_groups": self.gn_groups,
+            "source": self.source,
+        }
+
+
 def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Read a JSON object from ``path``; one-line errors name the file and the problem."""
     try:
@@ -82,9 +132,11 @@ def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     return obj
 
 
-def load_width_spec(path: str | os.PathLike[str]) -> WidthSpec:
+def load_width_spec(path: str | os.PathLike[str]) -> WidthSpec | BackboneSpec:
     """Read a width spec written by :func:`save_width_spec` (or by hand)."""
     obj = read_json_object(path, "width spec")
+    if obj.get("format") == BACKBONE_FORMAT:
+        return backbone_spec_from_dict(obj, f"width spec {path}")
     if "widths" not in obj:
         raise EigenarchError(f"width spec {path}: missing field 'widths' (9 integers)")
     for key, kind in (("widths", list), ("depths", list), ("source", dict)):
@@ -102,8 +154,26 @@ def load_width_spec(path: str | os.PathLike[str]) -> WidthSpec:
         raise EigenarchError(f"width spec {path}: {exc}") from None
 
 
+def backbone_spec_from_dict(obj: Mapping[str, Any], what: str) -> BackboneSpec:
+    """A :class:`BackboneSpec` from its JSON fields; errors name ``what``."""
+    if "builder" not in obj:
+        raise EigenarchError(f"{what}: missing field 'builder' (e.g. mobilenet_v3_large)")
+    try:
+        return BackboneSpec(
+            builder=obj["builder"],
+            groups=obj.get("groups", {}),
+            norm=obj.get("norm"),
+            gn_groups=obj.get("gn_groups", 32),
+            source=obj.get("source", {}),
+        )
+    except EigenarchError as exc:
+        raise EigenarchError(f"{what}: {exc}") from None
+
+
 def save_width_spec(
-    path: str | os.PathLike[str], spec: WidthSpec, extra: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str],
+    spec: WidthSpec | BackboneSpec,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Atomically write ``spec`` (plus ``extra`` fields, e.g. a search's results) as JSON."""
     obj = spec.to_dict()

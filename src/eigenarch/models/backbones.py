@@ -1,0 +1,188 @@
+"""Any CNN backbone by builder name: torchvision classifiers and DetNet-59, resized by width.
+
+A backbone is a classifier (ImageNet layout: 3 x 224 x 224 in, 1000 classes out) built by
+name, with GroupNorm, BatchNorm or frozen BatchNorm as asked, every channel group at the
+width its :class:`~eigenarch.widths.spec.BackboneSpec` gives (:func:`eigenarch.widths.resize`)
+and freshly initialised. Its feature levels (the last module at each of the last four
+strides, or a model's own ``stage_names``) feed a detector's FPN.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from eigenarch.errors import EigenarchError
+from eigenarch.models.detnet import detnet59
+from eigenarch.models.resianet import norm_layer
+from eigenarch.widths.graph import ModelGraph, trace_model
+from eigenarch.widths.resize import resize
+from eigenarch.widths.search import WidthSearchResult, search_graph
+from eigenarch.widths.spec import BackboneSpec
+from eigenarch.widths.ties import WidthTie, width_ties
+
+#: torchvision classifier families whose widths can be searched and resized.
+FAMILIES = ("resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "regnet",
+            "efficientnet", "convnext", "vgg", "mnasnet")  # fmt: skip
+#: Builders whose forward reorders or concatenates channels: not resizable by groups.
+REFUSED = ("shufflenet", "densenet", "googlenet", "inception", "squeezenet")
+EXAMPLE_SIZE = 224
+
+
+def backbone_names() -> list[str]:
+    """Every builder name a backbone can be: ``detnet59`` and torchvision CNN classifiers."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    return ["detnet59", *sorted(n for n in names if n.startswith(FAMILIES))]
+
+
+def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:
+    if name.startswith("convnext"):
+        if norm not in (None, "ln"):
+            raise EigenarchError(f"{name} normalises with LayerNorm; --norm {norm} does not apply")
+        return {}
+    if norm in (None, "gn"):
+        return {"norm_layer": norm_layer("gn", gn_groups)}
+    return {} if norm == "bn" else {"norm_layer": norm_layer(norm, gn_groups)}
+
+
+def _init(model: nn.Module, name: str) -> None:
+    """Fresh weights as the builder's family sets them (DetNet: PyTorch's defaults)."""
+    if name == "detnet59":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and name.startswith("convnext"):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        else:
+            continue
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+
+
+def classifier_by_name(
+    name: str, norm: str | None = None, gn_groups: int = 32, num_classes: int = 1000
+) -> nn.Module:
+    """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``
+    (default), ``"bn"`` or ``"frozen_bn"`` (ConvNeXt keeps its LayerNorm)."""
+    if name == "detnet59":
+        return detnet59(norm or "gn", gn_groups, num_classes)
+    if name.startswith(REFUSED):
+        raise EigenarchError(
+            f"backbone {name!r}: its forward reorders or concatenates channels, so its widths "
+            "cannot be resized by channel group"
+        )
+    if name not in backbone_names():
+        raise EigenarchError(
+            f"backbone {name!r}: not a builder name; expected detnet59 or a torchvision CNN "
+            "classifier such as resnet18, mobilenet_v3_large, regnet_y_400mf, efficientnet_b0, "
+            "convnext_tiny"
+        )
+    try:
+        return torchvision.models.get_model(
+            name, weights=None, num_classes=num_classes, **_torchvision_norm(name, norm, gn_groups)
+        )
+    except ValueError as exc:  # GroupNorm: channels not divisible by the groups
+        raise EigenarchError(
+            f"backbone {name!r} with {gn_groups} GroupNorm groups: {exc}; use --gn-groups "
+            "dividing every width (e.g. 8) or --norm bn"
+        ) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _traced(name: str, norm: str | None, gn_groups: int) -> tuple[ModelGraph, tuple[WidthTie, ...]]:
+    model = classifier_by_name(name, norm, gn_groups)
+    graph = trace_model(model, torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE), name=name)
+    return graph, width_ties(graph)
+
+
+def backbone_graph(spec: BackboneSpec) -> tuple[ModelGraph, tuple[WidthTie, ...]]:
+    """The traced graph and width ties of the spec's builder (at its own widths)."""
+    return _traced(spec.builder, spec.norm, spec.gn_groups)
+
+
+def build_backbone(spec: BackboneSpec, num_classes: int = 1000) -> nn.Module:
+    """The classifier of ``spec``: built, every group at its width, freshly initialised."""
+    model = classifier_by_name(spec.builder, spec.norm, spec.gn_groups, num_classes)
+    if spec.groups:
+        graph = trace_model(model, torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE), name=spec.builder)
+        model = resize(model, spec.groups, graph=graph)
+    _init(model, spec.builder)
+    return model
+
+
+def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[int]]:
+    """``(module names, channels)`` of the feature maps an FPN reads: a model's own
+    ``stage_names`` / ``stage_channels``, else the last module called at each of the last
+    ``levels`` strides of a 224-pixel forward (stride 4 and up)."""
+    if hasattr(model, "stage_names"):
+        return list(model.stage_names), list(model.stage_channels)
+    last: dict[int, tuple[str, int]] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] > 1:
+                stride = EXAMPLE_SIZE // output.shape[-1]
+                if stride >= 4:
+                    last.pop(stride, None)
+                    last[stride] = (name, output.shape[1])
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+    chosen = [last[s] for s in sorted(last)][-levels:]
+    if len(chosen) < levels:
+        raise EigenarchError(f"{type(model).__name__}: fewer than {levels} feature levels")
+    return [n for n, _ in chosen], [c for _, c in chosen]
+
+
+def feature_body(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """The model up to its feature levels, returning ``{"0": ..., "1": ...}``."""
+    return create_feature_extractor(model, {name: str(k) for k, name in enumerate(names)})
+
+
+def search_backbone(
+    spec: BackboneSpec,
+    dims: Mapping[str, object],
+    target: float | str,
+    metric: str = "macs",
+    multiple: int = 32,
+    side: str = "in",
+) -> tuple[WidthSearchResult, BackboneSpec]:
+    """Intrinsic Architecture Search of any backbone: the result and its width spec.
+
+    ``target`` is a number or ``"base"`` (the cost of ``spec``'s backbone). FPN maps in
+    ``dims`` (``backbone.fpn.inner_blocks.*``) are read as consumers of the groups their
+    lateral convs read, from the graph of the backbone inside the detector's FPN.
+    """
+    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    base = [spec.groups.get(graph.groups[t.groups[0]].name, graph.groups[t.groups[0]].width)
+            for t in ties]  # fmt: skip
+    fpn_graph = None
+    if any(".fpn." in name or name.startswith("fpn.") for name in dims):
+        fpn_graph = _fpn_graph(spec)
+    result = search_graph(graph, ties, dims, target, metric, multiple, side, fpn_graph, base)
+    found = BackboneSpec(spec.builder, result.group_widths, spec.norm, spec.gn_groups, {})
+    return result, found
+
+
+def _fpn_graph(spec: BackboneSpec) -> ModelGraph:
+    from eigenarch.models.detector import body_with_fpn
+
+    model = classifier_by_name(spec.builder, "bn", spec.gn_groups)
+    fpn = body_with_fpn(model, 256, 32)
+    return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{spec.builder}-fpn")
