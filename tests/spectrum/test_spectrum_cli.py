@@ -133,6 +133,7 @@ def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
         (("--images", "2"), "needs --model and --data"),
         (("--model", "fasterrcnn_resnet50_fpn", "--min-size", "-5"), "--min-size -5: expected"),
         (("--model", "resnet18", "--min-size", "64"), "detectors only, not the classifier"),
+        (("--model", "resnet18", "--workers", "-1"), "Invalid value for '--workers'"),
     ],
 )
 def test_user_errors(run_cli, shapes, tmp_path, args, message):

@@ -100,6 +100,7 @@ def test_train_and_evaluate_commands(shapes_root, tmp_path, run_cli):
         ("--init", "absent.pt", "--init absent.pt: file not found"),
         ("--proposals", "0,100", "--proposals 0,100: expected two positive counts"),
         ("--proposals", "300", "--proposals 300: expected two positive counts"),
+        ("--workers", "-1", "Invalid value for '--workers'"),
     ],
 )
 def test_bad_train_options_give_one_line_errors(
