@@ -127,6 +127,11 @@ def test_foreign_files_are_refused(spectra, tmp_path):
         Spectra.load(foreign)
     with pytest.raises(EigenarchError, match="not found"):
         Spectra.load(tmp_path / "missing.safetensors")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "model.pt")
+    (tmp_path / "s.safetensors.json").write_text('{"format": 1}')
+    for name in ("model.pt", "s.safetensors.json"):
+        with pytest.raises(EigenarchError, match="not a spectra file"):
+            Spectra.load(tmp_path / name)
 
 
 def test_sidecar_naming_maps_absent_from_file_is_refused(spectra, tmp_path):

@@ -149,8 +149,12 @@ def test_show_refuses_bad_files(run_cli, tmp_path):
     assert r.code == 2 and "not found" in r.stderr
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    r = run_cli("spectrum", "show", junk)
-    assert r.code == 2 and "sidecar" in r.stderr
+    weights = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, weights)
+    for path in (junk, weights):
+        r = run_cli("spectrum", "show", path)
+        assert r.code == 2 and f"{path}: not a spectra file (expected the safetensors" in r.stderr
+        assert "sidecar" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_help(run_cli):

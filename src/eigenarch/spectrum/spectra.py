@@ -157,6 +157,9 @@ class Spectra:
             folder = path.is_dir()
             what = "is a folder; expected a spectra file" if folder else "spectra file not found"
             raise EigenarchError(f"{path}: {what}")
+        if not _looks_like_safetensors(path):
+            raise EigenarchError(f"{path}: not a spectra file (expected the safetensors file "
+                                 "that eigenarch spectrum writes)")  # fmt: skip
         side = sidecar(path)
         if not side.is_file():
             raise EigenarchError(f"{path}: its JSON sidecar {side.name} is missing")
@@ -211,6 +214,15 @@ def _eigvalsh(matrix: Tensor) -> Tensor:
         return torch.linalg.eigvalsh(matrix)
     finally:
         torch.set_num_threads(threads)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: a little-endian 8-byte header
+    length, then the JSON header (a torch ``.pt`` zip, a JSON file or an image do not); the
+    rest is left to the SHA-256 check, so a truncated spectra file is called corrupted."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < 1 << 32 and head[8:] == b"{"
 
 
 def sidecar(path: str | os.PathLike[str]) -> Path:
