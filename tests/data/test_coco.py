@@ -102,6 +102,35 @@ def test_non_positive_boxes_are_dropped_counted_and_reported(root, capsys):
     assert total == len(dataset.coco.anns) - 2
 
 
+def test_boxes_outside_the_image_are_clipped_or_dropped_and_reported(root, capsys, run_cli):
+    def outside(data):
+        width = data["images"][0]["width"]
+        data["annotations"][0]["bbox"] = [width + 6.0, 10.0, 20.0, 20.0]  # wholly outside
+        data["annotations"][1]["bbox"] = [width - 30.0, -5.0, 50.0, 20.0]  # reaching out
+
+    path = _edit(root, "train", outside)
+    dataset = CocoDetection.from_root(root, "train")
+    assert (dataset.dropped_boxes, dataset.clipped_boxes) == (1, 1)
+    err = capsys.readouterr().err
+    assert f"{path}: dropped 1 annotation(s) whose box lies wholly outside its image" in err
+    assert f"{path}: clipped 1 box(es) reaching outside their image to it" in err
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        for boxes in (target["boxes"], hflip(image, target)[1]["boxes"]):
+            assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()  # torchvision
+            assert boxes.min() >= 0 and (boxes[:, 0::2] <= image.shape[2]).all()
+            assert (boxes[:, 1::2] <= image.shape[1]).all()
+        assert len(target["boxes"]) == len(target["labels"]) == len(target["area"])
+    first = dataset.coco.anns[dataset.coco.dataset["annotations"][1]["id"]]
+    width = dataset.coco.imgs[first["image_id"]]["width"]
+    boxes = dataset[dataset.image_ids.index(first["image_id"])][1]["boxes"].tolist()
+    assert [width - 30.0, 0.0, width, 15.0] in boxes
+    result = run_cli("data", "check", root, "--split", "train")
+    assert result.code == 0 and "clipped 1 box(es)" in result.stderr
+    row = next(line for line in result.stderr.splitlines() if "│ train" in line)
+    assert row.split("│")[-3:-1] == [" 1             ", " 1             "]  # dropped, clipped
+
+
 BAD_JSON = {
     "missing key": (lambda d: d.pop("categories"), "missing key 'categories'"),
     "entry key": (lambda d: d["images"][2].pop("file_name"), "images[2] lacks key 'file_name'"),

@@ -69,7 +69,7 @@ def check(
     masks: bool = typer.Option(False, help="Also rasterise every mask."),
 ) -> None:
     """Load every image and target of a COCO-format data set as training would; report counts."""
-    table = Table("split", "images", "annotations", "classes", "dropped boxes")
+    table = Table("split", "images", "annotations", "classes", "dropped boxes", "clipped boxes")
     with progress_bar() as bar:
         for name in split:
             dataset = CocoDetection.from_root(data, name, masks=masks)
@@ -81,6 +81,7 @@ def check(
                 str(len(dataset.coco.anns)),
                 str(dataset.num_classes - 1),
                 str(dataset.dropped_boxes),
+                str(dataset.clipped_boxes),
             )
     console.print(table)
 

@@ -161,18 +161,35 @@ class CocoDetection(torch.utils.data.Dataset):
             raise EigenarchError(f"{self.annotation_file}: unknown image ids {unknown[:5]}")
         self.image_ids = list(image_ids)
         self._check_image_files()
-        self.dropped_boxes = sum(
-            1
-            for i in self.image_ids
-            for ann in self.coco.imgToAnns[i]
-            if not ann.get("iscrowd", 0) and not _valid_box(ann["bbox"])
-        )
-        if self.dropped_boxes and verbose:
-            console.print(
-                f"{self.annotation_file}: dropped {self.dropped_boxes} annotation(s) with "
-                "non-positive box width or height",
-                highlight=False,
-            )
+        self._count_boxes(verbose)
+
+    def _count_boxes(self, verbose: bool) -> None:
+        """Count (and report once) the boxes left out of the targets or clipped to their
+        image, as the image sizes of the annotation file give them."""
+        degenerate = outside = clipped = 0
+        for i in self.image_ids:
+            info = self.coco.imgs[i]
+            size = (info["width"], info["height"])
+            for ann in self.coco.imgToAnns[i]:
+                if ann.get("iscrowd", 0):
+                    continue
+                if not _valid_box(ann["bbox"]):
+                    degenerate += 1
+                elif all(_is_number(v) for v in size):
+                    box = _clip_box(ann["bbox"], *size)
+                    outside += box is None
+                    clipped += box is not None and box != _xyxy(ann["bbox"])
+        self.dropped_boxes = degenerate + outside
+        self.clipped_boxes = clipped
+        if not verbose:
+            return
+        for count, what in (
+            (degenerate, "dropped {} annotation(s) with non-positive box width or height"),
+            (outside, "dropped {} annotation(s) whose box lies wholly outside its image"),
+            (clipped, "clipped {} box(es) reaching outside their image to it"),
+        ):
+            if count:
+                console.print(f"{self.annotation_file}: {what.format(count)}", highlight=False)
 
     @classmethod
     def from_root(
@@ -213,15 +230,15 @@ class CocoDetection(torch.utils.data.Dataset):
     def load_target(self, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
         """The target dict of the image at ``index`` (see the class docstring)."""
         image_id = self.image_ids[index]
-        anns = [
-            a
-            for a in self.coco.imgToAnns[image_id]
-            if not a.get("iscrowd", 0) and _valid_box(a["bbox"])
-        ]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes[:, 0::2].clamp_(0, width)
-        boxes[:, 1::2].clamp_(0, height)
+        anns, kept = [], []
+        for a in self.coco.imgToAnns[image_id]:
+            if a.get("iscrowd", 0) or not _valid_box(a["bbox"]):
+                continue
+            box = _clip_box(a["bbox"], width, height)
+            if box is not None:
+                anns.append(a)
+                kept.append(box)
+        boxes = torch.tensor(kept, dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": boxes,
             "labels": torch.tensor(
@@ -265,6 +282,20 @@ class CocoDetection(torch.utils.data.Dataset):
 
 def _valid_box(bbox: list[float]) -> bool:
     return bbox[2] > 0 and bbox[3] > 0
+
+
+def _xyxy(bbox: list[float]) -> list[float]:
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+def _clip_box(bbox: list[float], width: float, height: float) -> list[float] | None:
+    """A COCO ``[x, y, w, h]`` box as ``xyxy`` clipped to a ``width`` x ``height`` image, or
+    None if nothing of it is left (as detectron2 and torchvision's references do)."""
+    x1, y1, x2, y2 = _xyxy(bbox)
+    x1, x2 = min(max(x1, 0), width), min(max(x2, 0), width)
+    y1, y2 = min(max(y1, 0), height), min(max(y2, 0), height)
+    return [x1, y1, x2, y2] if x2 > x1 and y2 > y1 else None
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list, list]:
