@@ -9,8 +9,10 @@ strides, or a model's own ``stage_names``) feed a detector's FPN.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -20,10 +22,11 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detnet import detnet59
 from eigenarch.models.resianet import norm_layer
+from eigenarch.widths.cost import ModelCost, graph_layer_costs, resnet_cost
 from eigenarch.widths.graph import ModelGraph, trace_model
-from eigenarch.widths.resize import resize
-from eigenarch.widths.search import WidthSearchResult, search_graph
-from eigenarch.widths.spec import BackboneSpec
+from eigenarch.widths.resize import check_group_widths, resize
+from eigenarch.widths.search import WidthSearchResult, named_target, search_graph, search_widths
+from eigenarch.widths.spec import BackboneSpec, WidthSpec
 from eigenarch.widths.ties import WidthTie, width_ties
 
 #: torchvision classifier families whose widths can be searched and resized.
@@ -41,13 +44,11 @@ def backbone_names() -> list[str]:
 
 
 def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:
-    if name.startswith("convnext"):
-        if norm not in (None, "ln"):
-            raise EigenarchError(f"{name} normalises with LayerNorm; --norm {norm} does not apply")
+    if name.startswith("convnext") and norm is not None:
+        raise EigenarchError(f"{name} normalises with LayerNorm; --norm {norm} does not apply")
+    if norm in (None, "bn"):  # the builder's own (BatchNorm; ConvNeXt: LayerNorm)
         return {}
-    if norm in (None, "gn"):
-        return {"norm_layer": norm_layer("gn", gn_groups)}
-    return {} if norm == "bn" else {"norm_layer": norm_layer(norm, gn_groups)}
+    return {"norm_layer": norm_layer(norm, gn_groups)}
 
 
 def _init(model: nn.Module, name: str) -> None:
@@ -71,8 +72,9 @@ def _init(model: nn.Module, name: str) -> None:
 def classifier_by_name(
     name: str, norm: str | None = None, gn_groups: int = 32, num_classes: int = 1000
 ) -> nn.Module:
-    """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``
-    (default), ``"bn"`` or ``"frozen_bn"`` (ConvNeXt keeps its LayerNorm)."""
+    """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``,
+    ``"bn"``, ``"frozen_bn"`` or ``None``: the builder's own (torchvision's BatchNorm,
+    ConvNeXt's LayerNorm, DetNet's GroupNorm)."""
     if name == "detnet59":
         return detnet59(norm or "gn", gn_groups, num_classes)
     if name.startswith(REFUSED):
@@ -170,8 +172,7 @@ def search_backbone(
     lateral convs read, from the graph of the backbone inside the detector's FPN.
     """
     graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
-    base = [spec.groups.get(graph.groups[t.groups[0]].name, graph.groups[t.groups[0]].width)
-            for t in ties]  # fmt: skip
+    base = list(check_group_widths(graph, spec.groups).values())
     fpn_graph = None
     if any(".fpn." in name or name.startswith("fpn.") for name in dims):
         fpn_graph = _fpn_graph(spec)
@@ -186,3 +187,37 @@ def _fpn_graph(spec: BackboneSpec) -> ModelGraph:
     model = classifier_by_name(spec.builder, "bn", spec.gn_groups)
     fpn = body_with_fpn(model, 256, 32)
     return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{spec.builder}-fpn")
+
+
+def backbone_cost(spec: BackboneSpec) -> ModelCost:
+    """MACs and params (SPEC section 4) of the spec's backbone, from its traced shapes."""
+    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    widths = check_group_widths(graph, spec.groups)
+    return graph_layer_costs(graph, [widths[g.name] for g in graph.groups])
+
+
+def search_spec(
+    model: WidthSpec | BackboneSpec,
+    dims: Mapping[str, object],
+    target: float | str,
+    metric: str = "macs",
+    multiple: int = 32,
+    side: str = "in",
+    source: Mapping[str, Any] | None = None,
+) -> tuple[WidthSearchResult, WidthSpec | BackboneSpec]:
+    """Intrinsic Architecture Search of the analysed ``model``: the result and the width
+    spec that builds it (same norm; ``source`` recorded). A ResiaNet gives nine widths."""
+    target = named_target(target, metric)
+    source = dict(source or {})
+    if isinstance(model, WidthSpec):
+        result = search_widths(dims, target, metric, multiple, side, model.depths, model.widths)
+        return result, WidthSpec(result.widths, model.depths, model.norm, model.gn_groups, source)
+    result, found = search_backbone(model, dims, target, metric, multiple, side)
+    return result, dataclasses.replace(found, source=source)
+
+
+def spec_cost(spec: WidthSpec | BackboneSpec) -> ModelCost:
+    """MACs and params of a ResiaNet's or any backbone's width spec."""
+    if isinstance(spec, WidthSpec):
+        return resnet_cost(spec.widths, spec.depths)
+    return backbone_cost(spec)

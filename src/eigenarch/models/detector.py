@@ -64,7 +64,8 @@ def backbone_spec(
             RESNET50_WIDTHS, tuple(depths), norm or "gn", gn_groups, {"name": "resnet50"}
         )
     if text in backbone_names():
-        return BackboneSpec(text, {}, norm, gn_groups, {"name": text})
+        own = text.startswith("convnext")  # LayerNorm
+        return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
     if "," in text:
         try:
             widths = tuple(int(v) for v in text.split(","))

@@ -1,4 +1,4 @@
-"""``eigenarch count`` and ``eigenarch search``: ResNet costs and Intrinsic Architecture Search."""
+"""``eigenarch count`` and ``eigenarch search``: backbone costs, Intrinsic Architecture Search."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from eigenarch.errors import EigenarchError
+from eigenarch.models.backbones import search_spec, spec_cost
+from eigenarch.models.detector import backbone_spec
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
     METRICS,
@@ -21,7 +23,7 @@ from eigenarch.widths.cost import (
     resnet_cost,
     uniform_widths,
 )
-from eigenarch.widths.search import search_widths
+from eigenarch.widths.search import WidthSearchResult
 from eigenarch.widths.spec import WidthSpec, load_dims, load_width_spec, save_width_spec
 
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
@@ -66,14 +68,15 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def parse_target(text: str) -> tuple[str, float | str]:
-    """``"macs=resnet50"``, ``"params=20M"``, ``"macs=4.1e9"`` -> ``(metric, number or name)``."""
+    """``"macs=base"``, ``"macs=resnet50"``, ``"params=20M"``, ``"macs=4.1e9"`` ->
+    ``(metric, number or name)``."""
     metric, sep, value = text.partition("=")
     if not sep or metric not in METRICS or not value:
         raise EigenarchError(
             f"--target {text!r}: expected macs=<value> or params=<value>, the value a number "
-            "(K/M/G suffix allowed) or resnet50"
+            "(K/M/G suffix allowed), base (the analysed model's cost) or resnet50"
         )
-    if value.lower().startswith("resnet"):
+    if value.lower().startswith("resnet") or value.lower() == "base":
         return metric, value.lower()
     scale = _SUFFIX.get(value[-1].upper(), 1.0)
     try:
@@ -86,6 +89,8 @@ def parse_target(text: str) -> tuple[str, float | str]:
 
 
 def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
+    if not widths:
+        return ""
     if stage == "stem":
         return str(widths[0])
     if stage == "fc":
@@ -95,13 +100,16 @@ def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
 
 
 def cost_table(cost: ModelCost, title: str | None = None) -> Table:
-    """Per-stage widths (bottleneck/output), blocks, MACs and params, with totals."""
+    """Per-stage widths (a ResNet's bottleneck/output, else the stage's output width),
+    blocks, MACs and params, with totals."""
     table = Table("stage", "widths", "blocks", "MACs (G)", "params (M)", "% params", title=title)
+    last = {cost.stage_of(layer.name): str(layer.out_channels) for layer in cost.layers}
     for stage, (macs, params) in cost.stages().items():
-        blocks = str(cost.depths[int(stage[-1]) - 1]) if stage.startswith("layer") else ""
+        resnet = bool(cost.depths) and stage.startswith("layer")
+        blocks = str(cost.depths[int(stage[-1]) - 1]) if resnet else ""
         table.add_row(
             stage,
-            _stage_label(stage, cost.widths),
+            _stage_label(stage, cost.widths) if cost.widths else last[stage],
             blocks,
             f"{macs / 1e9:.3f}",
             f"{params / 1e6:.3f}",
@@ -110,7 +118,7 @@ def cost_table(cost: ModelCost, title: str | None = None) -> Table:
     table.add_row(
         "total",
         "",
-        str(sum(cost.depths)),
+        str(sum(cost.depths)) if cost.depths else "",
         f"{cost.macs / 1e9:.3f}",
         f"{cost.params / 1e6:.3f}",
         "100.0",
@@ -148,7 +156,30 @@ def comparison_table(found: ModelCost, base: ModelCost) -> Table:
     return table
 
 
+def tie_table(result: WidthSearchResult) -> Table:
+    """Every searched width: its groups, base width, adjusted and searched width."""
+    table = Table("width", "base", "adjusted", "searched", title="base -> searched widths")
+    for name, base, adjusted, width in zip(
+        result.ties, result.base_widths, result.adjusted, result.widths, strict=True
+    ):
+        table.add_row(name, str(base), f"{adjusted:.1f}", str(width))
+    table.add_row(
+        "total",
+        f"{result.base_macs / 1e9:.3f} G / {result.base_params / 1e6:.3f} M",
+        "",
+        f"{result.macs / 1e9:.3f} G / {result.params / 1e6:.3f} M",
+        style="bold",
+    )
+    return table
+
+
 def count(
+    model: str = typer.Option(
+        None, help="A backbone builder name: resnet18, mobilenet_v3_large, detnet59, ..."
+    ),
+    backbone: str = typer.Option(
+        None, help="What `eigenarch train --backbone` takes: a name, nine widths or a spec file."
+    ),
     widths: str = typer.Option(
         None, help="Nine widths stem,b2,o2,b3,o3,b4,o4,b5,o5.", show_default="ResNet-50's"
     ),
@@ -160,7 +191,22 @@ def count(
     multiple: int = typer.Option(32, help="Rounding multiple for --multiplier."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
-    """Analytic MACs and params (conv + fc weights, 224x224 input, 1000 classes) of a ResNet."""
+    """Analytic MACs and params (conv + fc weights, 224x224 input, 1000 classes) of a backbone."""
+    chosen = [o for o, v in (("--model", model), ("--backbone", backbone), ("--spec", spec))
+              if v is not None]  # fmt: skip
+    if len(chosen) > 1:
+        raise EigenarchError(f"give one of {', '.join(chosen)}")
+    if model is not None or backbone is not None:
+        if widths is not None or depths is not None or multiplier is not None:
+            raise EigenarchError(
+                f"{chosen[0]} gives the widths; drop --widths/--depths/--multiplier"
+            )
+        cost = spec_cost(backbone_spec(model or backbone))
+        if as_json:
+            typer.echo(json.dumps(_cost_json(cost, None)))
+        else:
+            Console().print(cost_table(cost, model or backbone))
+        return
     if spec is not None:
         if widths is not None or depths is not None:
             raise EigenarchError("--spec gives widths and depths; drop --widths/--depths")
@@ -173,27 +219,36 @@ def count(
         base = uniform_widths(multiplier, base, multiple)
     cost = resnet_cost(base, blocks)
     if as_json:
-        obj = {
-            "widths": list(cost.widths),
-            "depths": list(cost.depths),
-            "macs": cost.macs,
-            "params": cost.params,
-            "multiplier": multiplier,
-            "stages": {k: {"macs": m, "params": p} for k, (m, p) in cost.stages().items()},
-            "layers": [layer._asdict() for layer in cost.layers],
-        }
-        typer.echo(json.dumps(obj))
+        typer.echo(json.dumps(_cost_json(cost, multiplier)))
         return
     title = None if multiplier is None else f"widths x{multiplier:g}, rounded to {multiple}"
     Console().print(cost_table(cost, title))
+
+
+def _cost_json(cost: ModelCost, multiplier: float | None) -> dict:
+    return {
+        "widths": list(cost.widths),
+        "depths": list(cost.depths),
+        "macs": cost.macs,
+        "params": cost.params,
+        "multiplier": multiplier,
+        "stages": {k: {"macs": m, "params": p} for k, (m, p) in cost.stages().items()},
+        "layers": [layer._asdict() for layer in cost.layers],
+    }
 
 
 def search(
     out: Path = typer.Option(..., help="Width spec JSON to write."),
     target: str = typer.Option(
         ...,
-        help="Budget: macs=resnet50, params=resnet50, "
-        "macs=<number> or params=<number> (K/M/G suffix allowed).",
+        help="Budget: macs=base or params=base (the analysed model's cost), macs=resnet50, "
+        "params=resnet50, macs=<number> or params=<number> (K/M/G suffix allowed).",
+    ),
+    model: str = typer.Option(
+        None,
+        help="The analysed backbone: a builder name (resnet18, mobilenet_v3_large, "
+        "regnet_y_400mf, detnet59, ...) or a width-spec file.",
+        show_default="a bottleneck ResNet of --depths",
     ),
     spectra: Path = typer.Option(None, help="Saved spectra (eigenarch.spectrum.Spectra)."),
     dims: Path = typer.Option(None, help="JSON object {map name: intrinsic dimensionality}."),
@@ -208,14 +263,22 @@ def search(
         help="Maps read by the next layer (in), produced by "
         "a layer (out), or the larger of the two (both).",
     ),
-    depths: str = typer.Option("3,4,6,3", help="Blocks per stage of the analysed ResNet."),
-    norm: Norm = typer.Option(Norm.gn, help="Normalisation recorded in the width spec."),
+    depths: str = typer.Option(
+        "3,4,6,3", help="Blocks per stage of the analysed ResNet (without --model)."
+    ),
+    norm: Norm = typer.Option(
+        None,
+        help="Normalisation recorded in the width spec (GroupNorm widths are multiples of "
+        "--gn-groups).",
+        show_default="gn (ConvNeXt: its LayerNorm)",
+    ),
     gn_groups: int = typer.Option(32, help="GroupNorm groups recorded in the width spec."),
 ) -> None:
-    """Intrinsic Architecture Search: shrink, adjust and expand ResNet widths to a budget."""
+    """Intrinsic Architecture Search: shrink, adjust and expand a backbone's widths to a budget."""
     if (spectra is None) == (dims is None):
         raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
-    if norm is Norm.gn and gn_groups >= 1 and multiple % gn_groups:
+    norm_name = None if norm is None else norm.value
+    if norm in (None, Norm.gn) and gn_groups >= 1 and multiple % gn_groups:
         raise EigenarchError(
             f"--multiple {multiple} gives widths that {gn_groups} GroupNorm groups cannot split; "
             "use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
@@ -232,12 +295,17 @@ def search(
             raise EigenarchError("--threshold applies to --spectra only; --dims are final")
         source["dims"] = str(dims)
         values = load_dims(dims)
-    result = search_widths(values, value, metric, multiple, side.value, blocks)
-    spec = WidthSpec(result.widths, result.depths, norm.value, gn_groups, source)
+    if model is not None:
+        source["model"] = model
+    analysed = backbone_spec(model or "resnet50", norm_name, gn_groups, blocks)
+    result, spec = search_spec(analysed, values, value, metric, multiple, side.value, source)
     save_width_spec(out, spec, result.to_dict())
-    found, base = resnet_cost(result.widths, blocks), resnet_cost(RESNET50_WIDTHS, blocks)
+    found, base = spec_cost(spec), spec_cost(analysed)
     stdout = Console()
-    stdout.print(comparison_table(found, base))
+    if isinstance(spec, WidthSpec):
+        stdout.print(comparison_table(found, base))
+    else:
+        stdout.print(tie_table(result))
     stdout.print(
         f"omega {result.omega:.6f}, target {metric} {result.target:,}; parameter reduction "
         f"{100 * (1 - found.params / base.params):.1f}%, MACs reduction "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -57,12 +58,21 @@ class ModelCost:
     widths: tuple[int, ...] = ()
     depths: tuple[int, ...] = ()
 
+    def stage_of(self, layer: str) -> str:
+        """The stage a layer is counted in: its top-level module ("stem" for a ResNet's
+        ``conv1``), or its first two path components where one top-level module holds most
+        layers (``features.4`` of a MobileNet)."""
+        heads = Counter(x.name.split(".")[0] for x in self.layers)
+        deep = heads.most_common(1)[0][1] > len(self.layers) / 2
+        parts = layer.split(".")
+        key = ".".join(parts[:2]) if deep and len(parts) > 2 else parts[0]
+        return "stem" if key == "conv1" else key
+
     def stages(self) -> dict[str, tuple[int, int]]:
-        """``{top-level module ("stem" for a ResNet's conv1): (macs, params)}``, in order."""
+        """``{stage (see :meth:`stage_of`): (macs, params)}``, in network order."""
         out: dict[str, tuple[int, int]] = {}
         for layer in self.layers:
-            head = layer.name.split(".")[0]
-            key = "stem" if head == "conv1" else head
+            key = self.stage_of(layer.name)
             macs, params = out.get(key, (0, 0))
             out[key] = (macs + layer.macs, params + layer.params)
         return out

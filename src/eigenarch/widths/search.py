@@ -280,6 +280,20 @@ class WidthSearchResult:
         return out
 
 
+def named_target(target: float | str, metric: str) -> float | str:
+    """A target as a number, ``"base"`` kept: ``"resnet50"`` (also ``"resnet101"``,
+    ``"resnet152"``) is that network's cost in ``metric``."""
+    if metric not in METRICS:
+        raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    if isinstance(target, str) and target != "base":
+        if target not in STANDARD_DEPTHS:
+            raise EigenarchError(
+                f"target {target!r} is not a number, base or one of {', '.join(STANDARD_DEPTHS)}"
+            )
+        return resnet_cost(RESNET50_WIDTHS, STANDARD_DEPTHS[target]).metric(metric)
+    return target
+
+
 def check_target(target: float, metric: str) -> int:
     """The budget ``zeta`` as an int: a positive finite number of ``metric``."""
     if metric not in METRICS:
@@ -298,13 +312,14 @@ def search_graph(
     multiple: int = 32,
     side: str = "in",
     fpn_graph: ModelGraph | None = None,
-    base_widths: Sequence[int] | None = None,
+    base_groups: Sequence[int] | None = None,
 ) -> WidthSearchResult:
     """Intrinsic Architecture Search on a traced model (SPEC section 6b).
 
     ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number, or
-    ``"base"`` for the cost of the model at ``base_widths`` (one per tie; default: the
-    traced model's own). ``multiple`` must be a multiple of every tie's divisor.
+    ``"base"`` for the cost of the analysed model, whose group ``i`` is ``base_groups[i]``
+    wide (default: the traced model's own widths). ``multiple`` must be a multiple of
+    every tie's divisor.
     """
     if side not in SIDES:
         raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
@@ -316,9 +331,9 @@ def search_graph(
                 f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use a "
                 f"multiple of {tie.divisor}"
             )
-    if base_widths is None:
-        base_widths = tuple(graph.groups[t.groups[0]].width for t in ties)
-    base_macs, base_params = graph_cost(graph, tie_widths(graph, ties, base_widths))
+    base_groups = list(base_groups or [g.width for g in graph.groups])
+    base_widths = tuple(base_groups[t.groups[0]] for t in ties)
+    base_macs, base_params = graph_cost(graph, base_groups)
     if target == "base":
         target = base_macs if metric == "macs" else base_params
     budget = check_target(target, metric)
@@ -345,7 +360,7 @@ def search_graph(
         side=side,
         multiple=multiple,
         intrinsic=intrinsic,
-        base_widths=tuple(base_widths),
+        base_widths=base_widths,
         base_macs=base_macs,
         base_params=base_params,
         ties=tuple(t.name for t in ties),
@@ -409,14 +424,7 @@ def search_widths(
     """
     depths = check_depths(depths)
     base_widths = check_widths(base_widths, depths)[0]
-    if isinstance(target, str) and target != "base":
-        if metric not in METRICS:
-            raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
-        if target not in STANDARD_DEPTHS:
-            raise EigenarchError(
-                f"target {target!r} is not a number, base or one of {', '.join(STANDARD_DEPTHS)}"
-            )
-        target = resnet_cost(RESNET50_WIDTHS, STANDARD_DEPTHS[target]).metric(metric)
+    target = named_target(target, metric)
     check_dims(dims)
     _refuse_basic_blocks(dims)
     _check_within(dims, depths)
@@ -424,7 +432,8 @@ def search_widths(
     fpn = any(".fpn." in n or n.startswith("fpn.") for n in dims)
     result = search_graph(
         graph, ties, dims, target, metric, multiple, side,
-        fpn_graph=_resnet_fpn_graph(depths) if fpn else None, base_widths=base_widths,
+        fpn_graph=_resnet_fpn_graph(depths) if fpn else None,
+        base_groups=tie_widths(graph, ties, base_widths),
     )  # fmt: skip
     return dataclasses.replace(result, depths=depths)
 
