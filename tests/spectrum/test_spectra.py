@@ -64,6 +64,15 @@ def test_negative_eigenvalues_are_clamped():
     assert (values >= 0).all() and values[0] == 1
 
 
+def test_non_finite_covariances_are_named():
+    nan = psd([1.0, 0.5])
+    nan[0, 1] = float("nan")
+    covariances = {"a:in": psd([1.0, 0.5]), "b:out": nan, "c:in": nan * float("inf")}
+    match = r"non-finite covariance \(NaN or infinite activations\) in 2 map\(s\): b:out, c:in;"
+    with pytest.raises(EigenarchError, match=match):
+        Spectra(covariances, dict.fromkeys(covariances, 4))
+
+
 def test_unknown_map_is_a_clear_error(spectra):
     with pytest.raises(EigenarchError, match="no map named 'a'.*did you mean a:in"):
         spectra.covariance("a")

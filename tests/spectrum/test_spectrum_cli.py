@@ -107,6 +107,19 @@ def test_checkpoint_file(run_cli, shapes, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_nan_weights_name_the_maps_with_non_finite_covariance(run_cli, shapes, tmp_path):
+    weights = torchvision.models.resnet18().state_dict()
+    weights["layer3.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save({"model": weights, "config": {"arch": "resnet18"}}, path)
+    r = collect(run_cli, shapes, tmp_path / "n", "--model", path)
+    assert r.code == 2 and r.stderr.strip().splitlines()[-1].startswith("error: non-finite"), (
+        r.stderr
+    )
+    assert "in 19 map(s): layer3.0.conv1:out, layer3.0.conv2:in" in r.stderr
+    assert "Traceback" not in r.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt"]
+
+
 def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
     config = dict(backbone=",".join(["32"] * 9), num_classes=9, gn_groups=8, fpn_channels=16,
                   head_channels=16, representation=32, min_size=96, max_size=96)  # fmt: skip

@@ -49,6 +49,13 @@ class Spectra:
     ) -> None:
         if set(covariances) != set(samples):
             raise ValueError("covariances and samples must name the same maps")
+        bad = [name for name, cov in covariances.items() if not torch.isfinite(cov).all()]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+            raise EigenarchError(
+                f"non-finite covariance (NaN or infinite activations) in {len(bad)} map(s): "
+                f"{shown}; check the model's weights and the input images"
+            )
         self._covariances = {n: c.to(torch.float64) for n, c in covariances.items()}
         self._samples = {n: int(samples[n]) for n in covariances}
         self.meta = dict(meta or {})
