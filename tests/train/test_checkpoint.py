@@ -50,6 +50,13 @@ def test_a_checkpoint_without_its_config_is_named(run, shapes_root, run_cli):
         load_checkpoint(path)
 
 
+def test_resume_names_a_checkpoint_without_its_optimizer(run, shapes_root, run_cli):
+    path = _last(run)
+    _edit(path, lambda payload: payload.pop("optimizer"))
+    result = run_cli("train", "--out", run, "--resume", "--data", shapes_root)
+    _one_line(result, str(path), "lacks 'optimizer'", "which --resume needs")
+
+
 def test_head_shapes_that_differ_are_one_line_naming_the_first_key(run, shapes_root, run_cli):
     path = _last(run)
     _edit(path, lambda payload: payload["config"].update(num_classes=5))

@@ -46,15 +46,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return Path(path)
 
 
-#: What every checkpoint of a format holds, and of which type (a resume file of ``pretrain``
-#: adds ``optimizer`` and ``epoch``).
+#: What every checkpoint of a format holds, and of which type (those ``train`` writes add
+#: ``optimizer``, which ``--resume`` needs; a resume file of ``pretrain`` adds ``epoch`` too).
 _CONTENTS: dict[str, dict[str, type]] = {
-    DETECTOR_FORMAT: {
-        "config": dict, "train": dict, "data": dict, "model": dict, "optimizer": dict,
-        "iteration": int,
-    },
+    DETECTOR_FORMAT: {"config": dict, "train": dict, "data": dict, "model": dict, "iteration": int},
     CLASSIFIER_FORMAT: {"config": dict, "model": dict},
-}  # fmt: skip
+}
 
 
 def load_checkpoint(path: str | os.PathLike[str], expect: str = DETECTOR_FORMAT) -> dict:
@@ -64,13 +61,17 @@ def load_checkpoint(path: str | os.PathLike[str], expect: str = DETECTOR_FORMAT)
     if not isinstance(payload, dict) or payload.get("format") != expect:
         raise EigenarchError(f"{path}: not an {expect} checkpoint")
     for key, kind in _CONTENTS.get(expect, {}).items():
-        if not isinstance(payload.get(key), kind):
-            found = "lacks" if key not in payload else "has a malformed"
-            raise EigenarchError(
-                f"{path}: {found} {key!r} (expected a {kind.__name__}, as every {expect} "
-                "checkpoint holds; an edited or foreign file?)"
-            )
+        _require(payload, key, kind, path, f"as every {expect} checkpoint holds")
     return payload
+
+
+def _require(payload: dict, key: str, kind: type, path: object, why: str) -> None:
+    if not isinstance(payload.get(key), kind):
+        found = "lacks" if key not in payload else "has a malformed"
+        raise EigenarchError(
+            f"{path}: {found} {key!r} (expected a {kind.__name__}, {why}; an edited or "
+            "foreign file?)"
+        )
 
 
 def load_weights(model: nn.Module, state: Mapping[str, Any], source: object, what: str = "model"):
@@ -102,6 +103,7 @@ def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
         raise EigenarchError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
     path = found[-1][1]
     state = load_checkpoint(path)
+    _require(state, "optimizer", dict, path, "which --resume needs")
     load_weights(model, state["model"], path, "run's model")
     try:
         optimizer.load_state_dict(state["optimizer"])
