@@ -122,32 +122,65 @@ def build_backbone(spec: BackboneSpec, num_classes: int = 1000) -> nn.Module:
 
 
 def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[int]]:
-    """``(module names, channels)`` of the feature maps an FPN reads: a model's own
-    ``stage_names`` / ``stage_channels``, else the last module called at each of the last
-    ``levels`` strides of a 224-pixel forward (stride 4 and up)."""
+    """``(module names, channels)`` of the feature maps an FPN reads.
+
+    A model's own ``stage_names`` / ``stage_channels``; else, from a 224-pixel forward, for
+    each of the last ``levels`` strides (4 and up) the tensor that the first module leaving
+    that stride (a stage's strided block, or the classifier's pooling) reads, named by the
+    outermost module that returned it (``layer2``, ``features.6``, ``trunk_output.block3``).
+    """
     if hasattr(model, "stage_names"):
         return list(model.stage_names), list(model.stage_channels)
-    last: dict[int, tuple[str, int]] = {}
+    seen: list[torch.Tensor] = []  # keeps every tensor alive, so ids stay unique
+    producer: dict[int, str] = {}
+    calls: dict[str, list[tuple[int, object]]] = {}
+    leaving: dict[int, tuple[int, torch.Tensor]] = {}  # stride -> (entry, tensor read)
+    pooled: list = []  # [stride, entry, tensor read]
 
-    def hook(name):
-        def record(module, args, output):
-            if torch.is_tensor(output) and output.dim() == 4 and output.shape[-1] > 1:
-                stride = EXAMPLE_SIZE // output.shape[-1]
-                if stride >= 4:
-                    last.pop(stride, None)
-                    last[stride] = (name, output.shape[1])
+    def stride(t) -> int | None:  # a square (B, C, H, W) map; not a channels-last one
+        square = torch.is_tensor(t) and t.dim() == 4 and t.shape[-1] == t.shape[-2]
+        return EXAMPLE_SIZE // t.shape[-1] if square else None
 
-        return record
+    def pre(name):
+        def hook(module, args):
+            seen.append(args[0] if args else None)
+            calls.setdefault(name, []).append((len(seen), seen[-1]))
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+        return hook
+
+    def post(name):
+        def hook(module, args, output):
+            entry, x = calls[name].pop()
+            seen.append(output)
+            if torch.is_tensor(output):
+                producer[id(output)] = name
+            s_in, s_out = stride(x), stride(output)
+            if not s_in or not 4 <= s_in < EXAMPLE_SIZE or s_out == s_in:
+                return
+            if s_out is not None and s_in < s_out < EXAMPLE_SIZE:  # downsampling: the first
+                if s_in not in leaving or entry < leaving[s_in][0]:
+                    leaving[s_in] = (entry, x)
+            elif s_out is None or s_out == EXAMPLE_SIZE:  # pooled: the last (the classifier's)
+                if not pooled or entry > pooled[1]:
+                    pooled[:] = [s_in, entry, x]
+
+        return hook
+
+    handles = []
+    for name, m in model.named_modules():
+        if name:
+            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE))
     finally:
         for h in handles:
             h.remove()
-    chosen = [last[s] for s in sorted(last)][-levels:]
-    if len(chosen) < levels:
+    if pooled and pooled[0] > max(leaving, default=0):
+        leaving[pooled[0]] = (pooled[1], pooled[2])
+    chosen = [(producer.get(id(t)), t.shape[1]) for _, (_, t) in sorted(leaving.items())]
+    chosen = chosen[-levels:]
+    if len(chosen) < levels or any(name is None for name, _ in chosen):
         raise EigenarchError(f"{type(model).__name__}: fewer than {levels} feature levels")
     return [n for n, _ in chosen], [c for _, c in chosen]
 

@@ -1,0 +1,121 @@
+"""Any backbone by name: searched, written as a spec, rebuilt, and under a detector."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from eigenarch.models.backbones import (
+    backbone_graph,
+    build_backbone,
+    search_spec,
+    spec_cost,
+)
+from eigenarch.models.detector import backbone_spec, build_detector
+from eigenarch.widths import graph_cost, load_width_spec, save_width_spec, trace_model
+from eigenarch.widths.cost import tie_widths
+from eigenarch.widths.search import group_maps
+
+from ..widths.test_resize import LISTED
+
+
+def own_norm(name):
+    return None if name.startswith(("convnext", "detnet")) else "bn"
+
+
+def random_dims(graph, seed=0, prefix=""):
+    rng = random.Random(seed)
+    dims = {}
+    for units in group_maps(graph).units:
+        for producer, readers in units:
+            dims[f"{prefix}{producer}:out"] = rng.randint(1, 400)
+            for reader in readers:
+                dims[f"{prefix}{reader}:in"] = rng.randint(1, 400)
+    return dims
+
+
+@pytest.mark.parametrize("name", LISTED)
+def test_search_on_every_listed_backbone_fits_and_no_width_can_grow(name):
+    spec = backbone_spec(name, own_norm(name))
+    graph, ties = backbone_graph(spec) if hasattr(spec, "builder") else (None, None)
+    if graph is None:  # resnet50 is a ResiaNet: the nine-width case of the same search
+        from eigenarch.widths.cost import resnet_graph
+
+        graph, ties = resnet_graph(spec.depths)
+    q = math.lcm(8, *(t.divisor for t in ties))
+    dims = random_dims(graph, seed=len(name))
+    for metric, target in (("macs", "base"), ("params", 3_000_000)):
+        result, found = search_spec(spec, dims, target, metric, q, "in")
+        k = ("macs", "params").index(metric)
+        budget = result.target
+        assert (result.macs, result.params)[k] <= budget
+        assert (spec_cost(found).macs, spec_cost(found).params) == (result.macs, result.params)
+        assert all(w % q == 0 for w in result.widths)
+        for i in range(len(ties)):
+            grown = list(result.widths)
+            grown[i] += q
+            assert graph_cost(graph, tie_widths(graph, ties, grown))[k] > budget, ties[i].name
+        if target == "base":
+            assert budget == (result.base_macs, result.base_params)[k]
+
+
+def test_spec_file_rebuilds_the_searched_network(tmp_path):
+    spec = backbone_spec("mobilenet_v3_large", "bn")
+    graph, _ = backbone_graph(spec)
+    result, found = search_spec(spec, random_dims(graph), "base", "macs", 8, "in", {"x": 1})
+    path = save_width_spec(tmp_path / "mbv3.json", found, result.to_dict())
+    loaded = load_width_spec(path)
+    assert loaded == found and loaded.source == {"x": 1}
+    saved = json.loads(path.read_text())
+    assert saved["format"] == "eigenarch.backbone" and saved["macs"] == result.macs
+    model = build_backbone(loaded)
+    rebuilt = trace_model(model, torch.zeros(1, 3, 64, 64))
+    assert rebuilt.widths() == result.group_widths
+    assert graph_cost(trace_model(model, torch.zeros(1, 3, 224, 224)))[0] == result.macs
+
+
+def test_fpn_laterals_read_the_stage_they_are_wired_to():
+    spec = backbone_spec("regnet_y_400mf", "bn")
+    graph, ties = backbone_graph(spec)
+    dims = random_dims(graph, prefix="backbone.body.")
+    plain, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    dims["backbone.fpn.inner_blocks.2.0:in"] = 5000  # reads block3's output
+    dims["backbone.fpn.layer_blocks.0.0:in"] = 9000  # reads no backbone group
+    wired, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    changed = [t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b]
+    assert changed == ["trunk_output.block3.block3-0.proj.0"]
+    assert wired.intrinsic["trunk_output.block3.block3-5.f.c.0"] == 5000
+
+
+@pytest.mark.parametrize(
+    "name, norm, gn_groups",
+    [("mobilenet_v3_large", "gn", 8), ("convnext_tiny", None, 32), ("efficientnet_b0", "bn", 32),
+     ("resnet18", "gn", 32)],
+)  # fmt: skip
+def test_detector_on_a_builder_backbone_trains_a_step(name, norm, gn_groups):
+    torch.manual_seed(0)
+    model = build_detector(
+        "faster_rcnn", backbone_spec(name, norm, gn_groups), num_classes=3, min_size=96,
+        max_size=96, gn_groups=8, fpn_channels=32, head_channels=32, representation=64,
+    )  # fmt: skip
+    features = model.backbone(torch.zeros(1, 3, 96, 96))
+    assert list(features) == ["0", "1", "2", "3", "pool"]
+    assert [f.shape[-1] for f in features.values()] == [24, 12, 6, 3, 2]
+    target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}
+    losses = model.train()([torch.rand(3, 96, 96)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_detnet_detector_p6_feeds_the_rpn_only():
+    model = build_detector("faster_rcnn", backbone_spec("detnet59", "gn"), num_classes=3,
+                           min_size=64, max_size=64)  # fmt: skip
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert list(features) == ["0", "1", "2", "3", "4"]  # P2..P6, no max-pooled level
+    assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 4, 4]
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
+    assert len(model.rpn.anchor_generator.sizes) == 5
+    assert model.backbone.body.layer5[0].conv2.dilation == (2, 2)
