@@ -86,7 +86,9 @@ def test_fpn_laterals_read_the_stage_they_are_wired_to():
     dims["backbone.fpn.inner_blocks.2.0:in"] = 5000  # reads block3's output
     dims["backbone.fpn.layer_blocks.0.0:in"] = 9000  # reads no backbone group
     wired, _ = search_spec(spec, dims, "base", "macs", 8, "in")
-    changed = [t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b]
+    changed = [
+        t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b
+    ]
     assert changed == ["trunk_output.block3.block3-0.proj.0"]
     assert wired.intrinsic["trunk_output.block3.block3-5.f.c.0"] == 5000
 

@@ -232,3 +232,101 @@ def test_parse_threshold():
     for bad in ("0", "1", "2e0.5", "e", "1e-3.5.1", "-1e-3"):
         with pytest.raises(Exception, match="--threshold"):
             parse_threshold(bad)
+
+
+# ------------------------------------------------------------------ any backbone (issue 13)
+
+
+def test_count_model_json_matches_the_flop_counter(run_cli):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from eigenarch.models.backbones import classifier_by_name
+
+    for name in ("detnet59", "mobilenet_v3_large"):
+        r = run_cli("count", "--model", name, "--json")
+        assert r.code == 0, r.stderr
+        obj = json.loads(r.stdout)
+        model = classifier_by_name(name).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, 224, 224))
+        weights = sum(m.weight.numel() for m in model.modules()
+                      if isinstance(m, (nn.Conv2d, nn.Linear)))  # fmt: skip
+        assert (obj["macs"], obj["params"]) == (counter.get_total_flops() // 2, weights)
+    r = run_cli("count", "--model", "detnet59")
+    assert "5.000" in r.stdout and "18.319" in r.stdout and "layer5" in r.stdout
+
+
+def test_search_model_writes_a_spec_that_count_and_train_read(run_cli, tmp_path, shapes_root):
+    from eigenarch.models.backbones import backbone_graph
+    from eigenarch.models.detector import backbone_spec
+    from eigenarch.widths.search import group_maps
+
+    graph, _ = backbone_graph(backbone_spec("mobilenet_v3_large", "bn"))
+    dims = {}
+    for k, units in enumerate(group_maps(graph).units):
+        for producer, readers in units:
+            dims[f"{producer}:out"] = 5 + 7 * k
+            dims.update((f"{r}:in", 3 + 11 * k) for r in readers)
+    (tmp_path / "dims.json").write_text(json.dumps(dims))
+    out = tmp_path / "mbv3.json"
+    args = ["--model", "mobilenet_v3_large", "--target", "macs=base", "--multiple", "8"]
+    r = run_cli("search", "--dims", tmp_path / "dims.json", *args, "--norm", "bn", "--out", out)
+    assert r.code == 0, r.stderr
+    assert "features.{4..6}.block.0.0" in r.stdout and "total" in r.stdout
+    obj = json.loads(out.read_text())
+    assert obj["format"] == "eigenarch.backbone" and obj["builder"] == "mobilenet_v3_large"
+    assert obj["target"] == {"metric": "macs", "value": obj["base"]["macs"]}
+    assert obj["macs"] <= obj["base"]["macs"] and obj["norm"] == "bn"
+    r = run_cli("count", "--backbone", out, "--json")
+    assert r.code == 0, r.stderr
+    assert {k: json.loads(r.stdout)[k] for k in ("macs", "params")} == {
+        "macs": obj["macs"], "params": obj["params"]
+    }  # fmt: skip
+    run = tmp_path / "run"
+    r = run_cli("train", "--data", shapes_root, "--out", run, "--backbone", out, "--iters", "1",
+                "--batch-size", "1", "--fpn-channels", "32", "--head-channels", "32",
+                "--gn-groups", "8", "--representation", "64", "--min-size", "96",
+                "--max-size", "96", "--workers", "0", "--checkpoint-every", "1")  # fmt: skip
+    assert r.code == 0, r.stderr
+    from eigenarch.train.checkpoint import detector_from_checkpoint
+
+    model, payload = detector_from_checkpoint(run / "checkpoints" / "iter_0000001.pt")
+    assert payload["config"]["backbone"]["groups"] == obj["groups"]
+    conv = model.backbone.body.get_submodule("features.4.block.0.0")
+    assert conv.out_channels == obj["groups"]["features.4.block.0.0"]
+
+
+def test_search_from_a_real_spectra_file_of_a_non_resnet(run_cli, tmp_path):
+    from eigenarch.models.backbones import classifier_by_name
+    from eigenarch.spectrum import SpectrumCollector
+
+    torch.manual_seed(0)
+    model = classifier_by_name("regnet_x_400mf").eval()
+    with SpectrumCollector(model) as collector, torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(2, 3, 64, 64))
+    spectra = collector.spectra()
+    spectra.save(tmp_path / "s.safetensors")
+    out = tmp_path / "r.json"
+    args = ["--model", "regnet_x_400mf", "--target", "params=2M", "--multiple", "16", "--norm"]
+    r = run_cli("search", "--spectra", tmp_path / "s.safetensors", *args, "bn", "--out", out)
+    assert r.code == 0, r.stderr
+    obj = json.loads(out.read_text())
+    assert obj["params"] <= 2_000_000 and obj["source"]["model"] == "regnet_x_400mf"
+    layer = "trunk_output.block2.block2-0.f.a.0"
+    assert obj["intrinsic"][layer] == spectra.intrinsic_dim(
+        "trunk_output.block2.block2-0.f.b.0:in", 1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--model", "shufflenet_v2_x1_0"), "reorders or concatenates channels"),
+        (("--model", "vit_b_16"), "a builder name or an existing width-spec file"),
+        (("--model", "resnet18", "--widths", "1,2"), "drop --widths"),
+    ],
+)
+def test_count_model_errors(run_cli, args, message):
+    r = run_cli("count", *args)
+    assert r.code == 2 and message in r.stderr and "Traceback" not in r.stderr

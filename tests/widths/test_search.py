@@ -10,16 +10,15 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from eigenarch.errors import EigenarchError
 from eigenarch.widths import (
     RESNET50_WIDTHS,
     adjust_widths,
+    channel_groups,
     intrinsic_widths,
     resnet_cost,
-    channel_groups,
     search_widths,
 )
 from eigenarch.widths.search import expand_widths

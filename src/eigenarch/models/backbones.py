@@ -43,6 +43,22 @@ def backbone_names() -> list[str]:
     return ["detnet59", *sorted(n for n in names if n.startswith(FAMILIES))]
 
 
+def check_backbone_name(name: str) -> str:
+    """``name`` if it is one of :func:`backbone_names`, else a one-line error saying why."""
+    if name.startswith(REFUSED):
+        raise EigenarchError(
+            f"backbone {name!r}: its forward reorders or concatenates channels, so its widths "
+            "cannot be resized by channel group"
+        )
+    if name not in backbone_names():
+        raise EigenarchError(
+            f"backbone {name!r}: not 'resnet50', nine comma-separated widths, a builder name "
+            "or an existing width-spec file; builders: detnet59 or a torchvision CNN classifier "
+            "such as resnet18, mobilenet_v3_large, regnet_y_400mf, efficientnet_b0, convnext_tiny"
+        )
+    return name
+
+
 def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:
     if name.startswith("convnext") and norm is not None:
         raise EigenarchError(f"{name} normalises with LayerNorm; --norm {norm} does not apply")
@@ -75,19 +91,9 @@ def classifier_by_name(
     """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``,
     ``"bn"``, ``"frozen_bn"`` or ``None``: the builder's own (torchvision's BatchNorm,
     ConvNeXt's LayerNorm, DetNet's GroupNorm)."""
+    check_backbone_name(name)
     if name == "detnet59":
         return detnet59(norm or "gn", gn_groups, num_classes)
-    if name.startswith(REFUSED):
-        raise EigenarchError(
-            f"backbone {name!r}: its forward reorders or concatenates channels, so its widths "
-            "cannot be resized by channel group"
-        )
-    if name not in backbone_names():
-        raise EigenarchError(
-            f"backbone {name!r}: not a builder name; expected detnet59 or a torchvision CNN "
-            "classifier such as resnet18, mobilenet_v3_large, regnet_y_400mf, efficientnet_b0, "
-            "convnext_tiny"
-        )
     try:
         return torchvision.models.get_model(
             name, weights=None, num_classes=num_classes, **_torchvision_norm(name, norm, gn_groups)
@@ -224,8 +230,8 @@ def _fpn_graph(spec: BackboneSpec) -> ModelGraph:
 
 def backbone_cost(spec: BackboneSpec) -> ModelCost:
     """MACs and params (SPEC section 4) of the spec's backbone, from its traced shapes."""
-    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
-    widths = check_group_widths(graph, spec.groups)
+    graph, _ = backbone_graph(BackboneSpec(spec.builder))  # norms cost nothing
+    widths = check_group_widths(graph, spec.groups, divisors=False)
     return graph_layer_costs(graph, [widths[g.name] for g in graph.groups])
 
 

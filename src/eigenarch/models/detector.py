@@ -26,7 +26,12 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import backbone_names, build_backbone, feature_body, feature_levels
+from eigenarch.models.backbones import (
+    build_backbone,
+    check_backbone_name,
+    feature_body,
+    feature_levels,
+)
 from eigenarch.models.resianet import norm_layer, resianet_from_spec
 from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
@@ -63,24 +68,19 @@ def backbone_spec(
         return WidthSpec(
             RESNET50_WIDTHS, tuple(depths), norm or "gn", gn_groups, {"name": "resnet50"}
         )
-    if text in backbone_names():
-        own = text.startswith("convnext")  # LayerNorm
-        return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
     if "," in text:
         try:
             widths = tuple(int(v) for v in text.split(","))
         except ValueError:
             raise EigenarchError(
-                f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers "
-                "or a width-spec JSON file"
+                f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers, a "
+                "builder name or a width-spec JSON file"
             ) from None
         return WidthSpec(widths, tuple(depths), norm or "gn", gn_groups, {"widths": text})
     if Path(text).is_file():
         return load_width_spec(text)
-    raise EigenarchError(
-        f"--backbone {text!r}: not 'resnet50', nine comma-separated widths, a builder name "
-        "(e.g. resnet18, mobilenet_v3_large, detnet59) or an existing width-spec file"
-    )
+    own = check_backbone_name(text).startswith("convnext")  # LayerNorm
+    return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
 
 
 def backbone_config(

@@ -201,7 +201,7 @@ def count(
             raise EigenarchError(
                 f"{chosen[0]} gives the widths; drop --widths/--depths/--multiplier"
             )
-        cost = spec_cost(backbone_spec(model or backbone))
+        cost = spec_cost(backbone_spec(model or backbone, norm="bn"))
         if as_json:
             typer.echo(json.dumps(_cost_json(cost, None)))
         else:

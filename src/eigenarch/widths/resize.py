@@ -21,7 +21,9 @@ from eigenarch.errors import EigenarchError
 from eigenarch.widths.graph import ModelGraph, _is_depthwise, trace_model
 
 
-def check_group_widths(graph: ModelGraph, widths: Mapping[str, int]) -> dict[str, int]:
+def check_group_widths(
+    graph: ModelGraph, widths: Mapping[str, int], divisors: bool = True
+) -> dict[str, int]:
     """Every group's new width (unnamed groups keep theirs), checked against its divisor."""
     known = {g.name for g in graph.groups}
     unknown = sorted(set(widths) - known)
@@ -37,7 +39,7 @@ def check_group_widths(graph: ModelGraph, widths: Mapping[str, int]) -> dict[str
             raise EigenarchError(
                 f"width of group {group.name!r}: {width!r} is not an integer in 1..{1 << 20}"
             )
-        if width % group.divisor:
+        if divisors and width % group.divisor:
             raise EigenarchError(
                 f"width {width} of group {group.name!r} is not a multiple of {group.divisor} "
                 "(the group width of its grouped convs, or its GroupNorm groups)"
