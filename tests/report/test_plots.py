@@ -129,7 +129,7 @@ def test_compare_figure_per_stage():
 def test_widths_figure_bars_proportional_to_channels():
     widths, depths = (32, 16, 64, 32, 128, 64, 256, 128, 512), (1, 2, 1, 1)
     layers = resnet_layers(widths, depths)
-    assert [name for name, _ in layers] == [
+    assert [name for name, _, _ in layers] == [
         "conv1",
         "layer1.0.conv1",
         "layer1.0.conv2",
@@ -147,13 +147,14 @@ def test_widths_figure_bars_proportional_to_channels():
         "layer4.0.conv2",
         "layer4.0.conv3",
     ]
-    assert [w for _, w in layers][:4] == [32, 16, 16, 64]
-    intrinsic = [(name, w / 2) for name, w in layers]
+    assert [w for _, w, _ in layers][:4] == [32, 16, 16, 64]
+    assert [k for _, _, k in layers][:3] == [7, 1, 3]
+    intrinsic = [(name, w / 2, k) for name, w, k in layers]
     fig = widths_figure([("base", layers), ("intrinsic", intrinsic)])
     colors = {to_hex(c) for c in KERNEL_COLORS.values()}
     for ax, expected in zip(fig.axes, (layers, intrinsic), strict=True):
         bars = [p for p in ax.patches if to_hex(p.get_facecolor()) in colors]
-        assert [b.get_width() for b in bars] == [w for _, w in expected]
+        assert [b.get_width() for b in bars] == [w for _, w, _ in expected]
         assert all(abs(b.get_x() + b.get_width() / 2) < 1e-9 for b in bars)  # centred
         kernels = [to_hex(b.get_facecolor()) for b in bars]
         assert kernels[:3] == [KERNEL_COLORS[7], KERNEL_COLORS[1], KERNEL_COLORS[3]]

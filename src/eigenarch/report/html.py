@@ -27,21 +27,31 @@ import numpy as np
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, atomic_write_text
+from eigenarch.models.backbones import backbone_graph, search_spec, spec_cost
 from eigenarch.progress import console
 from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
 from eigenarch.report.dynamics import RunDynamics, load_dynamics, run_config
 from eigenarch.report.plots import (
     compare_figure,
+    diagram_layers,
     dims_figure,
     eigenspectra_figure,
-    resnet_layers,
     save_figure,
     widths_figure,
 )
 from eigenarch.spectrum import Spectra
 from eigenarch.train import cli as train_cli
-from eigenarch.widths import WIDTH_NAMES, intrinsic_widths, resnet_cost, search_widths
-from eigenarch.widths.spec import read_json_object
+from eigenarch.widths import WIDTH_NAMES
+from eigenarch.widths.resize import check_group_widths
+from eigenarch.widths.spec import (
+    BACKBONE_FORMAT,
+    BackboneSpec,
+    WidthSpec,
+    backbone_spec_from_dict,
+    load_width_spec,
+    read_json_object,
+    save_width_spec,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
@@ -267,17 +277,56 @@ def _group_tables(page: Page, comparison: Comparison, ident: str, title: str) ->
         )
 
 
+def _width_columns(specs: Sequence[WidthSpec | BackboneSpec]) -> list[str]:
+    """A ResiaNet's nine width names as columns; any other backbone's widths in one."""
+    return list(WIDTH_NAMES) if all(isinstance(s, WidthSpec) for s in specs) else ["widths"]
+
+
 def _widths_row(
-    label: str, widths: Sequence[int], depths: Sequence[int], omega: float | None = None
+    label: str,
+    spec: WidthSpec | BackboneSpec,
+    widths: Sequence[int],
+    columns: Sequence[str],
+    omega: float | None = None,
 ) -> list[Any]:
-    cost = resnet_cost(widths, depths)
+    cost = spec_cost(spec)
+    shown = list(widths) if len(columns) > 1 else [",".join(map(str, widths))]
     return [
         label,
-        *widths,
+        *shown,
         f"{cost.macs / 1e9:.3f}",
         f"{cost.params / 1e6:.3f}",
         "" if omega is None else f"{omega:.4f}",
     ]
+
+
+def _tie_widths(spec: WidthSpec | BackboneSpec) -> list[int]:
+    """One width per searched width (tie) of a spec: a ResiaNet's nine, else per tie."""
+    if isinstance(spec, WidthSpec):
+        return list(spec.widths)
+    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    widths = check_group_widths(graph, spec.groups, divisors=False)
+    return [widths[graph.groups[t.groups[0]].name] for t in ties]
+
+
+def _intrinsic_layers(intrinsic: dict[str, float], base: list) -> list[tuple[str, float, int]]:
+    """The intrinsic widths of the base diagram's layers, in its order (0 where unmeasured)."""
+    return [(name, intrinsic.get(name, 0.0), kernel) for name, _, kernel in base]
+
+
+def _search_command(
+    spectra: Path, model: str | None, spec: WidthSpec | BackboneSpec, threshold: float,
+    target: str, side: str, multiple: int, out: str,
+) -> str:  # fmt: skip
+    args = ["eigenarch", "search", "--spectra", str(spectra), "--threshold", f"{threshold:g}",
+            "--target", target, "--side", side, "--multiple", str(multiple)]  # fmt: skip
+    if model is None:
+        args += ["--depths", ",".join(map(str, spec.depths))]
+    else:
+        args += ["--model", model]
+    if spec.norm is not None:
+        args += ["--norm", spec.norm]
+    return shlex.join([*args, "--gn-groups", str(spec.gn_groups), "--out", out])
 
 
 def _widths_section(
@@ -285,58 +334,43 @@ def _widths_section(
 ) -> None:
     dyn, key = run.dyn, _ident(run.label)
     page.heading(3, "Intrinsic Architecture Search")
-    backbone = dyn.backbone or {}
-    if "widths" not in backbone:
+    config = dyn.backbone or {}
+    if "widths" in config:
+        base = WidthSpec(**{k: config[k] for k in ("widths", "depths", "norm", "gn_groups")
+                            if k in config})  # fmt: skip
+        model = None
+    elif config.get("format") == BACKBONE_FORMAT:
+        base = backbone_spec_from_dict(config, f"{run.label} backbone")
+        model = base.builder
+        if base.groups:  # not the builder's own widths: the search reads them from a file
+            model = str(save_width_spec(page.out / f"{key}-base.json", base))
+    else:
         page.note(f"{run.label}: the backbone's widths are unknown; no search")
         return
-    base, depths = tuple(backbone["widths"]), tuple(backbone.get("depths", (3, 4, 6, 3)))
-    norm, groups = backbone.get("norm", "gn"), int(backbone.get("gn_groups", 32))
-    if norm == "gn" and multiple % groups:
-        page.note(f"--multiple {multiple} gives widths that {groups} GroupNorm groups cannot split")
-    base_cost = resnet_cost(base, depths)
+    if base.norm == "gn" and multiple % base.gn_groups:
+        page.note(f"--multiple {multiple} gives widths that {base.gn_groups} GroupNorm groups "
+                  "cannot split")  # fmt: skip
+    base_cost = spec_cost(base)
+    columns = _width_columns([base])
     dims = {n: run.final.intrinsic_dim(n, dyn.threshold) for n in run.final.names}
-    rows = [_widths_row("base", base, depths)]
-    diagrams = [("base", resnet_layers(base, depths))]
+    rows = [_widths_row("base", base, _tie_widths(base), columns)]
+    layers = diagram_layers(base_cost)
+    diagrams = [("base", layers)]
     found, commands = {}, []
     try:
-        intrinsic = intrinsic_widths(dims, side, depths)
-        diagrams.append(
-            ("intrinsic", [(k, v) for k, v in intrinsic.items() if "downsample" not in k])
-        )
         for metric in metrics:
             budget = base_cost.metric(metric)
-            result = search_widths(dims, budget, metric, multiple, side, depths)
-            found[metric] = result.to_dict() | {
-                "base": {"widths": list(base), "macs": base_cost.macs, "params": base_cost.params}
-            }
-            rows.append(
-                _widths_row(f"searched ({metric} of base)", result.widths, depths, result.omega)
-            )
-            diagrams.append((f"ResiaNet ({metric})", resnet_layers(result.widths, depths)))
-            found[metric]["command"] = shlex.join(
-                [
-                    "eigenarch",
-                    "search",
-                    "--spectra",
-                    str(dyn.spectra_path(dyn.iterations[-1])),
-                    "--threshold",
-                    f"{dyn.threshold:g}",
-                    "--target",
-                    f"{metric}={budget}",
-                    "--side",
-                    side,
-                    "--multiple",
-                    str(multiple),
-                    "--depths",
-                    ",".join(map(str, depths)),
-                    "--norm",
-                    norm,
-                    "--gn-groups",
-                    str(groups),
-                    "--out",
-                    f"{key}-{metric}.json",
-                ]
-            )
+            result, spec = search_spec(base, dims, budget, metric, multiple, side)
+            if not found:
+                diagrams.append(("intrinsic", _intrinsic_layers(result.intrinsic, layers)))
+            found[metric] = result.to_dict()
+            rows.append(_widths_row(f"searched ({metric} of base)", spec, result.widths,
+                                    columns, result.omega))  # fmt: skip
+            diagrams.append((f"searched ({metric})", diagram_layers(spec_cost(spec))))
+            found[metric]["command"] = _search_command(
+                dyn.spectra_path(dyn.iterations[-1]), model, base, dyn.threshold,
+                f"{metric}={budget}", side, multiple, f"{key}-{metric}.json",
+            )  # fmt: skip
             commands.append(found[metric]["command"])
     except EigenarchError as exc:
         page.note(f"{run.label}: search not possible from its final spectra: {exc}")
@@ -345,12 +379,12 @@ def _widths_section(
         or f"search: threshold {dyn.threshold:g}, side {side}, multiple {multiple}, "
         f"target = the base backbone's {' / '.join(metrics)}"
     )
+    what = "stem, bottleneck/output per stage" if len(columns) > 1 else "one per searched width"
     page.table(
         f"{key}-widths",
-        ["architecture", *WIDTH_NAMES, "MACs (G)", "params (M)", "omega"],
+        ["architecture", *columns, "MACs (G)", "params (M)", "omega"],
         rows,
-        f"{run.label}: widths (stem, bottleneck/output per stage) and cost at "
-        "224x224 (conv + fc weights)",
+        f"{run.label}: widths ({what}) and cost at 224x224 (conv + fc weights)",
     )
     page.figure(
         f"{key}-width-diagram",
@@ -365,37 +399,44 @@ def _widths_section(
 class _Spec:
     path: Path
     fields: dict[str, Any]
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
+    spec: WidthSpec | BackboneSpec
 
 
 def _read_spec(path: Path) -> _Spec:
-    """A width spec file (``widths``, optional ``depths``; search fields kept for display)."""
+    """A width spec file (search fields kept for display; a ResiaNet's norm is not checked,
+    as it costs nothing)."""
     fields = read_json_object(path, "width spec")
-    try:
-        widths, depths = tuple(fields["widths"]), tuple(fields.get("depths", (3, 4, 6, 3)))
-        resnet_cost(widths, depths)
-    except (KeyError, TypeError, EigenarchError) as exc:
-        raise EigenarchError(
-            f"width spec {path}: expected 'widths' of 9 integers ({exc})"
-        ) from None
-    return _Spec(path, fields, widths, depths)
+    if fields.get("format") == BACKBONE_FORMAT:
+        spec = backbone_spec_from_dict(fields, f"width spec {path}")
+    else:
+        try:
+            spec = WidthSpec(tuple(fields["widths"]), tuple(fields.get("depths", (3, 4, 6, 3))),
+                             "bn")  # fmt: skip
+        except (KeyError, TypeError, EigenarchError) as exc:
+            raise EigenarchError(
+                f"width spec {path}: expected 'widths' of 9 integers ({exc})"
+            ) from None
+    spec_cost(spec)  # widths that fit the backbone, checked before anything is written
+    return _Spec(path, fields, spec)
 
 
 def _spec_section(page: Page, specs: Sequence[_Spec]) -> None:
     page.heading(2, "Width specs", "width-specs")
     rows, diagrams = [], []
-    for spec in specs:
-        rows.append(_widths_row(spec.path.name, spec.widths, spec.depths, spec.fields.get("omega")))
-        intrinsic = spec.fields.get("intrinsic")
+    columns = _width_columns([s.spec for s in specs])
+    for item in specs:
+        widths = _tie_widths(item.spec)
+        rows.append(_widths_row(item.path.name, item.spec, widths, columns,
+                                item.fields.get("omega")))  # fmt: skip
+        layers = diagram_layers(spec_cost(item.spec))
+        intrinsic = item.fields.get("intrinsic")
         if isinstance(intrinsic, dict):
-            layers = [(k, v) for k, v in intrinsic.items() if "downsample" not in k]
-            diagrams.append((f"{spec.path.stem}: intrinsic", layers))
-        diagrams.append((spec.path.stem, resnet_layers(spec.widths, spec.depths)))
-        page.code(f"{spec.path}: " + json.dumps(spec.fields.get("source", {})))
+            diagrams.append((f"{item.path.stem}: intrinsic", _intrinsic_layers(intrinsic, layers)))
+        diagrams.append((item.path.stem, layers))
+        page.code(f"{item.path}: " + json.dumps(item.fields.get("source", {})))
     page.table(
         "width-specs-table",
-        ["spec", *WIDTH_NAMES, "MACs (G)", "params (M)", "omega"],
+        ["spec", *columns, "MACs (G)", "params (M)", "omega"],
         rows,
         "width specs given with --widths",
     )
@@ -404,7 +445,7 @@ def _spec_section(page: Page, specs: Sequence[_Spec]) -> None:
         widths_figure(diagrams),
         "width diagrams of the given specs (cf. paper Figure 2)",
     )
-    page.summary["width_specs"] = [str(spec.path) for spec in specs]
+    page.summary["width_specs"] = [str(item.path) for item in specs]
 
 
 def _comparison_section(

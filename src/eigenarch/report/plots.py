@@ -20,7 +20,7 @@ from matplotlib.patches import Patch, Rectangle
 from eigenarch.io import atomic_path
 from eigenarch.report.compare import Comparison, map_stage
 from eigenarch.report.dynamics import Event
-from eigenarch.widths import resnet_cost
+from eigenarch.widths import ModelCost, resnet_cost
 
 #: Colours of Figure 2: 7x7 purple, 1x1 green, 3x3 blue; bottleneck blocks grey.
 KERNEL_COLORS = {7: "#8d5fb3", 1: "#5aa55a", 3: "#4a7fc9"}
@@ -156,31 +156,40 @@ def compare_figure(
     return fig
 
 
-def resnet_layers(widths: Sequence[int], depths: Sequence[int]) -> list[tuple[str, int]]:
-    """``(layer, output width)`` of every conv on a ResNet's main path, stem first."""
+#: Module names of projection shortcuts (torchvision's ResNet / RegNet): not drawn, as in
+#: the paper's Figure 2, which shows the main path only.
+SHORTCUTS = ("downsample", "proj")
+
+
+def diagram_layers(cost: ModelCost) -> list[tuple[str, int, int]]:
+    """``(layer, output width, kernel)`` of every conv on a backbone's main path, stem
+    first: every conv / linear layer but the classifier (the last) and projection shortcuts."""
     return [
-        (layer.name, layer.out_channels)
-        for layer in resnet_cost(widths, depths).layers
-        if layer.name != "fc" and "downsample" not in layer.name
+        (layer.name, layer.out_channels, layer.kernel)
+        for layer in cost.layers[:-1]
+        if not any(part in SHORTCUTS for part in layer.name.split("."))
     ]
 
 
-def _kernel(layer: str) -> int:
-    return 7 if layer == "conv1" else 3 if layer.endswith("conv2") else 1
+def resnet_layers(widths: Sequence[int], depths: Sequence[int]) -> list[tuple[str, int, int]]:
+    """:func:`diagram_layers` of a ResNet of nine widths."""
+    return diagram_layers(resnet_cost(widths, depths))
 
 
-def widths_figure(architectures: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> Figure:
+def widths_figure(
+    architectures: Sequence[tuple[str, Sequence[tuple[str, float, int]]]],
+) -> Figure:
     """Figure 2: one panel per architecture, one bar per layer from the stem (bottom) up,
     bar width proportional to the layer's output width, coloured by kernel size, blocks
-    on grey. ``architectures`` is ``[(title, [(layer, width), ...]), ...]``."""
+    on grey. ``architectures`` is ``[(title, [(layer, width, kernel), ...]), ...]``."""
     layers = max((len(a[1]) for a in architectures), default=1)
-    widest = max((w for _, ls in architectures for _, w in ls), default=1)
+    widest = max((w for _, ls in architectures for _, w, _ in ls), default=1)
     fig = Figure(figsize=(2.6 * max(len(architectures), 1), 1.2 + 0.17 * layers))
     for k, (title, items) in enumerate(architectures):
         ax = fig.add_subplot(1, max(len(architectures), 1), k + 1)
         blocks: dict[str, list[int]] = {}
-        for y, (layer, _) in enumerate(items):
-            if layer.count(".") == 2:
+        for y, (layer, _, _) in enumerate(items):
+            if layer.count(".") >= 2:
                 blocks.setdefault(layer.rsplit(".", 1)[0], []).append(y)
         for rows in blocks.values():
             ax.add_patch(
@@ -192,8 +201,9 @@ def widths_figure(architectures: Sequence[tuple[str, Sequence[tuple[str, float]]
                     lw=0,
                 )
             )
-        for y, (layer, width) in enumerate(items):
-            ax.barh(y, width, left=-width / 2, height=0.72, color=KERNEL_COLORS[_kernel(layer)])
+        for y, (_, width, kernel) in enumerate(items):
+            color = KERNEL_COLORS.get(kernel, KERNEL_COLORS[3])
+            ax.barh(y, width, left=-width / 2, height=0.72, color=color)
             ax.text(0.57 * widest, y, f"{width:.0f}", va="center", fontsize=5)
         ax.set_xlim(-0.6 * widest, 0.75 * widest)
         ax.set_ylim(-0.8, layers - 0.2)
@@ -206,8 +216,8 @@ def widths_figure(architectures: Sequence[tuple[str, Sequence[tuple[str, float]]
         handles=[
             Patch(color=KERNEL_COLORS[7], label="7x7 conv"),
             Patch(color=KERNEL_COLORS[1], label="1x1 conv"),
-            Patch(color=KERNEL_COLORS[3], label="3x3 conv"),
-            Patch(color=BLOCK_COLOR, label="bottleneck block"),
+            Patch(color=KERNEL_COLORS[3], label="3x3 (or other) conv"),
+            Patch(color=BLOCK_COLOR, label="block"),
         ],
         loc="lower center",
         ncol=4,
