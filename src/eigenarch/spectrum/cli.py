@@ -18,6 +18,7 @@ from eigenarch.distributed import init_distributed, local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
 from eigenarch.io import load_torch, output_file
+from eigenarch.models.backbones import classifier_by_name
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SIDES, SpectrumCollector
 from eigenarch.spectrum.spectra import Spectra
@@ -88,13 +89,16 @@ def _torchvision_model(
         return torchvision.models.get_model(
             name, weights=None, weights_backbone=None, num_classes=classes or num_classes, **resize
         )
-    if name in torchvision.models.list_models(module=torchvision.models):
+    classifiers = torchvision.models.list_models(module=torchvision.models)
+    if name in classifiers or name == "detnet59":
         if resize:
             raise EigenarchError(f"--min-size: detectors only, not the classifier {name}")
+        if name == "detnet59":  # eigenarch's own builder (DetNet-59, GroupNorm)
+            return classifier_by_name(name, num_classes=classes or 1000)
         extra = {"num_classes": classes} if classes else {}
         return torchvision.models.get_model(name, weights=None, **extra)
     raise EigenarchError(
-        f"--model {name!r}: not a file, nor a torchvision detector or classifier "
+        f"--model {name!r}: not a file, nor a torchvision detector or classifier, nor detnet59 "
         "(e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, resnet50)"
     )
 
