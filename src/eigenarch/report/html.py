@@ -48,7 +48,6 @@ from eigenarch.widths.spec import (
     BackboneSpec,
     WidthSpec,
     backbone_spec_from_dict,
-    load_width_spec,
     read_json_object,
     save_width_spec,
 )
