@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch.distributed as dist
 
@@ -40,3 +46,27 @@ def test_command_line_mistakes_give_one_line(run_cli, args, message):
     result = run_cli(*args)
     assert result.code == 2 and result.stderr.startswith("error:"), result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(run_cli, monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("eigenarch.data.cli.generate_shapes", interrupted)
+    result = run_cli("data", "shapes", "--out", tmp_path / "d")
+    assert result.code == 130 and result.stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def test_sigint_to_a_command_with_worker_processes_prints_interrupted(tmp_path):
+    # As Ctrl-C in a terminal does: SIGINT to the command's whole process group.
+    out = tmp_path / "big"
+    command = [sys.executable, "-m", "eigenarch", "data", "shapes", "--out", str(out),
+               "--train", "100000", "--val", "1", "--size", "64", "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any((out / "train").glob("*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)  # not after every queued job has run
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr

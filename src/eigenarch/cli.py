@@ -24,6 +24,9 @@ from eigenarch.spectrum import cli as spectrum_cli
 from eigenarch.train import cli as train_cli
 from eigenarch.widths import cli as widths_cli
 
+#: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
+INTERRUPTED = 130
+
 app = typer.Typer(
     name="eigenarch",
     help="Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors.",
@@ -44,7 +47,8 @@ widths_cli.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a user error (ours or a bad command line) prints ``error: <message>`` on
-    one line and exits 2; a clean finish leaves the ``torch.distributed`` group, if any."""
+    one line and exits 2; Ctrl-C prints ``interrupted`` and exits 130; a clean finish leaves
+    the ``torch.distributed`` group, if any."""
     try:
         code = typer.main.get_command(app).main(
             args=argv, prog_name="eigenarch", standalone_mode=False
@@ -57,10 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         context = getattr(exc, "ctx", None)
         path = context.command_path if context is not None else "eigenarch"
         _fail(f"{path}: {exc.format_message()} (see {path} --help)")
-    except typer.Abort:  # end of input at a prompt (Ctrl-C returns 130 as ``code``)
+    except typer.Abort:  # end of input at a prompt (Ctrl-C returns INTERRUPTED as ``code``)
         console.print("aborted", highlight=False)
         sys.exit(1)
-    if isinstance(code, int) and code != 0:  # typer's Exit(code), e.g. 130 after Ctrl-C
+    if code == INTERRUPTED:  # typer's answer to Ctrl-C / SIGINT (a KeyboardInterrupt)
+        console.print("interrupted", highlight=False)
+    if isinstance(code, int) and code != 0:  # typer's Exit(code)
         sys.exit(code)
     shutdown_distributed()  # a clean finish: under torchrun, every rank gets here
     sys.exit(0)

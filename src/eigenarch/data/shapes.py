@@ -324,8 +324,11 @@ def _map_jobs(function, jobs: list, workers: int) -> Iterator:
     if workers <= 1:
         yield from map(function, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         yield from pool.map(function, jobs, chunksize=16)
+    finally:  # on Ctrl-C or an error, drop the jobs not started rather than run them all
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_workers() -> int:
