@@ -8,7 +8,10 @@ from functools import partial
 import pytest
 
 import eigenarch.demo as demo_module
-from eigenarch.demo import STEPS, run_demo, run_parallel, table1, train_runs
+from eigenarch.demo import BASE_WIDTHS, STEPS, base_spec, run_demo, run_parallel, table1, train_runs
+from eigenarch.errors import EigenarchError
+from eigenarch.models.backbones import spec_cost
+from eigenarch.widths import resnet_cost
 
 
 def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
@@ -25,6 +28,39 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     stamp = (tmp_path / "report" / "report.html").stat().st_mtime_ns
     assert run_demo(tmp_path, quick=True, scale=0.05) == state
     assert (tmp_path / "report" / "report.html").stat().st_mtime_ns == stamp
+    # A search's base is the network it searched on, not ResNet-50.
+    searched = json.loads((tmp_path / "search" / "resianet-s-macs.json").read_text())
+    base = resnet_cost(BASE_WIDTHS)
+    assert searched["base"] == {"widths": list(BASE_WIDTHS), "macs": base.macs,
+                                "params": base.params}  # fmt: skip
+    assert searched["target"] == {"metric": "macs", "value": base.macs}
+
+
+def test_detnet_demo_gives_detianets(tmp_path, run_cli):
+    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--backbone",
+                     "detnet59")  # fmt: skip
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "state.json").read_text())["steps"]["report"]["outputs"]
+    labels = [row["backbone"] for row in report["table1"]]
+    assert labels[:4] == ["base", "DetiaNet S (MACs)", "DetiaNet I (MACs)", "DetiaNet I (params)"]
+    base = base_spec("detnet59")
+    assert report["table1"][0]["macs"] == spec_cost(base).macs
+    searched = json.loads((tmp_path / "search" / "detianet-s-macs.json").read_text())
+    assert searched["builder"] == "detnet59" and searched["source"]["threshold"] == 10**-3.5
+    assert searched["base"]["macs"] == spec_cost(base).macs >= searched["macs"]
+    assert "DetiaNet I2-59" in " ".join(report["findings"])
+
+
+def test_an_earlier_demo_of_other_settings_is_kept_unless_forced(tmp_path, monkeypatch):
+    steps = [("a", "a", lambda d, s: {"n": 1})]
+    monkeypatch.setattr(demo_module, "STEPS", steps)
+    run_demo(tmp_path, quick=True)
+    (tmp_path / "mine.txt").write_text("a user's file")
+    with pytest.raises(EigenarchError, match=r"holds a demo with other settings .* --force"):
+        run_demo(tmp_path, quick=False)
+    assert (tmp_path / "mine.txt").is_file() and (tmp_path / "state.json").is_file()
+    run_demo(tmp_path, quick=False, force=True)
+    assert not (tmp_path / "mine.txt").exists()
 
 
 def test_force_redoes_every_step(tmp_path, monkeypatch):

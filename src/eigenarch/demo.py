@@ -2,8 +2,9 @@
 
 Steps: data -> pre-training (the "I" start) -> detector training from that start (I) and
 from scratch (S) -> eigenspectrum dynamics and the I-vs-S comparison -> Intrinsic
-Architecture Search (ResiaNet S (MACs), I (MACs), I (params)) and the uniform-multiplier
-baseline -> retraining of every searched backbone -> the report. Each step records its
+Architecture Search (ResiaNet -- or, with ``--backbone detnet59``, DetiaNet -- S (MACs),
+I (MACs), I (params)) and the uniform-multiplier baseline -> retraining of every searched
+backbone -> the report. Each step records its
 outputs in ``state.json``; re-running skips finished steps and resumes an interrupted
 training run from its last checkpoint (``--force`` redoes everything).
 """
@@ -33,6 +34,13 @@ from eigenarch.data.shapes import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
+from eigenarch.models.backbones import (
+    backbone_graph,
+    scaled_spec,
+    search_spec,
+    spec_cost,
+    spec_widths,
+)
 from eigenarch.progress import console, progress_bar
 from eigenarch.report.compare import compare_spectra, final_spectra
 from eigenarch.report.dynamics import compute_dynamics, spectra_file
@@ -41,14 +49,44 @@ from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import list_checkpoints
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier, resume_path
-from eigenarch.widths.cost import DEFAULT_DEPTHS, resnet_cost, uniform_widths
-from eigenarch.widths.search import search_widths
-from eigenarch.widths.spec import WidthSpec, save_width_spec
+from eigenarch.widths.cost import DEFAULT_DEPTHS
+from eigenarch.widths.spec import BackboneSpec, WidthSpec, load_width_spec, save_width_spec
 
-#: The base network: ResNet-50's depths at a quarter of its widths.
+#: The ResNet base network: ResNet-50's depths at a quarter of its widths.
 BASE_WIDTHS = (16, 16, 64, 32, 128, 64, 256, 128, 512)
 GN_GROUPS = 8
 MULTIPLE = 8  # searched widths are multiples of the GroupNorm groups
+#: ``--backbone``: the searched networks' name (the paper's), the eigenvalue threshold of
+#: the search (paper Table 1: 10^-3 for ResNet-50, 10^-3.5 for DetNet) and what the paper
+#: found for them (sections 4.4 and 4.5).
+BACKBONES = {
+    "resnet50": (
+        "ResiaNet",
+        1e-3,
+        "The paper reports ResiaNets matching or beating ResNet-50 at equal MACs with fewer "
+        "parameters, and beating a uniform width multiplier of equal size",
+    ),
+    "detnet59": (
+        "DetiaNet",
+        10**-3.5,
+        "The paper reports DetiaNet I2-59 (MACs) reaching DetNet-59's AP (36.2) with about 5% "
+        "fewer parameters (17.4+ M vs 18.3+ M)",
+    ),
+}
+
+
+def base_spec(backbone: str) -> WidthSpec | BackboneSpec:
+    """The demo's base network: ``backbone`` (``resnet50`` or ``detnet59``) at a quarter of
+    its widths, GroupNorm of 8 groups."""
+    if backbone == "resnet50":
+        return WidthSpec(BASE_WIDTHS, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": "base"})
+    if backbone not in BACKBONES:
+        raise EigenarchError(f"--backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    graph, _ = backbone_graph(BackboneSpec(backbone, {}, "bn"))
+    quarter = {g.name: g.width // 4 for g in graph.groups}
+    return BackboneSpec(backbone, quarter, "gn", GN_GROUPS, {"demo": "base"})
+
+
 DETECTOR = dict(
     gn_groups=GN_GROUPS,
     fpn_channels=64,
@@ -123,6 +161,17 @@ class Demo:
     seed: int = 0
     device: str = "cpu"
     jobs: int = 1  # trainings run at once
+    backbone: str = "resnet50"
+
+    @property
+    def base(self) -> WidthSpec | BackboneSpec:
+        return base_spec(self.backbone)
+
+    @property
+    def base_config(self) -> str | dict:
+        """The base network as ``--backbone`` takes it."""
+        base = self.base
+        return _widths(base.widths) if isinstance(base, WidthSpec) else base.to_dict()
 
     @property
     def data(self) -> Path:
@@ -153,7 +202,7 @@ def _step_pretrain(demo: Demo) -> dict:
     cfg = PretrainConfig(
         data=str(demo.out / "shapes-cls"),
         out=str(out),
-        backbone=_widths(BASE_WIDTHS),
+        backbone=demo.base_config,
         gn_groups=GN_GROUPS,
         epochs=sizes.pretrain_epochs,
         **PRETRAIN,
@@ -167,7 +216,7 @@ def _step_pretrain(demo: Demo) -> dict:
 
 
 def _train_config(
-    demo: Demo, name: str, backbone: str, init: str = "scratch", seed: int = 0
+    demo: Demo, name: str, backbone: str | dict, init: str = "scratch", seed: int = 0
 ) -> TrainConfig:
     sizes = demo.sizes
     return TrainConfig(
@@ -262,7 +311,7 @@ def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict
 
 
 def _step_train(demo: Demo) -> dict:
-    base = _widths(BASE_WIDTHS)
+    base = demo.base_config
     configs = {
         "I": _train_config(demo, "I", base, init=str(demo.out / "pretrain.pt"), seed=demo.seed),
         "S": _train_config(demo, "S", base, seed=demo.seed),
@@ -303,37 +352,39 @@ def _step_analyse(demo: Demo) -> dict:
 
 def _dims(demo: Demo, name: str) -> dict[str, int]:
     spectra = Spectra.load(final_spectra(demo.run(name)))
-    return {n: spectra.intrinsic_dim(n) for n in spectra.names}
+    threshold = BACKBONES[demo.backbone][1]
+    return {n: spectra.intrinsic_dim(n, threshold) for n in spectra.names}
 
 
 def _step_search(demo: Demo) -> dict:
-    base = resnet_cost(BASE_WIDTHS, DEFAULT_DEPTHS)
+    base, (family, threshold, _) = demo.base, BACKBONES[demo.backbone]
+    base_cost = spec_cost(base)
     wanted = {
-        "ResiaNet S (MACs)": ("S", "macs"),
-        "ResiaNet I (MACs)": ("I", "macs"),
-        "ResiaNet I (params)": ("I", "params"),
+        f"{family} S (MACs)": ("S", "macs"),
+        f"{family} I (MACs)": ("I", "macs"),
+        f"{family} I (params)": ("I", "params"),
     }
     specs = {}
     for label, (run, metric) in wanted.items():
-        result = search_widths(_dims(demo, run), base.metric(metric), metric, MULTIPLE)
+        budget = base_cost.metric(metric)
         source = {
             "demo": label,
             "spectra": str(final_spectra(demo.run(run))),
-            "target": f"{metric}={base.metric(metric)} (the base network's)",
+            "threshold": threshold,
+            "target": f"{metric}={budget} (the base network's)",
         }
-        spec = WidthSpec(result.widths, DEFAULT_DEPTHS, "gn", GN_GROUPS, source)
+        result, spec = search_spec(base, _dims(demo, run), budget, metric, MULTIPLE, "in", source)
         path = demo.out / "search" / f"{_slug(label)}.json"
         save_width_spec(path, spec, result.to_dict())
         specs[label] = str(path)
-    # The simple width multiplier with about ResiaNet S's parameter reduction.
-    target = resnet_cost(json.loads(Path(specs["ResiaNet S (MACs)"]).read_text())["widths"]).params
+    # The simple width multiplier with about the S (MACs) network's parameter reduction.
+    target = json.loads(Path(specs[f"{family} S (MACs)"]).read_text())["params"]
     multiplier = min(
         (m / 100 for m in range(10, 201)),
-        key=lambda m: abs(resnet_cost(uniform_widths(m, BASE_WIDTHS, MULTIPLE)).params - target),
+        key=lambda m: abs(spec_cost(scaled_spec(base, m, MULTIPLE)).params - target),
     )
-    widths = uniform_widths(multiplier, BASE_WIDTHS, MULTIPLE)
     label = f"uniform x{multiplier:.2f}"
-    spec = WidthSpec(widths, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": label})
+    spec = scaled_spec(base, multiplier, MULTIPLE, {"demo": label})
     path = demo.out / "search" / "uniform.json"
     save_width_spec(path, spec, {"multiplier": multiplier})
     specs[label] = str(path)
@@ -345,7 +396,7 @@ def _step_retrain(demo: Demo, specs: dict[str, str]) -> dict:
     for k in range(demo.sizes.seeds):
         seed = demo.seed + k
         suffix = "" if k == 0 else f"-seed{seed}"
-        for label, backbone in [("base", _widths(BASE_WIDTHS)), *specs.items()]:
+        for label, backbone in [("base", demo.base_config), *specs.items()]:
             name = ("S" if label == "base" else _slug(label)) + suffix
             configs[name] = _train_config(demo, name, backbone, seed=seed)
             rows[label].append(name)
@@ -353,17 +404,23 @@ def _step_retrain(demo: Demo, specs: dict[str, str]) -> dict:
     return {"metrics": {label: [metrics[name] for name in names] for label, names in rows.items()}}
 
 
-def table1(specs: dict[str, str], metrics: dict[str, list[dict]]) -> list[dict]:
-    """The paper's Table 1 in miniature: cost and AP (mean, std over seeds) per backbone."""
+def table1(
+    specs: dict[str, str],
+    metrics: dict[str, list[dict]],
+    base: WidthSpec | BackboneSpec | None = None,
+) -> list[dict]:
+    """The paper's Table 1 in miniature: cost and AP (mean, std over seeds) per backbone
+    (``base``: the demo's base network, default the ResNet one)."""
     rows = []
     for label, runs in metrics.items():
-        widths = (
-            BASE_WIDTHS if label == "base" else json.loads(Path(specs[label]).read_text())["widths"]
-        )
-        cost = resnet_cost(widths)
+        if label == "base":
+            spec = base or base_spec("resnet50")
+        else:
+            spec = load_width_spec(specs[label])
+        cost = spec_cost(spec)
         row = {
             "backbone": label,
-            "widths": list(widths),
+            "widths": spec_widths(spec),
             "macs": cost.macs,
             "params": cost.params,
             "seeds": len(runs),
@@ -377,7 +434,7 @@ def table1(specs: dict[str, str], metrics: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def findings(table: list[dict], analysis: dict) -> list[str]:
+def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> list[str]:
     """Plain-language statements made from the measured numbers."""
     base = next(r for r in table if r["backbone"] == "base")
     lines = []
@@ -393,9 +450,8 @@ def findings(table: list[dict], analysis: dict) -> list[str]:
             f"({change:+.1f}): it {verdict} the base here."
         )
     lines.append(
-        "The paper reports ResiaNets matching or beating ResNet-50 at equal MACs with fewer "
-        "parameters, and beating a uniform width multiplier of equal size; numbers this small "
-        "(short CPU schedules) are noisy, so read the rows above with their seeds."
+        f"{BACKBONES[backbone][2]}; numbers this small (short CPU schedules) are noisy, so read "
+        "the rows above with their seeds."
     )
     ratios = analysis["part_ratio_I_over_S"]
     backbone = ratios.get("backbone")
@@ -414,8 +470,8 @@ def findings(table: list[dict], analysis: dict) -> list[str]:
 
 
 def _step_report(demo: Demo, specs: dict[str, str], retrain: dict, analysis: dict) -> dict:
-    table = table1(specs, retrain["metrics"])
-    text = findings(table, analysis)
+    table = table1(specs, retrain["metrics"], demo.base)
+    text = findings(table, analysis, demo.backbone)
     path = write_report(
         [demo.run("I"), demo.run("S")],
         demo.out / "report",
@@ -481,18 +537,24 @@ def run_demo(
     force: bool = False,
     device: str = "cpu",
     jobs: int | None = None,
+    backbone: str = "resnet50",
 ) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step).
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
+    ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows) or ``detnet59``
+    (DetiaNets, its DetNet rows). An ``out`` holding a demo of other settings is refused
+    unless ``force`` (which deletes that demo first).
     """
     out = Path(out)
     if jobs is None:
         jobs = torch.get_num_threads() if device == "cpu" else 1
     if jobs < 1:
         raise EigenarchError(f"--jobs {jobs}: expected a positive integer")
-    demo = Demo(out, DemoSizes.make(quick, scale), seed, device, jobs)
+    base_spec(backbone)  # an unknown backbone fails before anything is written
+    demo = Demo(out, DemoSizes.make(quick, scale), seed, device, jobs, backbone)
     settings = {
+        "backbone": backbone,
         "quick": quick,
         "scale": scale,
         "seed": seed,
@@ -503,9 +565,14 @@ def run_demo(
     settings = json.loads(json.dumps(settings))  # as state.json holds them
     state_file = out / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state and state.get("settings") != settings and not force:
+        raise EigenarchError(
+            f"{out} holds a demo with other settings ({state_file}); use another --out, or "
+            "--force to delete it and start over"
+        )
     if force or state.get("settings") != settings:
         if out.is_dir() and state_file.is_file():
-            shutil.rmtree(out)  # only a folder the demo made itself
+            shutil.rmtree(out)  # only a folder the demo made itself, and only when asked
         state = {"settings": settings, "steps": {}}
     for number, (name, description, step) in enumerate(STEPS, start=1):
         label = f"[{number}/{len(STEPS)}] {description}"
@@ -527,13 +594,22 @@ def demo(
     scale: float = typer.Option(1.0, help="Multiply data sizes and iterations (e.g. 10 on a GPU)."),
     seed: int = typer.Option(0, help="Random seed (seeds seed..seed+scale-1 when scale >= 2)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    force: bool = typer.Option(False, help="Delete the folder's earlier demo and start over."),
+    force: bool = typer.Option(
+        False,
+        help="Delete the folder's earlier demo and start over (also needed when its "
+        "settings differ).",
+    ),
     jobs: int | None = typer.Option(
         None, help="Trainings run at once (default: one per CPU core, one on a GPU)."
     ),
+    backbone: str = typer.Option(
+        "resnet50",
+        help="resnet50: Table 1's ResNet rows (ResiaNets); detnet59: its DetNet rows "
+        "(DetiaNets, searched at threshold 10^-3.5).",
+    ),
 ) -> None:
     """Run the paper's pipeline end to end on the embedded shapes data set (resumable)."""
-    state = run_demo(out, quick, scale, seed, force, device, jobs)
+    state = run_demo(out, quick, scale, seed, force, device, jobs, backbone)
     total = sum(step["seconds"] for step in state["steps"].values())
     report = state["steps"]["report"]["outputs"]
     for line in report["findings"]:

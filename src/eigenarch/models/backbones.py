@@ -22,7 +22,13 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detnet import detnet59
 from eigenarch.models.resianet import norm_layer
-from eigenarch.widths.cost import ModelCost, graph_layer_costs, resnet_cost
+from eigenarch.widths.cost import (
+    ModelCost,
+    graph_layer_costs,
+    resnet_cost,
+    round_width,
+    uniform_widths,
+)
 from eigenarch.widths.graph import ModelGraph, trace_model
 from eigenarch.widths.resize import check_group_widths, resize
 from eigenarch.widths.search import WidthSearchResult, named_target, search_graph, search_widths
@@ -128,15 +134,15 @@ def build_backbone(spec: BackboneSpec, num_classes: int = 1000) -> nn.Module:
 
 
 def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[int]]:
-    """``(module names, channels)`` of the feature maps an FPN reads.
+    """``(module names, channels)`` of the feature maps an FPN reads, from a 224-pixel
+    forward (channels as they are, after any resizing).
 
-    A model's own ``stage_names`` / ``stage_channels``; else, from a 224-pixel forward, for
-    each of the last ``levels`` strides (4 and up) the tensor that the first module leaving
-    that stride (a stage's strided block, or the classifier's pooling) reads, named by the
-    outermost module that returned it (``layer2``, ``features.6``, ``trunk_output.block3``).
+    A model's own ``stage_names``; else, for each of the last ``levels`` strides (4 and up)
+    the tensor that the first module leaving that stride (a stage's strided block, or the
+    classifier's pooling) reads, named by the outermost module that returned it
+    (``layer2``, ``features.6``, ``trunk_output.block3``).
     """
-    if hasattr(model, "stage_names"):
-        return list(model.stage_names), list(model.stage_channels)
+    channels: dict[str, int] = {}
     seen: list[torch.Tensor] = []  # keeps every tensor alive, so ids stay unique
     producer: dict[int, str] = {}
     calls: dict[str, list[tuple[int, object]]] = {}
@@ -160,6 +166,7 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
             seen.append(output)
             if torch.is_tensor(output):
                 producer[id(output)] = name
+                channels[name] = output.shape[1] if output.dim() > 1 else 0
             s_in, s_out = stride(x), stride(output)
             if not s_in or not 4 <= s_in < EXAMPLE_SIZE or s_out == s_in:
                 return
@@ -182,6 +189,8 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     finally:
         for h in handles:
             h.remove()
+    if hasattr(model, "stage_names"):
+        return list(model.stage_names), [channels[n] for n in model.stage_names]
     if pooled and pooled[0] > max(leaving, default=0):
         leaving[pooled[0]] = (pooled[1], pooled[2])
     chosen = [(producer.get(id(t)), t.shape[1]) for _, (_, t) in sorted(leaving.items())]
@@ -260,3 +269,26 @@ def spec_cost(spec: WidthSpec | BackboneSpec) -> ModelCost:
     if isinstance(spec, WidthSpec):
         return resnet_cost(spec.widths, spec.depths)
     return backbone_cost(spec)
+
+
+def spec_widths(spec: WidthSpec | BackboneSpec) -> list[int]:
+    """One width per searched width (tie) of a spec: a ResiaNet's nine, else per tie."""
+    if isinstance(spec, WidthSpec):
+        return list(spec.widths)
+    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    widths = check_group_widths(graph, spec.groups, divisors=False)
+    return [widths[graph.groups[t.groups[0]].name] for t in ties]
+
+
+def scaled_spec(
+    spec: WidthSpec | BackboneSpec, multiplier: float, multiple: int, source: Mapping | None = None
+) -> WidthSpec | BackboneSpec:
+    """The simple width-multiplier baseline: every width ``R(multiplier * w)`` (SPEC 6)."""
+    source = dict(source or {})
+    if isinstance(spec, WidthSpec):
+        widths = uniform_widths(multiplier, spec.widths, multiple)
+        return WidthSpec(widths, spec.depths, spec.norm, spec.gn_groups, source)
+    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    widths = check_group_widths(graph, spec.groups, divisors=False)
+    scaled = {name: round_width(multiplier * w, multiple) for name, w in widths.items()}
+    return BackboneSpec(spec.builder, scaled, spec.norm, spec.gn_groups, source)

@@ -51,7 +51,8 @@ class DetNetBottleneck(tv_resnet.Bottleneck):
 class DetNet(nn.Module):
     """DetNet-59: ResNet-50 ``layer1..layer3`` + two dilated 1024-wide stages, pool, fc.
 
-    ``stage_channels`` holds the output widths of ``stage_names`` (an FPN's inputs).
+    ``stage_channels`` holds the output widths of ``stage_names`` as built (a resized copy
+    is measured instead: :func:`eigenarch.models.backbones.feature_levels`).
     """
 
     stage_names = ("layer1", "layer2", "layer3", "layer4", "layer5")

@@ -27,7 +27,7 @@ import numpy as np
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, atomic_write_text
-from eigenarch.models.backbones import backbone_graph, search_spec, spec_cost
+from eigenarch.models.backbones import search_spec, spec_cost, spec_widths
 from eigenarch.progress import console
 from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
 from eigenarch.report.dynamics import RunDynamics, load_dynamics, run_config
@@ -42,7 +42,6 @@ from eigenarch.report.plots import (
 from eigenarch.spectrum import Spectra
 from eigenarch.train import cli as train_cli
 from eigenarch.widths import WIDTH_NAMES
-from eigenarch.widths.resize import check_group_widths
 from eigenarch.widths.spec import (
     BACKBONE_FORMAT,
     BackboneSpec,
@@ -299,15 +298,6 @@ def _widths_row(
     ]
 
 
-def _tie_widths(spec: WidthSpec | BackboneSpec) -> list[int]:
-    """One width per searched width (tie) of a spec: a ResiaNet's nine, else per tie."""
-    if isinstance(spec, WidthSpec):
-        return list(spec.widths)
-    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
-    widths = check_group_widths(graph, spec.groups, divisors=False)
-    return [widths[graph.groups[t.groups[0]].name] for t in ties]
-
-
 def _intrinsic_layers(intrinsic: dict[str, float], base: list) -> list[tuple[str, float, int]]:
     """The intrinsic widths of the base diagram's layers, in its order (0 where unmeasured)."""
     return [(name, intrinsic.get(name, 0.0), kernel) for name, _, kernel in base]
@@ -352,7 +342,7 @@ def _widths_section(
     base_cost = spec_cost(base)
     columns = _width_columns([base])
     dims = {n: run.final.intrinsic_dim(n, dyn.threshold) for n in run.final.names}
-    rows = [_widths_row("base", base, _tie_widths(base), columns)]
+    rows = [_widths_row("base", base, spec_widths(base), columns)]
     layers = diagram_layers(base_cost)
     diagrams = [("base", layers)]
     found, commands = {}, []
@@ -424,7 +414,7 @@ def _spec_section(page: Page, specs: Sequence[_Spec]) -> None:
     rows, diagrams = [], []
     columns = _width_columns([s.spec for s in specs])
     for item in specs:
-        widths = _tie_widths(item.spec)
+        widths = spec_widths(item.spec)
         rows.append(_widths_row(item.path.name, item.spec, widths, columns,
                                 item.fields.get("omega")))  # fmt: skip
         layers = diagram_layers(spec_cost(item.spec))
