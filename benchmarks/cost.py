@@ -1,39 +1,47 @@
-"""Microseconds per ``resnet_cost`` call and per ``search_widths`` call.
+"""Cost calls and whole width searches, per backbone (issue 13: a search under 10 s).
 
-Run: ``.venv/bin/python benchmarks/cost.py`` (add ``--json`` for machine-readable output).
-The search runs on synthetic ResNet-50 dims (every map of a group jittered around a value)
-with a ResNet-50 MACs budget; the figure is the median of several repeats.
+Run: ``.venv/bin/python benchmarks/cost.py`` (``--json`` for machine-readable output,
+``--models a,b`` for a subset). For each backbone: the first trace (build the classifier,
+one hooked forward at 224 px, Torch-Pruning's dependency graph, ties), one cost call on the
+traced shapes, and a whole search from a cold start (trace + search) and warm (the trace
+cached, as the CLI's second search in a process) on synthetic dims (every map of a group
+jittered around a value), MACs budget = the backbone's own. Figures are medians of repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
+import time
 import timeit
 
-from eigenarch.widths import (
-    RESNET50_WIDTHS,
-    adjust_widths,
-    intrinsic_widths,
-    resnet_cost,
-    search_widths,
-    width_groups,
-)
-from eigenarch.widths.search import expand_widths
+import torch
+
+from eigenarch.models.backbones import classifier_by_name, search_spec
+from eigenarch.models.detector import backbone_spec
+from eigenarch.widths import RESNET50_WIDTHS, graph_cost, resnet_cost, trace_model, width_ties
+from eigenarch.widths.search import group_maps
+
+MODELS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2",
+    "mobilenet_v3_large", "regnet_y_400mf", "regnet_x_800mf", "regnet_y_8gf", "efficientnet_b0",
+    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "convnext_tiny", "detnet59",
+)  # fmt: skip
 
 
-def synthetic_dims(seed: int = 0) -> dict[str, int]:
+def synthetic_dims(graph, seed: int = 0) -> dict[str, int]:
     rng = random.Random(seed)
-    values = (40, 30, 180, 90, 500, 150, 900, 300, 700)
-    return {
-        "backbone.body." + name: rng.randint(values[g.index] // 2, values[g.index])
-        for g in width_groups()
-        for unit in g.units
-        for name in unit.producers + unit.consumers
-        if not name.startswith("fc")
-    }
+    dims = {}
+    for k, units in enumerate(group_maps(graph).units):
+        value = 20 + (37 * k) % 400
+        for producer, readers in units:
+            dims[f"backbone.body.{producer}:out"] = rng.randint(value // 2, value)
+            for reader in readers:
+                dims[f"backbone.body.{reader}:in"] = rng.randint(value // 2, value)
+    return dims
 
 
 def per_call_us(fn, number: int, repeat: int = 7) -> float:
@@ -43,44 +51,52 @@ def per_call_us(fn, number: int, repeat: int = 7) -> float:
     )
 
 
-def cost_calls(dims: dict[str, int]) -> int:
-    """How many cost evaluations one search (macs=resnet50) makes."""
-    calls = []
-
-    def cost(widths: tuple[int, ...]) -> int:
-        calls.append(widths)
-        return resnet_cost(widths).macs
-
-    adjusted = adjust_widths(intrinsic_widths(dims))
-    expand_widths(adjusted, resnet_cost(RESNET50_WIDTHS).macs, cost, 32)
-    return len(calls)
+def measure(name: str) -> dict:
+    norm = None if name.startswith("convnext") else "bn"
+    spec = backbone_spec(name, norm)
+    start = time.perf_counter()  # what a first search in a process pays before searching
+    graph = trace_model(classifier_by_name(name, norm), torch.zeros(1, 3, 224, 224))
+    ties = width_ties(graph)
+    trace_s = time.perf_counter() - start
+    dims = synthetic_dims(graph)
+    multiple = math.lcm(8, *(t.divisor for t in ties))
+    start = time.perf_counter()
+    result, _ = search_spec(spec, dims, "base", "macs", multiple, "in")  # caches its trace
+    first_search_s = time.perf_counter() - start
+    warm_ms = per_call_us(lambda: search_spec(spec, dims, "base", "macs", multiple), 3, 5) / 1e3
+    return {
+        "model": name,
+        "groups": len(graph.groups),
+        "widths": len(ties),
+        "layers": len(graph.layers),
+        "trace_s": round(trace_s, 3),
+        "cost_call_us": round(per_call_us(lambda: graph_cost(graph), 200), 1),
+        "search_cold_s": round(first_search_s, 3),
+        "search_warm_ms": round(warm_ms, 2),
+        "base_gmacs": round(result.base_macs / 1e9, 3),
+        "searched_gmacs": round(result.macs / 1e9, 3),
+        "params_m": [round(result.base_params / 1e6, 2), round(result.params / 1e6, 2)],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated builders")
     args = parser.parse_args()
-    dims = synthetic_dims()
-    result = search_widths(dims, "resnet50")
-    figures = {
-        "resnet_cost_us": per_call_us(lambda: resnet_cost(RESNET50_WIDTHS), 2000),
-        "search_widths_us": per_call_us(lambda: search_widths(dims, "resnet50"), 20),
-        "search_widths_params_us": per_call_us(
-            lambda: search_widths(dims, "resnet50", "params"), 20
-        ),
-        "cost_calls_per_search": cost_calls(dims),
-        "widths": list(result.widths),
-    }
+    rows = [measure(name) for name in args.models.split(",")]
+    resnet = per_call_us(lambda: resnet_cost(RESNET50_WIDTHS), 500)
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps({"resnet_cost_us": resnet, "models": rows}))
         return
-    print(f"resnet_cost (ResNet-50):            {figures['resnet_cost_us']:8.1f} us per call")
-    print(f"search_widths (macs=resnet50):      {figures['search_widths_us']:8.1f} us per call")
-    print(
-        f"search_widths (params=resnet50):    {figures['search_widths_params_us']:8.1f} us per call"
-    )
-    print(f"resnet_cost calls in one search:    {figures['cost_calls_per_search']:8d}")
-    print(f"searched widths: {figures['widths']}")
+    print(f"resnet_cost (ResNet-50 nine widths): {resnet:.1f} us per call")
+    print(f"{'model':20s} {'groups':>6s} {'widths':>6s} {'trace s':>8s} {'cost us':>8s} "
+          f"{'cold s':>7s} {'warm ms':>8s}  GMACs / Mparams base->searched")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:20s} {r['groups']:6d} {r['widths']:6d} {r['trace_s']:8.2f} "
+              f"{r['cost_call_us']:8.1f} {r['search_cold_s']:7.2f} {r['search_warm_ms']:8.2f}  "
+              f"{r['base_gmacs']:.3f}->{r['searched_gmacs']:.3f}  "
+              f"{r['params_m'][0]:.2f}->{r['params_m'][1]:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

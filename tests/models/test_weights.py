@@ -109,5 +109,23 @@ def test_mismatched_or_foreign_weights_are_named(tmp_path):
     with pytest.raises(EigenarchError, match="no parameter name matches"):
         load_backbone_weights(target, path)
     path.write_bytes(b"garbage")
-    with pytest.raises(EigenarchError, match="not a torch weights file"):
+    with pytest.raises(EigenarchError, match="not a readable torch weights file") as raised:
         load_backbone_weights(target, path)
+    assert "weights_only" not in str(raised.value) and "\n" not in str(raised.value)
+    path.write_text('{"a json": "file"}')
+    with pytest.raises(EigenarchError, match=r"^--init .*wide.pth: not a readable torch weights"):
+        load_backbone_weights(target, path)
+
+
+def test_batchnorm_weights_into_a_groupnorm_backbone_are_refused(tmp_path):
+    _, target = _pair()  # GroupNorm
+    bn = resianet(WIDTHS, DEPTHS, norm="bn")
+    path = tmp_path / "bn.pth"
+    torch.save(bn.state_dict(), path)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(EigenarchError, match=r"bn1.running_mean is a BatchNorm statistic but "
+                       r"the backbone's bn1 is GroupNorm"):  # fmt: skip
+        load_backbone_weights(target, path)
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
+    bn_target = resianet(WIDTHS, DEPTHS, norm="bn")
+    assert load_backbone_weights(bn_target, path)["missing"] == []  # BN into BN loads

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from eigenarch.errors import EigenarchError
+from eigenarch.io import load_torch
 from eigenarch.progress import console
 
 #: Detectron (Caffe2, BGR, 0..255 inputs) pixel mean, in RGB order and scaled to 0..1.
@@ -141,9 +142,9 @@ def read_backbone_weights(
         }
         return state, info
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise EigenarchError(f"--init {path}: not a torch weights file ({exc})") from None
+        payload = load_torch(path, "torch weights file")  # one line, never torch's advice
+    except EigenarchError as exc:
+        raise EigenarchError(f"--init {exc}") from None
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         kind = str(payload.get("format", "checkpoint"))
         payload = payload["model"]
@@ -159,13 +160,23 @@ def read_backbone_weights(
 def load_backbone_weights(body: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
     """Copy pre-trained weights into a ResiaNet ``body`` (by name); report what did not match.
 
-    Shape mismatches are an error naming the first few parameters. Keys of the file that the
+    Shape mismatches are an error naming the first few parameters, and so are BatchNorm
+    weights (running statistics in the file) for GroupNorm layers. Keys of the file that the
     body lacks (``fc``, BatchNorm running stats for a GN body, ...) and parameters of the body
     the file lacks are reported. Returns the ``info`` of :func:`read_backbone_weights` with
     ``missing`` and ``unexpected`` key lists added.
     """
     state, info = read_backbone_weights(path)
     own = body.state_dict()
+    modules = dict(body.named_modules())
+    for key in state:
+        module, _, stat = key.rpartition(".")
+        if stat == "running_mean" and isinstance(modules.get(module), nn.GroupNorm):
+            raise EigenarchError(
+                f"--init {path}: {key} is a BatchNorm statistic but the backbone's {module} is "
+                "GroupNorm; BatchNorm weights are not GroupNorm weights: give GN weights (e.g. a "
+                "GN pre-training or a Detectron R-50-GN.pkl) or train with --norm bn"
+            )
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)} in the model"
         for k, v in state.items()
