@@ -12,16 +12,13 @@ training run from its last checkpoint (``--force`` redoes everything).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import typer
@@ -41,7 +38,8 @@ from eigenarch.models.backbones import (
     spec_cost,
     spec_widths,
 )
-from eigenarch.progress import console, progress_bar
+from eigenarch.parallel import run_parallel
+from eigenarch.progress import console
 from eigenarch.report.compare import compare_spectra, final_spectra
 from eigenarch.report.dynamics import compute_dynamics, spectra_file
 from eigenarch.report.html import write_report
@@ -246,55 +244,6 @@ def _train_one(cfg: TrainConfig) -> dict:
     return train_detector(cfg, resume=bool(list_checkpoints(cfg.out)))
 
 
-def _quiet_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    console.quiet = True
-
-
-def run_parallel(
-    calls: dict[str, Callable[[], Any]],
-    jobs: int,
-    progress: Callable[[str], tuple[int, int]],
-    verb: str,
-) -> dict[str, Any]:
-    """``{name: call()}`` for every call, ``jobs`` of them at once.
-
-    With ``jobs > 1`` the calls run in worker processes that share this process's threads
-    (one each on a 2-core CPU, where two single-thread trainings get through about 1.5x the
-    images of one two-thread training), without output of their own; one bar per call
-    shows ``progress(name) -> (done, total)``. A call must pickle: a module-level function
-    or a ``functools.partial`` of one; worker processes are spawned, so a script calling
-    this (or :func:`run_demo`) needs the ``if __name__ == "__main__":`` guard.
-    """
-    jobs = max(1, min(jobs, len(calls)))
-    if jobs == 1:
-        results = {}
-        for name, call in calls.items():
-            console.print(f"{verb} {name}", highlight=False)
-            results[name] = call()
-        return results
-    threads = max(1, torch.get_num_threads() // jobs)
-    context = multiprocessing.get_context("spawn")
-    with (
-        ProcessPoolExecutor(jobs, context, _quiet_worker, (threads,)) as pool,
-        progress_bar() as bar,
-    ):
-        futures = {name: pool.submit(call) for name, call in calls.items()}
-        tasks = {name: bar.add_task(f"{verb} {name}", total=progress(name)[1]) for name in calls}
-        running = set(futures.values())
-        try:
-            while running:
-                finished, running = wait(running, timeout=1.0)
-                for name in calls:
-                    bar.update(tasks[name], completed=progress(name)[0])
-                for future in finished:
-                    future.result()  # a failed call stops the rest, with its error
-        except BaseException:  # also Ctrl-C: nothing queued starts any more
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        return {name: future.result() for name, future in futures.items()}
-
-
 def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict]:
     """Train (or resume) every run not finished yet, ``jobs`` at once (see
     :func:`run_parallel`); returns each run's final COCO metrics by name."""
@@ -351,9 +300,7 @@ def _step_analyse(demo: Demo) -> dict:
 
 
 def _dims(demo: Demo, name: str) -> dict[str, int]:
-    spectra = Spectra.load(final_spectra(demo.run(name)))
-    threshold = BACKBONES[demo.backbone][1]
-    return {n: spectra.intrinsic_dim(n, threshold) for n in spectra.names}
+    return Spectra.load(final_spectra(demo.run(name))).intrinsic_dims(BACKBONES[demo.backbone][1])
 
 
 def _step_search(demo: Demo) -> dict:

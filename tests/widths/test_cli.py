@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from eigenarch.options import parse_threshold
 from eigenarch.widths import (
     RESNET50_WIDTHS,
     load_width_spec,
@@ -15,7 +16,6 @@ from eigenarch.widths import (
     search_widths,
     uniform_widths,
 )
-from eigenarch.widths.cli import parse_threshold
 
 from .conftest import resnet_tie_maps
 

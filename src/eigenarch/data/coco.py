@@ -31,6 +31,9 @@ _REQUIRED = {
     "categories": ("id", "name"),
 }
 
+#: ImageNet statistics, as torchvision's classification weights normalise their inputs.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 def find_split(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
     """The ``(annotation file, image folder)`` of ``split`` under a COCO-layout ``root``.

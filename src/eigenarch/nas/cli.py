@@ -18,7 +18,7 @@ from eigenarch.nas.search import STRATEGIES, SearchConfig
 from eigenarch.nas.shufflenet import (
     CHOICES,
     SearchSpace,
-    cost_table,
+    choice_costs,
     detnas_config,
     format_path,
     load_detnas_file,
@@ -34,18 +34,17 @@ from eigenarch.nas.supernet import (
     search_supernet,
     train_supernet,
 )
+from eigenarch.options import parse_ints, parse_number
 from eigenarch.progress import console
 from eigenarch.train import cli as train_cli
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig
-from eigenarch.widths.cli import parse_ints
 
 detnas = typer.Typer(
     help="DetNAS: ShuffleNetV2 supernet trained on detection, evolutionary search, retraining.",
     no_args_is_help=True,
 )
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 
 SPACE = typer.Option(1, help="Search space 1 (20 blocks, ~300M) or 2 (40 blocks, ~1.3G).")
 STEM = typer.Option(None, help="Replace the space's stem width (e.g. narrow test nets).")
@@ -64,11 +63,7 @@ def _space(space: int, stem: int | None, channels: str | None, depths: str | Non
 
 def parse_flops(text: str) -> float:
     """``"300e6"``, ``"300M"``, ``"1.3G"`` -> a number of MACs."""
-    scale = _SUFFIX.get(text[-1:].upper(), 1.0)
-    try:
-        value = float(text[:-1] if scale != 1.0 else text) * scale
-    except ValueError:
-        value = math.nan
+    value = parse_number(text)
     if not 0 < value < math.inf:
         raise EigenarchError(f"--flops {text!r}: expected a positive number (K/M/G allowed)")
     return value
@@ -129,7 +124,7 @@ def count(
         info.update(path=format_path(chosen), macs=macs, params=params)
     else:
         low, high = macs_range(search_space)
-        info.update(min_macs=low, max_macs=high, fixed_macs=cost_table(search_space)[0][0])
+        info.update(min_macs=low, max_macs=high, fixed_macs=choice_costs(search_space)[0][0])
     if as_json:
         print(json.dumps(info))
         return

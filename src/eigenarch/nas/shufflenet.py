@@ -346,7 +346,7 @@ def _cost(layers) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=32)
-def cost_table(
+def choice_costs(
     space: SearchSpace, size: int = 224, num_classes: int = 1000
 ) -> tuple[tuple[int, int], tuple[tuple[tuple[int, int], ...], ...]]:
     """``(fixed (macs, params), per block: per choice (macs, params))`` at ``size`` pixels.
@@ -369,9 +369,9 @@ def path_cost(
 ) -> tuple[int, int]:
     """``(MACs, params)`` of the stand-alone classifier of ``path`` at ``size`` x ``size``."""
     path = space.check_path(path)
-    (macs, params), blocks = cost_table(space, size, num_classes)
-    for choice_costs, choice in zip(blocks, path, strict=True):
-        macs, params = macs + choice_costs[choice][0], params + choice_costs[choice][1]
+    (macs, params), blocks = choice_costs(space, size, num_classes)
+    for block, choice in zip(blocks, path, strict=True):
+        macs, params = macs + block[choice][0], params + block[choice][1]
     return macs, params
 
 
@@ -382,7 +382,7 @@ def path_macs(space: SearchSpace, path: Sequence[int]) -> int:
 
 def macs_range(space: SearchSpace) -> tuple[int, int]:
     """The smallest and largest MACs of any path at 224 x 224."""
-    (fixed, _), blocks = cost_table(space)
+    (fixed, _), blocks = choice_costs(space)
     low = fixed + sum(min(m for m, _ in b) for b in blocks)
     high = fixed + sum(max(m for m, _ in b) for b in blocks)
     return low, high

@@ -400,10 +400,10 @@ def search_supernet(settings: DetectionSearch, resume: bool = False) -> dict[str
 
         result = run_search(space, cfg, fitness, out, chunk=world_size(), on_evaluated=advance)
         bar.update(task, total=len(result.evaluated), completed=len(result.evaluated))
-    return write_report(result, out, settings.supernet)
+    return write_search_report(result, out, settings.supernet)
 
 
-def write_report(result: SearchResult, out: Path, source: str) -> dict[str, Any]:
+def write_search_report(result: SearchResult, out: Path, source: str) -> dict[str, Any]:
     """``result.json``, ``best_path.json`` and the two plots (rank 0); returns the result."""
     best = result.best
     macs, params = path_cost(result.space, best.path)

@@ -14,14 +14,13 @@ from rich.table import Table
 
 from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
+from eigenarch.options import parse_sides, parse_threshold
 from eigenarch.progress import console
 from eigenarch.report.compare import Comparison, compare_spectra, final_spectra, plot_stages
 from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.report.plots import compare_figure, save_figure
 from eigenarch.spectrum import Spectra
-from eigenarch.spectrum.cli import parse_sides
-from eigenarch.widths.cli import parse_threshold
 
 
 class Side(str, Enum):

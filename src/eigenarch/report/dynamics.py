@@ -20,22 +20,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from eigenarch.data.coco import CocoDetection
 from eigenarch.distributed import barrier, init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
+from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.spectrum import Spectra
-from eigenarch.spectrum.cli import stream_spectra
 from eigenarch.spectrum.spectra import sidecar
+from eigenarch.spectrum.stream import sample_images, stream_spectra
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
 from eigenarch.train.schedule import make_schedule
 
@@ -270,16 +268,8 @@ def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
 
 def dynamics_command(run: str, settings: Mapping[str, Any]) -> str:
     """The ``eigenarch dynamics`` command line that reproduces ``settings``."""
-    parts = ["eigenarch", "dynamics", "--run", run]
-    for key, value in settings.items():
-        if key == "layers":
-            for pattern in value or []:
-                parts += ["--layers", pattern]
-        elif key == "sides":
-            parts += ["--sides", ",".join(value)]
-        elif value is not None:
-            parts += [f"--{key.replace('_', '-')}", str(value)]
-    return shlex.join(parts)
+    options = {**settings, "layers": settings.get("layers") or []}
+    return command_line(["eigenarch", "dynamics", "--run", run], options, repeat=("layers",))
 
 
 def spectra_file(run_dir: str | os.PathLike[str], iteration: int) -> Path:
@@ -384,8 +374,7 @@ def compute_dynamics(
         else:
             if dataset is None:
                 dataset = CocoDetection.from_root(data, split, masks=False, verbose=is_main())
-                order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-                chosen = order[: min(images, len(dataset))].tolist()
+                chosen = sample_images(len(dataset), images, seed)
             model, payload = detector_from_checkpoint(path)
             backbone = payload["config"]["backbone"]
             model.eval().to(local_device(device))

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import base64
 import html
-import inspect
 import json
 import os
-import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
@@ -28,6 +26,7 @@ import numpy as np
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, atomic_write_text
 from eigenarch.models.backbones import search_spec, spec_cost, spec_widths
+from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
 from eigenarch.report.dynamics import RunDynamics, load_dynamics, run_config
@@ -40,7 +39,7 @@ from eigenarch.report.plots import (
     widths_figure,
 )
 from eigenarch.spectrum import Spectra
-from eigenarch.train import cli as train_cli
+from eigenarch.train.loop import train_command
 from eigenarch.widths import WIDTH_NAMES
 from eigenarch.widths.spec import (
     BACKBONE_FORMAT,
@@ -161,17 +160,6 @@ def pick_maps(dyn: RunDynamics, patterns: Sequence[str] | None, count: int) -> l
         return -change, -(max(m.dims) - min(m.dims)) / max(m.channels, 1)
 
     return [m.name for m in sorted(dyn.maps, key=score)[:count]]
-
-
-def train_command(config: dict[str, Any]) -> str:
-    """The ``eigenarch train`` command line of a run's ``config.json``."""
-    options = inspect.signature(train_cli.train).parameters
-    parts = ["eigenarch", "train"]
-    for key, value in config.items():
-        if key in options and value is not None:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            parts += [f"--{key.replace('_', '-')}", text]
-    return shlex.join(parts)
 
 
 @dataclass
@@ -307,15 +295,11 @@ def _search_command(
     spectra: Path, model: str | None, spec: WidthSpec | BackboneSpec, threshold: float,
     target: str, side: str, multiple: int, out: str,
 ) -> str:  # fmt: skip
-    args = ["eigenarch", "search", "--spectra", str(spectra), "--threshold", f"{threshold:g}",
-            "--target", target, "--side", side, "--multiple", str(multiple)]  # fmt: skip
-    if model is None:
-        args += ["--depths", ",".join(map(str, spec.depths))]
-    else:
-        args += ["--model", model]
-    if spec.norm is not None:
-        args += ["--norm", spec.norm]
-    return shlex.join([*args, "--gn-groups", str(spec.gn_groups), "--out", out])
+    where = {"depths": spec.depths} if model is None else {"model": model}
+    options = {"spectra": spectra, "threshold": f"{threshold:g}", "target": target, "side": side,
+               "multiple": multiple, **where, "norm": spec.norm, "gn_groups": spec.gn_groups,
+               "out": out}  # fmt: skip
+    return command_line(["eigenarch", "search"], options)
 
 
 def _widths_section(
@@ -341,7 +325,7 @@ def _widths_section(
                   "cannot split")  # fmt: skip
     base_cost = spec_cost(base)
     columns = _width_columns([base])
-    dims = {n: run.final.intrinsic_dim(n, dyn.threshold) for n in run.final.names}
+    dims = run.final.intrinsic_dims(dyn.threshold)
     rows = [_widths_row("base", base, spec_widths(base), columns)]
     layers = diagram_layers(base_cost)
     diagrams = [("base", layers)]

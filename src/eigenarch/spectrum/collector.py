@@ -37,7 +37,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.spectrum.spectra import Spectra
 
 #: The two maps of a hooked module: its first positional input and its output.
-SIDES = ("in", "out")
+MAP_SIDES = ("in", "out")
 #: Module types whose input and output maps are collected (and their subclasses).
 HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 #: Hook calls a map's float32 buffer takes before it is added into the float64 sum.
@@ -288,7 +288,7 @@ class SpectrumCollector:
         derive: bool = True,
     ) -> None:
         sides = tuple(sides)
-        if not sides or any(s not in SIDES for s in sides):
+        if not sides or any(s not in MAP_SIDES for s in sides):
             raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
         self.model = model
         self.include = [include] if isinstance(include, str) else include
@@ -328,7 +328,7 @@ class SpectrumCollector:
                 widths = {"in": module.in_channels, "out": module.out_channels}
             spatial, rows_only = not isinstance(module, nn.Linear), path.startswith(roi)
             pair = []
-            for side in SIDES:
+            for side in MAP_SIDES:
                 name = f"{path}:{side}"
                 chosen = side in self.sides and (
                     self.include is None

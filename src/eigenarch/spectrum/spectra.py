@@ -102,6 +102,10 @@ class Spectra:
         """``#{lambda_k / lambda_max > threshold}`` (0 for a dead map)."""
         return int((self.eigenvalues(name) > threshold).sum())
 
+    def intrinsic_dims(self, threshold: float = THRESHOLD) -> dict[str, int]:
+        """``{map name: intrinsic dimensionality}`` of every map: what a width search reads."""
+        return {name: self.intrinsic_dim(name, threshold) for name in self.names}
+
     def degrees_of_freedom(self, name: str, gamma: float = THRESHOLD) -> float:
         """``sum_k lambda_k / (lambda_k + gamma * lambda_max)`` (Suzuki); 0 for a dead map."""
         values = self.eigenvalues(name)

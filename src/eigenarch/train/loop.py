@@ -33,6 +33,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, backbone_config, build_detector
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
+from eigenarch.options import command_line
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
     checkpoint_path,
@@ -303,6 +304,16 @@ def prepare_model(
     )
     start = restore_latest(cfg.out, model, optimizer) if resume else 0
     return config, model, optimizer, start, init_info
+
+
+#: TrainConfig fields that are not options of ``eigenarch train``.
+NOT_OPTIONS = ("flip",)
+
+
+def train_command(config: dict[str, Any]) -> str:
+    """The ``eigenarch train`` command line of a run's settings (its ``config.json``)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_OPTIONS)
+    return command_line(["eigenarch", "train"], {k: v for k, v in config.items() if k in names})
 
 
 def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str = "training"):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from eigenarch.data.coco import open_image
+from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, open_image
 from eigenarch.distributed import (
     all_gather_objects,
     init_distributed,
@@ -34,8 +34,6 @@ from eigenarch.progress import console, progress_bar
 from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint, save_checkpoint
 
 #: torchvision's ImageNet normalisation, also the detectors' default, so weights carry over.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import re
 from enum import Enum
 from pathlib import Path
 
@@ -15,9 +13,10 @@ from rich.table import Table
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import search_spec, spec_cost
 from eigenarch.models.detector import backbone_spec
+from eigenarch.options import parse_ints, parse_target, parse_threshold
+from eigenarch.spectrum.spectra import Spectra
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
-    METRICS,
     RESNET50_WIDTHS,
     ModelCost,
     resnet_cost,
@@ -25,8 +24,6 @@ from eigenarch.widths.cost import (
 )
 from eigenarch.widths.search import WidthSearchResult
 from eigenarch.widths.spec import WidthSpec, load_dims, load_width_spec, save_width_spec
-
-_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 
 
 class Side(str, Enum):
@@ -39,53 +36,6 @@ class Norm(str, Enum):
     gn = "gn"
     bn = "bn"
     frozen_bn = "frozen_bn"
-
-
-#: A power of ten with a fractional exponent, such as 1e-3.5.
-_POWER = re.compile(r"\s*(\d*\.?\d+)?[eE]([+-]?\d*\.?\d+)\s*")
-
-
-def parse_threshold(text: str) -> float:
-    """``"1e-3"`` -> 0.001; ``"1e-3.5"`` (a fractional exponent) -> ``10 ** -3.5``."""
-    try:
-        value = float(text)
-    except ValueError:
-        match = _POWER.fullmatch(text)
-        value = float(match[1] or 1) * 10 ** float(match[2]) if match else float("nan")
-    if not 0 < value < 1:
-        raise EigenarchError(
-            f"--threshold {text!r}: expected a number between 0 and 1 such as 1e-3 or 1e-3.5"
-        )
-    return value
-
-
-def parse_ints(text: str, option: str) -> tuple[int, ...]:
-    """``"3,4,6,3"`` -> ``(3, 4, 6, 3)``; a one-line error names the option otherwise."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise EigenarchError(f"{option} {text!r}: expected comma-separated integers") from None
-
-
-def parse_target(text: str) -> tuple[str, float | str]:
-    """``"macs=base"``, ``"macs=resnet50"``, ``"params=20M"``, ``"macs=4.1e9"`` ->
-    ``(metric, number or name)``."""
-    metric, sep, value = text.partition("=")
-    if not sep or metric not in METRICS or not value:
-        raise EigenarchError(
-            f"--target {text!r}: expected macs=<value> or params=<value>, the value a number "
-            "(K/M/G suffix allowed), base (the analysed model's cost) or resnet50"
-        )
-    if value.lower().startswith("resnet") or value.lower() == "base":
-        return metric, value.lower()
-    scale = _SUFFIX.get(value[-1].upper(), 1.0)
-    try:
-        number = float(value[:-1] if scale != 1.0 else value) * scale
-    except ValueError:
-        number = math.nan
-    if not 1 <= number < math.inf:
-        raise EigenarchError(f"--target {text!r}: {value!r} is not a positive number or resnet50")
-    return metric, number
 
 
 def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
@@ -289,7 +239,7 @@ def search(
     if spectra is not None:
         source["threshold"] = 1e-3 if threshold is None else parse_threshold(threshold)
         source["spectra"] = str(spectra)
-        values = _spectra_dims(spectra, source["threshold"])
+        values = Spectra.load(spectra).intrinsic_dims(source["threshold"])
     else:
         if threshold is not None:
             raise EigenarchError("--threshold applies to --spectra only; --dims are final")
@@ -312,13 +262,6 @@ def search(
         f"{100 * (1 - found.macs / base.macs):.1f}%; wrote {out}",
         highlight=False,
     )
-
-
-def _spectra_dims(path: Path, threshold: float) -> dict[str, int]:
-    from eigenarch.spectrum import Spectra  # imports torch: only when needed
-
-    spectra = Spectra.load(path)
-    return {name: spectra.intrinsic_dim(name, threshold) for name in spectra.names}
 
 
 def register(app: typer.Typer) -> None:

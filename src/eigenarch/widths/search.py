@@ -40,7 +40,7 @@ from eigenarch.widths.cost import (
 from eigenarch.widths.graph import ModelGraph, trace_model
 from eigenarch.widths.ties import WidthTie
 
-SIDES = ("in", "out", "both")
+SEARCH_SIDES = ("in", "out", "both")
 _BODY_LAYER = re.compile(r"^((?:.*\.)?)layer(\d+)\.(\d+)\.(conv[123]|downsample\.0)$")
 
 
@@ -147,8 +147,8 @@ def intrinsic_per_layer(
 ) -> dict[str, float]:
     """``{producing layer: d}`` in network order: the largest dimensionality of the layer's
     output maps on ``side`` (paper Figure 2 (b)/(f)); layers with no map are left out."""
-    if side not in SIDES:
-        raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
+    if side not in SEARCH_SIDES:
+        raise EigenarchError(f"side {side!r} is not one of {', '.join(SEARCH_SIDES)}")
     out: dict[str, float] = {}
     for units in maps.units:
         for producer, readers in units:
@@ -321,8 +321,8 @@ def search_graph(
     wide (default: the traced model's own widths). ``multiple`` must be a multiple of
     every tie's divisor.
     """
-    if side not in SIDES:
-        raise EigenarchError(f"side {side!r} is not one of {', '.join(SIDES)}")
+    if side not in SEARCH_SIDES:
+        raise EigenarchError(f"side {side!r} is not one of {', '.join(SEARCH_SIDES)}")
     check_multiple(multiple)
     for tie in ties:
         if multiple % tie.divisor:

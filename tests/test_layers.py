@@ -1,0 +1,49 @@
+"""The package reads as layers: no library module imports a command-line module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import eigenarch
+
+ROOT = Path(eigenarch.__file__).parent
+
+
+def _imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module ``path`` imports, as absolute dotted names (``from . import cli`` too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(("eigenarch", *path.relative_to(root).parent.parts))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_no_library_module_imports_a_cli_module():
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        cli = sorted(m for m in _imports(path) if m.split(".")[-1] == "cli")
+        if cli:
+            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(cli)}")
+    assert offenders == []
+
+
+def test_the_check_finds_cli_imports_of_every_form(tmp_path):
+    fake = tmp_path / "report" / "html.py"
+    fake.parent.mkdir()
+    fake.write_text("from eigenarch.train import cli as c\nfrom ..widths.cli import x\n"
+                    "import eigenarch.spectrum.cli\nfrom . import cli\n")  # fmt: skip
+    found = {m for m in _imports(fake, tmp_path) if m.endswith(".cli")}
+    assert found == {"eigenarch.train.cli", "eigenarch.widths.cli", "eigenarch.spectrum.cli",
+                     "eigenarch.report.cli"}  # fmt: skip
