@@ -10,10 +10,10 @@ import typer
 
 from eigenarch.distributed import is_main
 from eigenarch.evaluation.cli import metrics_table
+from eigenarch.options import parse_ints
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
-from eigenarch.widths.cli import parse_ints
 
 
 def train_fields(options: dict[str, Any]) -> dict[str, Any]:
