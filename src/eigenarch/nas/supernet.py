@@ -70,7 +70,7 @@ from eigenarch.train.checkpoint import (
     load_checkpoint,
 )
 from eigenarch.train.evaluate import predict
-from eigenarch.train.hooks import LRScheduler, MetricsLogger, PeriodicCheckpointer
+from eigenarch.train.hooks import Hook, LRScheduler, MetricsLogger, PeriodicCheckpointer
 from eigenarch.train.loop import (
     IterationBatches,
     TrainConfig,
@@ -124,15 +124,20 @@ class SupernetTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.space = space
         self.path: tuple[int, ...] | None = None
-        self.optimizer.register_step_pre_hook(self._drop_off_path_gradients)
+        self.hooks.append(OffPathGradients())
 
     def run_step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
         self.path = sample_path(self.space, self.seed, self.iter)
         set_path(self.model, self.path)
         super().run_step(images, targets)
 
-    def _drop_off_path_gradients(self, optimizer, args, kwargs) -> None:
-        for parameter in off_path_parameters(self.model):
+
+class OffPathGradients(Hook):
+    """After the backward pass, drops the gradients of the modules off the sampled path:
+    SGD then skips them (no weight decay, no momentum)."""
+
+    def after_backward(self, trainer: Trainer) -> None:
+        for parameter in off_path_parameters(trainer.model):
             parameter.grad = None
 
 

@@ -1,8 +1,10 @@
 """Hooks of the training loop (detectron2 style).
 
-A hook overrides any of ``before_train``, ``before_step``, ``after_step`` and ``after_train``;
-each receives the :class:`~eigenarch.train.loop.Trainer`, whose ``iter`` is the iteration
-being run (0-based), ``max_iter`` the run's length and ``losses`` the last step's losses.
+A hook overrides any of ``before_train``, ``before_step``, ``after_backward``,
+``after_step`` and ``after_train``; each receives the :class:`~eigenarch.train.loop.Trainer`,
+whose ``iter`` is the iteration being run (0-based), ``max_iter`` the run's length and
+``losses`` the last step's losses. ``after_train`` runs also when training stops on an error
+or an interruption: close files and bars there, do no work that needs a finished run.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ class Hook:
     def before_step(self, trainer: Trainer) -> None:
         """Called before each iteration."""
 
+    def after_backward(self, trainer: Trainer) -> None:
+        """Called after each backward pass, before the optimizer step (change gradients)."""
+
     def after_step(self, trainer: Trainer) -> None:
         """Called after each iteration, with ``trainer.losses`` set."""
 
     def after_train(self, trainer: Trainer) -> None:
-        """Called once after the last iteration."""
+        """Called once when training ends: after the last iteration, or on a failure."""
 
 
 class LRScheduler(Hook):
@@ -113,7 +118,8 @@ class PeriodicCheckpointer(Hook):
 
 
 class PeriodicEvaluator(Hook):
-    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) and at the end."""
+    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) before the last;
+    the run's final evaluation is the caller's, once :meth:`Trainer.train` has returned."""
 
     def __init__(self, evaluate: Callable[[int], dict], every: int = 0) -> None:
         self.evaluate = evaluate
@@ -123,6 +129,3 @@ class PeriodicEvaluator(Hook):
         done = trainer.iter + 1
         if self.every and done % self.every == 0 and done != trainer.max_iter:
             self.evaluate(done)
-
-    def after_train(self, trainer: Trainer) -> None:
-        trainer.final_metrics = self.evaluate(trainer.max_iter)

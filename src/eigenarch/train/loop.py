@@ -152,11 +152,21 @@ class IterationBatches(torch.utils.data.Dataset):
         return collate_detection(samples)
 
 
+def finite_on_all_ranks(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank (one all-reduce under ``torch.distributed``),
+    so that every rank stops together, before any weight is touched."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if is_distributed():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 class Trainer:
     """Runs ``max_iter`` SGD steps of a detector, calling hooks around each step.
 
     Override :meth:`run_step` for another step (e.g. a supernet's path sampling); add
-    behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses.
+    behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses (``after_backward`` to
+    change gradients before the update).
     """
 
     def __init__(
@@ -175,10 +185,10 @@ class Trainer:
         self.checkpoint_payload = checkpoint_payload
         self.iter = batches.start
         self.losses: dict[str, float] = {}
-        self.final_metrics: dict = {}
 
-    def train(self, workers: int = 0) -> dict:
-        """Run from ``batches.start`` to ``max_iter``; returns the final metrics (if any)."""
+    def train(self, workers: int = 0) -> None:
+        """Run from ``batches.start`` to ``max_iter``; every hook's ``after_train`` runs
+        however the loop ends (a finished run, an error, Ctrl-C)."""
         loader = torch.utils.data.DataLoader(
             self.batches,
             batch_size=None,
@@ -187,16 +197,17 @@ class Trainer:
         )
         for hook in self.hooks:
             hook.before_train(self)
-        for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
-            self.iter = iteration
+        try:
+            for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
+                self.iter = iteration
+                for hook in self.hooks:
+                    hook.before_step(self)
+                self.run_step(images, targets)
+                for hook in self.hooks:
+                    hook.after_step(self)
+        finally:
             for hook in self.hooks:
-                hook.before_step(self)
-            self.run_step(images, targets)
-            for hook in self.hooks:
-                hook.after_step(self)
-        for hook in self.hooks:
-            hook.after_train(self)
-        return self.final_metrics
+                hook.after_train(self)
 
     def run_step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
         """One SGD step: seed the model's sampling, forward, check, backward, update."""
@@ -210,10 +221,7 @@ class Trainer:
         losses = self.model(images, targets)
         total = sum(losses.values())
         # Stop every rank if any rank's loss is not finite, before the weights are touched.
-        finite = torch.isfinite(total.detach()).to(torch.float32)
-        if is_distributed():
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not finite.item():
+        if not finite_on_all_ranks(total):
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise EigenarchError(
                 f"non-finite loss at iteration {self.iter + 1} ({parts}); stopped, the last "
@@ -221,6 +229,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        for hook in self.hooks:
+            hook.after_backward(self)
         self.optimizer.step()
         self.losses = {
             "loss": float(total.detach()),
@@ -404,4 +414,5 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         atomic_write_json(
             run_dir / "init.json", {k: v for k, v in init_info.items() if k != "unmatched"}
         )
-    return trainer.train(cfg.workers)
+    trainer.train(cfg.workers)
+    return evaluate(schedule.iterations)

@@ -32,6 +32,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.detector import backbone_config, build_classifier
 from eigenarch.progress import console, progress_bar
 from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint, save_checkpoint
+from eigenarch.train.loop import finite_on_all_ranks
 
 #: torchvision's ImageNet normalisation, also the detectors' default, so weights carry over.
 
@@ -125,7 +126,7 @@ def train_epoch(model, loader, optimizer, cfg, epoch, device, bar) -> float:
         # Forward, loss, backward, update
         images, labels = images.to(device), labels.to(device)
         loss = nn.functional.cross_entropy(model(images), labels)
-        if not torch.isfinite(loss):
+        if not finite_on_all_ranks(loss):  # every rank stops together
             raise EigenarchError(f"non-finite loss in epoch {epoch + 1}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
