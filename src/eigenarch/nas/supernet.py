@@ -65,21 +65,22 @@ from eigenarch.nas.shufflenet import (
 )
 from eigenarch.progress import console, progress_bar
 from eigenarch.train.checkpoint import (
-    DETECTOR_FORMAT,
-    list_checkpoints,
     load_checkpoint,
 )
 from eigenarch.train.evaluate import predict
-from eigenarch.train.hooks import Hook, LRScheduler, MetricsLogger, PeriodicCheckpointer
+from eigenarch.train.hooks import Hook
 from eigenarch.train.loop import (
     IterationBatches,
     TrainConfig,
     Trainer,
-    load_run_config,
+    distributed_model,
     prepare_model,
+    run_hooks,
+    run_payload,
+    run_schedule,
+    start_run,
 )
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
-from eigenarch.train.schedule import make_schedule
 
 
 def sample_path(space: SearchSpace, seed: int, iteration: int) -> tuple[int, ...]:
@@ -161,19 +162,11 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     ``metrics.jsonl``) plus ``holdout.json``; the checkpoints are detector checkpoints whose
     backbone is the supernet and whose ``data`` keeps the held-out image ids.
     """
-    run_dir = Path(cfg.out)
-    if resume:
-        cfg = load_run_config(run_dir, SupernetConfig, "supernet")
-    elif list_checkpoints(run_dir):
-        raise EigenarchError(
-            f"--out {run_dir}: already holds a run; use --resume or another folder"
-        )
+    cfg = start_run(cfg, resume, SupernetConfig, "supernet")
     space, path = read_detnas_config(cfg.backbone)
     if path is not None:
         raise EigenarchError("supernet training needs a supernet description (path null)")
-    init_distributed(cfg.device)
-    device = local_device(cfg.device)
-    schedule = make_schedule(cfg.schedule, cfg.batch_size, cfg.schedule_scale, cfg.iters, cfg.lr)
+    run_dir, device, schedule = Path(cfg.out), local_device(cfg.device), run_schedule(cfg)
     full = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     train_ids, held_ids = holdout_split(full.image_ids, cfg.holdout, cfg.seed)
 
@@ -183,28 +176,14 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "holdout.json", {"train": train_ids, "holdout": held_ids})
-    payload = {
-        "format": DETECTOR_FORMAT,
-        "config": config,
-        "train": cfg.to_dict(),
-        "data": {
-            "category_ids": full.category_ids,
-            "category_names": full.category_names,
-            "holdout_ids": held_ids,
-        },
-        "run_dir": str(run_dir),
-    }
+    payload = run_payload(config, cfg, full, holdout_ids=held_ids)
     ddp_model: nn.Module = model
-    if is_distributed():
-        if device.type == "cuda" and cfg.sync_bn:
-            ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif is_main():
-            console.print("SyncBN needs GPUs: each process keeps its own BatchNorm statistics")
-        ddp_model = nn.parallel.DistributedDataParallel(
-            ddp_model,
-            device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=True,  # the choices off the sampled path
-        )
+    if is_distributed() and device.type == "cuda" and cfg.sync_bn:
+        ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif is_distributed() and is_main():
+        console.print("SyncBN needs GPUs: each process keeps its own BatchNorm statistics")
+    # find_unused_parameters: the choices off the sampled path get no gradient
+    ddp_model = distributed_model(ddp_model, device, find_unused_parameters=True)
     trainer = SupernetTrainer(
         ddp_model,
         optimizer,
@@ -212,11 +191,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
             subset(full, train_ids), cfg.batch_size, cfg.seed, start, schedule.iterations, cfg.flip
         ),
         schedule.iterations,
-        [
-            LRScheduler(schedule),
-            MetricsLogger(run_dir / "metrics.jsonl", description="supernet"),
-            PeriodicCheckpointer(cfg.checkpoint_every),
-        ],
+        run_hooks(cfg, schedule, "supernet"),
         device,
         cfg.seed,
         payload,

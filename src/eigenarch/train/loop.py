@@ -337,6 +337,59 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
 
+def start_run(
+    cfg: TrainConfig, resume: bool, config_class: type = TrainConfig, what: str = "training"
+) -> TrainConfig:
+    """The run's settings: with ``resume`` those saved in ``cfg.out``; else ``cfg``, which
+    must not overwrite a run. Joins the process group under ``torchrun``."""
+    run_dir = Path(cfg.out)
+    if resume:
+        cfg = load_run_config(run_dir, config_class, what)
+    elif list_checkpoints(run_dir):
+        raise EigenarchError(
+            f"--out {run_dir}: already holds a run; use --resume or another folder"
+        )
+    init_distributed(cfg.device)
+    return cfg
+
+
+def run_schedule(cfg: TrainConfig) -> Schedule:
+    """The learning-rate schedule and length of a run."""
+    return make_schedule(cfg.schedule, cfg.batch_size, cfg.schedule_scale, cfg.iters, cfg.lr)
+
+
+def run_payload(
+    config: dict[str, Any], cfg: TrainConfig, dataset: CocoDetection, **data: Any
+) -> dict[str, Any]:
+    """What every checkpoint of a run holds besides weights: the model's config, the run's
+    settings, the categories (and ``data``'s extra fields), and the run folder."""
+    categories = {"category_ids": dataset.category_ids, "category_names": dataset.category_names}
+    return {
+        "format": DETECTOR_FORMAT,
+        "config": config,
+        "train": cfg.to_dict(),
+        "data": {**categories, **data},
+        "run_dir": str(cfg.out),
+    }
+
+
+def distributed_model(model: nn.Module, device: torch.device, **options: Any) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` under ``torchrun``, else itself."""
+    if not is_distributed():
+        return model
+    ids = [device] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, **options)
+
+
+def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") -> list[Hook]:
+    """The hooks of every training run: LR schedule, metrics log and bar, checkpoints."""
+    return [
+        LRScheduler(schedule),
+        MetricsLogger(Path(cfg.out) / "metrics.jsonl", description=description),
+        PeriodicCheckpointer(cfg.checkpoint_every),
+    ]
+
+
 def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.
 
@@ -344,18 +397,8 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl``, and the final
     ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
     """
-    run_dir = Path(cfg.out)
-    if resume:
-        cfg = load_run_config(run_dir)
-    elif list_checkpoints(run_dir):
-        raise EigenarchError(
-            f"--out {run_dir}: already holds a run; use --resume or another folder"
-        )
-    init_distributed(cfg.device)
-    device = local_device(cfg.device)
-    schedule: Schedule = make_schedule(
-        cfg.schedule, cfg.batch_size, cfg.schedule_scale, cfg.iters, cfg.lr
-    )
+    cfg = start_run(cfg, resume)
+    run_dir, device, schedule = Path(cfg.out), local_device(cfg.device), run_schedule(cfg)
     train_set = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     val_set = CocoDetection.from_root(cfg.data, "val", masks=cfg.masks, verbose=is_main())
     if val_set.category_ids != train_set.category_ids:
@@ -366,23 +409,8 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     )
     if not resume and is_main():
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    payload = {
-        "format": DETECTOR_FORMAT,
-        "config": config,
-        "train": cfg.to_dict(),
-        "data": {
-            "category_ids": train_set.category_ids,
-            "category_names": train_set.category_names,
-        },
-        "run_dir": str(run_dir),
-    }
-    ddp_model = (
-        nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-        if is_distributed()
-        else model
-    )
+    payload = run_payload(config, cfg, train_set)
+    ddp_model = distributed_model(model, device)
     iou_types = ("bbox", "segm") if cfg.masks else ("bbox",)
 
     def evaluate(iteration: int) -> dict:
@@ -398,12 +426,7 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         optimizer,
         IterationBatches(train_set, cfg.batch_size, cfg.seed, start, schedule.iterations, cfg.flip),
         schedule.iterations,
-        [
-            LRScheduler(schedule),
-            MetricsLogger(run_dir / "metrics.jsonl"),
-            PeriodicCheckpointer(cfg.checkpoint_every),
-            PeriodicEvaluator(evaluate, cfg.eval_every),
-        ],
+        [*run_hooks(cfg, schedule), PeriodicEvaluator(evaluate, cfg.eval_every)],
         device,
         cfg.seed,
         payload,
