@@ -39,85 +39,108 @@ def _inside(modules, block: str) -> bool:
     return all(m.startswith(block + ".") for m in modules)
 
 
-def width_ties(graph: ModelGraph) -> tuple[WidthTie, ...]:
-    """The searched widths of ``graph``, in forward order of their first producer."""
-    groups = graph.groups
-    paths = [g.name.split(".") for g in groups]
-    members = [g.modules() for g in groups]
-    ext_cache: dict[str, frozenset[int]] = {}
+class _Union:
+    """Union-find over ``n`` items."""
 
-    def stage_of(block: str) -> frozenset[int]:  # the groups a block feeds beyond itself
-        if block not in ext_cache:
-            ext_cache[block] = frozenset(
-                i for i, g in enumerate(groups)
-                if any(p.startswith(block + ".") for p in g.producers)
-                and not _inside(members[i], block)
-            )  # fmt: skip
-        return ext_cache[block]
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
 
-    parent = list(range(len(groups)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
         return i
 
-    stage: dict[int, frozenset[int]] = {}
-    pattern: dict[int, tuple[int, str]] = {}  # the block-index position and its stem
-    buckets: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
-    for i, comps in enumerate(paths):
-        for k, comp in enumerate(comps):
-            match = _INDEXED.fullmatch(comp)
-            if match:
-                key = (len(comps), k, *comps[:k], match[1] + "*", *comps[k + 1 :])
-                buckets[key].append((i, ".".join(comps[: k + 1])))
-    for key, found in buckets.items():
-        position, stem = key[1], key[2 + key[1]][:-1]
-        for (i, block_i), (j, block_j) in zip(found, found[1:], strict=False):
-            if not (_inside(members[i], block_i) and _inside(members[j], block_j)):
-                continue
-            ext = stage_of(block_i)
-            if ext and ext == stage_of(block_j):
-                parent[find(j)] = find(i)
-                stage[i] = stage[j] = ext
-                pattern[i] = pattern[j] = (position, stem)
-    for i, comps in enumerate(paths):  # a block met once: its deepest indexed prefix
-        if i in stage:
-            continue
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.find(j)] = self.find(i)
+
+    def classes(self) -> list[list[int]]:
+        found: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.parent)):
+            found[self.find(i)].append(i)
+        return sorted(found.values())
+
+
+class _Blocks:
+    """The groups of a graph seen as blocks: which block a group lies in, which stage
+    (the groups a block feeds beyond itself) that block belongs to."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        self.groups = graph.groups
+        self.paths = [g.name.split(".") for g in self.groups]
+        self.members = [g.modules() for g in self.groups]
+        self._stages: dict[str, frozenset[int]] = {}
+
+    def stage_of(self, block: str) -> frozenset[int]:
+        """The groups with a producer inside ``block`` and a module outside it."""
+        if block not in self._stages:
+            self._stages[block] = frozenset(
+                i for i, g in enumerate(self.groups)
+                if any(p.startswith(block + ".") for p in g.producers)
+                and not _inside(self.members[i], block)
+            )  # fmt: skip
+        return self._stages[block]
+
+    def same_roles(self):
+        """``(i, j, stage, (index position, stem))`` for every two groups playing one role in
+        two blocks of one stage (names differing only in that block index)."""
+        buckets: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+        for i, comps in enumerate(self.paths):
+            for k, comp in enumerate(comps):
+                match = _INDEXED.fullmatch(comp)
+                if match:
+                    key = (len(comps), k, *comps[:k], match[1] + "*", *comps[k + 1 :])
+                    buckets[key].append((i, ".".join(comps[: k + 1])))
+        for key, found in buckets.items():
+            where = (key[1], key[2 + key[1]][:-1])
+            for (i, block_i), (j, block_j) in zip(found, found[1:], strict=False):
+                inside = _inside(self.members[i], block_i) and _inside(self.members[j], block_j)
+                stage = self.stage_of(block_i) if inside else frozenset()
+                if stage and stage == self.stage_of(block_j):
+                    yield i, j, stage, where
+
+    def lone_stage(self, i: int) -> frozenset[int]:
+        """The stage of a group met in one block only: that of its deepest indexed prefix
+        holding all its modules (empty if none: not a block's internal group)."""
+        comps = self.paths[i]
         for k in range(len(comps) - 1, -1, -1):
             block = ".".join(comps[: k + 1])
-            if _INDEXED.fullmatch(comps[k]) and _inside(members[i], block):
-                if stage_of(block):
-                    stage[i] = stage_of(block)
-                break
-    classes: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(groups)):
-        classes[find(i)].append(i)
-    by_stage: dict[tuple, list[int]] = defaultdict(list)  # roles of one stage with one width
-    for root, idx in classes.items():
-        widths = {groups[i].width for i in idx}
-        if root in stage and len(widths) == 1:
-            by_stage[(stage[root], widths.pop())].append(root)
-    for roots in by_stage.values():
-        for root in roots[1:]:
-            parent[find(root)] = find(roots[0])
-    classes = defaultdict(list)
-    for i in range(len(groups)):
-        classes[find(i)].append(i)
-    ties = []
-    for idx in sorted(classes.values()):
-        internal = any(i in stage for i in idx)
-        names = _tie_name([(paths[i], pattern.get(i)) for i in idx])
-        ties.append(
-            WidthTie(
-                name=names,
-                groups=tuple(idx),
-                shared=internal,
-                divisor=math.lcm(*(groups[i].divisor for i in idx)),
-            )
+            if _INDEXED.fullmatch(comps[k]) and _inside(self.members[i], block):
+                return self.stage_of(block)
+        return frozenset()
+
+
+def width_ties(graph: ModelGraph) -> tuple[WidthTie, ...]:
+    """The searched widths of ``graph``, in forward order of their first producer."""
+    blocks, union = _Blocks(graph), _Union(len(graph.groups))
+    stage: dict[int, frozenset[int]] = {}
+    pattern: dict[int, tuple[int, str]] = {}  # the block-index position and its stem
+    # One role across the blocks of a stage: one width.
+    for i, j, found, where in blocks.same_roles():
+        union.join(i, j)
+        stage[i] = stage[j] = found
+        pattern[i] = pattern[j] = where
+    for i in range(len(graph.groups)):
+        if i not in stage and blocks.lone_stage(i):
+            stage[i] = blocks.lone_stage(i)
+    # Roles of one stage that the model gives one width (a bottleneck's conv1 and conv2).
+    by_width: dict[tuple, list[int]] = defaultdict(list)
+    for idx in union.classes():
+        widths = {graph.groups[i].width for i in idx}
+        if idx[0] in stage and len(widths) == 1:
+            by_width[(stage[idx[0]], widths.pop())].append(idx[0])
+    for first, *rest in by_width.values():
+        for other in rest:
+            union.join(first, other)
+    return tuple(
+        WidthTie(
+            name=_tie_name([(blocks.paths[i], pattern.get(i)) for i in idx]),
+            groups=tuple(idx),
+            shared=any(i in stage for i in idx),
+            divisor=math.lcm(*(graph.groups[i].divisor for i in idx)),
         )
-    return tuple(ties)
+        for idx in union.classes()
+    )
 
 
 def _tie_name(members: list[tuple[list[str], tuple[int, str] | None]]) -> str:
