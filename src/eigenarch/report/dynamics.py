@@ -321,6 +321,64 @@ def _cached(path: Path, key: Mapping[str, Any]) -> bool:
     return path.is_file() and meta.get("dynamics") == key
 
 
+def _checkpoint_spectra(
+    run: Path,
+    checkpoints: Sequence[tuple[int, Path]],
+    settings: dict[str, Any],
+    workers: int,
+    device: str,
+):
+    """``(iteration, spectra file, spectra, backbone config or None)`` of every checkpoint:
+    loaded when computed before with the same settings, else streamed and saved (rank 0)."""
+    dataset, chosen = None, []
+    for k, (iteration, path) in enumerate(checkpoints):
+        target = spectra_file(run, iteration)
+        key = {**settings, "checkpoint": _stamp(path)}
+        if _cached(target, key):
+            yield iteration, target, Spectra.load(target), None
+            continue
+        if dataset is None:  # the data pass is only set up when a checkpoint needs it
+            dataset = CocoDetection.from_root(settings["data"], settings["split"], masks=False,
+                                              verbose=is_main())  # fmt: skip
+            chosen = sample_images(len(dataset), settings["images"], settings["seed"])
+        model, payload = detector_from_checkpoint(path)
+        model.eval().to(local_device(device))
+        spectra = stream_spectra(
+            model, True, dataset, chosen, batch_size=settings["batch_size"], workers=workers,
+            device=str(local_device(device)), include=settings["layers"],
+            sides=settings["sides"], max_channels=settings["max_channels"],
+            description=f"iter {iteration} ({k + 1}/{len(checkpoints)})",
+        )  # fmt: skip
+        shown = {k: settings[k] for k in ("data", "split")}
+        spectra.meta = {"model": str(path), **shown, "images": len(chosen),
+                        "seed": settings["seed"], "dynamics": key}  # fmt: skip
+        if is_main():
+            spectra.save(target)
+        barrier()
+        yield iteration, target, spectra, payload["config"]["backbone"]
+
+
+def _dimension_series(spectra_list: Sequence[Spectra], threshold: float):
+    """``(dims per map over the checkpoints, channels per map)``; maps missing at some
+    checkpoint (no samples there) are left out, and said so."""
+    dims: dict[str, list[int | None]] = {}
+    channels: dict[str, int] = {}
+    for k, spectra in enumerate(spectra_list):
+        for name in spectra.names:
+            dims.setdefault(name, [None] * k).append(spectra.intrinsic_dim(name, threshold))
+            channels[name] = spectra.channels(name)
+        for series in dims.values():
+            series.extend([None] * (k + 1 - len(series)))
+    partial = [name for name, series in dims.items() if None in series]
+    if partial and is_main():
+        console.print(
+            f"left out {len(partial)} map(s) without samples at some checkpoint: "
+            f"{', '.join(partial[:5])}{' ...' if len(partial) > 5 else ''}",
+            highlight=False,
+        )
+    return {name: series for name, series in dims.items() if name not in partial}, channels
+
+
 def compute_dynamics(
     run_dir: str | os.PathLike[str],
     data: str | os.PathLike[str] | None = None,
@@ -362,73 +420,15 @@ def compute_dynamics(
         "batch_size": batch_size,
     }
     init_distributed(device)
-    dataset, chosen, backbone = None, [], None
-    dims: dict[str, list[int]] = {}
-    channels: dict[str, int] = {}
-    files = []
-    for k, (iteration, path) in enumerate(checkpoints):
-        target = spectra_file(run, iteration)
-        key = {**settings, "checkpoint": _stamp(path)}
-        if _cached(target, key):
-            spectra = Spectra.load(target)
-        else:
-            if dataset is None:
-                dataset = CocoDetection.from_root(data, split, masks=False, verbose=is_main())
-                chosen = sample_images(len(dataset), images, seed)
-            model, payload = detector_from_checkpoint(path)
-            backbone = payload["config"]["backbone"]
-            model.eval().to(local_device(device))
-            spectra = stream_spectra(
-                model,
-                True,
-                dataset,
-                chosen,
-                batch_size=batch_size,
-                workers=workers,
-                device=str(local_device(device)),
-                include=list(layers) if layers else None,
-                sides=sides,
-                max_channels=max_channels,
-                description=f"iter {iteration} ({k + 1}/{len(checkpoints)})",
-            )
-            spectra.meta = {
-                "model": str(path),
-                "data": str(data),
-                "split": split,
-                "images": len(chosen),
-                "seed": seed,
-                "dynamics": key,
-            }
-            if is_main():
-                spectra.save(target)
-            barrier()
-        files.append(str(target.relative_to(run)))
-        for name in spectra.names:
-            dims.setdefault(name, [None] * k).append(spectra.intrinsic_dim(name, threshold))
-            channels[name] = spectra.channels(name)
-        for series in dims.values():
-            series.extend([None] * (k + 1 - len(series)))
-    partial = [name for name, series in dims.items() if None in series]
-    if partial and is_main():
-        console.print(
-            f"left out {len(partial)} map(s) without samples at some checkpoint: "
-            f"{', '.join(partial[:5])}{' ...' if len(partial) > 5 else ''}",
-            highlight=False,
-        )
-    full = {name: series for name, series in dims.items() if name not in partial}
+    found = list(_checkpoint_spectra(run, checkpoints, settings, workers, device))
+    dims, channels = _dimension_series([spectra for _, _, spectra, _ in found], threshold)
+    backbone = next((b for *_, b in reversed(found) if b is not None), None)
     if backbone is None:
         backbone = load_checkpoint(checkpoints[-1][1])["config"]["backbone"]
-    result = analyse(
-        run,
-        [it for it, _ in checkpoints],
-        full,
-        channels,
-        milestones,
-        length,
-        threshold,
-        criteria,
-        files,
-    )
+    files = [str(target.relative_to(run)) for _, target, _, _ in found]
+    iterations = [it for it, _ in checkpoints]
+    result = analyse(run, iterations, dims, channels, milestones, length, threshold, criteria,
+                     files)  # fmt: skip
     result.settings, result.backbone = settings, backbone
     result.command = dynamics_command(
         str(run), {**settings, "threshold": threshold, **asdict(criteria)}
