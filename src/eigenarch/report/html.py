@@ -497,6 +497,36 @@ def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
     page.summary["table1"] = list(rows)
 
 
+def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
+    """A run's commands, settings, final COCO metrics and dynamics."""
+    page.heading(2, f"Run {run.label}", _ident(f"run-{run.label}"))
+    page.summary["runs"][run.label] = {"path": str(run.path), "config": run.config}
+    page.code(f"{train_command(run.config)}\n{run.dyn.command}")
+    page.table(
+        f"{_ident(run.label)}-settings",
+        ["setting", "value"],
+        [(k, json.dumps(v)) for k, v in run.config.items()],
+        f"{run.label}: training settings (config.json)",
+    )
+    metrics_file = run.path / "metrics.json"
+    if metrics_file.is_file():
+        final = json.loads(metrics_file.read_text(encoding="utf-8"))
+        page.summary["runs"][run.label]["metrics"] = final
+        rows = [
+            (t, k, v)
+            for t, values in final.items()
+            if isinstance(values, dict)
+            for k, v in values.items()
+        ]
+        page.table(
+            f"{_ident(run.label)}-metrics",
+            ["type", "metric", "value"],
+            rows,
+            f"{run.label}: final COCO metrics",
+        )
+    _dynamics_section(page, run, chosen, checkpoints)
+
+
 def write_report(
     runs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -552,32 +582,7 @@ def write_report(
     page.heading(2, "Commands", "commands")
     page.code(command or "eigenarch report")
     for run, chosen in zip(loaded, plotted, strict=True):
-        page.heading(2, f"Run {run.label}", _ident(f"run-{run.label}"))
-        page.summary["runs"][run.label] = {"path": str(run.path), "config": run.config}
-        page.code(f"{train_command(run.config)}\n{run.dyn.command}")
-        page.table(
-            f"{_ident(run.label)}-settings",
-            ["setting", "value"],
-            [(k, json.dumps(v)) for k, v in run.config.items()],
-            f"{run.label}: training settings (config.json)",
-        )
-        metrics_file = run.path / "metrics.json"
-        if metrics_file.is_file():
-            final = json.loads(metrics_file.read_text(encoding="utf-8"))
-            page.summary["runs"][run.label]["metrics"] = final
-            rows = [
-                (t, k, v)
-                for t, values in final.items()
-                if isinstance(values, dict)
-                for k, v in values.items()
-            ]
-            page.table(
-                f"{_ident(run.label)}-metrics",
-                ["type", "metric", "value"],
-                rows,
-                f"{run.label}: final COCO metrics",
-            )
-        _dynamics_section(page, run, chosen, checkpoints)
+        _run_section(page, run, chosen, checkpoints)
         _widths_section(page, run, metrics, multiple, side)
     if specs:
         _spec_section(page, specs)
