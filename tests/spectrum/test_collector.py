@@ -354,3 +354,29 @@ def test_products_ignore_reduced_matmul_precision():
             torch.set_float32_matmul_precision(previous)
         results.append(collector.spectra().covariance(":in"))
     assert torch.equal(results[0], results[1])
+
+
+def test_the_torch_internals_the_collector_relies_on():
+    """Fails if torch changes the private parts the collector reads (collector.py says which)."""
+    from torch.nn.modules import module as module_hooks
+
+    from eigenarch.spectrum.collector import _first_hook, tensor_version
+
+    t = torch.zeros(3)
+    v = tensor_version(t)
+    t.add_(1)
+    t[0] = 2
+    assert tensor_version(t) == v + 2
+    assert isinstance(module_hooks._global_forward_hooks, dict)
+    conv = torch.nn.Conv2d(1, 1, 1)
+    first = conv.register_forward_hook(lambda *a: None)
+    second = conv.register_forward_hook(lambda *a: None)
+    assert list(conv._forward_hooks) == [first.id, second.id]
+    assert _first_hook(conv, first.id) and not _first_hook(conv, second.id)
+    before = conv.register_forward_hook(lambda *a: None, prepend=True)
+    assert not _first_hook(conv, first.id) and _first_hook(conv, before.id)
+    glob = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert not _first_hook(conv, before.id)
+    finally:
+        glob.remove()

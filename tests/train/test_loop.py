@@ -110,3 +110,10 @@ def test_bad_train_options_give_one_line_errors(
     result = run_cli("train", *args, option, value)
     assert result.code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_training_leaves_the_callers_random_state_alone(tiny_config):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train_detector(tiny_config("rng", iters=1, checkpoint_every=0))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -74,6 +74,7 @@ from eigenarch.train.loop import (
     TrainConfig,
     Trainer,
     distributed_model,
+    own_rng,
     prepare_model,
     run_hooks,
     run_payload,
@@ -155,6 +156,7 @@ class SupernetConfig(TrainConfig):
     sync_bn: bool = True
 
 
+@own_rng
 def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the supernet run in ``cfg.out``.
 

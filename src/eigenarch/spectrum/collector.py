@@ -427,7 +427,8 @@ class SpectrumCollector:
             state.buffer = state.new_buffer(tensor)
         trackable = not tensor.is_inference()
         seen = self._seen.get(id(tensor)) if trackable else None
-        if seen is not None and (seen.ref() is not tensor or seen.version != tensor._version):
+        changed = seen is not None and seen.version != tensor_version(tensor)
+        if seen is not None and (seen.ref() is not tensor or changed):
             seen = None
         if seen is not None and seen.first is not state and _can_reuse(seen.first, state):
             seen.first.shared = True
@@ -444,7 +445,8 @@ class SpectrumCollector:
         if trackable and seen is None:
             key = id(tensor)
             ref = weakref.ref(tensor, lambda ref: self._forget(key, ref))
-            self._seen[key] = _Seen(ref, tensor._version, state, product if keep else None, samples)
+            self._seen[key] = _Seen(ref, tensor_version(tensor), state, product if keep else None,
+                                    samples)  # fmt: skip
         state.commit(samples)
 
     def _forget(self, key: int, ref: weakref.ref | None = None) -> None:
@@ -557,6 +559,20 @@ def _derivable_module(module: nn.Module) -> bool:
         and module.bias is None
         and 2 * module.in_channels <= module.out_channels
     )
+
+
+# --- torch internals ---------------------------------------------------------------------
+# The collector relies on two private parts of torch, kept here and checked by
+# tests/spectrum/test_collector.py::test_the_torch_internals_the_collector_relies_on:
+# - ``Tensor._version``: a counter that every in-place write to the tensor increments (so a
+#   map remembered for reuse is known to be unchanged);
+# - ``Module._forward_hooks`` (an ordered dict from hook id to hook, in the order the hooks
+#   run) and ``torch.nn.modules.module._global_forward_hooks`` (hooks on every module).
+
+
+def tensor_version(tensor: Tensor) -> int:
+    """How many in-place writes ``tensor`` has seen (torch's private ``_version``)."""
+    return tensor._version
 
 
 def _first_hook(module: nn.Module, hook_id: int | None) -> bool:

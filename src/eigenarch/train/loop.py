@@ -9,12 +9,13 @@ losses exactly, and under ``torchrun`` each rank takes its slice of every global
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -53,6 +54,8 @@ from eigenarch.train.schedule import Schedule, make_schedule
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -150,6 +153,19 @@ class IterationBatches(torch.utils.data.Dataset):
                 image, target = hflip(image, target)
             samples.append((image, target))
         return collate_detection(samples)
+
+
+def own_rng(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` on a fork of the global random state: whatever it seeds (a run's init, the
+    samplers' per-iteration seeds), the caller's state is back afterwards."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def finite_on_all_ranks(loss: torch.Tensor) -> bool:
@@ -390,6 +406,7 @@ def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") 
     ]
 
 
+@own_rng
 def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.
 
