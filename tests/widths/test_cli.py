@@ -254,6 +254,7 @@ def test_count_model_json_matches_the_flop_counter(run_cli):
         assert (obj["macs"], obj["params"]) == (counter.get_total_flops() // 2, weights)
     r = run_cli("count", "--model", "detnet59")
     assert "5.000" in r.stdout and "18.319" in r.stdout and "layer5" in r.stdout
+    assert "DetNet-59† (GN): 5.00+ G MACs, 18.3+ M params" in r.stdout
 
 
 def test_search_model_writes_a_spec_that_count_and_train_read(run_cli, tmp_path, shapes_root):

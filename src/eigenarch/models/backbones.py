@@ -41,6 +41,11 @@ FAMILIES = ("resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", 
 #: Builders whose forward reorders or concatenates channels: not resizable by groups.
 REFUSED = ("shufflenet", "densenet", "googlenet", "inception", "squeezenet")
 EXAMPLE_SIZE = 224
+#: The paper's figures for a backbone (Table 1, conv + fc weights at 224 px), shown beside ours.
+PAPER_COSTS = {
+    "resnet50": "paper Table 1, ResNet-50*: 4.09 G MACs, 25.5 M params",
+    "detnet59": "paper Table 1, DetNet-59† (GN): 5.00+ G MACs, 18.3+ M params",
+}
 
 
 def backbone_names() -> list[str]:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import search_spec, spec_cost
+from eigenarch.models.backbones import PAPER_COSTS, search_spec, spec_cost
 from eigenarch.models.detector import backbone_spec
 from eigenarch.options import parse_ints, parse_target, parse_threshold
 from eigenarch.spectrum.spectra import Spectra
@@ -156,6 +156,8 @@ def count(
             typer.echo(json.dumps(_cost_json(cost, None)))
         else:
             Console().print(cost_table(cost, model or backbone))
+            if (model or backbone) in PAPER_COSTS:
+                Console().print(PAPER_COSTS[model or backbone], highlight=False)
         return
     if spec is not None:
         if widths is not None or depths is not None:
