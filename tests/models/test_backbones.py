@@ -105,6 +105,7 @@ def test_detector_on_a_builder_backbone_trains_a_step(name, norm, gn_groups):
         max_size=96, gn_groups=8, fpn_channels=32, head_channels=32, representation=64,
     )  # fmt: skip
     features = model.backbone(torch.zeros(1, 3, 96, 96))
+    assert model.roi_heads.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     assert list(features) == ["0", "1", "2", "3", "pool"]
     assert [f.shape[-1] for f in features.values()] == [24, 12, 6, 3, 2]
     target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}
@@ -118,6 +119,30 @@ def test_detnet_detector_p6_feeds_the_rpn_only():
     features = model.backbone(torch.zeros(1, 3, 64, 64))
     assert list(features) == ["0", "1", "2", "3", "4"]  # P2..P6, no max-pooled level
     assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 4, 4]
-    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]
+    pool = model.roi_heads.box_roi_pool
+    assert pool.featmap_names == ["0", "1", "2", "3"]
+    assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 16]  # P4 and P5 both at stride 16
+    boxes = [torch.tensor([[0, 0, s, s] for s in (16.0, 112.0, 224.0, 448.0, 1000.0)])]
+    assert pool.map_levels(boxes).tolist() == [0, 1, 2, 3, 3]  # P5 pools the largest boxes
+    model.eval()(  # a forward keeps them (torchvision only infers them when unset)
+        [torch.rand(3, 64, 64)]
+    )
+    assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 16]
     assert len(model.rpn.anchor_generator.sizes) == 5
     assert model.backbone.body.layer5[0].conv2.dilation == (2, 2)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "convnext_tiny"])
+def test_detector_spectra_search_keeps_the_classifier_head_it_cannot_measure(name):
+    spec = backbone_spec(name, None if name.startswith("convnext") else "bn")
+    graph, ties = backbone_graph(spec)
+    dims = {k: v for k, v in random_dims(graph, prefix="backbone.body.").items()
+            if ".classifier." not in k}  # fmt: skip  # a detector has no classifier head
+    dims["backbone.fpn.inner_blocks.3.0:in"] = 50
+    result, found = search_spec(spec, dims, "base", "macs", 8, "in")
+    head = [t for t in ties if all(graph.groups[i].name.startswith("classifier") for i in t.groups)]
+    assert result.fixed == tuple(t.name for t in head)
+    for tie in head:
+        for i in tie.groups:
+            assert found.groups[graph.groups[i].name] == graph.groups[i].width
+    assert result.macs <= result.base_macs

@@ -331,3 +331,50 @@ def test_search_from_a_real_spectra_file_of_a_non_resnet(run_cli, tmp_path):
 def test_count_model_errors(run_cli, args, message):
     r = run_cli("count", *args)
     assert r.code == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_count_refuses_a_spec_its_network_cannot_have(run_cli, tmp_path):
+    spec = tmp_path / "rx.json"
+    for groups, norm, message in [
+        ({"layer4.0.conv1": 1000}, "bn", "not a multiple of 32 (the group width"),
+        ({"conv1": 48}, "gn", "width 48 of group 'conv1' is not a multiple of 32"),
+        ({"layer9.0.conv1": 64}, "bn", "no channel group 'layer9.0.conv1' (its groups: conv1, "),
+    ]:
+        builder = "resnext50_32x4d" if "layer4" in str(groups) else "resnet18"
+        spec.write_text(json.dumps({"format": "eigenarch.backbone", "builder": builder,
+                                    "groups": groups, "norm": norm}))  # fmt: skip
+        r = run_cli("count", "--backbone", spec, "--json")
+        assert r.code == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_builder_that_sets_its_own_norm_is_one_line(run_cli):
+    r = run_cli("count", "--model", "mnasnet0_5", "--json")
+    assert r.code == 0 and json.loads(r.stdout)["macs"] > 0  # costs need no norm
+    from eigenarch.errors import EigenarchError
+    from eigenarch.models.backbones import classifier_by_name
+
+    with pytest.raises(EigenarchError, match="sets its own normalisation.*--norm bn"):
+        classifier_by_name("mnasnet0_5", "gn")
+
+
+def test_search_tie_table_shows_the_base_range_of_a_tie(run_cli, tmp_path):
+    from eigenarch.models.backbones import backbone_graph
+    from eigenarch.models.detector import backbone_spec
+    from eigenarch.widths.search import group_maps
+
+    graph, _ = backbone_graph(backbone_spec("convnext_tiny"))
+    dims = {f"{p}:out": 40 for units in group_maps(graph).units for p, _ in units}
+    (tmp_path / "d.json").write_text(json.dumps(dims))
+    out = tmp_path / "c.json"
+    r = run_cli("search", "--dims", tmp_path / "d.json", "--model", "convnext_tiny", "--target",
+                "macs=base", "--multiple", "8", "--side", "out", "--out", out)  # fmt: skip
+    assert r.code == 0, r.stderr  # no GroupNorm pre-check for a LayerNorm model
+    graph, _ = backbone_graph(backbone_spec("mobilenet_v3_large", "bn"))
+    dims = {f"{p}:out": 40 for units in group_maps(graph).units for p, _ in units}
+    (tmp_path / "m.json").write_text(json.dumps(dims))
+    r = run_cli("search", "--dims", tmp_path / "m.json", "--model", "mobilenet_v3_large",
+                "--target", "macs=base", "--multiple", "8", "--norm", "bn", "--side", "out",
+                "--out", tmp_path / "m-out.json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "72-120" in r.stdout  # features.{4..6}.block.0.0: 72, 120, 120
+    assert json.loads((tmp_path / "m-out.json").read_text())["base"]["ranges"][3] == [72, 120]

@@ -83,3 +83,14 @@ def test_groupnorm_groups_must_divide_and_unknown_groups_are_named():
     assert new.bn1.num_channels == 48 and new.bn1.num_groups == 16
     with pytest.raises(EigenarchError, match="has no channel group 'layer9.0.conv1'"):
         resize(model, {"layer9.0.conv1": 48}, X, graph=graph)
+
+
+def test_a_linear_layer_on_a_flattened_map_reads_width_times_positions():
+    model = classifier_by_name("vgg11", "bn")
+    graph = trace_model(model, X)
+    fc = next(layer for layer in graph.layers if layer.name == "classifier.0")
+    assert (fc.in_channels, fc.in_scale) == (512 * 7 * 7, 49)
+    widths = {g.name: g.width // 2 for g in graph.groups}
+    new = resize(model, widths, X, graph=graph)
+    assert new.classifier[0].in_features == 256 * 49
+    assert graph_cost(graph, [widths[g.name] for g in graph.groups]) == flop_count(new)

@@ -114,6 +114,11 @@ def classifier_by_name(
             f"backbone {name!r} with {gn_groups} GroupNorm groups: {exc}; use --gn-groups "
             "dividing every width (e.g. 8) or --norm bn"
         ) from None
+    except TypeError:  # a builder that takes no norm_layer, or sets its own
+        raise EigenarchError(
+            f"backbone {name!r} sets its own normalisation (its builder takes no norm_layer): "
+            f"--norm {norm} does not apply; use --norm bn"
+        ) from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -237,15 +242,15 @@ def search_backbone(
 def _fpn_graph(spec: BackboneSpec) -> ModelGraph:
     from eigenarch.models.detector import body_with_fpn
 
-    model = classifier_by_name(spec.builder, "bn", spec.gn_groups)
+    model = classifier_by_name(spec.builder)  # its own norms: they do not change the groups
     fpn = body_with_fpn(model, 256, 32)
     return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{spec.builder}-fpn")
 
 
 def backbone_cost(spec: BackboneSpec) -> ModelCost:
     """MACs and params (SPEC section 4) of the spec's backbone, from its traced shapes."""
-    graph, _ = backbone_graph(BackboneSpec(spec.builder))  # norms cost nothing
-    widths = check_group_widths(graph, spec.groups, divisors=False)
+    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    widths = check_group_widths(graph, spec.groups)  # widths the spec's network can have
     return graph_layer_costs(graph, [widths[g.name] for g in graph.groups])
 
 

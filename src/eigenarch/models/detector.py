@@ -10,11 +10,13 @@ network. From scratch the backbone convs are He-normal and the FPN convs Glorot-
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -23,7 +25,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import LevelMapper
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import (
@@ -53,13 +57,15 @@ def backbone_spec(
     norm: str | None = None,
     gn_groups: int = 32,
     depths: Sequence[int] = DEFAULT_DEPTHS,
+    own_norm: bool = False,
 ) -> WidthSpec | BackboneSpec:
     """Resolve a ``--backbone`` value to a spec: ``"resnet50"`` or nine comma-separated
     widths (a ResiaNet), a builder name (:func:`~eigenarch.models.backbones.backbone_names`,
     e.g. ``mobilenet_v3_large``, ``detnet59``) or a width-spec file.
 
     A spec file keeps its own depths and norm; ``norm`` (default GroupNorm) and
-    ``gn_groups`` apply to names and widths.
+    ``gn_groups`` apply to names and widths; ``own_norm`` keeps a builder's own norm
+    (BatchNorm, ConvNeXt's LayerNorm) instead, as a cost needs no norm.
     """
     if isinstance(backbone, WidthSpec | BackboneSpec):
         return backbone
@@ -79,6 +85,8 @@ def backbone_spec(
         return WidthSpec(widths, tuple(depths), norm or "gn", gn_groups, {"widths": text})
     if Path(text).is_file():
         return load_width_spec(text)
+    if own_norm:
+        return BackboneSpec(check_backbone_name(text), {}, None, gn_groups, {"name": text})
     own = check_backbone_name(text).startswith("convnext")  # LayerNorm
     return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
 
@@ -210,14 +218,36 @@ def build_detector(
         box_predictor=FastRCNNPredictor(representation, num_classes),
         **kwargs,
     )
+    strides = _roi_strides(features)
     if kind == "faster_rcnn":
-        return FasterRCNN(features, **common)
+        return FasterRCNN(features, box_roi_pool=_roi_pool(strides, 7), **common)
     return MaskRCNN(
         features,
+        box_roi_pool=_roi_pool(strides, 7),
+        mask_roi_pool=_roi_pool(strides, 14),
         mask_head=MaskRCNNHeads(fpn_channels, [head_channels] * 4, 1, norm_layer=gn),
         mask_predictor=MaskRCNNPredictor(head_channels, head_channels, num_classes),
         **common,
     )
+
+
+def _roi_strides(features: BackboneWithFPN) -> list[int]:
+    """The strides of the four FPN levels the RoI heads read (P2-P5), from one forward."""
+    with torch.no_grad():
+        maps = list(features.body.eval()(torch.zeros(1, 3, 224, 224)).values())[:4]
+    features.body.train()
+    return [224 // m.shape[-1] for m in maps]
+
+
+def _roi_pool(strides: Sequence[int], size: int) -> MultiScaleRoIAlign:
+    """torchvision's RoI pooler over P2-P5, its scales and level mapping fixed from the
+    strides: torchvision infers them from the feature sizes, which cannot tell DetNet's
+    P4 and P5 (both stride 16) apart, so boxes would never be pooled from P5."""
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], size, sampling_ratio=2)
+    pool.scales = [1.0 / stride for stride in strides]
+    k_min = round(math.log2(strides[0]))
+    pool.map_levels = LevelMapper(k_min, k_min + len(strides) - 1)
+    return pool
 
 
 def build_classifier(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import PAPER_COSTS, search_spec, spec_cost
@@ -108,11 +108,16 @@ def comparison_table(found: ModelCost, base: ModelCost) -> Table:
 
 def tie_table(result: WidthSearchResult) -> Table:
     """Every searched width: its groups, base width, adjusted and searched width."""
-    table = Table("width", "base", "adjusted", "searched", title="base -> searched widths")
-    for name, base, adjusted, width in zip(
-        result.ties, result.base_widths, result.adjusted, result.widths, strict=True
+    table = Table(
+        Column("width", overflow="fold"), "base", "adjusted", "searched",
+        title="base -> searched widths",
+    )  # fmt: skip
+    for name, (low, high), adjusted, width in zip(
+        result.ties, result.base_ranges, result.adjusted, result.widths, strict=True
     ):
-        table.add_row(name, str(base), f"{adjusted:.1f}", str(width))
+        base = str(low) if low == high else f"{low}-{high}"
+        kept = " (kept: no map)" if name in result.fixed else ""
+        table.add_row(name, base, f"{adjusted:.1f}", f"{width}{kept}")
     table.add_row(
         "total",
         f"{result.base_macs / 1e9:.3f} G / {result.base_params / 1e6:.3f} M",
@@ -151,13 +156,14 @@ def count(
             raise EigenarchError(
                 f"{chosen[0]} gives the widths; drop --widths/--depths/--multiplier"
             )
-        cost = spec_cost(backbone_spec(model or backbone, norm="bn"))
+        text = model if model is not None else backbone
+        cost = spec_cost(backbone_spec(text, "bn", own_norm=True))
         if as_json:
             typer.echo(json.dumps(_cost_json(cost, None)))
         else:
-            Console().print(cost_table(cost, model or backbone))
-            if (model or backbone) in PAPER_COSTS:
-                Console().print(PAPER_COSTS[model or backbone], highlight=False)
+            Console().print(cost_table(cost, text))
+            if text in PAPER_COSTS:
+                Console().print(PAPER_COSTS[text], highlight=False)
         return
     if spec is not None:
         if widths is not None or depths is not None:
@@ -230,11 +236,6 @@ def search(
     if (spectra is None) == (dims is None):
         raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
     norm_name = None if norm is None else norm.value
-    if norm in (None, Norm.gn) and gn_groups >= 1 and multiple % gn_groups:
-        raise EigenarchError(
-            f"--multiple {multiple} gives widths that {gn_groups} GroupNorm groups cannot split; "
-            "use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
-        )
     metric, value = parse_target(target)
     blocks = parse_ints(depths, "--depths")
     source: dict = {"command": "search", "target": target}
@@ -250,6 +251,11 @@ def search(
     if model is not None:
         source["model"] = model
     analysed = backbone_spec(model or "resnet50", norm_name, gn_groups, blocks)
+    if isinstance(analysed, WidthSpec) and analysed.norm == "gn" and multiple % analysed.gn_groups:
+        raise EigenarchError(  # any other backbone's GroupNorm groups are its ties' divisors
+            f"--multiple {multiple} gives widths that {analysed.gn_groups} GroupNorm groups "
+            "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
+        )
     result, spec = search_spec(analysed, values, value, metric, multiple, side.value, source)
     save_width_spec(out, spec, result.to_dict())
     found, base = spec_cost(spec), spec_cost(analysed)

@@ -129,7 +129,10 @@ def uniform_widths(
 
 def _layer_cost(layer: LayerShape, widths: Sequence[int] | None) -> tuple[int, int, int, int]:
     """``(in, out, macs, params)`` of one layer with its groups at ``widths`` (SPEC section 4)."""
-    i = layer.in_channels if widths is None or layer.in_group is None else widths[layer.in_group]
+    if widths is None or layer.in_group is None:
+        i = layer.in_channels
+    else:
+        i = widths[layer.in_group] * layer.in_scale
     o = layer.out_channels if widths is None or layer.out_group is None else widths[layer.out_group]
     params = o * (layer.per_group or i) * math.prod(layer.kernel)
     return i, o, params * layer.positions, params
@@ -184,9 +187,15 @@ def resnet_graph(
     return graph, ties
 
 
-def tie_widths(graph: ModelGraph, ties: Sequence[WidthTie], widths: Sequence[int]) -> list[int]:
-    """Per-group widths from one width per tie."""
-    out = [g.width for g in graph.groups]
+def tie_widths(
+    graph: ModelGraph,
+    ties: Sequence[WidthTie],
+    widths: Sequence[int],
+    start: Sequence[int] | None = None,
+) -> list[int]:
+    """Per-group widths from one width per tie; groups of no tie keep ``start``'s widths
+    (default: the traced model's)."""
+    out = list(start) if start is not None else [g.width for g in graph.groups]
     for tie, width in zip(ties, widths, strict=True):
         for i in tie.groups:
             out[i] = width

@@ -61,7 +61,8 @@ class LayerShape:
     ``in_channels`` / ``out_channels``). ``per_group`` is the input channels each output
     channel reads when it does not follow the input width (1 for depthwise, the group width
     for grouped convs, ``None`` otherwise); ``positions`` the output (input, for a
-    transposed conv) positions per image of the traced forward.
+    transposed conv) positions per image of the traced forward; ``in_scale`` the input
+    channels per channel of ``in_group`` (a linear layer on a flattened map: its positions).
     """
 
     name: str
@@ -74,6 +75,7 @@ class LayerShape:
     in_group: int | None
     out_group: int | None
     per_group: int | None
+    in_scale: int = 1
 
 
 @dataclass(frozen=True)
@@ -375,18 +377,8 @@ def _layer_shapes(
             spatial = in_shape if isinstance(m, nn.ConvTranspose2d) else out_shape
             positions, size = math.prod(spatial[2:]), out_shape[-1]
             i, o = m.in_channels, m.out_channels
-        layers.append(
-            LayerShape(
-                name,
-                i,
-                o,
-                kernel,
-                stride,
-                size,
-                positions,
-                in_of.get(name),
-                out_of.get(name),
-                per_group,
-            )  # fmt: skip
-        )
+        group = in_of.get(name)
+        scale = i // groups[group].width if group is not None else 1  # flattened map: > 1
+        layers.append(LayerShape(name, i, o, kernel, stride, size, positions, group,
+                                 out_of.get(name), per_group, scale))  # fmt: skip
     return tuple(layers)

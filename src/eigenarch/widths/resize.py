@@ -30,7 +30,7 @@ def check_group_widths(
     if unknown:
         raise EigenarchError(
             f"{graph.model_name} has no channel group {unknown[0]!r} "
-            f"(its groups: {', '.join(list(known)[:4])}, ...)"
+            f"(its groups: {', '.join(g.name for g in graph.groups[:4])}, ...)"
         )
     out = {}
     for group in graph.groups:
@@ -132,7 +132,9 @@ def resize(
         if width == group.width:
             continue
         out.update((p, width) for p in group.producers)
-        inp.update((c, width) for c in group.consumers)
+        for c in group.consumers:  # a linear layer on a flattened map reads width x positions
+            old = getattr(modules[c], "in_features", None) or modules[c].in_channels
+            inp[c] = width * (old // group.width)
         norms.update((n, width) for n in group.norms)
         for name, dim in group.parameters:
             owner_name, _, attr = name.rpartition(".")

@@ -172,7 +172,8 @@ def adjusted_widths(
     for units in maps.units:
         found = [intrinsic[p] for p, _ in units if p in intrinsic]
         per_group.append(max(1.0, float(max(found))) if found else None)
-    missing = [i for i, d in enumerate(per_group) if d is None]
+    searched = sorted(i for t in ties for i in t.groups)
+    missing = [i for i in searched if per_group[i] is None]
     if missing:
         group = graph.groups[missing[0]]
         wanted = [m for p, r in maps.units[missing[0]] for m in _unit_maps(p, r, side)]
@@ -236,7 +237,9 @@ class WidthSearchResult:
     """Outcome of a width search; ``to_dict`` gives the JSON fields of a width spec.
 
     ``widths`` / ``adjusted`` / ``base_widths`` hold one number per tie (``ties`` names
-    them; for a ResNet the nine widths), ``group_widths`` every group's width.
+    them; for a ResNet the nine widths; ``base_widths`` the tie's first group, whose widths
+    span ``base_ranges``), ``group_widths`` every group's width; ``fixed`` names the ties
+    kept at their base width (outside the analysed detector's body).
     """
 
     widths: tuple[int, ...]
@@ -255,6 +258,8 @@ class WidthSearchResult:
     ties: tuple[str, ...]
     group_widths: dict[str, int]
     depths: tuple[int, ...] = field(default=())
+    fixed: tuple[str, ...] = field(default=())
+    base_ranges: tuple[tuple[int, int], ...] = field(default=())
 
     def to_dict(self) -> dict:
         out = {
@@ -266,18 +271,25 @@ class WidthSearchResult:
             "target": {"metric": self.metric, "value": self.target},
             "base": {
                 "widths": list(self.base_widths),
+                **self._ranges(),
                 "macs": self.base_macs,
                 "params": self.base_params,
             },
             "side": self.side,
             "multiple": self.multiple,
             "ties": list(self.ties),
+            "fixed": list(self.fixed),
             "groups": self.group_widths,
             "intrinsic": self.intrinsic,
         }
         if self.depths:
             out["depths"] = list(self.depths)
         return out
+
+    def _ranges(self) -> dict:
+        """``{"ranges": [[low, high], ...]}`` where a tie's groups differ in base width."""
+        uneven = any(low != high for low, high in self.base_ranges)
+        return {"ranges": [list(r) for r in self.base_ranges]} if uneven else {}
 
 
 def named_target(target: float | str, metric: str) -> float | str:
@@ -340,18 +352,23 @@ def search_graph(
     maps = group_maps(graph, fpn_graph)
     relative = relative_dims(graph, dims, fpn_graph)
     intrinsic = intrinsic_per_layer(graph, maps, relative, side)
-    adjusted = adjusted_widths(graph, ties, maps, intrinsic, side)
+    outside = _outside_body(graph, fpn_graph)
+    free = [t for t in ties if not set(t.groups) <= outside]
+    adjusted = adjusted_widths(graph, free, maps, intrinsic, side)
     k = METRICS.index(metric)
 
     def cost(widths: tuple[int, ...]) -> int:
-        return graph_cost(graph, tie_widths(graph, ties, widths))[k]
+        return graph_cost(graph, tie_widths(graph, free, widths, base_groups))[k]
 
     widths, omega = expand_widths(adjusted, budget, cost, multiple, metric)
-    groups = tie_widths(graph, ties, widths)
+    groups = tie_widths(graph, free, widths, base_groups)
     macs, params = graph_cost(graph, groups)
+    searched = dict(zip((t.name for t in free), zip(widths, adjusted, strict=True), strict=True))
+    kept = {t.name: (w, float(w)) for t, w in zip(ties, base_widths, strict=True)}
+    every = [searched.get(t.name, kept[t.name]) for t in ties]  # a fixed tie: its base width
     return WidthSearchResult(
-        widths=widths,
-        adjusted=adjusted,
+        widths=tuple(w for w, _ in every),
+        adjusted=tuple(a for _, a in every),
         omega=omega,
         macs=macs,
         params=params,
@@ -365,7 +382,21 @@ def search_graph(
         base_params=base_params,
         ties=tuple(t.name for t in ties),
         group_widths={g.name: w for g, w in zip(graph.groups, groups, strict=True)},
+        fixed=tuple(t.name for t in ties if t not in free),
+        base_ranges=tuple(
+            (min(base_groups[i] for i in t.groups), max(base_groups[i] for i in t.groups))
+            for t in ties
+        ),
     )
+
+
+def _outside_body(graph: ModelGraph, fpn_graph: ModelGraph | None) -> set[int]:
+    """Groups of the classifier that a detector's body does not have (a hidden fc past the
+    last feature level): they keep their base width, as no detector map measures them."""
+    if fpn_graph is None:
+        return set()
+    body = {name[len("body.") :] for name in fpn_graph.order if name.startswith("body.")}
+    return {i for i, g in enumerate(graph.groups) if not set(g.producers) & body}
 
 
 # ----------------------------------------------------------------------- the ResNet case
