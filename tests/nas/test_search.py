@@ -43,7 +43,7 @@ def test_evolution_beats_random_search_with_the_same_evaluations():
         best = {}
         for strategy in ("evolution", "random"):
             fitness = Matches(target)
-            cfg = SearchConfig(flops=limit, strategy=strategy, seed=seed, **SMALL)
+            cfg = SearchConfig(max_macs=limit, strategy=strategy, seed=seed, **SMALL)
             result = run_search(SPACE, cfg, fitness)
             assert len(fitness.calls) == 200 == len(set(fitness.calls))  # none evaluated twice
             assert all(path_macs(SPACE, p) <= limit for p in fitness.calls)
@@ -55,7 +55,7 @@ def test_evolution_beats_random_search_with_the_same_evaluations():
 
 def test_generations_are_made_as_the_spec_says():
     limit = 340e6
-    cfg = SearchConfig(flops=limit, population=50, generations=3, seed=1)  # the paper's sizes
+    cfg = SearchConfig(max_macs=limit, population=50, generations=3, seed=1)  # the paper's sizes
     result = run_search(SPACE, cfg, Matches(target_path(1, limit)))
     assert [len(g) for g in result.generations] == [50, 50, 50]
     assert Counter(c.origin for c in result.generations[0]) == {"random": 50}
@@ -74,7 +74,7 @@ def test_generations_are_made_as_the_spec_says():
 
 
 def test_mutation_changes_about_one_gene_in_ten():
-    cfg = SearchConfig(flops=1e12, population=50, generations=2, seed=3)
+    cfg = SearchConfig(max_macs=1e12, population=50, generations=2, seed=3)
     result = run_search(SPACE, cfg, Matches(target_path(3, 1e12)))
     parents = {c.path for c in result.generations[0]}
     changed = [
@@ -97,7 +97,7 @@ def test_same_seed_same_search_and_random_search_is_different():
 
 def test_an_interrupted_search_resumes_without_lost_or_repeated_evaluations(tmp_path):
     target = target_path(7, 340e6)
-    cfg = SearchConfig(flops=340e6, population=6, topk=2, mutations=2, crossovers=2,
+    cfg = SearchConfig(max_macs=340e6, population=6, topk=2, mutations=2, crossovers=2,
                        generations=4, seed=4)  # fmt: skip
     whole = run_search(SPACE, cfg, Matches(target), tmp_path / "whole", chunk=4)
 
@@ -130,7 +130,7 @@ def test_a_tiny_space_runs_out_of_new_paths():
     from eigenarch.nas.shufflenet import SearchSpace
 
     space = SearchSpace(8, (16, 32, 48, 64), (1, 1, 1, 1))  # 4^4 = 256 paths
-    cfg = SearchConfig(flops=1e12, population=100, topk=5, mutations=20, crossovers=20,
+    cfg = SearchConfig(max_macs=1e12, population=100, topk=5, mutations=20, crossovers=20,
                        generations=5, seed=0)  # fmt: skip
     result = run_search(space, cfg, lambda paths: [sum(p) for p in paths])
     assert len(result.evaluated) == len({c.path for c in result.evaluated}) == 256
@@ -140,12 +140,23 @@ def test_a_tiny_space_runs_out_of_new_paths():
 def test_bad_settings_are_one_line_errors():
     low, _ = macs_range(SPACE)
     with pytest.raises(EigenarchError, match="below the .* MACs of the smallest path"):
-        run_search(SPACE, SearchConfig(flops=low - 1), Matches((0,) * 20))
+        run_search(SPACE, SearchConfig(max_macs=low - 1), Matches((0,) * 20))
     with pytest.raises(EigenarchError, match="--strategy 'grid'"):
-        SearchConfig(flops=3e8, strategy="grid")
+        SearchConfig(max_macs=3e8, strategy="grid")
     with pytest.raises(EigenarchError, match="exceed --population 30"):
-        SearchConfig(flops=3e8, population=30)
+        SearchConfig(max_macs=3e8, population=30)
     with pytest.raises(EigenarchError, match="--mutation-prob 1.5"):
-        SearchConfig(flops=3e8, mutation_prob=1.5)
+        SearchConfig(max_macs=3e8, mutation_prob=1.5)
     with pytest.raises(EigenarchError, match="--topk 0"):
-        SearchConfig(flops=3e8, topk=0)
+        SearchConfig(max_macs=3e8, topk=0)
+
+
+def test_a_search_saved_with_the_old_flops_field_resumes(tmp_path):
+    from eigenarch.nas.supernet import DetectionSearch, _load_search_settings
+
+    settings = DetectionSearch("m.pt", str(tmp_path), SearchConfig(max_macs=3e8, seed=4))
+    saved = settings.to_dict()
+    assert saved["search"]["max_macs"] == 3e8
+    saved["search"]["flops"] = saved["search"].pop("max_macs")
+    (tmp_path / "search.json").write_text(json.dumps(saved))
+    assert _load_search_settings(tmp_path) == settings

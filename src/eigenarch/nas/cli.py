@@ -203,7 +203,7 @@ def search(
         supernet=str(supernet),
         out=str(out),
         search=SearchConfig(
-            flops=parse_flops(flops),
+            max_macs=parse_flops(flops),
             strategy=strategy,
             population=population,
             topk=topk,

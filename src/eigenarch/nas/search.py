@@ -36,9 +36,10 @@ MAX_TRIES = 200
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings of a search; ``flops`` is the MACs limit of a path at 224 x 224."""
+    """Settings of a search; ``max_macs`` is the limit on a path's MACs at 224 x 224 (the
+    DetNAS paper's "FLOPs", its ``--flops``)."""
 
-    flops: float
+    max_macs: float
     strategy: str = "evolution"
     population: int = 50
     topk: int = 10
@@ -67,8 +68,8 @@ class SearchConfig:
             )
         if not 0 <= self.mutation_prob <= 1:
             raise EigenarchError(f"--mutation-prob {self.mutation_prob}: expected 0..1")
-        if not self.flops > 0:
-            raise EigenarchError(f"--flops {self.flops}: expected a positive number")
+        if not self.max_macs > 0:
+            raise EigenarchError(f"--flops {self.max_macs}: expected a positive number")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +162,7 @@ def next_population(
             if path in seen:
                 continue
             macs = path_macs(space, path)
-            if macs <= cfg.flops:
+            if macs <= cfg.max_macs:
                 seen.add(path)
                 new.append(Candidate(path, macs, origin))
 
@@ -237,9 +238,9 @@ def run_search(
         on_evaluated: called with ``(generation, candidates)`` after each ``fitness`` call.
     """
     low, _ = macs_range(space)
-    if cfg.flops < low:
+    if cfg.max_macs < low:
         raise EigenarchError(
-            f"--flops {cfg.flops:.4g}: below the {low} MACs of the smallest path of this space"
+            f"--flops {cfg.max_macs:.4g}: below the {low} MACs of the smallest path of this space"
         )
     out = Path(out_dir) if out_dir is not None else None
     generations = load_generations(out) if out is not None else []
@@ -254,7 +255,7 @@ def run_search(
             population = next_population(space, cfg, g, done)
             if not population and g == 0:
                 raise EigenarchError(
-                    f"--flops {cfg.flops:.4g}: random sampling found no path within the limit "
+                    f"--flops {cfg.max_macs:.4g}: random sampling found no path within the limit "
                     f"(the smallest path has {low} MACs)"
                 )
             if not population:

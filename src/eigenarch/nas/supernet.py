@@ -317,7 +317,10 @@ def _load_search_settings(out: Path) -> DetectionSearch:
     saved = json.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(DetectionSearch)}
     settings = {k: v for k, v in saved.items() if k in fields}  # also: space, holdout_images
-    return DetectionSearch(**{**settings, "search": SearchConfig(**saved["search"])})
+    search = dict(saved["search"])
+    if "flops" in search:  # a search saved before the field was named for what it holds
+        search["max_macs"] = search.pop("flops")
+    return DetectionSearch(**{**settings, "search": SearchConfig(**search)})
 
 
 def search_supernet(settings: DetectionSearch, resume: bool = False) -> dict[str, Any]:
