@@ -233,18 +233,21 @@ def search_backbone(
     base = list(check_group_widths(graph, spec.groups).values())
     fpn_graph = None
     if any(".fpn." in name or name.startswith("fpn.") for name in dims):
-        fpn_graph = _fpn_graph(spec)
+        fpn_graph = _fpn_graph(spec.builder)
     result = search_graph(graph, ties, dims, target, metric, multiple, side, fpn_graph, base)
     found = BackboneSpec(spec.builder, result.group_widths, spec.norm, spec.gn_groups, {})
     return result, found
 
 
-def _fpn_graph(spec: BackboneSpec) -> ModelGraph:
+@functools.lru_cache(maxsize=32)
+def _fpn_graph(builder: str) -> ModelGraph:
+    """The builder's classifier as the body of eigenarch's FPN, traced (its norms and widths
+    do not change which groups the FPN reads)."""
     from eigenarch.models.detector import body_with_fpn
 
-    model = classifier_by_name(spec.builder)  # its own norms: they do not change the groups
+    model = classifier_by_name(builder)
     fpn = body_with_fpn(model, 256, 32)
-    return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{spec.builder}-fpn")
+    return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{builder}-fpn")
 
 
 def backbone_cost(spec: BackboneSpec) -> ModelCost:

@@ -12,6 +12,7 @@ nine ties of a traced bottleneck ResNet: :func:`search_widths` is this search on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import statistics
@@ -426,6 +427,7 @@ def _check_within(dims: Mapping[str, object], depths: tuple[int, ...]) -> None:
                 )
 
 
+@functools.lru_cache(maxsize=16)
 def _resnet_fpn_graph(depths: tuple[int, ...]) -> ModelGraph:
     """The ResNet as the body of a four-level FPN (torchvision's layout, as in Faster R-CNN)."""
     from torchvision.models import resnet as tv_resnet
