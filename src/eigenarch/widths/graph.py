@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
+from torch_pruning.pruner.function import BasePruningFunc
 from torchvision.ops import FrozenBatchNorm2d
 
 from eigenarch.errors import EigenarchError
@@ -87,38 +89,26 @@ class ModelGraph:
     layers: tuple[LayerShape, ...]
     order: tuple[str, ...]
 
-    def group(self, name: str) -> ChannelGroup:
-        """The group called ``name``."""
-        for group in self.groups:
-            if group.name == name:
-                return group
-        raise EigenarchError(f"{self.model_name} has no channel group {name!r}")
-
     def widths(self) -> dict[str, int]:
         """``{group name: width}`` of the traced model."""
         return {g.name: g.width for g in self.groups}
 
 
-class _FrozenBatchNormPruner:
-    """Lets the trace see ``FrozenBatchNorm2d`` (buffers only) as a per-channel layer."""
+class _FrozenBatchNormPruner(BasePruningFunc):
+    """Lets the trace see ``FrozenBatchNorm2d`` (buffers only) as a per-channel layer; it
+    prunes nothing (resizing is :mod:`eigenarch.widths.resize`'s)."""
 
-    def __new__(cls):
-        from torch_pruning.pruner.function import BasePruningFunc
+    TARGET_MODULES = FrozenBatchNorm2d
 
-        class Pruner(BasePruningFunc):
-            TARGET_MODULES = FrozenBatchNorm2d
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        return layer
 
-            def prune_out_channels(self, layer, idxs):
-                return layer
+    prune_in_channels = prune_out_channels
 
-            prune_in_channels = prune_out_channels
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
 
-            def get_out_channels(self, layer):
-                return layer.weight.shape[0]
-
-            get_in_channels = get_out_channels
-
-        return Pruner()
+    get_in_channels = get_out_channels
 
 
 @contextmanager
@@ -190,8 +180,6 @@ def trace_model(
     whose output is the model's output, i.e. a classifier's classes). A grouped conv's
     input and output groups are merged (its group width is kept when resized).
     """
-    import torch_pruning as tp
-
     model_name = name or type(model).__name__
     with _tracing(model):
         order, shapes = _record_layers(model, example_input)
