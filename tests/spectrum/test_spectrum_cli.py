@@ -146,6 +146,9 @@ def test_detector_checkpoint_of_eigenarch_train(run_cli, shapes, tmp_path):
         (("--images", "2"), "needs --model and --data"),
         (("--model", "fasterrcnn_resnet50_fpn", "--min-size", "-5"), "--min-size -5: expected"),
         (("--model", "resnet18", "--min-size", "64"), "detectors only, not the classifier"),
+        (("--model", "ssdlite320_mobilenet_v3_large", "--min-size", "256"), "fixed 320x320"),
+        (("--model", "resnet18", "--weights", "absent.pth"), "state dict or checkpoint not found"),
+        (("--model", "absent.py:make"), "absent.py not found"),
         (("--model", "resnet18", "--workers", "-1"), "Invalid value for '--workers'"),
     ],
 )

@@ -47,8 +47,14 @@ def collect(
     ctx: typer.Context,
     model: str = typer.Option(
         None,
-        help="torchvision builder name (random weights) or a "
-        "checkpoint file, e.g. fasterrcnn_resnet50_fpn, resnet50.",
+        help="torchvision builder name (random weights, e.g. fasterrcnn_resnet50_fpn, "
+        "resnet50), a checkpoint file, or file.py:factory / package.module:factory "
+        "(calls your function: runs your code).",
+    ),
+    weights: Path = typer.Option(
+        None,
+        help="State dict for a builder name or factory: plain, torchvision references' "
+        "checkpoint ('model'), module./model. prefixes removed; read with weights_only=True.",
     ),
     data: Path = typer.Option(None, help="COCO-layout data folder (see `eigenarch data`)."),
     split: str = typer.Option("train", help="Split to sample images from."),
@@ -106,7 +112,7 @@ def collect(
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL reduces on the current device
     torch.manual_seed(seed)
-    net, detector = build_model(model, dataset.num_classes, min_size)
+    net, detector = build_model(model, dataset.num_classes, min_size, weights)
     net.eval().to(device)
     if images > len(dataset) and rank == 0:
         console.print(f"{data} {split}: {len(dataset)} images, using all of them")
@@ -116,6 +122,8 @@ def collect(
                              sides=parse_sides(sides), max_channels=max_channels)  # fmt: skip
     spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
                     "seed": seed, "processes": world}  # fmt: skip
+    if weights is not None:
+        spectra.meta["weights"] = str(weights)
     if rank == 0:
         spectra.save(out)
         _report(spectra, cut, as_json)

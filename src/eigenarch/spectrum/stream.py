@@ -3,11 +3,15 @@ every map hooked: the data pass of ``eigenarch spectrum`` and ``eigenarch dynami
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torchvision
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms import v2
 
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoDetection
@@ -22,63 +26,170 @@ from eigenarch.spectrum.spectra import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config, load_weights
 
 
-def build_model(spec: str, num_classes: int, min_size: int | None) -> tuple[torch.nn.Module, bool]:
-    """A model from a torchvision builder name (random weights) or a checkpoint file.
+def build_model(
+    spec: str, num_classes: int, min_size: int | None, weights: str | Path | None = None
+) -> tuple[torch.nn.Module, bool]:
+    """A model from a torchvision builder name, a factory of the user's, or a checkpoint file.
 
-    Returns ``(model, is_detector)``. Nothing is ever downloaded. Builder names: detectors
-    get ``num_classes`` (background included), classifiers keep their 1000 ImageNet classes.
-    Checkpoints: a detector checkpoint of ``eigenarch train``, or a ``torch.save``'d dict with
-    ``"model"`` (state dict) and ``"config"`` naming the torchvision builder in ``"arch"``
-    (and optionally ``"num_classes"``, for a detector or a classifier). ``min_size``
-    overrides a detector's resize (detectors only).
+    Returns ``(model, is_detector)``; a detector is a model whose ``transform`` is torchvision's
+    ``GeneralizedRCNNTransform`` (Faster / Mask / Keypoint R-CNN, RetinaNet, FCOS, SSD,
+    SSDlite). Nothing is ever downloaded.
+
+    - A builder name: random weights; detectors get ``num_classes`` (background included),
+      classifiers keep their 1000 ImageNet classes.
+    - ``path/to/file.py:factory`` or ``package.module:factory``: ``factory()`` is called with
+      no arguments (this runs the user's code) and must return an ``nn.Module``.
+    - A checkpoint file: a detector checkpoint of ``eigenarch train``, or a ``torch.save``'d
+      dict with ``"model"`` (state dict) and ``"config"`` naming the torchvision builder in
+      ``"arch"`` (and optionally ``"num_classes"``, for a detector or a classifier).
+
+    ``weights`` (a builder name or a factory only) is a state dict file, read with
+    ``weights_only=True`` (see ``weights_state``); a builder detector takes its number of
+    classes from the file's box predictor. ``min_size`` overrides a detector's resize.
     """
-    resize = {"min_size": min_size} if min_size is not None else {}
-    if not Path(spec).is_file():
-        return _torchvision_model(spec, num_classes, resize), _is_detector(spec)
+    if Path(spec).is_file():
+        if weights is not None:
+            raise EigenarchError(f"--weights: --model {spec} is a checkpoint (its own weights); "
+                                 "--weights goes with a builder name or a factory")  # fmt: skip
+        model, state, what = _checkpoint_model(spec, num_classes)
+        load_weights(model, state, spec, what)
+    else:
+        state = weights_state(weights) if weights is not None else None
+        if ":" in spec:
+            model, what = _factory_model(spec), f"model of {spec}"
+        else:
+            model, what = _torchvision_model(spec, num_classes, _box_classes(state)), spec
+        if state is not None:
+            load_weights(model, state, weights, what)
+    detector = _is_detector(model)
+    if min_size is not None:
+        _set_min_size(model, min_size, spec)
+    return model, detector
+
+
+def _checkpoint_model(spec: str, num_classes: int) -> tuple[torch.nn.Module, dict, str]:
+    """The model a checkpoint file's ``config`` describes, its state dict and its name."""
     checkpoint = load_torch(spec, "torch checkpoint")
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict) or not isinstance(checkpoint.get("model"), dict):
         raise EigenarchError(f"{spec}: expected a checkpoint dict with 'model' (a state dict) "
                              "and 'config'")  # fmt: skip
     if checkpoint.get("format") == DETECTOR_FORMAT:
-        model, arch, detector = detector_from_config({**config, **resize}), "detector", True
-    elif isinstance(config.get("arch"), str):
+        return detector_from_config(config), checkpoint["model"], "detector"
+    if isinstance(config.get("arch"), str):
         arch, classes = config["arch"], config.get("num_classes")
         if classes is not None and (not isinstance(classes, int) or classes < 1):
             raise EigenarchError(f"{spec}: config num_classes {classes!r}: expected an int >= 1")
-        model = _torchvision_model(arch, num_classes, resize, classes)
-        detector = _is_detector(arch)
+        return _torchvision_model(arch, num_classes, classes), checkpoint["model"], arch
+    raise EigenarchError(f"{spec}: neither an eigenarch detector checkpoint nor a 'config' "
+                         "naming a torchvision builder in 'arch'")  # fmt: skip
+
+
+#: Prefixes a wrapper adds to every key of a state dict: DDP / DataParallel, Lightning-style.
+WRAPPER_PREFIXES = ("module.", "model.")
+
+
+def weights_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a ``--weights`` file (read with ``weights_only=True``): a plain state
+    dict, or a checkpoint dict holding it under ``"model"`` (torchvision's reference scripts,
+    ``eigenarch train``) or ``"state_dict"``; a ``module.`` (DDP) or ``model.`` prefix on
+    every key is removed."""
+    state = load_torch(path, "state dict or checkpoint")
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
+    ):
+        raise EigenarchError(f"{path}: expected a state dict (names to tensors) or a checkpoint "
+                             "dict holding one under 'model' or 'state_dict'")  # fmt: skip
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix) :]: value for key, value in state.items()}
+                stripped = True
+    return state
+
+
+def _box_classes(state: dict | None) -> int | None:
+    """The number of classes (background included) of a state dict's R-CNN box predictor."""
+    score = (state or {}).get("roi_heads.box_predictor.cls_score.weight")
+    return int(score.shape[0]) if score is not None and score.ndim == 2 else None
+
+
+def _factory_model(spec: str) -> torch.nn.Module:
+    """``factory()`` of ``path/to/file.py:factory`` or ``package.module:factory`` (the user's
+    code runs; its own errors are its own tracebacks)."""
+    source, _, name = spec.rpartition(":")
+    if not source or not name.isidentifier():
+        raise EigenarchError(f"--model {spec!r}: expected path/to/file.py:factory or "
+                             "package.module:factory")  # fmt: skip
+    if source.endswith(".py"):
+        if not Path(source).is_file():
+            raise EigenarchError(f"--model {spec!r}: {source} not found")
+        name_in_modules = f"_eigenarch_model_{Path(source).stem}"  # never shadows a real one
+        found = importlib.util.spec_from_file_location(name_in_modules, source)
+        module = importlib.util.module_from_spec(found)
+        sys.modules[name_in_modules] = module  # dataclasses and pickle look modules up there
+        found.loader.exec_module(module)
     else:
-        raise EigenarchError(f"{spec}: neither an eigenarch detector checkpoint nor a 'config' "
-                             "naming a torchvision builder in 'arch'")  # fmt: skip
-    load_weights(model, checkpoint["model"], spec, arch)
-    return model, detector
+        if str(Path.cwd()) not in sys.path and "" not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # package.module of the current folder
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not source.startswith(exc.name):
+                raise  # the user's module imports something missing: their traceback
+            raise EigenarchError(f"--model {spec!r}: no module named {exc.name!r}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise EigenarchError(f"--model {spec!r}: {source} has no function {name!r}")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise EigenarchError(f"--model {spec!r}: {name}() returned a {type(model).__name__}, "
+                             "expected a torch.nn.Module")  # fmt: skip
+    return model
 
 
-def _is_detector(name: str) -> bool:
-    return name in torchvision.models.list_models(module=torchvision.models.detection)
+def _is_detector(model: torch.nn.Module) -> bool:
+    return isinstance(getattr(model, "transform", None), GeneralizedRCNNTransform)
 
 
-def _torchvision_model(
-    name: str, num_classes: int, resize: dict, classes: int | None = None
-) -> torch.nn.Module:
+def _set_min_size(model: torch.nn.Module, min_size: int, spec: str) -> None:
+    """``--min-size``: the shorter side a detector's transform resizes images to; refused
+    for classifiers and for fixed-size detectors (SSD, SSDlite)."""
+    transform = getattr(model, "transform", None)
+    if not isinstance(transform, GeneralizedRCNNTransform):
+        raise EigenarchError(f"--min-size: detectors only, not the classifier {spec}")
+    if transform.fixed_size is not None:
+        side = "x".join(map(str, transform.fixed_size))
+        raise EigenarchError(f"--min-size: {spec} resizes every image to a fixed {side}; "
+                             "it has no shorter-side option")  # fmt: skip
+    transform.min_size = (min_size,)
+
+
+def _torchvision_model(name: str, num_classes: int, classes: int | None = None) -> torch.nn.Module:
     """A torchvision builder's model, random weights; ``classes`` (a checkpoint's
-    ``num_classes``) wins over ``num_classes`` (the data set's) and sizes classifiers too;
-    ``resize`` (``--min-size``) is for detectors only."""
-    if _is_detector(name):
+    ``num_classes``) wins over ``num_classes`` (the data set's) and sizes classifiers too."""
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
         return torchvision.models.get_model(
-            name, weights=None, weights_backbone=None, num_classes=classes or num_classes, **resize
+            name, weights=None, weights_backbone=None, num_classes=classes or num_classes
         )
     classifiers = torchvision.models.list_models(module=torchvision.models)
-    if name in classifiers or name == "detnet59":
-        if resize:
-            raise EigenarchError(f"--min-size: detectors only, not the classifier {name}")
-        if name == "detnet59":  # eigenarch's own builder (DetNet-59, GroupNorm)
-            return classifier_by_name(name, num_classes=classes or 1000)
+    if name == "detnet59":  # eigenarch's own builder (DetNet-59, GroupNorm)
+        return classifier_by_name(name, num_classes=classes or 1000)
+    if name in classifiers:
         extra = {"num_classes": classes} if classes else {}
         return torchvision.models.get_model(name, weights=None, **extra)
     raise EigenarchError(
-        f"--model {name!r}: not a file, nor a torchvision detector or classifier, nor detnet59 "
+        f"--model {name!r}: not a file, nor a torchvision detector or classifier, nor detnet59, "
+        "nor file.py:factory / package.module:factory "
         "(e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, resnet50)"
     )
 
