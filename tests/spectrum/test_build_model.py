@@ -52,7 +52,20 @@ def test_builder_weights_in_every_form_with_classes_from_the_box_predictor(
     assert _same_weights(model, detector_state)
 
 
-def test_builder_weights_that_do_not_fit_are_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"]
+)
+def test_classes_from_the_classification_head_of_other_families(tmp_path, name):
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, num_classes=5
+    ).state_dict()
+    torch.save(state, tmp_path / "w.pth")
+    model, detector = build_model(name, 9, None, tmp_path / "w.pth")
+    assert detector and _same_weights(model, state)
+
+
+def test_builder_weights_that_do_not_fit_are_one_line(tmp_path, detector_state):
     path = tmp_path / "w.pth"
     ten = torchvision.models.resnet18(num_classes=10).state_dict()
     torch.save(ten, path)
@@ -63,6 +76,11 @@ def test_builder_weights_that_do_not_fit_are_one_line(tmp_path):
     torch.save({**state, "extra.weight": torch.zeros(1)}, path)
     with pytest.raises(EigenarchError, match="extra.weight is not in the resnet18"):
         build_model("resnet18", 9, None, path)
+    box = {**detector_state, "roi_heads.box_predictor.bbox_pred.bias": torch.zeros(7)}
+    torch.save(box, path)  # class counts that disagree: no guess, the first misfit named
+    with pytest.raises(EigenarchError, match=r"cls_score.weight has shape \(5, 1024\), expected "
+                       r"\(9, 1024\) \(and 3 more\)"):  # fmt: skip
+        build_model(SMALL_DETECTOR, 9, None, path)
     del state["layer1.0.conv1.weight"]
     torch.save({"model": state}, path)
     with pytest.raises(EigenarchError, match="layer1.0.conv1.weight is missing from the file"):

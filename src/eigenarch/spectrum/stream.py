@@ -45,7 +45,8 @@ def build_model(
 
     ``weights`` (a builder name or a factory only) is a state dict file, read with
     ``weights_only=True`` (see ``weights_state``); a builder detector takes its number of
-    classes from the file's box predictor. ``min_size`` overrides a detector's resize.
+    classes from the file's box predictor or classification head. ``min_size`` overrides a
+    detector's resize.
     """
     if Path(spec).is_file():
         if weights is not None:
@@ -58,7 +59,10 @@ def build_model(
         if ":" in spec:
             model, what = _factory_model(spec), f"model of {spec}"
         else:
-            model, what = _torchvision_model(spec, num_classes, _box_classes(state)), spec
+            model, what = _torchvision_model(spec, num_classes), spec
+            classes = _detector_classes(model, state, num_classes)
+            if classes is not None:  # the file's detector was trained on other classes
+                model = _torchvision_model(spec, num_classes, classes)
         if state is not None:
             load_weights(model, state, weights, what)
     detector = _is_detector(model)
@@ -117,10 +121,24 @@ def weights_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _box_classes(state: dict | None) -> int | None:
-    """The number of classes (background included) of a state dict's R-CNN box predictor."""
-    score = (state or {}).get("roi_heads.box_predictor.cls_score.weight")
-    return int(score.shape[0]) if score is not None and score.ndim == 2 else None
+def _detector_classes(model: torch.nn.Module, state: dict | None, num_classes: int) -> int | None:
+    """The number of classes (background included) of the detector in ``state`` where it
+    differs from ``model``'s ``num_classes``: read from the class-dependent head weights (box
+    predictor, classification head: first dimension ``k * num_classes``), which all agree."""
+    if state is None or not _is_detector(model):
+        return None
+    own, found = model.state_dict(), set()
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is None or value.shape == mine.shape:
+            continue
+        if value.shape[1:] != mine.shape[1:] or mine.shape[0] % num_classes:
+            return None  # not a class count that differs: load_weights names it
+        per_class = mine.shape[0] // num_classes
+        if value.shape[0] % per_class:
+            return None
+        found.add(value.shape[0] // per_class)
+    return found.pop() if len(found) == 1 else None
 
 
 def _factory_model(spec: str) -> torch.nn.Module:
