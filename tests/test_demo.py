@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 
 import pytest
 
 import eigenarch.demo as demo_module
-from eigenarch.demo import BASE_WIDTHS, STEPS, base_spec, run_demo, run_parallel, table1, train_runs
+from eigenarch.demo import (
+    BASE_WIDTHS,
+    STEPS,
+    DemoSizes,
+    base_spec,
+    run_demo,
+    run_parallel,
+    table1,
+    train_runs,
+)
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import spec_cost
 from eigenarch.widths import resnet_cost
 
 
 def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
-    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05")
+    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2")
     assert result.code == 0, result.stderr
     state = json.loads((tmp_path / "state.json").read_text())
     assert list(state["steps"]) == [name for name, _, _ in STEPS]
@@ -23,10 +33,24 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert (tmp_path / "report" / "report.html").is_file()
     assert [row["backbone"] for row in report["table1"]][0] == "base"
     assert len(report["table1"]) == 5 and report["findings"]
+    assert all(row["seeds"] == 2 for row in report["table1"])
+    assert report["table1"][0]["AP_p"] is None
+    assert all(0 <= row["AP_p"] <= 1 for row in report["table1"][1:])  # Welch, two seeds
     html = (tmp_path / "report" / "report.html").read_text()
     assert 'id="table1"' in html and "What was found" in html
+    # The claims table: one filled row per claim (a)-(l), verdicts from the rules.
+    assert [c["key"] for c in report["claims"]] == list("abcdefghijkl")
+    assert 'id="claims"' in html
+    body = re.search(r'<table id="claims-table">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", body)
+    assert len(rows) == 12 and "<td></td>" not in body
+    for row, claim in zip(rows, report["claims"], strict=True):
+        assert row.startswith(f"<td>{claim['key']}</td>")
+        assert claim["verdict"] in ("agrees", "disagrees", "not measured here")
+    assert "conv5_2.1 = layer4.1.conv1:in" in html
+    assert "(k) " in result.stderr and "using more in lower layers" not in result.stderr
     stamp = (tmp_path / "report" / "report.html").stat().st_mtime_ns
-    assert run_demo(tmp_path, quick=True, scale=0.05) == state
+    assert run_demo(tmp_path, quick=True, scale=0.05, seeds=2) == state
     assert (tmp_path / "report" / "report.html").stat().st_mtime_ns == stamp
     # A search's base is the network it searched on, not ResNet-50.
     searched = json.loads((tmp_path / "search" / "resianet-s-macs.json").read_text())
@@ -34,6 +58,13 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert searched["base"] == {"widths": list(BASE_WIDTHS), "macs": base.macs,
                                 "params": base.params}  # fmt: skip
     assert searched["target"] == {"metric": "macs", "value": base.macs}
+
+
+def test_seeds_default_to_the_scale():
+    assert DemoSizes.make(scale=3.5).seeds == 3 and DemoSizes.make(scale=0.5).seeds == 1
+    assert DemoSizes.make(scale=0.5, seeds=4).seeds == 4
+    with pytest.raises(EigenarchError, match="--seeds 0"):
+        DemoSizes.make(seeds=0)
 
 
 def test_detnet_demo_gives_detianets(tmp_path, run_cli):

@@ -40,8 +40,9 @@ from eigenarch.models.backbones import (
 )
 from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
-from eigenarch.report.compare import compare_spectra, final_spectra
-from eigenarch.report.dynamics import compute_dynamics, spectra_file
+from eigenarch.report.claims import claim_line, paper_claims, welch_p
+from eigenarch.report.compare import Comparison, compare_spectra, final_spectra
+from eigenarch.report.dynamics import compute_dynamics, load_dynamics, spectra_file
 from eigenarch.report.html import write_report
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import list_checkpoints
@@ -116,9 +117,12 @@ class DemoSizes:
     seeds: int = 1
 
     @classmethod
-    def make(cls, quick: bool = False, scale: float = 1.0) -> DemoSizes:
+    def make(cls, quick: bool = False, scale: float = 1.0, seeds: int | None = None) -> DemoSizes:
+        """``seeds``: of every retraining; by default ``int(scale)``, at least 1."""
         if scale <= 0:
             raise EigenarchError(f"--scale {scale}: expected a positive number")
+        if seeds is not None and seeds < 1:
+            raise EigenarchError(f"--seeds {seeds}: expected a positive integer")
         base = (
             cls(
                 train_images=100,
@@ -146,7 +150,7 @@ class DemoSizes:
         return replace(
             base,
             **{k: max(1, round(getattr(base, k) * scale)) for k in grow},
-            seeds=max(1, int(scale)),
+            seeds=max(1, int(scale)) if seeds is None else seeds,
         )
 
 
@@ -278,6 +282,12 @@ def _events(run_dir: Path, images: int, seed: int, device: str) -> dict[str, int
     }
 
 
+def _comparison(demo: Demo) -> Comparison:
+    """The final spectra of runs I and S side by side."""
+    final = [Spectra.load(final_spectra(demo.run(name))) for name in ("I", "S")]
+    return compare_spectra(*final, names=("I", "S"))
+
+
 def _step_analyse(demo: Demo) -> dict:
     runs = {name: demo.run(name) for name in ("I", "S")}
 
@@ -290,12 +300,7 @@ def _step_analyse(demo: Demo) -> dict:
         for name, run in runs.items()
     }
     events = run_parallel(calls, demo.jobs, progress, "spectra of")
-    comparison = compare_spectra(
-        Spectra.load(final_spectra(runs["I"])),
-        Spectra.load(final_spectra(runs["S"])),
-        names=("I", "S"),
-    )
-    parts = {g.part: g.ratio for g in comparison.groups(by_stage=False)}
+    parts = {g.part: g.ratio for g in _comparison(demo).groups(by_stage=False)}
     return {"events": events, "part_ratio_I_over_S": parts}
 
 
@@ -357,7 +362,9 @@ def table1(
     base: WidthSpec | BackboneSpec | None = None,
 ) -> list[dict]:
     """The paper's Table 1 in miniature: cost and AP (mean, std over seeds) per backbone
-    (``base``: the demo's base network, default the ResNet one)."""
+    (``base``: the demo's base network, default the ResNet one); ``AP_values`` are the
+    seeds' APs and ``AP_p`` the two-sided Welch's t-test p-value against the base (``None``
+    for the base and with one seed)."""
     rows = []
     for label, runs in metrics.items():
         if label == "base":
@@ -377,7 +384,12 @@ def table1(
             values = [100 * run["bbox"][key] for run in runs if run["bbox"][key] >= 0]
             row[key] = statistics.fmean(values) if values else None
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
+            if key == "AP":
+                row["AP_values"] = values
         rows.append(row)
+    base_ap = next((r["AP_values"] for r in rows if r["backbone"] == "base"), [])
+    for row in rows:
+        row["AP_p"] = None if row["backbone"] == "base" else welch_p(row["AP_values"], base_ap)
     return rows
 
 
@@ -406,7 +418,10 @@ def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> l
         more = "more" if backbone > 1 else "fewer"
         lines.append(
             f"Pre-trained (I) backbone maps use {more} dimensions than scratch (S) ones "
-            f"(I/S ratio {backbone:.2f}); the paper reports I using more in lower layers."
+            f"(I/S ratio {backbone:.2f} summed over the backbone). The paper finds lower "
+            "layers of I and S similar (Figure 5 left), I's stage 3-4 widths larger (Figure 2 "
+            "(b) vs (f)) and I's maps near the classifier output using under half of their "
+            "dimensions (Figure 5 right); the claims below compare map by map."
         )
     for run, counts in analysis["events"].items():
         lines.append(
@@ -419,6 +434,11 @@ def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> l
 def _step_report(demo: Demo, specs: dict[str, str], retrain: dict, analysis: dict) -> dict:
     table = table1(specs, retrain["metrics"], demo.base)
     text = findings(table, analysis, demo.backbone)
+    dynamics = {name: load_dynamics(demo.run(name)) for name in ("I", "S")}
+    claims = [
+        c.to_dict()
+        for c in paper_claims(table, _comparison(demo), dynamics, BACKBONES[demo.backbone][0])
+    ]
     path = write_report(
         [demo.run("I"), demo.run("S")],
         demo.out / "report",
@@ -428,8 +448,9 @@ def _step_report(demo: Demo, specs: dict[str, str], retrain: dict, analysis: dic
         command="eigenarch demo",
         table1=table,
         findings=text,
+        claims=claims,
     )
-    return {"report": str(path), "table1": table, "findings": text}
+    return {"report": str(path), "table1": table, "findings": text, "claims": claims}
 
 
 def _widths(widths) -> str:
@@ -485,13 +506,15 @@ def run_demo(
     device: str = "cpu",
     jobs: int | None = None,
     backbone: str = "resnet50",
+    seeds: int | None = None,
 ) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step).
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
     ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows) or ``detnet59``
-    (DetiaNets, its DetNet rows). An ``out`` holding a demo of other settings is refused
-    unless ``force`` (which deletes that demo first).
+    (DetiaNets, its DetNet rows). ``seeds``: trainings of every Table 1 row (seeds
+    ``seed``, ``seed + 1``, ...; default ``int(scale)``, at least 1). An ``out`` holding a
+    demo of other settings is refused unless ``force`` (which deletes that demo first).
     """
     out = Path(out)
     if jobs is None:
@@ -499,7 +522,7 @@ def run_demo(
     if jobs < 1:
         raise EigenarchError(f"--jobs {jobs}: expected a positive integer")
     base_spec(backbone)  # an unknown backbone fails before anything is written
-    demo = Demo(out, DemoSizes.make(quick, scale), seed, device, jobs, backbone)
+    demo = Demo(out, DemoSizes.make(quick, scale, seeds), seed, device, jobs, backbone)
     settings = {
         "backbone": backbone,
         "quick": quick,
@@ -539,7 +562,12 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for every output of the demo."),
     quick: bool = typer.Option(False, help="Smaller sizes: the same steps in about a minute."),
     scale: float = typer.Option(1.0, help="Multiply data sizes and iterations (e.g. 10 on a GPU)."),
-    seed: int = typer.Option(0, help="Random seed (seeds seed..seed+scale-1 when scale >= 2)."),
+    seed: int = typer.Option(0, help="Random seed (the Table 1 rows use seed..seed+N-1)."),
+    seeds: int | None = typer.Option(
+        None,
+        help="N: seeds of every Table 1 training, reported as mean ± std with a Welch's "
+        "t-test p-value against the base (default: int(scale), at least 1).",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     force: bool = typer.Option(
         False,
@@ -556,11 +584,14 @@ def demo(
     ),
 ) -> None:
     """Run the paper's pipeline end to end on the embedded shapes data set (resumable)."""
-    state = run_demo(out, quick, scale, seed, force, device, jobs, backbone)
+    state = run_demo(out, quick, scale, seed, force, device, jobs, backbone, seeds)
     total = sum(step["seconds"] for step in state["steps"].values())
     report = state["steps"]["report"]["outputs"]
     for line in report["findings"]:
         console.print(f"- {line}", highlight=False)
+    console.print("The paper's claims against this run:", highlight=False)
+    for claim in report["claims"]:
+        console.print(f"- {claim_line(claim)}", highlight=False, markup=False)
     console.print(
         f"demo finished ({total:.0f} s of step time). Report: {report['report']} — open it in "
         f"a browser, e.g. `xdg-open {report['report']}`",

@@ -476,10 +476,14 @@ def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
         std = row.get(f"{key}_std")
         return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
+    def p_value(row: dict[str, Any]) -> str:
+        p = row.get("AP_p")
+        return "" if p is None else f"{p:.3f}"
+
     page.heading(2, "Backbones compared (Table 1)", "table1")
     page.table(
         "table1",
-        ["backbone", "widths", "MACs (G)", "params (M)", "seeds", *metrics],
+        ["backbone", "widths", "MACs (G)", "params (M)", "seeds", *metrics, "p (AP vs base)"],
         [
             (
                 r["backbone"],
@@ -488,13 +492,31 @@ def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
                 f"{r['params'] / 1e6:.2f}",
                 r["seeds"],
                 *(value(r, m) for m in metrics),
+                p_value(r),
             )
             for r in rows
         ],
         "Each backbone trained from scratch with the same schedule; COCO bbox metrics (%) on "
-        "the val split",
+        "the val split, mean ± std over seeds; p: two-sided Welch's t-test of AP against the "
+        "base (none with one seed)",
     )
     page.summary["table1"] = list(rows)
+
+
+def _claims_section(page: Page, claims: Sequence[dict[str, Any]]) -> None:
+    """The paper's findings beside this run's (``Claim.to_dict`` rows)."""
+    page.heading(2, "The paper's claims against this run", "claims")
+    page.table(
+        "claims-table",
+        ["claim", "the paper", "where", "this run", "rule", "verdict"],
+        [
+            (c["key"], c["paper"], c["source"], c["ours"], c["rule"], c["shown_verdict"])
+            for c in claims
+        ],
+        "Each verdict is computed from this run's numbers with the rule shown; maps in the "
+        "paper's naming = ours",
+    )
+    page.summary["claims"] = list(claims)
 
 
 def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
@@ -543,12 +565,14 @@ def write_report(
     command: str = "",
     table1: Sequence[dict[str, Any]] = (),
     findings: Sequence[str] = (),
+    claims: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write ``OUT/report.html`` (plus ``OUT/report.json`` and ``OUT/plots/``) over ``runs``,
     each analysed first with ``eigenarch dynamics``; returns the HTML path.
 
     ``table1`` (rows with backbone, macs, params and AP..APl, optionally ``*_std``) and
-    ``findings`` (sentences) open the page when given, as ``eigenarch demo`` does.
+    ``findings`` (sentences) and ``claims`` (:meth:`Claim.to_dict` rows) open the page when
+    given, as ``eigenarch demo`` does.
     """
     if not runs:
         raise EigenarchError("eigenarch report needs at least one RUN_DIR")
@@ -577,6 +601,8 @@ def write_report(
         page.heading(2, "What was found", "findings")
         page.add("<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in findings) + "</ul>")
         page.summary["findings"] = list(findings)
+    if claims:
+        _claims_section(page, claims)
     if table1:
         _table1_section(page, table1)
     page.heading(2, "Commands", "commands")
