@@ -589,8 +589,11 @@ def demo(
     report = state["steps"]["report"]["outputs"]
     for line in report["findings"]:
         console.print(f"- {line}", highlight=False)
-    console.print("The paper's claims against this run:", highlight=False)
-    for claim in report["claims"]:
+    if "claims" not in report:  # a report step finished before the claims table existed
+        console.print("No claims table in this older demo; --force redoes it.", highlight=False)
+    else:
+        console.print("The paper's claims against this run:", highlight=False)
+    for claim in report.get("claims", []):
         console.print(f"- {claim_line(claim)}", highlight=False, markup=False)
     console.print(
         f"demo finished ({total:.0f} s of step time). Report: {report['report']} — open it in "

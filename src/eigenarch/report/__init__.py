@@ -1,10 +1,13 @@
-"""Eigenspectrum dynamics of training runs, I-vs-S comparison, plots and the HTML report."""
+"""Eigenspectrum dynamics of training runs, I-vs-S comparison, the paper's claims, plots and
+the HTML report."""
 
+from eigenarch.report.claims import Claim, paper_claims, welch_p
 from eigenarch.report.compare import Comparison, compare_spectra, map_part, map_stage
 from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics, find_events
 from eigenarch.report.html import write_report
 
 __all__ = [
+    "Claim",
     "Comparison",
     "Criteria",
     "RunDynamics",
@@ -13,5 +16,7 @@ __all__ = [
     "find_events",
     "map_part",
     "map_stage",
+    "paper_claims",
+    "welch_p",
     "write_report",
 ]
