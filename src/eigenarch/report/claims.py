@@ -230,10 +230,8 @@ def _table1_claims(table: Sequence[Mapping[str, Any]], family: str) -> list[Clai
     claims = []
 
     paper = f"{family}s at the base's MACs reach the base's AP with fewer parameters"
-    source, rule = (
-        "sec. 4.5, Table 1",
-        (f"each (MACs) row: fewer params than the base and AP not lower at p < {ALPHA} (Welch)"),
-    )
+    source = "sec. 4.5, Table 1"
+    rule = f"each (MACs) row: fewer params than the base and AP not lower at p < {ALPHA} (Welch)"
     if base is None or not at_macs:
         claims.append(Claim("g", paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows"))
     else:
@@ -272,10 +270,8 @@ def _table1_claims(table: Sequence[Mapping[str, Any]], family: str) -> list[Clai
     )
 
     paper = "a uniform width multiplier with the same parameter cut loses AP (~0.6 for -27%)"
-    source, rule = (
-        "sec. 4.5 (note on width multipliers)",
-        (f"uniform row's AP below the base's at p < {ALPHA} (Welch)"),
-    )
+    source = "sec. 4.5 (note on width multipliers)"
+    rule = f"uniform row's AP below the base's at p < {ALPHA} (Welch)"
     if base is None or not uniform:
         claims.append(Claim("j", paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows"))
     else:
