@@ -16,26 +16,29 @@ from eigenarch.report.dynamics import Event
 from eigenarch.report.plots import (
     KERNEL_COLORS,
     compare_figure,
+    diagram_layers,
     dims_figure,
     eigenspectra_figure,
-    resnet_layers,
     save_figure,
     widths_figure,
 )
+from eigenarch.widths import resnet_cost
 
 SCRIPT = """
 import sys
 import numpy as np
 from eigenarch.report.compare import Comparison, MapComparison
 from eigenarch.report.plots import (compare_figure, dims_figure, eigenspectra_figure,
-                                    resnet_layers, save_figure, widths_figure)
+                                    diagram_layers, save_figure, widths_figure)
+from eigenarch.widths import resnet_cost
 out = sys.argv[1]
 values = np.logspace(0, -6, 32)
 save_figure(eigenspectra_figure({"m:out": [(0, values), (10, values ** 2)]}, 1e-3), out + "/f3")
 save_figure(dims_figure([0, 10, 20], {"m:out": [30, 12, 20]}, [15]), out + "/f4")
 maps = [MapComparison(f"backbone.body.layer1.0.conv{k}:in", 16, k, 2 * k) for k in (1, 2, 3)]
 save_figure(compare_figure(Comparison(("I", "S"), 1e-3, maps), ["layer1"]), out + "/f5")
-save_figure(widths_figure([("base", resnet_layers((64,) * 9, (1, 1, 1, 1)))]), out + "/f2")
+layers = diagram_layers(resnet_cost((64,) * 9, (1, 1, 1, 1)))
+save_figure(widths_figure([("base", layers)]), out + "/f2")
 print("pyplot" if "matplotlib.pyplot" in sys.modules else "no pyplot")
 """
 
@@ -128,7 +131,7 @@ def test_compare_figure_per_stage():
 
 def test_widths_figure_bars_proportional_to_channels():
     widths, depths = (32, 16, 64, 32, 128, 64, 256, 128, 512), (1, 2, 1, 1)
-    layers = resnet_layers(widths, depths)
+    layers = diagram_layers(resnet_cost(widths, depths))
     assert [name for name, _, _ in layers] == [
         "conv1",
         "layer1.0.conv1",

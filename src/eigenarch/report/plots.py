@@ -20,7 +20,7 @@ from matplotlib.patches import Patch, Rectangle
 from eigenarch.io import atomic_path
 from eigenarch.report.compare import Comparison, map_stage
 from eigenarch.report.dynamics import Event
-from eigenarch.widths import ModelCost, resnet_cost
+from eigenarch.widths import ModelCost
 
 #: Colours of Figure 2: 7x7 purple, 1x1 green, 3x3 blue; bottleneck blocks grey.
 KERNEL_COLORS = {7: "#8d5fb3", 1: "#5aa55a", 3: "#4a7fc9"}
@@ -169,11 +169,6 @@ def diagram_layers(cost: ModelCost) -> list[tuple[str, int, int]]:
         for layer in cost.layers[:-1]
         if not any(part in SHORTCUTS for part in layer.name.split("."))
     ]
-
-
-def resnet_layers(widths: Sequence[int], depths: Sequence[int]) -> list[tuple[str, int, int]]:
-    """:func:`diagram_layers` of a ResNet of nine widths."""
-    return diagram_layers(resnet_cost(widths, depths))
 
 
 def widths_figure(
