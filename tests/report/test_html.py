@@ -158,6 +158,10 @@ def test_report_notes_and_errors(run_cli, analysed_runs, copy_run, tmp_path):
         r = run_cli("report", analysed_runs["A"], analysed_runs["B"], "--out", bad, *args)
         assert r.code == 2 and message in r.stderr, (args, r.stderr)
         assert not bad.exists()  # nothing written, not even plots
+    # One run: no comparison, but an unknown stage is still refused.
+    r = run_cli("report", analysed_runs["A"], "--out", bad, "--stages", "layer9")
+    assert r.code == 2 and "--stages layer9: not a backbone stage" in r.stderr, r.stderr
+    assert not bad.exists()
 
 
 def _chromium():

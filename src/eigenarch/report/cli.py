@@ -219,7 +219,9 @@ def compare(
         labels,
     )
     if plot is not None:
-        chosen = plot_stages(comparison, stages.split(",") if stages else None)
+        chosen = plot_stages(
+            [m.name for m in comparison.maps], stages.split(",") if stages else None
+        )
         if not chosen:
             raise EigenarchError("--plot: these spectra have no backbone maps to plot")
         written = save_figure(compare_figure(comparison, chosen, side.value), plot)

@@ -132,9 +132,15 @@ class Comparison:
         }
 
 
-def plot_stages(comparison: Comparison, stages: Sequence[str] | None = None) -> list[str]:
-    """``stages`` checked against the comparison's backbone stages; by default all of them."""
-    found = [g.stage for g in comparison.groups(by_stage=True) if g.part == "backbone"]
+def backbone_stages(names: Sequence[str]) -> list[str]:
+    """The backbone stages of these map names, in network order."""
+    return list(dict.fromkeys(map_stage(n) for n in names if map_part(n) == "backbone"))
+
+
+def plot_stages(names: Sequence[str], stages: Sequence[str] | None = None) -> list[str]:
+    """``stages`` checked against the backbone stages of the map ``names``; by default all
+    of them."""
+    found = backbone_stages(names)
     unknown = [s for s in stages or () if s not in found]
     if unknown:
         raise EigenarchError(

@@ -589,7 +589,11 @@ def write_report(
     loaded = [_load_run(p, label) for p, label in zip(paths, labels, strict=True)]
     plotted = [pick_maps(run.dyn, maps, max_maps) for run in loaded]
     comparisons = [_compare(loaded[0], other) for other in loaded[1:]]
-    plot_lists = [plot_stages(c, stages) if isinstance(c, Comparison) else [] for c in comparisons]
+    plot_stages(loaded[0].final.names, stages)  # checked with one run too
+    plot_lists = [
+        plot_stages([m.name for m in c.maps], stages) if isinstance(c, Comparison) else []
+        for c in comparisons
+    ]
     specs = [_read_spec(Path(p)) for p in width_specs]
     page = Page(Path(out), summary={"command": command, "runs": {}, "comparisons": []})
     page.heading(1, "eigenarch report: " + ", ".join(labels))
