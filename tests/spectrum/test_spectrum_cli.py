@@ -36,6 +36,7 @@ def test_classifier_collect_then_show(run_cli, shapes, tmp_path):
     assert spectra.names[0] == "layer4.0.conv1:in" and len(spectra.names) == 10
     assert all(spectra.samples(n) == 3 for n in spectra.names)
     assert spectra.meta["model"] == "resnet18" and spectra.meta["images"] == 3
+    assert "eigenvalues" in r.stderr and "10/10" in r.stderr  # the step after the last batch
     for row in summary["maps"]:
         assert row["intrinsic_dim"] == spectra.intrinsic_dim(row["name"], 1e-3)
         assert row["share"] == row["intrinsic_dim"] / row["channels"]

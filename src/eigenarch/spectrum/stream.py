@@ -269,7 +269,13 @@ def stream_spectra(
         for batch in loader:
             net([image.to(device) for image in batch] if detector else batch.to(device))
             bar.update(task, advance=len(batch))
-    return collector.spectra()
+        spectra = collector.spectra()
+        if rank == 0:  # the decompositions take a while too (29 s for convnext_tiny): shown
+            task = bar.add_task("eigenvalues", total=len(spectra.names), info="")
+            for name in spectra.names:
+                spectra.eigenvalues(name)
+                bar.update(task, advance=1)
+    return spectra
 
 
 def sample_images(total: int, images: int, seed: int) -> list[int]:
