@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -133,6 +134,22 @@ def test_include_sides_and_width_limit():
         SpectrumCollector(model, sides=("middle",))
     with pytest.raises(EigenarchError, match="no Conv2d"):
         SpectrumCollector(model, include=["backbone.*"])
+
+
+def test_attention_out_proj_is_said_to_be_unhookable():
+    # torch's MultiheadAttention (vit_b_16's self_attention) never calls its out_proj module.
+    vit = torchvision.models.VisionTransformer(32, 16, num_layers=1, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16)  # fmt: skip
+    out_proj = "encoder.layers.encoder_layer_0.self_attention.out_proj"
+    with pytest.warns(UserWarning, match=rf"cannot hook 2 map\(s\): {out_proj}:in, {out_proj}:out"):
+        collector = SpectrumCollector(vit)
+    assert collector.unhooked == [f"{out_proj}:in", f"{out_proj}:out"]
+    assert not [n for n in collector.names if "out_proj" in n]
+    with collector, torch.no_grad():
+        vit(torch.randn(2, 3, 32, 32))
+    assert collector.spectra().names == collector.names  # every map left saw samples
+    with pytest.raises(EigenarchError, match=r"no Conv2d.*; cannot hook 1 map\(s\)"):
+        SpectrumCollector(vit, include=[f"{out_proj}:out"])
 
 
 def test_default_limit_skips_fc6_sized_maps():

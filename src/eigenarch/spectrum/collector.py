@@ -297,6 +297,9 @@ class SpectrumCollector:
         self.derive = derive
         #: Maps left out for being wider than ``max_channels``: name -> channels.
         self.skipped: dict[str, int] = {}
+        #: Maps selected but left out because their module is never called (see
+        #: :func:`unhookable_modules`), in module order.
+        self.unhooked: list[str] = []
         self._maps: dict[str, _Map] = {}
         self._layers: list[tuple[nn.Module, _Map | None, _Map | None]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -319,6 +322,7 @@ class SpectrumCollector:
 
     def _select(self) -> None:
         roi = tuple(f"{p}." for p, m in self.model.named_modules() if isinstance(m, RoIHeads))
+        never_called = unhookable_modules(self.model)
         for path, module in self.model.named_modules():
             if not isinstance(module, HOOKED_TYPES):
                 continue
@@ -336,6 +340,9 @@ class SpectrumCollector:
                 )
                 too_wide = self.max_channels is not None and widths[side] > self.max_channels
                 explicit = name in (self.include or ()) or path in (self.include or ())
+                if chosen and path in never_called:
+                    self.unhooked.append(name)
+                    chosen = False
                 if chosen and too_wide and not explicit:
                     self.skipped[name] = widths[side]
                     chosen = False
@@ -349,10 +356,13 @@ class SpectrumCollector:
                 self._layers.append((module, pair[0], pair[1]))
         if not self._maps:
             what = f"include patterns {self.include}" if self.include else "the model"
+            unhooked = f"; {unhooked_note(self.unhooked)}" if self.unhooked else ""
             raise EigenarchError(
                 f"{what}: no Conv2d, Linear or ConvTranspose2d map to collect "
-                f"(sides {self.sides}, max_channels {self.max_channels})"
+                f"(sides {self.sides}, max_channels {self.max_channels}){unhooked}"
             )
+        if self.unhooked:
+            warnings.warn(unhooked_note(self.unhooked), stacklevel=3)
         if self.skipped:
             listed = ", ".join(f"{n} ({c})" for n, c in list(self.skipped.items())[:5])
             more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
@@ -493,6 +503,26 @@ class SpectrumCollector:
             covariances[state.name] = total.cpu().div_(count)
             samples[state.name] = int(count)
         return Spectra(covariances, samples)
+
+
+def unhookable_modules(model: nn.Module) -> set[str]:
+    """Paths of hooked-type modules that the model never calls, so no hook can see their maps:
+    the ``out_proj`` of every ``nn.MultiheadAttention`` (torch's attention, ``vit_b_16``'s
+    ``self_attention`` included, multiplies by its weight directly)."""
+    return {
+        f"{path}.out_proj" if path else "out_proj"
+        for path, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+
+
+def unhooked_note(names: Sequence[str]) -> str:
+    """The one line saying which selected maps cannot be collected, and why."""
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"cannot hook {len(names)} map(s): {listed} (torch's MultiheadAttention uses its "
+        "out_proj weight without calling the module)"
+    )
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import load_torch
 from eigenarch.models.backbones import classifier_by_name
 from eigenarch.progress import console, progress_bar
-from eigenarch.spectrum.collector import SpectrumCollector
+from eigenarch.spectrum.collector import SpectrumCollector, unhooked_note
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config, load_weights
 
@@ -264,6 +264,8 @@ def stream_spectra(
     if collector.skipped and rank == 0:
         console.print(f"skipping {len(collector.skipped)} map(s) wider than {max_channels} "
                       f"channels: {', '.join(collector.skipped)}", highlight=False)  # fmt: skip
+    if collector.unhooked and rank == 0:
+        console.print(unhooked_note(collector.unhooked), highlight=False)
     with collector, torch.no_grad(), progress_bar(disable=rank != 0) as bar:
         task = bar.add_task(description, total=len(loader.dataset), info="")
         for batch in loader:
