@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_path, atomic_write_text
+from eigenarch.io import HOST, atomic_path, atomic_write_text, output_lock
+
+#: A process killed (SIGKILL) halfway through an atomic write into ``sys.argv[1]``.
+KILLED_WRITE = """
+import os, signal, sys
+from eigenarch.io import atomic_path
+
+with atomic_path(os.path.join(sys.argv[1], "spectra.safetensors")) as tmp:
+    tmp.write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+#: A process that holds the lock of the folder ``sys.argv[1]`` until it is killed.
+HOLDER = """
+import sys, time
+from eigenarch.io import output_lock
+
+with output_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
 
 
 @pytest.fixture
@@ -41,3 +64,60 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 def test_a_folder_is_not_an_output_file(tmp_path):
     with pytest.raises(EigenarchError, match="is a folder; expected the path of a file"):
         atomic_write_text(tmp_path, "text")
+
+
+def _temps(folder):
+    return sorted(p.name for p in folder.rglob(".*.tmp"))
+
+
+def test_the_next_write_removes_the_temp_file_of_a_killed_writer(tmp_path):
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_WRITE, str(tmp_path)])
+    assert killed.wait() == -signal.SIGKILL
+    assert len(_temps(tmp_path)) == 1 and not (tmp_path / "spectra.safetensors").exists()
+    alive = f".a.{HOST}-{os.getpid()}.abc123.tmp"  # this process's write in progress
+    elsewhere = f".a.{HOST}x-{killed.pid}.abc123.tmp"  # another host's
+    for name in (alive, elsewhere, ".notes.tmp"):
+        (tmp_path / name).write_text("keep")
+    atomic_write_text(tmp_path / "other.txt", "text")
+    assert _temps(tmp_path) == sorted([alive, elsewhere, ".notes.tmp"])
+
+
+def test_a_folder_lock_removes_killed_writers_temp_files_in_its_subfolders(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    subprocess.run([sys.executable, "-c", KILLED_WRITE, str(checkpoints)])
+    assert len(_temps(checkpoints)) == 1
+    with output_lock(tmp_path / "run"):
+        assert _temps(tmp_path) == []
+    assert list((tmp_path / "run").iterdir()) == [checkpoints]  # no lock file left
+
+
+def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_stuck_lock(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(EigenarchError) as refused, output_lock(run):
+            pass
+        assert str(refused.value) == (
+            f"--out {run}: in use by another process (pid {holder.pid}); wait for it to end"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".lock").exists()  # left by the killed holder, but not held
+    with output_lock(run):
+        with pytest.raises(EigenarchError, match="in use by another process"), output_lock(run):
+            pass
+    assert not (run / ".lock").exists()
+
+
+def test_a_file_output_is_locked_beside_it(tmp_path):
+    out = tmp_path / "backbone.pt"
+    with output_lock(out, "--out", folder=False):
+        assert (tmp_path / ".backbone.pt.lock").is_file() and not out.exists()
+        with pytest.raises(EigenarchError, match=f"--out {out}: in use"):
+            with output_lock(out, "--out", folder=False):
+                pass
+    assert list(tmp_path.iterdir()) == []

@@ -1,11 +1,13 @@
-"""Atomic file writes (a temporary file beside the target, then renamed over it) and the one
-reader of ``torch.save`` files, which never runs code from them."""
+"""Atomic file writes (a temporary file beside the target, then renamed over it), the lock
+that keeps a second process out of an output, and the one reader of ``torch.save`` files,
+which never runs code from them."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,17 +18,30 @@ import torch
 
 from eigenarch.errors import EigenarchError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: outputs are not locked
+    fcntl = None
+
+#: This host, as the temporary files of atomic writes name it (with the writer's pid).
+HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+#: The name ``.TARGET.HOST-PID.RANDOM.tmp`` of an atomic write's temporary file.
+TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left untouched, so a
-    reader never sees a half-written file.
+    reader never sees a half-written file. The temporary file's name holds this host and
+    process id; those that a killed writer left in the folder are removed first.
     """
     target = output_file(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target.parent)
+    prefix = f".{target.name}.{HOST}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,6 +52,82 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """Remove from ``folder`` (and its subfolders with ``recursive``) the temporary files of
+    atomic writes that a killed process left: those named with this host and the id of a
+    process that no longer runs. Returns the files removed."""
+    pattern = "**/.*.tmp" if recursive else ".*.tmp"
+    removed = []
+    for path in sorted(Path(folder).glob(pattern)):
+        match = TEMP_NAME.match(path.name)
+        if match and match["host"] == HOST and not _running(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(
+    path: str | os.PathLike[str], option: str = "--out", folder: bool = True
+) -> Iterator[Path]:
+    """Hold the lock of the output ``path`` (a ``folder``'s ``.lock``, else ``.NAME.lock``
+    beside the file) while the block runs: another process given the same output meanwhile
+    gets a one-line error naming ``option``. The OS releases the lock when its holder ends,
+    however it ends, so a killed run never leaves it stuck. Holding a folder's lock, the
+    temporary files killed writers left anywhere in it are removed first.
+    """
+    path = Path(path)
+    lock = path / ".lock" if folder else path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield path
+        return
+    handle = _acquire(lock, f"{option} {path}")
+    try:
+        if folder:
+            remove_stale_temps(path, recursive=True)
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: a waiting opener sees a new file
+        handle.close()
+
+
+def _acquire(lock: Path, what: str) -> Any:
+    """``lock`` opened and ``flock``-ed, holding this process's id; a one-line error if
+    another process holds it."""
+    while True:
+        handle = lock.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            message = f"{what}: in use by another process{by}; wait for it to end"
+            raise EigenarchError(message) from None
+        try:
+            same = os.fstat(handle.fileno()).st_ino == lock.stat().st_ino
+        except FileNotFoundError:  # its holder removed it as it finished
+            same = False
+        if same:
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return handle
+        handle.close()
 
 
 def output_file(path: str | os.PathLike[str]) -> Path:
