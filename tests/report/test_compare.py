@@ -9,6 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from eigenarch.report.cli import joined_names
 from eigenarch.report.compare import PARTS, compare_spectra, map_part, map_stage
 from eigenarch.spectrum import Spectra
 from eigenarch.spectrum.collector import HOOKED_TYPES
@@ -81,6 +82,29 @@ def test_compare_json_per_map_part_and_stage(run_cli, saved):
         "backbone.body.layer4.0.conv1:in",
         "rpn.head.conv.0.0:in",
     ]
+
+
+def test_names_take_either_form(run_cli, saved):
+    for args in (
+        (*saved, "--names", "I,S"),
+        ("--names", "I", "S", *saved),
+        (saved[0], "--names", "I", "S", saved[1]),
+    ):
+        r = run_cli("compare", *args, "--json", "--top", "1")
+        assert r.code == 0, (args, r.stderr)
+        assert json.loads(r.stdout)["names"] == ["I", "S"]
+    r = run_cli("compare", *saved, "--names", "I,S,T")
+    assert r.code == 2 and "--names I,S,T: expected two labels" in r.stderr
+    # report: one label per run, either form, before or after the runs.
+    valued = {"--out", "--stages"}
+    for args in (
+        ["r1", "r2", "--out", "o", "--names", "I", "S"],
+        ["--names", "I", "S", "r1", "r2", "--out", "o"],
+        ["r1", "r2", "--names", "I,S", "--out", "o"],
+    ):
+        joined = joined_names(args, valued, None)
+        assert joined[joined.index("--names") + 1] == "I,S"
+        assert [a for a in joined if a.startswith("r")] == ["r1", "r2"]
 
 
 def test_compare_tables_threshold_and_plot(run_cli, saved, tmp_path, monkeypatch):

@@ -151,6 +151,7 @@ def test_report_notes_and_errors(run_cli, analysed_runs, copy_run, tmp_path):
     for args, message in [
         (["--maps", "nothing*"], "--maps nothing*: no map"),
         (["--names", "I"], "expected 2 distinct names"),
+        (["--names", "I", "I"], "run names I,I: expected 2 distinct names"),  # the A B form
         (["--metrics", "flops"], "--metrics flops"),
         (["--stages", "layer1,layer9"], "--stages layer9: not a backbone stage"),
         (["--widths", tmp_path / "none.json"], "none.json: cannot read"),

@@ -11,6 +11,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
@@ -182,8 +183,8 @@ def compare(
         "spectra, from `eigenarch dynamics`).",
     ),
     b: Path = typer.Argument(..., help="The same for the second model."),
-    names: tuple[str, str] | None = typer.Option(
-        None, help="Labels of A and B, e.g. --names I S.", show_default="the file names"
+    names: str = typer.Option(
+        None, help="Labels of A and B: --names I,S or --names I S.", show_default="the file names"
     ),
     threshold: str = typer.Option("1e-3", help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5."),
     top: int = typer.Option(10, help="How many of the most different maps to list."),
@@ -209,7 +210,9 @@ def compare(
     """
     if top < 1:
         raise EigenarchError(f"--top {top}: expected >= 1")
-    labels = list(names) if names else [p.stem if p.is_file() else p.name for p in (a, b)]
+    labels = names.split(",") if names else [p.stem if p.is_file() else p.name for p in (a, b)]
+    if len(labels) != 2 or not all(labels):
+        raise EigenarchError(f"--names {names}: expected two labels, --names A,B or --names A B")
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
     comparison = compare_spectra(
@@ -244,7 +247,9 @@ def report(
     ),
     out: Path = typer.Option(..., help="Folder for report.html, report.json and plots/."),
     names: str = typer.Option(
-        None, help="Comma-separated labels, one per run, e.g. I,S.", show_default="the folder names"
+        None,
+        help="Labels, one per run: --names I,S or --names I S.",
+        show_default="the folder names",
     ),
     maps: list[str] = typer.Option(
         None,
@@ -310,8 +315,54 @@ def command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
+def joined_names(args: list[str], valued: set[str], count: int | None) -> list[str]:
+    """``--names I S`` rewritten as ``--names I,S`` in a command's arguments: the tokens after
+    ``--names`` up to the next option, at most ``count`` of them; ``None`` takes one label per
+    remaining positional argument (a run of ``report``), so ``--names I S run1 run2`` works
+    too. ``valued`` are the options that take a value (so theirs are not positional)."""
+    if "--names" not in args:
+        return args
+    i = args.index("--names")
+    end = i + 1
+    while end < len(args) and not args[end].startswith("-"):
+        end += 1
+    following = args[i + 1 : end]
+    if not following or "," in following[0]:
+        return args
+    if count is None:
+        positional, rest = 0, iter(args[:i] + args[end:])
+        for token in rest:
+            if token == "--":
+                positional += len(list(rest))
+            elif not token.startswith("-") or token == "-":
+                positional += 1
+            elif token in valued:
+                next(rest, None)
+        count = max(1, (positional + len(following)) // 2)
+    return [*args[: i + 1], ",".join(following[:count]), *following[count:], *args[end:]]
+
+
+class _NamesCommand(TyperCommand):
+    """A command whose ``--names`` takes ``A,B`` or ``A B`` alike (:func:`joined_names`)."""
+
+    count: int | None = None
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        valued = {
+            opt
+            for param in self.params
+            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
+            for opt in param.opts
+        }
+        return super().parse_args(ctx, joined_names(list(args), valued, self.count))
+
+
+class _TwoNamesCommand(_NamesCommand):
+    count = 2
+
+
 def register(app: typer.Typer) -> None:
     """Add ``dynamics``, ``compare`` and ``report`` to the main CLI."""
     app.command("dynamics")(dynamics)
-    app.command("compare")(compare)
-    app.command("report")(report)
+    app.command("compare", cls=_TwoNamesCommand)(compare)
+    app.command("report", cls=_NamesCommand)(report)
