@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from eigenarch.train.checkpoint import list_checkpoints
 PARTS = ("backbone", "FPN", "RPN", "heads")
 _STAGE = re.compile(r"(?:^|\.)(layer\d+)(?:\.|$)")
 _FPN = re.compile(r"(?:^|\.)fpn\.(?:inner|layer)_blocks\.(\d+)(?:\.|$)")
+_FPN_EXTRA = re.compile(r"(?:^|\.)fpn\.extra_blocks\.p(\d+)(?:\.|$)")
+#: The dense heads of torchvision's RetinaNet, FCOS and SSD (``head.classification_head``).
+_DENSE_HEADS = (".classification_head.", ".regression_head.")
 
 
 def map_part(name: str) -> str:
@@ -31,27 +34,71 @@ def map_part(name: str) -> str:
         return "FPN"
     if ".rpn." in path:
         return "RPN"
-    if ".roi_heads." in path:
+    if ".roi_heads." in path or any(head in path for head in _DENSE_HEADS):
         return "heads"
     return "backbone"
 
 
-def map_stage(name: str) -> str:
+def map_stage(name: str, levels: Mapping[int, int] | None = None) -> str:
     """The stage of a map: ``stem``, ``layer1``..``layer4``, ``fc``; ``P2``.. for the FPN
-    levels over ``layer1``..; the RPN head's or RoI heads' module (``box_head``, ...)."""
+    levels, block ``i`` at level ``levels[i]`` (see :func:`fpn_levels`; by default ``i + 2``,
+    Faster R-CNN's P2..P5 over ``layer1``..), ``P6`` / ``P7`` for RetinaNet's and FCOS's extra
+    levels; the RPN head's or the heads' module (``box_head``, ``classification_head``, ...)."""
     path = name.rpartition(":")[0]
     part = map_part(name)
     if part == "FPN":
-        level = _FPN.search(path)
-        return f"P{int(level.group(1)) + 2}" if level else "fpn"
+        block, extra = _FPN.search(path), _FPN_EXTRA.search(path)
+        if extra:
+            return f"P{extra.group(1)}"
+        if not block:
+            return "fpn"
+        index = int(block.group(1))
+        return f"P{(levels or {}).get(index, index + 2)}"
     if part in ("RPN", "heads"):
-        tail = ("." + path).split(".rpn.head." if part == "RPN" else ".roi_heads.", 1)[-1]
-        return tail.split(".")[0]
+        split = ".rpn.head." if part == "RPN" else ".roi_heads."
+        if part == "heads" and split not in "." + path:
+            split = "head."
+        return ("." + path).split(split, 1)[-1].split(".")[0]
     stage = _STAGE.search(path)
     if stage:
         return stage.group(1)
     body = path.split("backbone.body.", 1)[-1]
     return {"conv1": "stem", "fc": "fc"}.get(body, body.split(".")[0])
+
+
+def fpn_levels(channels: Mapping[str, int]) -> dict[int, int]:
+    """The level of each FPN block index (``fpn.inner_blocks.i`` / ``layer_blocks.i``) of a
+    model, from its map names and widths (name -> channels): the stage ``layerK`` (level
+    ``K + 1``: ``layer1`` is P2) whose output width alone equals an ``inner_blocks.i:in``
+    map's width says where block ``i`` reads; where no width tells, the blocks end at P5
+    over the last stage, as torchvision's detector builders make them (Faster R-CNN's four
+    blocks P2..P5, RetinaNet's and FCOS's three P3..P5). Levels rise by one per block."""
+    blocks = [_FPN.search(n.rpartition(":")[0]) for n in channels]
+    count = 1 + max((int(b.group(1)) for b in blocks if b), default=-1)
+    if not count:
+        return {}
+    outputs: dict[int, int] = {}  # layerK -> its output width
+    inputs: dict[int, int] = {}  # layerK -> the width of its first :in map (layerK-1's output)
+    for name, width in channels.items():
+        stage = _STAGE.search(name.rpartition(":")[0])
+        if map_part(name) != "backbone" or not stage:
+            continue
+        k = int(stage.group(1)[len("layer") :])
+        if name.endswith(":out"):
+            outputs[k] = width  # the last one: the stage's output
+        else:
+            inputs.setdefault(k, width)
+    for k, width in inputs.items():
+        outputs.setdefault(k - 1, width)
+    first = count - 1, 5  # block index, level
+    for name, width in channels.items():
+        block = _FPN.search(name.rpartition(":")[0])
+        if block and ".inner_blocks." in name and name.endswith(":in"):
+            read = [k for k, w in outputs.items() if w == width and k >= 1]
+            if len(read) == 1:
+                first = int(block.group(1)), read[0] + 1
+                break
+    return {i: first[1] + i - first[0] for i in range(count)}
 
 
 class _Pair:
@@ -103,8 +150,9 @@ class Comparison:
     def groups(self, by_stage: bool) -> list[GroupComparison]:
         """Sums per part (``by_stage=False``) or per (part, stage), in network order."""
         sums: dict[tuple[str, str | None], list[int]] = {}
+        levels = fpn_levels({m.name: m.channels for m in self.maps})
         for m in self.maps:
-            key = (map_part(m.name), map_stage(m.name) if by_stage else None)
+            key = (map_part(m.name), map_stage(m.name, levels) if by_stage else None)
             row = sums.setdefault(key, [0, 0, 0, 0])
             for i, v in enumerate((1, m.channels, m.a, m.b)):
                 row[i] += v
