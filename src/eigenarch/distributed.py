@@ -41,6 +41,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` set it, before (or without) joining the group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main() -> bool:
     """Whether this process writes files (rank 0)."""
     return rank() == 0

@@ -10,7 +10,7 @@ import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,11 @@ def output_lock(
     """
     path = Path(path)
     lock = path / ".lock" if folder else path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield path
         return
+    made = not lock.parent.exists()
+    lock.parent.mkdir(parents=True, exist_ok=True)
     handle = _acquire(lock, f"{option} {path}")
     try:
         if folder:
@@ -102,6 +103,9 @@ def output_lock(
     finally:
         lock.unlink(missing_ok=True)  # while still held: a waiting opener sees a new file
         handle.close()
+        if made:  # nothing written into it: no empty folder left
+            with suppress(OSError):
+                lock.parent.rmdir()
 
 
 def _acquire(lock: Path, what: str) -> Any:

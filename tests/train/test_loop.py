@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 import torchvision.models.detection.roi_heads as roi_heads
 
 from eigenarch.errors import EigenarchError
+from eigenarch.io import output_lock
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
 from eigenarch.train.loop import Trainer, train_detector
 
@@ -117,3 +119,30 @@ def test_training_leaves_the_callers_random_state_alone(tiny_config):
     before = torch.get_rng_state()
     train_detector(tiny_config("rng", iters=1, checkpoint_every=0))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resume_takes_everything_from_the_runs_config(shapes_root, tmp_path, run_cli):
+    out = tmp_path / "run"
+    args = ["--out", out, "--iters", "2", "--batch-size", "2", "--checkpoint-every", "1"]
+    assert run_cli("train", "--data", shapes_root, *args, *TINY_ARGS).code == 0
+    (out / "checkpoints" / "iter_0000002.pt").unlink()
+    resumed = run_cli("train", "--out", out, "--resume")  # as docs/train.md writes it
+    assert resumed.code == 0, resumed.stderr
+    assert (out / "checkpoints" / "iter_0000002.pt").is_file()
+    missing = run_cli("train", "--out", tmp_path / "new")
+    assert missing.code == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "--data: required (a COCO-layout folder), unless --resume" in missing.stderr
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["train", "resume"])
+def test_a_second_process_on_the_same_run_is_refused(shapes_root, tmp_path, run_cli, resume):
+    out = tmp_path / "run"
+    args = ["--out", out, "--iters", "1", "--batch-size", "2", *TINY_ARGS]
+    if resume:
+        assert run_cli("train", "--data", shapes_root, *args).code == 0
+    with output_lock(out):  # the first process, still training
+        second = run_cli("train", "--data", shapes_root, *args, *(["--resume"] if resume else []))
+    assert second.code == 2 and len(second.stderr.strip().splitlines()) == 1
+    assert f"--out {out}: in use by another process (pid {os.getpid()})" in second.stderr
+    assert not list(out.rglob(".*lock"))

@@ -74,6 +74,7 @@ from eigenarch.train.loop import (
     TrainConfig,
     Trainer,
     distributed_model,
+    holds_output,
     own_rng,
     prepare_model,
     run_hooks,
@@ -156,6 +157,7 @@ class SupernetConfig(TrainConfig):
     sync_bn: bool = True
 
 
+@holds_output()
 @own_rng
 def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the supernet run in ``cfg.out``.

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from eigenarch.distributed import is_main
+from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.cli import metrics_table
 from eigenarch.options import parse_ints
 from eigenarch.progress import console
@@ -26,7 +27,11 @@ def train_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(
-    data: Path = typer.Option(..., help="COCO-layout folder with train and val splits."),
+    data: Path = typer.Option(
+        None,
+        help="COCO-layout folder with train and val splits (with --resume: the run's own).",
+        show_default=False,
+    ),
     out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics."),
     kind: str = typer.Option("faster_rcnn", help="faster_rcnn or mask_rcnn."),
     backbone: str = typer.Option(
@@ -72,6 +77,8 @@ def train(
     ),
 ) -> None:
     """Train Faster R-CNN / Mask R-CNN on a ResiaNet backbone (runs under torchrun too)."""
+    if data is None and not resume:
+        raise EigenarchError("--data: required (a COCO-layout folder), unless --resume")
     cfg = TrainConfig(**train_fields(locals()))
     metrics = train_detector(cfg, resume=resume)
     if is_main():

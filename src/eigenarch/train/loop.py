@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,12 +27,13 @@ from eigenarch.distributed import (
     init_distributed,
     is_distributed,
     is_main,
+    launch_rank,
     local_device,
     rank,
     world_size,
 )
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json
+from eigenarch.io import atomic_write_json, output_lock
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, backbone_config, build_detector
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
 from eigenarch.options import command_line
@@ -166,6 +168,23 @@ def own_rng(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
 
     return run
+
+
+def holds_output(folder: bool = True) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Run ``fn(cfg, ...)`` holding the lock of its output ``cfg.out`` (a run ``folder``, or
+    a file) in the first process (:func:`eigenarch.io.output_lock`): a second process given
+    the same output, to start or to resume it, is refused in one line meanwhile."""
+
+    def hold(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def run(cfg: Any, *args: Any, **kwargs: Any) -> T:
+            lock = output_lock(cfg.out, folder=folder) if launch_rank() == 0 else nullcontext()
+            with lock:
+                return fn(cfg, *args, **kwargs)
+
+        return run
+
+    return hold
 
 
 def finite_on_all_ranks(loss: torch.Tensor) -> bool:
@@ -406,6 +425,7 @@ def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") 
     ]
 
 
+@holds_output()
 @own_rng
 def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.

@@ -32,7 +32,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.detector import backbone_config, build_classifier
 from eigenarch.progress import console, progress_bar
 from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint, save_checkpoint
-from eigenarch.train.loop import finite_on_all_ranks, own_rng
+from eigenarch.train.loop import finite_on_all_ranks, holds_output, own_rng
 
 #: torchvision's ImageNet normalisation, also the detectors' default, so weights carry over.
 
@@ -154,6 +154,7 @@ def resume_path(out: str | Path) -> Path:
     return Path(str(out) + ".resume")
 
 
+@holds_output(folder=False)
 @own_rng
 def pretrain_classifier(
     cfg: PretrainConfig,
