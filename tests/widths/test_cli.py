@@ -141,6 +141,7 @@ def test_search_numeric_target_and_options(run_cli, tmp_path):
         (("--target", "macs=1M"), "budget 1,000,000 macs is below the smallest reachable 222,"),
         (("--target", "flops=4G"), "--target 'flops=4G': expected macs=<value>"),
         (("--target", "macs=-3"), "--target 'macs=-3': '-3' is not a positive number"),
+        (("--target", "macs=1e30"), "target 1e+30 macs is above the largest this search takes"),
         (("--target", "macs=resnet50", "--multiple", "8"), "--multiple 8 gives widths"),
         (("--target", "macs=resnet50", "--threshold", "1e-3"), "--threshold applies to"),
         (("--target", "macs=resnet50", "--depths", "3,4,5,3"), "outside depths [3, 4, 5, 3]"),
@@ -161,6 +162,7 @@ def test_search_errors_leave_no_file(run_cli, tmp_path, args, message):
         ('{"conv1:out": 3', "invalid JSON"),
         ('{"conv1": 3}', "does not end in ':in'"),
         ("7", "expected a JSON object"),
+        ('{"conv1:out": 1e12}', "is 1000000000000.0; expected a number >= 0 and at most 1,000,000"),
     ],
 )
 def test_search_bad_dims(run_cli, tmp_path, content, message):

@@ -42,6 +42,10 @@ from eigenarch.widths.graph import ModelGraph, trace_model
 from eigenarch.widths.ties import WidthTie
 
 SEARCH_SIDES = ("in", "out", "both")
+#: The largest intrinsic dimensionality read (no feature map has a million channels).
+MAX_DIM = 10**6
+#: The largest budget searched: 10^12 MACs or parameters, ~250x ResNet-50's MACs.
+MAX_TARGET = 10**12
 _BODY_LAYER = re.compile(r"^((?:.*\.)?)layer(\d+)\.(\d+)\.(conv[123]|downsample\.0)$")
 
 
@@ -54,9 +58,10 @@ def check_dims(dims: Mapping[str, object]) -> None:
             raise EigenarchError(
                 f"map name {name!r} does not end in ':in' or ':out' (e.g. 'layer1.0.conv1:in')"
             )
-        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < math.inf:
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= MAX_DIM:
             raise EigenarchError(
                 f"intrinsic dimensionality of {name!r} is {value!r}; expected a number >= 0"
+                f" and at most {MAX_DIM:,}"
             )
 
 
@@ -313,6 +318,10 @@ def check_target(target: float, metric: str) -> int:
         raise EigenarchError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     if isinstance(target, bool) or not isinstance(target, Real) or not 1 <= target < math.inf:
         raise EigenarchError(f"target {target!r} is not a positive number of {metric}")
+    if target > MAX_TARGET:
+        raise EigenarchError(
+            f"target {target:.3g} {metric} is above the largest this search takes, {MAX_TARGET:.0e}"
+        )
     return int(target)
 
 
