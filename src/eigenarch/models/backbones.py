@@ -129,7 +129,8 @@ def _traced(name: str, norm: str | None, gn_groups: int) -> tuple[ModelGraph, tu
 
 
 def backbone_graph(spec: BackboneSpec) -> tuple[ModelGraph, tuple[WidthTie, ...]]:
-    """The traced graph and width ties of the spec's builder (at its own widths)."""
+    """The traced graph and width ties of the spec's builder at the builder's own widths
+    (the spec's norm and GroupNorm groups; its ``groups`` are not applied)."""
     return _traced(spec.builder, spec.norm, spec.gn_groups)
 
 
@@ -229,7 +230,7 @@ def search_backbone(
     ``dims`` (``backbone.fpn.inner_blocks.*``) are read as consumers of the groups their
     lateral convs read, from the graph of the backbone inside the detector's FPN.
     """
-    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    graph, ties = backbone_graph(spec)
     base = list(check_group_widths(graph, spec.groups).values())
     fpn_graph = None
     if any(".fpn." in name or name.startswith("fpn.") for name in dims):
@@ -252,7 +253,7 @@ def _fpn_graph(builder: str) -> ModelGraph:
 
 def backbone_cost(spec: BackboneSpec) -> ModelCost:
     """MACs and params (SPEC section 4) of the spec's backbone, from its traced shapes."""
-    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    graph, _ = backbone_graph(spec)
     widths = check_group_widths(graph, spec.groups)  # widths the spec's network can have
     return graph_layer_costs(graph, [widths[g.name] for g in graph.groups])
 
@@ -288,7 +289,7 @@ def spec_widths(spec: WidthSpec | BackboneSpec) -> list[int]:
     """One width per searched width (tie) of a spec: a ResiaNet's nine, else per tie."""
     if isinstance(spec, WidthSpec):
         return list(spec.widths)
-    graph, ties = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    graph, ties = backbone_graph(spec)
     widths = check_group_widths(graph, spec.groups, divisors=False)
     return [widths[graph.groups[t.groups[0]].name] for t in ties]
 
@@ -301,7 +302,7 @@ def scaled_spec(
     if isinstance(spec, WidthSpec):
         widths = uniform_widths(multiplier, spec.widths, multiple)
         return WidthSpec(widths, spec.depths, spec.norm, spec.gn_groups, source)
-    graph, _ = backbone_graph(BackboneSpec(spec.builder, {}, spec.norm, spec.gn_groups))
+    graph, _ = backbone_graph(spec)
     widths = check_group_widths(graph, spec.groups, divisors=False)
     scaled = {name: round_width(multiplier * w, multiple) for name, w in widths.items()}
     return BackboneSpec(spec.builder, scaled, spec.norm, spec.gn_groups, source)
