@@ -9,13 +9,14 @@ from collections import Counter
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from eigenarch.data.coco import CocoDetection, collate_detection
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detector import build_detector
 from eigenarch.nas.shufflenet import ShuffleNetV2, choice_blocks, detnas_config, set_path
 from eigenarch.nas.supernet import (
-    SampledPaths,
+    SupernetClassifierTrainer,
     SupernetTrainer,
     holdout_split,
     recalibrate_bn,
@@ -24,6 +25,8 @@ from eigenarch.nas.supernet import (
     train_supernet,
 )
 from eigenarch.train.checkpoint import list_checkpoints, load_checkpoint
+from eigenarch.train.hooks import Hook
+from eigenarch.train.loop import IterationBatches
 
 from .conftest import DETECTOR_KWARGS, TINY_SPACE
 
@@ -131,12 +134,20 @@ def test_bn_recalibration_is_a_plain_average_over_the_subset(shapes_root):
 
 def test_sampled_paths_continue_after_a_resume():
     supernet = ShuffleNetV2(TINY_SPACE, num_classes=3)
-    wrapped = SampledPaths(supernet, TINY_SPACE, seed=2, steps_done=10)
-    for step in (10, 11):
-        wrapped.train()(torch.zeros(2, 3, 32, 32))
-        assert tuple(b.active for b in choice_blocks(supernet)) == sample_path(TINY_SPACE, 2, step)
-    wrapped.eval()(torch.zeros(1, 3, 32, 32))  # evaluation keeps the path
-    assert wrapped.step == 12
+    samples = [(torch.zeros(3, 32, 32), 0), (torch.ones(3, 32, 32), 1)]
+    batches = IterationBatches(samples, 2, 2, start=10, end=12, collate=default_collate)
+    paths = []
+
+    class Paths(Hook):
+        def after_step(self, trainer):
+            paths.append(tuple(b.active for b in choice_blocks(supernet)))
+
+    optimizer = torch.optim.SGD(supernet.parameters(), lr=0.01)
+    trainer = SupernetClassifierTrainer(
+        supernet, optimizer, batches, 12, [Paths()], torch.device("cpu"), 2, space=TINY_SPACE
+    )
+    trainer.train()
+    assert paths == [sample_path(TINY_SPACE, 2, step) for step in (10, 11)]
 
 
 def test_supernet_training_refuses_a_single_path(supernet_config):

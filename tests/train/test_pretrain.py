@@ -38,17 +38,18 @@ def _config(cls_root, out, **overrides):
 def test_pretraining_resumes_exactly_and_initialises_a_detector(cls_root, tmp_path, monkeypatch):
     whole = pretrain.pretrain_classifier(_config(cls_root, tmp_path / "whole.pt"))
     assert len(whole["history"]) == 2 and 0.0 <= whole["val_accuracy"] <= 1.0
-    original = pretrain.train_epoch
+    assert all(0.0 <= e["val_accuracy"] <= e["val_top5"] <= 1.0 for e in whole["history"])
+    original = pretrain.ClassifierTrainer.run_step
 
-    def killed_in_epoch_2(model, loader, optimizer, cfg, epoch, device, bar):
-        if epoch == 1:
+    def killed_in_epoch_2(self, images, labels):
+        if self.iter == self.max_iter // 2 + 1:
             raise KeyboardInterrupt
-        return original(model, loader, optimizer, cfg, epoch, device, bar)
+        return original(self, images, labels)
 
-    monkeypatch.setattr(pretrain, "train_epoch", killed_in_epoch_2)
+    monkeypatch.setattr(pretrain.ClassifierTrainer, "run_step", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain_classifier(_config(cls_root, tmp_path / "killed.pt"))
-    monkeypatch.setattr(pretrain, "train_epoch", original)
+    monkeypatch.setattr(pretrain.ClassifierTrainer, "run_step", original)
     assert not (tmp_path / "killed.pt").exists()
     resumed = pretrain.pretrain_classifier(_config(cls_root, tmp_path / "killed.pt"), resume=True)
     assert resumed["history"] == whole["history"]
@@ -88,3 +89,26 @@ def test_pretrain_command_and_bad_input(cls_root, tmp_path, run_cli):
     assert result.code == 2 and "expected ImageFolder trees train/<class>/" in result.stderr
     with pytest.raises(EigenarchError, match="--schedule 'linear'"):
         pretrain.pretrain_classifier(_config(cls_root, tmp_path / "x.pt", schedule="linear"))
+
+
+def test_pretrain_resume_takes_the_settings_of_the_run(cls_root, tmp_path, run_cli, monkeypatch):
+    out = tmp_path / "bn.pt"
+    original = pretrain.ClassifierTrainer.run_step
+
+    def killed_in_epoch_2(self, images, labels):
+        if self.iter == self.max_iter // 2:
+            raise KeyboardInterrupt
+        return original(self, images, labels)
+
+    monkeypatch.setattr(pretrain.ClassifierTrainer, "run_step", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain_classifier(_config(cls_root, out, norm="bn"))
+    monkeypatch.setattr(pretrain.ClassifierTrainer, "run_step", original)
+    result = run_cli("pretrain", "--out", out, "--resume")
+    assert result.code == 0, result.stderr
+    saved = torch.load(out, weights_only=True)
+    assert saved["pretrain"]["norm"] == "bn" and saved["pretrain"]["data"] == str(cls_root)
+    assert "bn1.running_mean" in saved["model"] and len(saved["history"]) == 2
+    assert saved["val_top5"] == saved["history"][-1]["val_top5"]
+    result = run_cli("pretrain", "--out", tmp_path / "none.pt", "--resume")
+    assert result.code == 2 and "none.pt.resume not found" in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -88,20 +87,20 @@ def resolve_path(text: str, space: SearchSpace) -> dict[str, Any]:
     return detnas_config(space, parse_ints(text, "--path"))
 
 
-def _parse_as(command, name: str, args: list[str]) -> tuple[dict[str, Any], bool]:
-    """Parse ``args`` with the options of another command; returns (options, --resume)."""
-    app = typer.Typer()
-    app.command()(command)
-    context = typer.main.get_command(app).make_context(name, list(args))
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in context.params.items()}
+def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> tuple[dict[str, Any], bool]:
+    """Parse ``args`` as the app's own ``eigenarch COMMAND`` parses them (the same options,
+    types and errors); returns (options, --resume)."""
+    root = ctx.find_root()
+    parsed = root.command.get_command(root, command).make_context(f"eigenarch {command}", args)
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in parsed.params.items()}
     return params, bool(params.pop("resume", False))
 
 
-def train_options(args: list[str]) -> tuple[dict[str, Any], bool]:
+def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], bool]:
     """``args`` parsed as ``eigenarch train`` parses them: TrainConfig fields and --resume."""
     if "--backbone" in args:
         raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
-    params, resume = _parse_as(train_cli.train, "eigenarch train", args)
+    params, resume = _parse_as(ctx, "train", args)
     return train_cli.train_fields(params), resume
 
 
@@ -160,7 +159,7 @@ def supernet(
     --schedule, --min-size, --gn-groups, --device, --resume, ...), except --backbone;
     --init may be a supernet pre-trained by `eigenarch detnas pretrain`.
     """
-    options, resume = train_options([*ctx.args, "--data", str(data), "--out", str(out)])
+    options, resume = train_options(ctx, [*ctx.args, "--data", str(data), "--out", str(out)])
     backbone = detnas_config(_space(space, stem, channels, depths), None)
     cfg = SupernetConfig(**{**options, "backbone": backbone}, holdout=holdout, sync_bn=sync_bn)
     summary = train_supernet(cfg, resume=resume)
@@ -261,7 +260,7 @@ def retrain(
     --resume, ...). For ImageNet-style pre-training first, run `eigenarch pretrain --backbone
     SEARCH/best_path.json` and pass its output as --init.
     """
-    options, resume = train_options(list(ctx.args))
+    options, resume = train_options(ctx, list(ctx.args))
     if not resume:
         if path is None:
             raise EigenarchError("--path: required (a search folder, a path file or choices)")
@@ -287,9 +286,8 @@ def pretrain(
     """
     if "--backbone" in ctx.args:
         raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
-    options, resume = _parse_as(train_cli.pretrain, "eigenarch pretrain", list(ctx.args))
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    options = {k: v for k, v in options.items() if k in fields}
+    options, resume = _parse_as(ctx, "pretrain", list(ctx.args))
+    options = train_cli.pretrain_fields(options)
     options["backbone"] = detnas_config(_space(space, stem, channels, depths), None)
     summary = pretrain_supernet(PretrainConfig(**options), resume=resume)
     if is_main():

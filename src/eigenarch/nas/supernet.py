@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -64,25 +65,23 @@ from eigenarch.nas.shufflenet import (
     set_path,
 )
 from eigenarch.progress import console, progress_bar
-from eigenarch.train.checkpoint import (
-    load_checkpoint,
-)
+from eigenarch.train.checkpoint import checkpoint_path, load_checkpoint
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import Hook
 from eigenarch.train.loop import (
-    IterationBatches,
     TrainConfig,
     Trainer,
     distributed_model,
     holds_output,
     own_rng,
     prepare_model,
+    run_batches,
     run_hooks,
     run_payload,
     run_schedule,
     start_run,
 )
-from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
+from eigenarch.train.pretrain import ClassifierTrainer, PretrainConfig, pretrain_classifier
 
 
 def sample_path(space: SearchSpace, seed: int, iteration: int) -> tuple[int, ...]:
@@ -116,12 +115,16 @@ def subset(dataset: CocoDetection, image_ids: Sequence[int]) -> CocoDetection:
     return part
 
 
-class SupernetTrainer(Trainer):
-    """A :class:`Trainer` whose each step trains one sampled path of the supernet.
+class PathSampling:
+    """A :class:`Trainer` mix-in: each step trains one sampled path of the supernet.
 
-    Before every optimizer step the gradients of the parameters off the path are set to
-    ``None``: SGD then skips them (no weight decay, no momentum).
+    Step ``k`` runs ``sample_path(space, seed, k)``, so a resumed run samples what an
+    uninterrupted one would, the same path on every rank. After the backward pass the
+    gradients of the parameters off the path are set to ``None``: SGD then skips them (no
+    weight decay, no momentum).
     """
+
+    unused_parameters = True
 
     def __init__(self, *args: Any, space: SearchSpace, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,10 +132,18 @@ class SupernetTrainer(Trainer):
         self.path: tuple[int, ...] | None = None
         self.hooks.append(OffPathGradients())
 
-    def run_step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
+    def run_step(self, images: Any, targets: Any) -> None:
         self.path = sample_path(self.space, self.seed, self.iter)
         set_path(self.model, self.path)
         super().run_step(images, targets)
+
+
+class SupernetTrainer(PathSampling, Trainer):
+    """Trains a supernet detector, one sampled path per step."""
+
+
+class SupernetClassifierTrainer(PathSampling, ClassifierTrainer):
+    """Pre-trains a supernet classifier, one sampled path per step."""
 
 
 class OffPathGradients(Hook):
@@ -187,18 +198,19 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     elif is_distributed() and is_main():
         console.print("SyncBN needs GPUs: each process keeps its own BatchNorm statistics")
     # find_unused_parameters: the choices off the sampled path get no gradient
-    ddp_model = distributed_model(ddp_model, device, find_unused_parameters=True)
+    ddp_model = distributed_model(
+        ddp_model, device, find_unused_parameters=SupernetTrainer.unused_parameters
+    )
     trainer = SupernetTrainer(
         ddp_model,
         optimizer,
-        IterationBatches(
-            subset(full, train_ids), cfg.batch_size, cfg.seed, start, schedule.iterations, cfg.flip
-        ),
+        run_batches(subset(full, train_ids), cfg, start, schedule.iterations),
         schedule.iterations,
         run_hooks(cfg, schedule, "supernet"),
         device,
         cfg.seed,
         payload,
+        functools.partial(checkpoint_path, run_dir),
         space=space,
     )
     if start == 0:
@@ -415,30 +427,10 @@ def write_search_report(result: SearchResult, out: Path, source: str) -> dict[st
 # --- classifier pre-training of the supernet ------------------------------------------------
 
 
-class SampledPaths(nn.Module):
-    """Wraps a supernet classifier: each training forward runs the next sampled path.
-
-    Step ``k`` (counted on from ``steps_done``) runs ``sample_path(space, seed, k)``, so a
-    resumed run samples what an uninterrupted one would, the same path on every rank.
-    """
-
-    def __init__(self, model: nn.Module, space: SearchSpace, seed: int, steps_done: int = 0):
-        super().__init__()
-        self.model, self.space, self.seed, self.step = model, space, seed, steps_done
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            set_path(self.model, sample_path(self.space, self.seed, self.step))
-            self.step += 1
-        return self.model(images)
-
-
 def pretrain_supernet(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """ImageNet-style pre-training of the supernet ``cfg.backbone`` (path null), one
     sampled path per step; the checkpoint initialises ``detnas supernet --init``."""
     space, path = read_detnas_config(cfg.backbone)
     if path is not None:
         raise EigenarchError("supernet pre-training needs a supernet description (path null)")
-    return pretrain_classifier(
-        cfg, resume, step_model=lambda model, done: SampledPaths(model, space, cfg.seed, done)
-    )
+    return pretrain_classifier(cfg, resume, SupernetClassifierTrainer, space=space)

@@ -101,17 +101,26 @@ def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
     found = list_checkpoints(run_dir)
     if not found:
         raise EigenarchError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    path = found[-1][1]
-    state = load_checkpoint(path)
+    state = restore_checkpoint(found[-1][1], model, optimizer)
+    if is_main():
+        console.print(f"resuming {run_dir} from iteration {state['iteration']}", highlight=False)
+    return state["iteration"]
+
+
+def restore_checkpoint(
+    path: str | os.PathLike[str], model, optimizer, expect: str = DETECTOR_FORMAT
+) -> dict[str, Any]:
+    """Load the checkpoint ``path`` (of format ``expect``) into ``model`` and ``optimizer``
+    to resume its run; returns the checkpoint."""
+    state = load_checkpoint(path, expect=expect)
     _require(state, "optimizer", dict, path, "which --resume needs")
+    _require(state, "iteration", int, path, "which --resume needs")
     load_weights(model, state["model"], path, "run's model")
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError) as exc:
         raise EigenarchError(f"{path}: optimizer state does not fit the run ({exc})") from None
-    if is_main():
-        console.print(f"resuming {run_dir} from iteration {state['iteration']}", highlight=False)
-    return state["iteration"]
+    return state
 
 
 def detector_from_config(config: dict[str, Any]) -> GeneralizedRCNN:

@@ -87,10 +87,18 @@ def train(
 
 
 def pretrain(
-    data: Path = typer.Option(..., help="ImageFolder root with train/<class>/ and val/<class>/."),
+    data: Path = typer.Option(
+        None,
+        help="ImageFolder root with train/<class>/ and val/<class>/ (with --resume: the run's).",
+        show_default=False,
+    ),
     out: Path = typer.Option(..., help="The classifier checkpoint to write (for train --init)."),
     backbone: str = typer.Option(
-        "resnet50", help="resnet50, nine comma-separated widths, or a width-spec JSON file."
+        "resnet50",
+        help="resnet50, nine comma-separated widths, a builder name or a width-spec JSON file.",
+    ),
+    norm: str = typer.Option(
+        None, help="Normalisation for names and widths: gn, bn or frozen_bn.", show_default="gn"
     ),
     gn_groups: int = typer.Option(32, help="GroupNorm groups."),
     epochs: int = typer.Option(90, help="Training epochs."),
@@ -103,28 +111,25 @@ def pretrain(
         2, min=0, help="Data-loading worker processes (0: load in the main process)."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    resume: bool = typer.Option(False, help="Continue from OUT.resume (the last epoch)."),
+    resume: bool = typer.Option(
+        False, help="Continue the unfinished run writing OUT (OUT.resume) with its settings."
+    ),
 ) -> None:
     """Pre-train a backbone as an image classifier (the "I" start; runs under torchrun too)."""
-    cfg = PretrainConfig(
-        data=str(data),
-        out=str(out),
-        backbone=backbone,
-        gn_groups=gn_groups,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        schedule=schedule,
-        size=size,
-        seed=seed,
-        workers=workers,
-        device=device,
-    )
+    cfg = PretrainConfig(**pretrain_fields(locals()))
     summary = pretrain_classifier(cfg, resume=resume)
     if is_main():
         console.print(
-            f"val top-1 {summary['val_accuracy']:.3f}; weights written to {out}", highlight=False
+            f"val top-1 {summary['val_accuracy']:.3f}, top-5 {summary['val_top5']:.3f}; "
+            f"weights written to {cfg.out}",
+            highlight=False,
         )
+
+
+def pretrain_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`PretrainConfig` fields among ``eigenarch pretrain``'s parsed options."""
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
 
 
 def register(app: typer.Typer) -> None:

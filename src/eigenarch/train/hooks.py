@@ -56,24 +56,25 @@ class LRScheduler(Hook):
 
 
 class MetricsLogger(Hook):
-    """Appends losses (averaged over ranks) to ``metrics.jsonl`` and drives the progress bar.
+    """Appends losses (averaged over ranks) to ``metrics.jsonl`` (unless ``path`` is None)
+    and drives the progress bar.
 
     On a resume, lines past the starting iteration are dropped so none is repeated.
     """
 
-    def __init__(self, path: str | Path, every: int = 1, description: str = "train") -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, every: int = 1, description: str = "train") -> None:
+        self.path = Path(path) if path is not None else None
         self.every = every
         self.description = description
 
     def before_train(self, trainer: Trainer) -> None:
-        if is_main():
+        if is_main() and self.path is not None:
             kept = []
             if self.path.is_file():
                 lines = self.path.read_text().splitlines()
                 kept = [ln for ln in lines if json.loads(ln).get("iteration", 0) <= trainer.iter]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self._file = self.path.open("a") if is_main() else None
+        self._file = self.path.open("a") if is_main() and self.path is not None else None
         self._bar = progress_bar(disable=not is_main())
         self._bar.start()
         self._task = self._bar.add_task(

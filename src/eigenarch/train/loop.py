@@ -112,25 +112,29 @@ class TrainConfig:
 class IterationBatches(torch.utils.data.Dataset):
     """Item ``k`` is this rank's share of the global batch of iteration ``start + k``.
 
-    Global sample position ``p = iteration * batch_size + j`` is image ``perm_e[p % n]`` of
-    epoch ``e = p // n``, flipped if ``flip_e[p % n]``; both drawn from ``seed`` and ``e``.
+    Global sample position ``p = iteration * batch_size + j`` is sample ``perm_e[p % n]`` of
+    epoch ``e = p // n``, flipped by ``flip`` if ``flip_e[p % n]``; both drawn from ``seed``
+    and ``e``. The data set's own random transforms (a classifier's crops) draw from the
+    global generator seeded by ``(seed, p)``, restored afterwards. ``collate`` makes the
+    batch of the samples (a detector's lists of images and targets by default).
     """
 
     def __init__(
         self,
-        dataset: CocoDetection,
+        dataset: torch.utils.data.Dataset,
         batch_size: int,
         seed: int,
         start: int,
         end: int,
-        flip: bool = True,
+        flip: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        collate: Callable[[list], Any] = collate_detection,
     ) -> None:
         if batch_size % world_size():
             raise EigenarchError(
                 f"--batch-size {batch_size} is not a multiple of the {world_size()} processes"
             )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.start, self.end, self.flip = start, end, flip
+        self.start, self.end, self.flip, self.collate = start, end, flip, collate
         self.local = batch_size // world_size()
         self.rank = rank()
 
@@ -144,17 +148,26 @@ class IterationBatches(torch.utils.data.Dataset):
         flips = (torch.rand(len(self.dataset), generator=generator) < 0.5).tolist()
         return order, flips
 
-    def __getitem__(self, k: int) -> tuple[list, list]:
-        first = (self.start + k) * self.batch_size + self.rank * self.local
-        samples = []
-        for position in range(first, first + self.local):
-            epoch, offset = divmod(position, len(self.dataset))
-            order, flips = self._epoch(epoch)
+    def _sample(self, position: int) -> tuple[Any, Any]:
+        epoch, offset = divmod(position, len(self.dataset))
+        order, flips = self._epoch(epoch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + position) % 2**63)
             image, target = self.dataset[order[offset]]
-            if self.flip and flips[offset]:
-                image, target = hflip(image, target)
-            samples.append((image, target))
-        return collate_detection(samples)
+        if self.flip is not None and flips[offset]:
+            image, target = self.flip(image, target)
+        return image, target
+
+    def __getitem__(self, k: int) -> Any:
+        first = (self.start + k) * self.batch_size + self.rank * self.local
+        return self.collate([self._sample(p) for p in range(first, first + self.local)])
+
+
+def run_batches(dataset: CocoDetection, cfg: TrainConfig, start: int, end: int):
+    """The :class:`IterationBatches` of a detector run from iteration ``start`` to ``end``."""
+    return IterationBatches(
+        dataset, cfg.batch_size, cfg.seed, start, end, hflip if cfg.flip else None
+    )
 
 
 def own_rng(fn: Callable[..., T]) -> Callable[..., T]:
@@ -197,12 +210,18 @@ def finite_on_all_ranks(loss: torch.Tensor) -> bool:
 
 
 class Trainer:
-    """Runs ``max_iter`` SGD steps of a detector, calling hooks around each step.
+    """Runs SGD steps ``batches.start`` .. ``max_iter - 1`` of a model, calling hooks around
+    each step.
 
-    Override :meth:`run_step` for another step (e.g. a supernet's path sampling); add
-    behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses (``after_backward`` to
-    change gradients before the update).
+    Override :meth:`compute_losses` for another model (a classifier's cross-entropy; a
+    detector's own loss dict here), :meth:`run_step` for another step (a supernet's path
+    sampling); add behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses
+    (``after_backward`` to change gradients before the update). Checkpoints hold
+    ``payload``, the weights, the optimizer and the iteration, at ``checkpoint_file(it)``.
     """
+
+    #: Whether a step leaves some parameters without a gradient (DDP must look for them).
+    unused_parameters = False
 
     def __init__(
         self,
@@ -213,13 +232,16 @@ class Trainer:
         hooks: Sequence[Hook],
         device: torch.device,
         seed: int,
-        checkpoint_payload=None,
+        payload: dict[str, Any] | None = None,
+        checkpoint_file: Callable[[int], Path] | None = None,
     ) -> None:
         self.model, self.optimizer, self.batches = model, optimizer, batches
         self.max_iter, self.hooks, self.device, self.seed = max_iter, list(hooks), device, seed
-        self.checkpoint_payload = checkpoint_payload
+        self.payload, self.checkpoint_file = payload or {}, checkpoint_file
         self.iter = batches.start
         self.losses: dict[str, float] = {}
+        resumed = checkpoint_file(batches.start) if checkpoint_file and batches.start else None
+        self.last_checkpoint = resumed if resumed is not None and resumed.is_file() else None
 
     def train(self, workers: int = 0) -> None:
         """Run from ``batches.start`` to ``max_iter``; every hook's ``after_train`` runs
@@ -230,6 +252,7 @@ class Trainer:
             num_workers=workers,
             prefetch_factor=2 if workers else None,
         )
+        self.model.train()
         for hook in self.hooks:
             hook.before_train(self)
         try:
@@ -244,23 +267,28 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_train(self)
 
-    def run_step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
-        """One SGD step: seed the model's sampling, forward, check, backward, update."""
-        # The RPN / RoI samplers draw from the global generator: make them per-iteration.
-        torch.manual_seed(self.seed * 1_000_003 + self.iter * world_size() + rank())
+    def compute_losses(self, images: Any, targets: Any) -> dict[str, torch.Tensor]:
+        """The losses of one batch, to be summed and minimised: a detector's, from lists of
+        images and targets. Override for another model."""
         images = [image.to(self.device) for image in images]
         targets = [
             {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
             for t in targets
         ]
-        losses = self.model(images, targets)
+        return self.model(images, targets)
+
+    def run_step(self, images: Any, targets: Any) -> None:
+        """One SGD step: seed the model's sampling, forward, check, backward, update."""
+        # The model's own sampling (RPN / RoI, dropout) draws from the global generator.
+        torch.manual_seed(self.seed * 1_000_003 + self.iter * world_size() + rank())
+        losses = self.compute_losses(images, targets)
         total = sum(losses.values())
         # Stop every rank if any rank's loss is not finite, before the weights are touched.
         if not finite_on_all_ranks(total):
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise EigenarchError(
                 f"non-finite loss at iteration {self.iter + 1} ({parts}); stopped, the last "
-                f"good checkpoint is kept: {self._last_checkpoint()}"
+                f"good checkpoint is kept: {self.last_checkpoint or 'none'}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -272,20 +300,23 @@ class Trainer:
             **{k: float(v.detach()) for k, v in losses.items()},
         }
 
-    def _last_checkpoint(self) -> str:
-        run_dir = self.checkpoint_payload["run_dir"] if self.checkpoint_payload else None
-        found = list_checkpoints(run_dir) if run_dir else []
-        return str(found[-1][1]) if found else "none"
-
     def save_checkpoint(self, iteration: int) -> None:
-        """Write ``RUN_DIR/checkpoints/iter_XXXXXXX.pt`` (rank 0; all ranks wait for it)."""
-        if is_main() and self.checkpoint_payload is not None:
+        """Write the checkpoint of ``iteration`` (rank 0; all ranks wait for it)."""
+        if self.checkpoint_file is None:
+            return
+        path = self.checkpoint_file(iteration)
+        if is_main():
             model = self.model.module if hasattr(self.model, "module") else self.model
-            payload = {k: v for k, v in self.checkpoint_payload.items() if k != "run_dir"}
-            payload.update(
-                model=model.state_dict(), optimizer=self.optimizer.state_dict(), iteration=iteration
+            save_checkpoint(
+                path,
+                {
+                    **self.payload,
+                    "model": model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "iteration": iteration,
+                },
             )
-            save_checkpoint(checkpoint_path(self.checkpoint_payload["run_dir"], iteration), payload)
+        self.last_checkpoint = path
         barrier()
 
 
@@ -397,14 +428,13 @@ def run_payload(
     config: dict[str, Any], cfg: TrainConfig, dataset: CocoDetection, **data: Any
 ) -> dict[str, Any]:
     """What every checkpoint of a run holds besides weights: the model's config, the run's
-    settings, the categories (and ``data``'s extra fields), and the run folder."""
+    settings, the categories (and ``data``'s extra fields)."""
     categories = {"category_ids": dataset.category_ids, "category_names": dataset.category_names}
     return {
         "format": DETECTOR_FORMAT,
         "config": config,
         "train": cfg.to_dict(),
         "data": {**categories, **data},
-        "run_dir": str(cfg.out),
     }
 
 
@@ -461,12 +491,13 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     trainer = Trainer(
         ddp_model,
         optimizer,
-        IterationBatches(train_set, cfg.batch_size, cfg.seed, start, schedule.iterations, cfg.flip),
+        run_batches(train_set, cfg, start, schedule.iterations),
         schedule.iterations,
         [*run_hooks(cfg, schedule), PeriodicEvaluator(evaluate, cfg.eval_every)],
         device,
         cfg.seed,
         payload,
+        functools.partial(checkpoint_path, run_dir),
     )
     if start == 0:
         trainer.save_checkpoint(0)

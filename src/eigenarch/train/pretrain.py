@@ -1,21 +1,22 @@
 """Backbone pre-training as an image classifier (the paper's "I" starting point).
 
 ImageNet-style: an ImageFolder tree ``DATA/train/<class>/*`` and ``DATA/val/<class>/*``, SGD
-with momentum, cosine or step decay per iteration, one checkpoint per epoch for ``--resume``.
-The final file is a classifier checkpoint that ``eigenarch train --init`` reads.
+with momentum, cosine or step decay per iteration, top-1 / top-5 on val and one checkpoint
+(``OUT.resume``) per epoch for ``--resume``. It runs on the detectors' :class:`Trainer`, so
+every crop, flip and step is a function of the seed and the iteration. The final file is a
+classifier checkpoint that ``eigenarch train --init`` reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 from torchvision import datasets, transforms
 
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, open_image
@@ -30,20 +31,34 @@ from eigenarch.distributed import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detector import backbone_config, build_classifier
-from eigenarch.progress import console, progress_bar
-from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint, save_checkpoint
-from eigenarch.train.loop import finite_on_all_ranks, holds_output, own_rng
-
-#: torchvision's ImageNet normalisation, also the detectors' default, so weights carry over.
+from eigenarch.progress import console
+from eigenarch.train.checkpoint import (
+    CLASSIFIER_FORMAT,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from eigenarch.train.hooks import Hook, LRScheduler, MetricsLogger, PeriodicCheckpointer
+from eigenarch.train.loop import (
+    MOMENTUM,
+    IterationBatches,
+    Trainer,
+    distributed_model,
+    holds_output,
+    own_rng,
+)
+from eigenarch.train.schedule import classifier_schedule
 
 
 @dataclass
 class PretrainConfig:
-    """Settings of a classifier pre-training run; ``lr`` is for 256 images per iteration."""
+    """Settings of a classifier pre-training run; ``lr`` is for 256 images per iteration.
+    ``norm``: gn (the default), bn or frozen_bn for a builder name or widths."""
 
-    data: str
+    data: str | None
     out: str
     backbone: str = "resnet50"
+    norm: str | None = None
     gn_groups: int = 32
     epochs: int = 90
     batch_size: int = 256
@@ -56,7 +71,8 @@ class PretrainConfig:
     device: str = "cpu"
 
 
-def _loaders(cfg: PretrainConfig) -> tuple[Any, Any, list[str]]:
+def _data_sets(cfg: PretrainConfig) -> tuple[Any, Any]:
+    """The train and val ImageFolders; the flips are the training batches' own."""
     root = Path(cfg.data)
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -65,7 +81,6 @@ def _loaders(cfg: PretrainConfig) -> tuple[Any, Any, list[str]]:
     train_tf = transforms.Compose(
         [
             transforms.RandomResizedCrop(cfg.size, scale=(0.35, 1.0)),
-            transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             normalize,
         ]
@@ -82,71 +97,73 @@ def _loaders(cfg: PretrainConfig) -> tuple[Any, Any, list[str]]:
     val_set = datasets.ImageFolder(root / "val", val_tf, loader=open_image)
     if train_set.classes != val_set.classes:
         raise EigenarchError(f"--data {root}: train and val have different class folders")
-    if cfg.batch_size % world_size():
+    if len(train_set) < cfg.batch_size:
         raise EigenarchError(
-            f"--batch-size {cfg.batch_size} is not a multiple of the {world_size()} processes"
+            f"--batch-size {cfg.batch_size}: more than the {len(train_set)} training images"
         )
-    local = cfg.batch_size // world_size()
-    sampler = torch.utils.data.DistributedSampler
-    train_sampler = sampler(train_set, seed=cfg.seed) if is_distributed() else None
-    val_sampler = sampler(val_set, shuffle=False) if is_distributed() else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_set,
-        local,
-        shuffle=train_sampler is None,
-        sampler=train_sampler,
-        num_workers=cfg.workers,
-        drop_last=True,
-        generator=generator,
-    )
-    val_loader = torch.utils.data.DataLoader(
-        val_set, local, sampler=val_sampler, num_workers=cfg.workers
-    )
-    return train_loader, val_loader, train_set.classes
+    return train_set, val_set
 
 
-def _lr(cfg: PretrainConfig, progress: float) -> float:
-    """Learning rate at ``progress`` in [0, 1) of the run (cosine, or x0.1 at 1/3 and 2/3)."""
-    base = cfg.lr * cfg.batch_size / 256
-    if cfg.schedule == "cosine":
-        return 0.5 * base * (1 + math.cos(math.pi * progress))
-    return base * 0.1 ** int(progress * 3)
+def _hflip(image: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
+    return image.flip(-1), label
 
 
-def train_epoch(model, loader, optimizer, cfg, epoch, device, bar) -> float:
-    """One epoch of SGD; returns the mean training loss."""
-    model.train()
-    task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader))
-    total, count = 0.0, 0
-    for step, (images, labels) in enumerate(loader):
-        # Set the learning rate for this iteration
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(cfg, (epoch + step / len(loader)) / cfg.epochs)
-        # Forward, loss, backward, update
-        images, labels = images.to(device), labels.to(device)
-        loss = nn.functional.cross_entropy(model(images), labels)
-        if not finite_on_all_ranks(loss):  # every rank stops together
-            raise EigenarchError(f"non-finite loss in epoch {epoch + 1}, step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, count = total + float(loss.detach()), count + 1
-        bar.update(task, advance=1, info=f"loss {total / count:.3f}")
-    return mean_over_ranks({"loss": total / max(count, 1)}, device)["loss"]
+class ClassifierTrainer(Trainer):
+    """A :class:`Trainer` of an image classifier: the loss is the cross-entropy."""
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.model(images.to(self.device))
+        return {"loss_cls": nn.functional.cross_entropy(logits, labels.to(self.device))}
 
 
 @torch.no_grad()
-def test_epoch(model, loader, device) -> float:
-    """Top-1 accuracy over the validation set (all ranks' shares)."""
+def test_epoch(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Top-1 and top-5 accuracy over the validation set (all ranks' shares), as
+    ``val_accuracy`` and ``val_top5``; with fewer than 5 classes top-5 counts them all."""
+    was_training = model.training
     model.eval()
-    correct, count = 0, 0
+    top1, top5, count = 0, 0, 0
     for images, labels in loader:
-        predicted = model(images.to(device)).argmax(1)
-        correct += int((predicted == labels.to(device)).sum())
+        logits = model(images.to(device))
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = ranked == labels.to(device)[:, None]
+        top1, top5 = top1 + int(hits[:, 0].sum()), top5 + int(hits.any(1).sum())
         count += len(labels)
-    parts = all_gather_objects((correct, count))
-    return sum(c for c, _ in parts) / max(1, sum(n for _, n in parts))
+    model.train(was_training)
+    parts = all_gather_objects((top1, top5, count))
+    total = max(1, sum(n for _, _, n in parts))
+    return {
+        "val_accuracy": sum(c for c, _, _ in parts) / total,
+        "val_top5": sum(c for _, c, _ in parts) / total,
+    }
+
+
+class EpochEvaluator(Hook):
+    """At the end of each epoch: the epoch's mean loss and the val accuracies appended to
+    ``history`` (which the checkpoints hold), and one printed line. Put it before the
+    checkpointer, so an epoch's checkpoint holds its evaluation."""
+
+    def __init__(self, model: nn.Module, val_loader, epoch_iters: int, history: list) -> None:
+        self.model, self.val_loader = model, val_loader
+        self.epoch_iters, self.history = epoch_iters, history
+        self.total, self.count = 0.0, 0
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.total, self.count = self.total + trainer.losses["loss"], self.count + 1
+        done = trainer.iter + 1
+        if done % self.epoch_iters:
+            return
+        loss = mean_over_ranks({"loss": self.total / self.count}, trainer.device)["loss"]
+        entry = {"epoch": done // self.epoch_iters, "loss": loss}
+        entry.update(test_epoch(self.model, self.val_loader, trainer.device))
+        self.history.append(entry)
+        self.total, self.count = 0.0, 0
+        if is_main():
+            console.print(
+                f"epoch {entry['epoch']}: loss {loss:.3f}, val top-1 {entry['val_accuracy']:.3f}"
+                f", top-5 {entry['val_top5']:.3f}",
+                highlight=False,
+            )
 
 
 def resume_path(out: str | Path) -> Path:
@@ -154,74 +171,102 @@ def resume_path(out: str | Path) -> Path:
     return Path(str(out) + ".resume")
 
 
+def load_pretrain_config(out: str | Path) -> PretrainConfig:
+    """The settings of the unfinished pre-training run writing ``out`` (for ``--resume``
+    without the other options)."""
+    path = resume_path(out)
+    if not path.is_file():
+        raise EigenarchError(f"--resume: {path} not found (no unfinished run writes {out})")
+    saved = load_checkpoint(path, expect=CLASSIFIER_FORMAT).get("pretrain")
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    if not isinstance(saved, dict) or not {"data", "out"} <= saved.keys() <= names:
+        raise EigenarchError(f"{path}: lacks its run's 'pretrain' settings (an edited file?)")
+    return PretrainConfig(**{**saved, "out": str(out)})
+
+
 @holds_output(folder=False)
 @own_rng
 def pretrain_classifier(
     cfg: PretrainConfig,
     resume: bool = False,
-    step_model: Callable[[nn.Module, int], nn.Module] | None = None,
+    trainer_class: type[Trainer] = ClassifierTrainer,
+    **trainer_options: Any,
 ) -> dict[str, Any]:
-    """Pre-train ``cfg.backbone`` as a classifier; writes ``cfg.out``; returns its summary.
+    """Pre-train ``cfg.backbone`` as a classifier (with ``resume``, continue the unfinished
+    run writing ``cfg.out``, with its saved settings); writes ``cfg.out``; returns its summary
+    (``history`` per epoch, the last ``val_accuracy`` (top-1) and ``val_top5``).
 
-    ``step_model(model, steps_done)``, if given, wraps the model that each epoch trains (a
-    DetNAS supernet samples a path per step); DDP then allows unused parameters.
+    ``trainer_class`` (a :class:`ClassifierTrainer`) with ``trainer_options`` runs the
+    steps (a DetNAS supernet samples a path per step).
     """
-    if cfg.schedule not in ("cosine", "step"):
-        raise EigenarchError(f"--schedule {cfg.schedule!r}: expected cosine or step")
+    if resume:  # the saved settings win, as for a detector run
+        cfg = load_pretrain_config(cfg.out)
+    elif cfg.data is None:
+        raise EigenarchError("--data: required (an ImageFolder root), unless --resume")
     init_distributed(cfg.device)
     device = local_device(cfg.device)
-    train_loader, val_loader, classes = _loaders(cfg)
-    backbone = backbone_config(cfg.backbone, cfg.gn_groups)
+    train_set, val_set = _data_sets(cfg)
+    epoch_iters = len(train_set) // cfg.batch_size
+    iterations = epoch_iters * cfg.epochs
+    schedule = classifier_schedule(cfg.schedule, iterations, cfg.lr * cfg.batch_size / 256)
+    backbone = backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm)
     torch.manual_seed(cfg.seed)
-    model = build_classifier(backbone, len(classes)).to(device)
+    model = build_classifier(backbone, len(train_set.classes)).to(device)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=_lr(cfg, 0.0), momentum=0.9, weight_decay=cfg.weight_decay
+        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=cfg.weight_decay
     )
     start, history = 0, []
     if resume:
-        state = load_checkpoint(resume_path(cfg.out), expect=CLASSIFIER_FORMAT)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
-    ddp = (
-        nn.parallel.DistributedDataParallel(model, find_unused_parameters=step_model is not None)
-        if is_distributed()
-        else model
-    )
+        state = restore_checkpoint(resume_path(cfg.out), model, optimizer, CLASSIFIER_FORMAT)
+        start, history = state["iteration"], list(state["history"])
     payload = {
         "format": CLASSIFIER_FORMAT,
-        "config": {"backbone": backbone, "num_classes": len(classes), "classes": classes},
+        "config": {
+            "backbone": backbone,
+            "num_classes": len(train_set.classes),
+            "classes": train_set.classes,
+        },
         "pretrain": dataclasses.asdict(cfg),
+        "history": history,  # the same list the evaluator appends to
     }
-    with progress_bar(disable=not is_main()) as bar:
-        for epoch in range(start, cfg.epochs):
-            # Same seed, same order, crops and flips, however the run was interrupted
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
-            if is_distributed():
-                train_loader.sampler.set_epoch(epoch)
-            net = step_model(ddp, epoch * len(train_loader)) if step_model else ddp
-            loss = train_epoch(net, train_loader, optimizer, cfg, epoch, device, bar)
-            accuracy = test_epoch(model, val_loader, device)
-            history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": accuracy})
-            if is_main():
-                console.print(f"epoch {epoch + 1}: loss {loss:.3f}, val top-1 {accuracy:.3f}")
-                save_checkpoint(
-                    resume_path(cfg.out),
-                    {
-                        **payload,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1,
-                        "history": history,
-                    },
-                )
-    summary = {
-        "epochs": cfg.epochs,
-        "history": history,
-        "val_accuracy": history[-1]["val_accuracy"] if history else None,
-    }
+    batches = IterationBatches(
+        train_set, cfg.batch_size, cfg.seed, start, iterations, _hflip, default_collate
+    )
+    val_loader = _val_loader(val_set, cfg)
+    trainer = trainer_class(
+        distributed_model(model, device, find_unused_parameters=trainer_class.unused_parameters),
+        optimizer,
+        batches,
+        iterations,
+        [
+            LRScheduler(schedule),
+            MetricsLogger(None, description="pretrain"),
+            EpochEvaluator(model, val_loader, epoch_iters, history),
+            PeriodicCheckpointer(epoch_iters),
+        ],
+        device,
+        cfg.seed,
+        payload,
+        lambda iteration: resume_path(cfg.out),
+        **trainer_options,
+    )
+    trainer.train(cfg.workers)
+    summary = {"epochs": cfg.epochs, "history": history, **_last(history)}
     if is_main():
-        save_checkpoint(cfg.out, {**payload, "model": model.state_dict(), **summary})
+        final = {k: v for k, v in payload.items() if k != "history"}
+        save_checkpoint(cfg.out, {**final, "model": model.state_dict(), **summary})
         resume_path(cfg.out).unlink(missing_ok=True)
     return summary
+
+
+def _last(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    return {"val_accuracy": last.get("val_accuracy"), "val_top5": last.get("val_top5")}
+
+
+def _val_loader(val_set, cfg: PretrainConfig):
+    local = cfg.batch_size // max(1, world_size())
+    sampler = (
+        torch.utils.data.DistributedSampler(val_set, shuffle=False) if is_distributed() else None
+    )
+    return torch.utils.data.DataLoader(val_set, local, sampler=sampler, num_workers=cfg.workers)

@@ -1,8 +1,10 @@
-"""Learning-rate schedules of the paper (SPEC section 7): linear warm-up, x0.1 steps."""
+"""Learning-rate schedules: the paper's detector schedules (SPEC section 7: linear warm-up,
+x0.1 steps) and the classifier pre-training ones (cosine, or x0.1 at 1/3 and 2/3)."""
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 
 from eigenarch.errors import EigenarchError
@@ -20,7 +22,8 @@ WARMUP_FACTOR = 0.001
 
 @dataclass(frozen=True)
 class Schedule:
-    """``lr(it)``: linear warm-up from ``warmup_factor * base_lr``, x``gamma`` at each milestone."""
+    """``lr(it)``: linear warm-up from ``warmup_factor * base_lr``, then x``gamma`` at each
+    milestone, or (``cosine``) half a cosine from ``base_lr`` to 0 over ``iterations``."""
 
     iterations: int
     milestones: tuple[int, ...]
@@ -28,9 +31,13 @@ class Schedule:
     warmup: int
     warmup_factor: float = WARMUP_FACTOR
     gamma: float = 0.1
+    cosine: bool = False
 
     def lr(self, iteration: int) -> float:
-        decay = self.gamma ** bisect.bisect_right(self.milestones, iteration)
+        if self.cosine:
+            decay = 0.5 * (1 + math.cos(math.pi * iteration / self.iterations))
+        else:
+            decay = self.gamma ** bisect.bisect_right(self.milestones, iteration)
         if iteration < self.warmup:
             alpha = iteration / self.warmup
             return self.base_lr * decay * (self.warmup_factor * (1 - alpha) + alpha)
@@ -71,3 +78,18 @@ def make_schedule(
         base_lr=BASE_LR * batch_size / 16 if base_lr is None else base_lr,
         warmup=min(length, max(1, round(BASE_WARMUP * factor))),
     )
+
+
+#: Classifier pre-training schedules (``eigenarch pretrain --schedule``).
+CLASSIFIER_SCHEDULES = ("cosine", "step")
+
+
+def classifier_schedule(name: str, iterations: int, base_lr: float) -> Schedule:
+    """A pre-training schedule of ``iterations`` without warm-up: ``cosine``, or ``step``
+    (x0.1 at 1/3 and 2/3 of the run, as ImageNet's 30 / 60 of 90 epochs)."""
+    if name not in CLASSIFIER_SCHEDULES:
+        raise EigenarchError(
+            f"--schedule {name!r}: expected one of {', '.join(CLASSIFIER_SCHEDULES)}"
+        )
+    milestones = () if name == "cosine" else tuple(math.ceil(iterations * k / 3) for k in (1, 2))
+    return Schedule(iterations, milestones, base_lr, warmup=0, cosine=name == "cosine")
