@@ -97,10 +97,6 @@ def _data_sets(cfg: PretrainConfig) -> tuple[Any, Any]:
     val_set = datasets.ImageFolder(root / "val", val_tf, loader=open_image)
     if train_set.classes != val_set.classes:
         raise EigenarchError(f"--data {root}: train and val have different class folders")
-    if len(train_set) < cfg.batch_size:
-        raise EigenarchError(
-            f"--batch-size {cfg.batch_size}: more than the {len(train_set)} training images"
-        )
     return train_set, val_set
 
 
@@ -206,7 +202,9 @@ def pretrain_classifier(
     init_distributed(cfg.device)
     device = local_device(cfg.device)
     train_set, val_set = _data_sets(cfg)
-    epoch_iters = len(train_set) // cfg.batch_size
+    # An epoch: the whole iterations that fit in the set (at least one; the batches run on
+    # through the next epoch's order, so a set smaller than a batch still trains).
+    epoch_iters = max(1, len(train_set) // cfg.batch_size)
     iterations = epoch_iters * cfg.epochs
     schedule = classifier_schedule(cfg.schedule, iterations, cfg.lr * cfg.batch_size / 256)
     backbone = backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm)
