@@ -160,6 +160,21 @@ def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32)
     return backbone
 
 
+def _check_settings(
+    kind: str, anchor_sizes: Sequence[int], gn_groups: int, *widths_of_gn_layers: int
+) -> None:
+    """Refuse a detector kind, anchor count or GroupNorm width that cannot be built."""
+    if kind not in KINDS:
+        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if len(anchor_sizes) != 5:
+        raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
+    for name, width in zip(("fpn_channels", "head_channels"), widths_of_gn_layers, strict=True):
+        if width % gn_groups:
+            raise EigenarchError(
+                f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
+            )
+
+
 def build_detector(
     kind: str = "faster_rcnn",
     backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] | nn.Module = "resnet50",
@@ -191,15 +206,7 @@ def build_detector(
         anchor_sizes: one anchor size per level P2..P6 (aspect ratios 0.5, 1, 2).
         kwargs: passed on to torchvision's ``FasterRCNN`` (e.g. ``rpn_batch_size_per_image``).
     """
-    if kind not in KINDS:
-        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if len(anchor_sizes) != 5:
-        raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
-    for name, width in (("fpn_channels", fpn_channels), ("head_channels", head_channels)):
-        if width % gn_groups:
-            raise EigenarchError(
-                f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
-            )
+    _check_settings(kind, anchor_sizes, gn_groups, fpn_channels, head_channels)
     if not isinstance(backbone, nn.Module):
         backbone = backbone_body(backbone, gn_groups)
     features = body_with_fpn(backbone, fpn_channels, gn_groups)

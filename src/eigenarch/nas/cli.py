@@ -218,8 +218,12 @@ def search(
         device=device,
     )
     result = search_supernet(settings, resume=resume)
-    if not is_main():
-        return
+    if is_main():
+        _print_search(result, out, as_json)
+
+
+def _print_search(result: dict[str, Any], out: Path, as_json: bool) -> None:
+    """A search's generations as a table and its best path (or the result as JSON)."""
     if as_json:
         print(json.dumps(result))
         return
