@@ -33,7 +33,6 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from eigenarch.data.coco import CocoDetection, collate_detection
 from eigenarch.distributed import (
     all_gather_objects,
-    init_distributed,
     is_distributed,
     is_main,
     local_device,
@@ -380,7 +379,6 @@ def search_supernet(settings: DetectionSearch, resume: bool = False) -> dict[str
             f"--bn-images {settings.bn_images} / --batch-size {settings.batch_size}: "
             "expected positive numbers"
         )
-    init_distributed(settings.device)
     device = local_device(settings.device)
     model, payload, space = load_supernet(settings.supernet)
     bn_images, held_out = _search_images(settings, payload)

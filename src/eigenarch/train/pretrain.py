@@ -22,7 +22,6 @@ from torchvision import datasets, transforms
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, open_image
 from eigenarch.distributed import (
     all_gather_objects,
-    init_distributed,
     is_distributed,
     is_main,
     local_device,
@@ -199,7 +198,6 @@ def pretrain_classifier(
         cfg = load_pretrain_config(cfg.out)
     elif cfg.data is None:
         raise EigenarchError("--data: required (an ImageFolder root), unless --resume")
-    init_distributed(cfg.device)
     device = local_device(cfg.device)
     train_set, val_set = _data_sets(cfg)
     # An epoch: the whole iterations that fit in the set (at least one; the batches run on
