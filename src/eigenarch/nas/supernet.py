@@ -64,6 +64,7 @@ from eigenarch.nas.shufflenet import (
     set_path,
 )
 from eigenarch.progress import console, progress_bar
+from eigenarch.spectrum.stream import sample_images
 from eigenarch.train.checkpoint import checkpoint_path, load_checkpoint
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import Hook
@@ -101,8 +102,7 @@ def holdout_split(
             f"--holdout {holdout:g}: expected a fraction in (0, 1) or a whole number of images "
             f"from 1 to {n - 1} (the training split has {n})"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = sorted(image_ids[k] for k in order[:count])
+    held = sorted(image_ids[k] for k in sample_images(n, count, seed))
     chosen = set(held)
     return [i for i in image_ids if i not in chosen], held
 
@@ -356,8 +356,7 @@ def _search_images(
         )
     held = set(held_ids)
     rest = [i for i in full.image_ids if i not in held]
-    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(settings.search.seed))
-    bn_ids = [rest[k] for k in order[: settings.bn_images].tolist()]
+    bn_ids = [rest[k] for k in sample_images(len(rest), settings.bn_images, settings.search.seed)]
     return subset(full, bn_ids), subset(full, held_ids)
 
 
