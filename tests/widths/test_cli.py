@@ -386,8 +386,11 @@ def test_search_tie_table_shows_the_base_range_of_a_tie(run_cli, tmp_path):
 FACTORY = "import torchvision\n\n\ndef net():\n    return torchvision.models.regnet_x_400mf()\n"
 
 
-def test_count_and_search_a_backbone_of_a_factory(run_cli, tmp_path, monkeypatch):
+def test_count_search_and_train_a_backbone_of_a_factory(
+    run_cli, tmp_path, monkeypatch, shapes_root
+):
     from eigenarch.spectrum import SpectrumCollector
+    from eigenarch.train.checkpoint import detector_from_checkpoint
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mynet.py").write_text(FACTORY)
@@ -420,6 +423,15 @@ def test_count_and_search_a_backbone_of_a_factory(run_cli, tmp_path, monkeypatch
     assert (json.loads(r.stdout)["macs"], json.loads(r.stdout)["params"]) == (
         ours["macs"], ours["params"]
     )  # fmt: skip
+    r = run_cli("train", "--data", shapes_root, "--out", tmp_path / "run", "--backbone",
+                tmp_path / "mynet.json", "--iters", "1", "--batch-size", "1", "--fpn-channels",
+                "32", "--head-channels", "32", "--gn-groups", "8", "--representation", "64",
+                "--min-size", "96", "--max-size", "96", "--workers", "0")  # fmt: skip
+    assert r.code == 0, r.stderr  # the spec's widths, built through the factory again
+    model, payload = detector_from_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000001.pt")
+    assert payload["config"]["backbone"]["builder"] == "mynet.py:net"
+    for group, width in ours["groups"].items():
+        assert model.backbone.body.get_submodule(group).out_channels == width
     r = run_cli("search", "--spectra", tmp_path / "s.safetensors", "--model", "mynet.py:net",
                 "--target", "macs=base", "--norm", "gn", "--out", tmp_path / "gn.json")  # fmt: skip
     assert r.code == 2 and "sets its own normalisation: --norm gn" in r.stderr
