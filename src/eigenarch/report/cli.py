@@ -92,7 +92,11 @@ MinSize = Annotated[
     ),
 ]
 Data = Annotated[
-    Path, typer.Option(help="COCO-layout data folder.", show_default="the run's training data")
+    Path,
+    typer.Option(
+        help="COCO-layout data folder.",
+        show_default="the run's training data; --checkpoints: their args.data_path",
+    ),
 ]
 Split = Annotated[str, typer.Option(help="Split to sample images from.")]
 Images = Annotated[
@@ -113,7 +117,9 @@ Layers = Annotated[
 Sides = Annotated[str, typer.Option(help="Maps to collect: in, out or in,out.")]
 MaxChannels = Annotated[int, typer.Option(help="Skip maps wider than this (0: no limit).")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass (per process).")]
-Workers = Annotated[int, typer.Option(help="Data loading worker processes.")]
+Workers = Annotated[
+    int, typer.Option(min=0, help="Data-loading worker processes (0: load in the main process).")
+]
 Device = Annotated[str, typer.Option(help="cpu or cuda (default: cuda if available).")]
 Drop = Annotated[
     float,
