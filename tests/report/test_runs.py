@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+from eigenarch.errors import EigenarchError
 from eigenarch.report import dynamics as dynamics_module
 from eigenarch.report.claims import AGREES, paper_claims
 from eigenarch.report.dynamics import load_dynamics, run_config
@@ -156,6 +157,10 @@ def test_schedule_without_args_or_with_another_scheduler(tmp_path, shapes_root):
     found = reference_run(str(bare / "*.pth"), "x.py:f")
     assert ([it for it, _ in found.checkpoints], found.length, found.milestones) == ([1, 4], 4, [])
     assert found.data is None and found.trained["args"] == {}
+    torch.save({"model": {}, "epoch": 9, "args": {"lr_steps": 5}}, bare / "model_9.pth")
+    with pytest.raises(EigenarchError, match="args.lr_steps 5: expected a list"):
+        reference_run(str(bare / "*.pth"), "x.py:f")
+    assert reference_run(str(bare / "model_9.pth"), "x.py:f", lr_steps=[1]).milestones == [1]
 
 
 def test_reference_run_errors(tmp_path, reference_runs, run_cli, shapes_root):
@@ -170,6 +175,8 @@ def test_reference_run_errors(tmp_path, reference_runs, run_cli, shapes_root):
          "--epochs 5 / --lr-steps [10, 14]: expected epochs >= 11"),
         (("--checkpoints", runs["I"] / "*.pth"), "give --model"),
         (("--run", runs["I"], "--model", spec), "--model: for --checkpoints only"),
+        (("--run", runs["I"], "--min-size", "64", "--epochs", "3"),
+         "--epochs, --min-size: for --checkpoints only"),
         (("--run", runs["I"], "--checkpoints", runs["I"] / "*.pth"), "needs --run RUN"),
         ((), "needs --run RUN"),
         (("--checkpoints", runs["I"] / "*.pth", "--model", spec, "--lr-steps", "a"),

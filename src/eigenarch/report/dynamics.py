@@ -393,7 +393,7 @@ def compute_dynamics(
     detector's resize). ``data`` defaults to the run's training data. Under ``torchrun``
     each rank streams its share of the images; rank 0 writes the files.
     """
-    training = training_run(run_dir, checkpoints, model, out, lr_steps, epochs)
+    training = training_run(run_dir, checkpoints, model, out, lr_steps, epochs, min_size)
     if images < 1 or batch_size < 1 or (min_size is not None and min_size < 1):
         raise EigenarchError(f"--images {images} / --batch-size {batch_size} / --min-size "
                              f"{min_size}: expected >= 1")  # fmt: skip

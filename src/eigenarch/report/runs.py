@@ -156,18 +156,23 @@ def reference_run(
     args = found[-1][2]  # the last checkpoint's settings: those of the run as it ended
     checkpoints = [(epoch + 1, path) for epoch, path, _ in found]
     last = checkpoints[-1][0]
-    if lr_steps is None and args.get("lr_scheduler", "multisteplr") == "multisteplr":
-        lr_steps = args.get("lr_steps") or []
-    length = epochs if epochs is not None else max(int(args.get("epochs") or 0), last)
-    if length < last or any(not isinstance(s, int) or s < 1 for s in lr_steps or ()):
+    if lr_steps is None:  # a MultiStepLR's (the scripts' default); a cosine one has none
+        multistep = args.get("lr_scheduler", "multisteplr") == "multisteplr"
+        lr_steps = (args.get("lr_steps") or []) if multistep else []
+    trained_for = args.get("epochs") if type(args.get("epochs")) is int else 0
+    length = epochs if epochs is not None else max(trained_for, last)
+    if not isinstance(lr_steps, list | tuple):
+        raise EigenarchError(f"{found[-1][1]}: args.lr_steps {lr_steps!r}: expected a list of "
+                             "epochs; give --lr-steps")  # fmt: skip
+    if length < last or any(type(s) is not int or s < 1 for s in lr_steps):
         raise EigenarchError(f"--epochs {length} / --lr-steps {lr_steps}: expected epochs >= "
                              f"{last} (the last checkpoint's) and steps >= 1")  # fmt: skip
     out = Path(out) if out is not None else Path(os.path.commonpath([p.parent for p in files]))
     source = {"checkpoints": pattern, "model": model, "out": str(out),
-              "lr_steps": list(lr_steps or []), "epochs": length}  # fmt: skip
+              "lr_steps": list(lr_steps), "epochs": length}  # fmt: skip
     trained = {"checkpoints": pattern, "model": model, "epochs": [e for e, _, _ in found],
                "args": args}  # fmt: skip
-    return TrainingRun(out, checkpoints, length, sorted(lr_steps or []), source, "epoch",
+    return TrainingRun(out, checkpoints, length, sorted(lr_steps), source, "epoch",
                        args.get("data_path"), model, trained)  # fmt: skip
 
 
@@ -178,19 +183,22 @@ def training_run(
     out: str | os.PathLike[str] | None = None,
     lr_steps: Sequence[int] | None = None,
     epochs: int | None = None,
+    min_size: int | None = None,
 ) -> TrainingRun:
-    """``--run RUN`` (a run of ours) or ``--checkpoints PATTERN --model NAME`` (another's)."""
+    """``--run RUN`` (a run of ours) or ``--checkpoints PATTERN --model NAME`` (another's;
+    ``min_size`` is only checked here: a run of ours resizes as its config says)."""
     if (run is None) == (checkpoints is None):
         raise EigenarchError(
             "eigenarch dynamics needs --run RUN (a run of `eigenarch train`) or --checkpoints "
             "'PATTERN' with --model (another's training)"
         )
     if run is not None:
-        given = [o for o, v in (("--model", model), ("--out", out), ("--lr-steps", lr_steps),
-                                ("--epochs", epochs)) if v is not None]  # fmt: skip
+        options = {"--model": model, "--out": out, "--lr-steps": lr_steps, "--epochs": epochs,
+                   "--min-size": min_size}  # fmt: skip
+        given = [option for option, value in options.items() if value is not None]
         if given:
             raise EigenarchError(f"{', '.join(given)}: for --checkpoints only; --run {run} "
-                                 "has its own model, folder and schedule")  # fmt: skip
+                                 "has its own model, resize, folder and schedule")  # fmt: skip
         return our_run(run)
     if model is None:
         raise EigenarchError(f"--checkpoints {checkpoints!r}: give --model, the torchvision "
