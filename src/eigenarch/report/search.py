@@ -14,13 +14,10 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import search_spec, spec_cost
 from eigenarch.models.detector import backbone_spec
 from eigenarch.options import parse_target
-from eigenarch.spectrum.spectra import Spectra
+from eigenarch.spectrum.spectra import THRESHOLD, Spectra
 from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
 from eigenarch.widths.search import WidthSearchResult
 from eigenarch.widths.spec import BackboneSpec, WidthSpec, load_dims, save_width_spec
-
-#: The threshold T of ``--spectra`` when none is given (the paper's).
-THRESHOLD = 1e-3
 
 
 @dataclass(frozen=True)
