@@ -28,6 +28,7 @@ from eigenarch.report.claims import AGREES, paper_claims
 from eigenarch.report.dynamics import load_dynamics, run_config
 from eigenarch.report.runs import reference_run, training_run
 from eigenarch.spectrum import Spectra
+from eigenarch.widths.cost import RESNET50_WIDTHS
 
 EPOCHS = (1, 2, 9, 10)  # written as model_{e}.pth: their names sort 1, 10, 2, 9
 KNOCKED_OUT = (2, 9)
@@ -231,6 +232,7 @@ def test_dynamics_compare_and_report_over_reference_runs(
     page = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert page["runs"]["I"]["dynamics"]["milestones"] == [10, 14]
     assert page["runs"]["I"]["config"]["model"] == spec
+    assert "search" not in page["runs"]["I"]  # a factory's widths are not known
     claims = paper_claims([], None, {"I": load_dynamics(runs["I"]), "S": load_dynamics(runs["S"])})
     rebound = next(c for c in claims if c.key == "f")
     assert rebound.verdict == AGREES and "decay at 10" in rebound.ours
@@ -256,3 +258,17 @@ def test_dynamics_of_a_torchvision_builder(run_cli, shapes_root, tmp_path):
         "checkpoint.pth", "model_0.pth", "model_1.pth"
     ]  # fmt: skip
     assert result.settings["min_size"] == 128
+
+
+def test_backbone_of_a_torchvision_resnet50_rcnn_is_resnet50s(reference_runs):
+    """The report searches the widths of such a run (its maps are named as a ResiaNet's)."""
+    _, runs = reference_runs
+    pattern = str(runs["S"] / "model_*.pth")
+    expected = {"widths": list(RESNET50_WIDTHS), "depths": [3, 4, 6, 3], "gn_groups": 32}
+    for builder, norm in (("fasterrcnn_resnet50_fpn", "frozen_bn"),
+                          ("maskrcnn_resnet50_fpn_v2", "bn"),
+                          ("keypointrcnn_resnet50_fpn", "frozen_bn")):  # fmt: skip
+        spec = reference_run(pattern, builder).backbone()
+        assert {k: spec[k] for k in expected} == expected and spec["norm"] == norm
+    for other in ("retinanet_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "f.py:net"):
+        assert reference_run(pattern, other).backbone() is None  # FPN over other stages, ...

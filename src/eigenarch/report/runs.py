@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,15 @@ from eigenarch.io import load_torch
 from eigenarch.spectrum.stream import build_model
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
 from eigenarch.train.schedule import make_schedule
+from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
+from eigenarch.widths.spec import WidthSpec
 
 #: The file torchvision's reference scripts write again at every epoch beside model_{e}.pth.
 LATEST = "checkpoint.pth"
+#: torchvision's R-CNN builders on ResNet-50 with an FPN over its four stages, as ours: the
+#: backbone is ResNet-50's widths, its maps named as a ResiaNet's (``backbone.body.layer1...``);
+#: normalised by frozen BatchNorm (the ``_v2`` builders: BatchNorm).
+_RESNET50_RCNN = re.compile(r"^(?:fasterrcnn|maskrcnn|keypointrcnn)_resnet50_fpn(_v2)?$")
 
 
 @dataclass
@@ -55,10 +62,15 @@ class TrainingRun:
         return build_model(self.model, num_classes, min_size, path)
 
     def backbone(self) -> dict[str, Any] | None:
-        """The width spec of a run of ours (its last checkpoint's); ``None`` for another's."""
-        if self.model is not None:
+        """The width spec of the run's backbone: a run of ours, its last checkpoint's; a
+        torchvision R-CNN on ResNet-50, ResNet-50's; otherwise ``None`` (not known)."""
+        if self.model is None:
+            return load_checkpoint(self.checkpoints[-1][1])["config"]["backbone"]
+        match = _RESNET50_RCNN.match(self.model)
+        if match is None:
             return None
-        return load_checkpoint(self.checkpoints[-1][1])["config"]["backbone"]
+        norm = "bn" if match.group(1) else "frozen_bn"
+        return WidthSpec(RESNET50_WIDTHS, DEFAULT_DEPTHS, norm, 32, {"name": self.model}).to_dict()
 
 
 def train_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
