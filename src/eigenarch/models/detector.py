@@ -36,6 +36,7 @@ from eigenarch.models.backbones import (
     feature_body,
     feature_levels,
 )
+from eigenarch.models.factory import is_factory
 from eigenarch.models.resianet import norm_layer, resianet_from_spec
 from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
@@ -61,7 +62,8 @@ def backbone_spec(
 ) -> WidthSpec | BackboneSpec:
     """Resolve a ``--backbone`` value to a spec: ``"resnet50"`` or nine comma-separated
     widths (a ResiaNet), a builder name (:func:`~eigenarch.models.backbones.backbone_names`,
-    e.g. ``mobilenet_v3_large``, ``detnet59``) or a width-spec file.
+    e.g. ``mobilenet_v3_large``, ``detnet59``), a factory (``file.py:factory``, its own norm)
+    or a width-spec file.
 
     A spec file keeps its own depths and norm; ``norm`` (default GroupNorm) and
     ``gn_groups`` apply to names and widths; ``own_norm`` keeps a builder's own norm
@@ -87,6 +89,8 @@ def backbone_spec(
         return load_width_spec(text)
     if own_norm:
         return BackboneSpec(check_backbone_name(text), {}, None, gn_groups, {"name": text})
+    if is_factory(text):  # normalised as it builds it; another norm is refused when built
+        return BackboneSpec(text, {}, norm, gn_groups, {"name": text})
     own = check_backbone_name(text).startswith("convnext")  # LayerNorm
     return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
 
