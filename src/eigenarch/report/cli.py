@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from eigenarch.distributed import is_main
+from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_device, parse_ints, parse_sides, parse_threshold
 from eigenarch.progress import console
@@ -245,9 +245,11 @@ def dynamics(
     checkpoint and settings (a new --threshold needs no data pass); dynamics.json gets the
     result. Runs under `torchrun --nproc_per_node=N -m eigenarch dynamics ...` too.
     """
+    device = parse_device(device)
+    init_distributed(device)
     result = compute_dynamics(
         run, data, split, images, seed, layers or None, parse_sides(sides), max_channels,
-        batch_size, workers, parse_device(device), parse_threshold(threshold),
+        batch_size, workers, device, parse_threshold(threshold),
         Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
         lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
         epochs=epochs, min_size=min_size,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from eigenarch.data.coco import CocoDetection
-from eigenarch.distributed import barrier, init_distributed, is_main, local_device
+from eigenarch.distributed import barrier, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.options import command_line
@@ -405,7 +405,6 @@ def compute_dynamics(
                 "max_channels": max_channels, "batch_size": batch_size}  # fmt: skip
     if training.model is not None:  # what the spectra of another's checkpoints depend on too
         settings.update(model=training.model, min_size=min_size)
-    init_distributed(device)
     found = list(_checkpoint_spectra(training, settings, workers, device))
     dims, channels = _dimension_series([spectra for _, spectra in found], threshold)
     files = [str(target.relative_to(training.out)) for target, _ in found]
