@@ -81,3 +81,25 @@ def test_layout_from_names_and_channels(names, channels, expected):
 def test_layout_errors(names, channels, match):
     with pytest.raises(EigenarchError, match=match):
         fpn_layout(names, LEVELS, channels)
+
+
+def test_retinanet_spectra_search_reads_the_laterals_where_they_are_wired():
+    """Spectra of torchvision's RetinaNet: layer4's only reader is P5's lateral, layer1's
+    output no lateral reads (by index, inner_blocks.0's 512 channels would land there)."""
+    from eigenarch.spectrum import SpectrumCollector
+    from eigenarch.widths import search_widths
+
+    torch.manual_seed(0)
+    model = detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                             min_size=64, max_size=64).eval()  # fmt: skip
+    with SpectrumCollector(model, include=["backbone.*"], sides=("in",)) as collector:
+        with torch.no_grad():
+            model([torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))])
+    spectra = collector.spectra()
+    dims = spectra.intrinsic_dims()
+    channels = {name: spectra.channels(name) for name in spectra.names}
+    for given in (None, channels):
+        found = search_widths(dims, "resnet50", channels=given).intrinsic
+        assert found["layer4.2.conv3"] == dims["backbone.fpn.inner_blocks.2.0:in"]
+        layer2 = ("backbone.body.layer2.0.conv1:in", "backbone.body.layer2.0.downsample.0:in")
+        assert found["layer1.2.conv3"] == max(dims[n] for n in layer2)
