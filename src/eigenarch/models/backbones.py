@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detnet import detnet59
@@ -232,11 +231,6 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     if len(chosen) < levels or any(name is None for name, _ in chosen):
         raise EigenarchError(f"{type(model).__name__}: fewer than {levels} feature levels")
     return [n for n, _ in chosen], [c for _, c in chosen]
-
-
-def feature_body(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """The model up to its feature levels, returning ``{"0": ..., "1": ...}``."""
-    return create_feature_extractor(model, {name: str(k) for k, name in enumerate(names)})
 
 
 def search_backbone(

@@ -115,6 +115,27 @@ def _p6_input(last_width: int, channels: Mapping[str, int]) -> str:
     return "c5"
 
 
+def pyramid(
+    body: nn.Module,
+    names: Sequence[str],
+    channels: Sequence[int],
+    fpn_channels: int = FPN_CHANNELS,
+    extra_blocks: nn.Module | None = None,
+    norm_layer: Callable[[int], nn.Module] | None = None,
+) -> BackboneWithFPN:
+    """torchvision's ``BackboneWithFPN`` over the modules ``names`` of ``body`` (``channels``
+    wide; modules inside a ``Sequential`` through torchvision's feature extraction)."""
+    returned = {level: str(k) for k, level in enumerate(names)}
+    top_level = all("." not in level for level in names)
+    model = BackboneWithFPN(
+        body if top_level else nn.Module(), returned if top_level else {}, list(channels),
+        fpn_channels, extra_blocks=extra_blocks, norm_layer=norm_layer,
+    )  # fmt: skip
+    if not top_level:
+        model.body = create_feature_extractor(body, returned)
+    return model
+
+
 def trace_fpn(
     body: nn.Module,
     level_names: Sequence[str],
@@ -125,17 +146,11 @@ def trace_fpn(
     """``body`` under the FPN ``layout`` (default: a lateral per level, max-pooled top
     level), as torchvision builds it, traced on a 64-pixel image."""
     layout = layout or FpnLayout(tuple(range(len(level_names))))
-    names = [level_names[i] for i in layout.levels]
     widths = [level_channels[i] for i in layout.levels]
     extra = LastLevelMaxPool() if layout.p6 is None else LastLevelP6P7(
         widths[-1] if layout.p6 == "c5" else FPN_CHANNELS, FPN_CHANNELS
     )  # fmt: skip
-    returned = {level: str(k) for k, level in enumerate(names)}
-    top_level = all("." not in level for level in names)
-    model = BackboneWithFPN(body if top_level else nn.Module(), returned if top_level else {},
-                            widths, FPN_CHANNELS, extra_blocks=extra)  # fmt: skip
-    if not top_level:  # modules inside a Sequential: torchvision's feature extraction
-        model.body = create_feature_extractor(body, returned)
+    model = pyramid(body, [level_names[i] for i in layout.levels], widths, extra_blocks=extra)
     return trace_model(model, torch.zeros(1, 3, 64, 64), name=name)
 
 
