@@ -62,6 +62,8 @@ def _names(blocks, p6=False, prefix="backbone.fpn."):
          for i, w in enumerate((256, 1024, 2048))}, FpnLayout((0, 2, 3))),  # by channels
         (_names(range(2)), None, FpnLayout((0, 1, 2, 3))),
         (_names(range(2), prefix="fpn."), {"fpn.inner_blocks.0.0:in": 1024}, FpnLayout((2, 3))),
+        ([], {f"fpn.inner_blocks.{i}.0:in": w for i, w in enumerate((512, 1024, 2048))},
+         FpnLayout((1, 2, 3))),  # the widths name laterals the dims leave out
     ],
 )  # fmt: skip
 def test_layout_from_names_and_channels(names, channels, expected):

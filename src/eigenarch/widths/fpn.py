@@ -66,7 +66,7 @@ def fpn_layout(
     latest such choice, in order; as many laterals as named where every level does not
     fit), and P6 reads the body where its input is not the FPN's width.
     """
-    names = list(names)
+    names = list(dict.fromkeys([*names, *(channels or {})]))  # the same model's maps
     p6 = any(_P6.search(n) for n in names)
     named = 1 + max((int(m.group(1)) for m in map(_BLOCK.search, names) if m), default=-1)
     count = max(named, min(P6P7_LATERALS, len(level_widths)) if p6 else len(level_widths))
