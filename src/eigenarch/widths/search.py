@@ -1,8 +1,9 @@
 """Intrinsic Architecture Search over the channel groups of any model (SPEC sections 6, 6b).
 
 Intrinsic dimensionalities per feature map name (``"layer1.0.conv1:in"``, optionally with
-a detector prefix such as ``"backbone.body."``) give every channel group of the traced
-model a dimensionality (the maximum over its maps on the chosen side); groups tied by
+a detector prefix such as ``"backbone.body."``; a detector's FPN maps count with the groups
+they read in its pyramid, :mod:`eigenarch.widths.fpn`) give every channel group of the
+traced model a dimensionality (the maximum over its maps on the chosen side); groups tied by
 :func:`eigenarch.widths.ties.width_ties` share one width (the geometric mean for a
 stage's internal groups); the widths are expanded uniformly to a MACs or parameter
 budget, rounded to a multiple ``q`` and greedily filled. A ResNet's nine widths are the
