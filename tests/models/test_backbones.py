@@ -94,6 +94,25 @@ def test_fpn_laterals_read_the_stage_they_are_wired_to():
 
 
 @pytest.mark.parametrize(
+    "p6, stage", [(False, "block2"), (True, "block3")]  # P2-P5 (Faster R-CNN), P3-P5 (RetinaNet)
+)
+def test_fpn_laterals_read_the_level_of_the_detectors_pyramid(p6, stage):
+    spec = backbone_spec("regnet_y_400mf", "bn")
+    graph, ties = backbone_graph(spec)
+    dims = random_dims(graph, prefix="backbone.body.")
+    plain, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    for i in range(3 if p6 else 4):
+        dims[f"backbone.fpn.inner_blocks.{i}.0:in"] = 5000 if i == 1 else 1
+    for conv in ("p6", "p7") if p6 else ():
+        dims[f"backbone.fpn.extra_blocks.{conv}:in"] = 9000  # reads the FPN's P5
+    wired, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    changed = [
+        t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b
+    ]
+    assert changed == [f"trunk_output.{stage}.{stage}-0.proj.0"]
+
+
+@pytest.mark.parametrize(
     "name, norm, gn_groups",
     [("mobilenet_v3_large", "gn", 8), ("convnext_tiny", None, 32), ("efficientnet_b0", "bn", 32),
      ("resnet18", "gn", 32)],

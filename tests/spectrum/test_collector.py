@@ -373,6 +373,32 @@ def test_products_ignore_reduced_matmul_precision():
     assert torch.equal(results[0], results[1])
 
 
+def test_precision_is_set_once_for_the_collection_and_given_back(monkeypatch):
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    seen = []  # the precision a later hook of the user's sees, during every forward
+    model[1].register_forward_hook(lambda *a: seen.append(torch.get_float32_matmul_precision()))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        collector = SpectrumCollector(model)
+        with collector, torch.no_grad():
+            assert torch.get_float32_matmul_precision() == "highest"
+            calls = []
+            setter = torch.set_float32_matmul_precision
+            monkeypatch.setattr(torch, "set_float32_matmul_precision",
+                                lambda p: (calls.append(p), setter(p)))  # fmt: skip
+            for _ in range(3):
+                model(torch.randn(4, 8))
+            monkeypatch.undo()
+            assert calls == [] and seen == ["highest"] * 3  # no hook touched it
+        assert torch.get_float32_matmul_precision() == "medium"
+        with pytest.raises(RuntimeError), collector:  # given back on an error too
+            raise RuntimeError("stop")
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_the_torch_internals_the_collector_relies_on():
     """Fails if torch changes the private parts the collector reads (collector.py says which)."""
     from torch.nn.modules import module as module_hooks

@@ -128,6 +128,35 @@ def test_detector_prefix_and_fpn_laterals():
     assert res.intrinsic["layer3.5.conv3"] == 1500
 
 
+def _detector_dims(reads, p6=False):
+    """One backbone's maps under an FPN whose lateral ``i`` reads stage ``reads[i]``: the
+    lateral's input 50 above that stage's own maps (o3, o5, o7, o9 = 200, 400, 800, 900)."""
+    plain = dims_for((64, 40, 200, 80, 400, 160, 800, 300, 900))
+    dims = {"backbone.body." + k: v for k, v in plain.items() if not k.startswith("fc")}
+    for i, stage in enumerate(reads):
+        dims[f"backbone.fpn.inner_blocks.{i}.0:in"] = (200, 400, 800, 900)[stage - 1] + 50
+        dims[f"backbone.fpn.layer_blocks.{i}.0:in"] = 5000  # reads the FPN, not the body
+    for conv in ("p6", "p7") if p6 else ():
+        dims[f"backbone.fpn.extra_blocks.{conv}:in"] = 3000
+    return dims
+
+
+def test_fpn_laterals_count_with_the_stage_they_read():
+    faster = search_widths(_detector_dims((1, 2, 3, 4)), "resnet50")  # P2-P5 over layer1..4
+    assert faster.adjusted == pytest.approx((64, 40, 250, 80, 450, 160, 850, 300, 950))
+    retina = search_widths(_detector_dims((2, 3, 4), p6=True), "resnet50")  # RetinaNet / FCOS
+    assert retina.adjusted == pytest.approx((64, 40, 200, 80, 450, 160, 850, 300, 950))
+    # RetinaNet v2: its P6 reads layer4's 2048 channels (the FPN's are 256)
+    dims = _detector_dims((2, 3, 4), p6=True)
+    channels = {"backbone.fpn.extra_blocks.p6:in": 2048, "backbone.fpn.extra_blocks.p6:out": 256}
+    assert search_widths(dims, "resnet50", channels=channels).adjusted[8] == 3000
+    # laterals over layer1, layer3, layer4, told by their input widths
+    dims = _detector_dims((1, 3, 4))
+    channels = {f"backbone.fpn.inner_blocks.{i}.0:in": w for i, w in enumerate((256, 1024, 2048))}
+    found = search_widths(dims, "resnet50", channels=channels)
+    assert found.adjusted == pytest.approx((64, 40, 250, 80, 400, 160, 850, 300, 950))
+
+
 def test_intrinsic_per_layer_for_plots():
     dims = {"conv1:out": 50, "layer1.0.conv1:out": 30, "layer1.0.conv2:in": 20}
     assert intrinsic_widths(dims, "out") == {"conv1": 50, "layer1.0.conv1": 30}

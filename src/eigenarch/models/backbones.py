@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detnet import detnet59
@@ -30,6 +29,7 @@ from eigenarch.widths.cost import (
     round_width,
     uniform_widths,
 )
+from eigenarch.widths.fpn import FpnLayout, detector_fpn_graph, trace_fpn
 from eigenarch.widths.graph import ModelGraph, trace_model
 from eigenarch.widths.resize import check_group_widths, resize
 from eigenarch.widths.search import WidthSearchResult, named_target, search_graph, search_widths
@@ -155,6 +155,77 @@ def build_backbone(spec: BackboneSpec, num_classes: int = 1000) -> nn.Module:
     return model
 
 
+def _stride(t: object) -> int | None:
+    """The stride of a square ``(B, C, H, W)`` map of the 224-pixel forward (not of a
+    channels-last one)."""
+    square = torch.is_tensor(t) and t.dim() == 4 and t.shape[-1] == t.shape[-2]
+    return EXAMPLE_SIZE // t.shape[-1] if square else None
+
+
+class _Strides:
+    """One forward's record of where a model leaves its strides: for each stride (4 and up)
+    the tensor the first module leaving it reads (``leaving``: stride -> (entry, tensor)),
+    the tensor the last pooling module reads (``pooled``: [stride, entry, tensor]), and the
+    outermost module that returned each tensor and its channels."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, int] = {}
+        self.seen: list[object] = []  # keeps every tensor alive, so ids stay unique
+        self.producer: dict[int, str] = {}
+        self.calls: dict[str, list[tuple[int, object]]] = {}
+        self.leaving: dict[int, tuple[int, torch.Tensor]] = {}
+        self.pooled: list = []
+
+    def pre(self, name: str):
+        def hook(module, args):
+            self.seen.append(args[0] if args else None)
+            self.calls.setdefault(name, []).append((len(self.seen), self.seen[-1]))
+
+        return hook
+
+    def post(self, name: str):
+        def hook(module, args, output):
+            entry, x = self.calls[name].pop()
+            self.seen.append(output)
+            if torch.is_tensor(output):
+                self.producer[id(output)] = name
+                self.channels[name] = output.shape[1] if output.dim() > 1 else 0
+            s_in, s_out = _stride(x), _stride(output)
+            if not s_in or not 4 <= s_in < EXAMPLE_SIZE or s_out == s_in:
+                return
+            if s_out is not None and s_in < s_out < EXAMPLE_SIZE:  # downsampling: the first
+                if s_in not in self.leaving or entry < self.leaving[s_in][0]:
+                    self.leaving[s_in] = (entry, x)
+            elif s_out is None or s_out == EXAMPLE_SIZE:  # pooled: the last (the classifier's)
+                if not self.pooled or entry > self.pooled[1]:
+                    self.pooled[:] = [s_in, entry, x]
+
+        return hook
+
+    def levels(self) -> list[tuple[str | None, int]]:
+        """``(module, channels)`` of the tensor read on leaving each stride, in order."""
+        leaving = dict(self.leaving)
+        if self.pooled and self.pooled[0] > max(leaving, default=0):
+            leaving[self.pooled[0]] = (self.pooled[1], self.pooled[2])
+        return [(self.producer.get(id(t)), t.shape[1]) for _, (_, t) in sorted(leaving.items())]
+
+
+def _watch_strides(model: nn.Module) -> _Strides:
+    """Where ``model`` leaves its strides, from a 224-pixel forward in eval mode."""
+    strides, handles = _Strides(), []
+    for name, m in model.named_modules():
+        if name:
+            handles += [m.register_forward_pre_hook(strides.pre(name)),
+                        m.register_forward_hook(strides.post(name))]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+    return strides
+
+
 def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[int]]:
     """``(module names, channels)`` of the feature maps an FPN reads, from a 224-pixel
     forward (channels as they are, after any resizing).
@@ -164,67 +235,13 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     classifier's pooling) reads, named by the outermost module that returned it
     (``layer2``, ``features.6``, ``trunk_output.block3``).
     """
-    channels: dict[str, int] = {}
-    seen: list[torch.Tensor] = []  # keeps every tensor alive, so ids stay unique
-    producer: dict[int, str] = {}
-    calls: dict[str, list[tuple[int, object]]] = {}
-    leaving: dict[int, tuple[int, torch.Tensor]] = {}  # stride -> (entry, tensor read)
-    pooled: list = []  # [stride, entry, tensor read]
-
-    def stride(t) -> int | None:  # a square (B, C, H, W) map; not a channels-last one
-        square = torch.is_tensor(t) and t.dim() == 4 and t.shape[-1] == t.shape[-2]
-        return EXAMPLE_SIZE // t.shape[-1] if square else None
-
-    def pre(name):
-        def hook(module, args):
-            seen.append(args[0] if args else None)
-            calls.setdefault(name, []).append((len(seen), seen[-1]))
-
-        return hook
-
-    def post(name):
-        def hook(module, args, output):
-            entry, x = calls[name].pop()
-            seen.append(output)
-            if torch.is_tensor(output):
-                producer[id(output)] = name
-                channels[name] = output.shape[1] if output.dim() > 1 else 0
-            s_in, s_out = stride(x), stride(output)
-            if not s_in or not 4 <= s_in < EXAMPLE_SIZE or s_out == s_in:
-                return
-            if s_out is not None and s_in < s_out < EXAMPLE_SIZE:  # downsampling: the first
-                if s_in not in leaving or entry < leaving[s_in][0]:
-                    leaving[s_in] = (entry, x)
-            elif s_out is None or s_out == EXAMPLE_SIZE:  # pooled: the last (the classifier's)
-                if not pooled or entry > pooled[1]:
-                    pooled[:] = [s_in, entry, x]
-
-        return hook
-
-    handles = []
-    for name, m in model.named_modules():
-        if name:
-            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE))
-    finally:
-        for h in handles:
-            h.remove()
+    strides = _watch_strides(model)
     if hasattr(model, "stage_names"):
-        return list(model.stage_names), [channels[n] for n in model.stage_names]
-    if pooled and pooled[0] > max(leaving, default=0):
-        leaving[pooled[0]] = (pooled[1], pooled[2])
-    chosen = [(producer.get(id(t)), t.shape[1]) for _, (_, t) in sorted(leaving.items())]
-    chosen = chosen[-levels:]
+        return list(model.stage_names), [strides.channels[n] for n in model.stage_names]
+    chosen = strides.levels()[-levels:]
     if len(chosen) < levels or any(name is None for name, _ in chosen):
         raise EigenarchError(f"{type(model).__name__}: fewer than {levels} feature levels")
     return [n for n, _ in chosen], [c for _, c in chosen]
-
-
-def feature_body(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """The model up to its feature levels, returning ``{"0": ..., "1": ...}``."""
-    return create_feature_extractor(model, {name: str(k) for k, name in enumerate(names)})
 
 
 def search_backbone(
@@ -234,32 +251,33 @@ def search_backbone(
     metric: str = "macs",
     multiple: int = 32,
     side: str = "in",
+    channels: Mapping[str, int] | None = None,
 ) -> tuple[WidthSearchResult, BackboneSpec]:
     """Intrinsic Architecture Search of any backbone: the result and its width spec.
 
     ``target`` is a number or ``"base"`` (the cost of ``spec``'s backbone). FPN maps in
     ``dims`` (``backbone.fpn.inner_blocks.*``) are read as consumers of the groups their
-    lateral convs read, from the graph of the backbone inside the detector's FPN.
+    convs read, from the graph of the backbone inside the analysed detector's FPN
+    (:func:`eigenarch.widths.fpn.fpn_layout`; ``channels``, the maps' widths, decide
+    where given).
     """
     graph, ties = backbone_graph(spec)
     base = list(check_group_widths(graph, spec.groups).values())
-    fpn_graph = None
-    if any(".fpn." in name or name.startswith("fpn.") for name in dims):
-        fpn_graph = _fpn_graph(spec.builder)
+    trace = functools.partial(_fpn_graph, spec.builder)
+    fpn_graph = detector_fpn_graph(graph, base, dims, channels, trace)
     result = search_graph(graph, ties, dims, target, metric, multiple, side, fpn_graph, base)
     found = BackboneSpec(spec.builder, result.group_widths, spec.norm, spec.gn_groups, {})
     return result, found
 
 
 @functools.lru_cache(maxsize=32)
-def _fpn_graph(builder: str) -> ModelGraph:
-    """The builder's classifier as the body of eigenarch's FPN, traced (its norms and widths
-    do not change which groups the FPN reads)."""
-    from eigenarch.models.detector import body_with_fpn
-
+def _fpn_graph(builder: str, layout: FpnLayout | None) -> ModelGraph:
+    """The builder's classifier as the body of an FPN over its feature levels, traced
+    (default: eigenarch's, a lateral per level; its norms and widths do not change which
+    groups the FPN reads)."""
     model = classifier_by_name(builder)
-    fpn = body_with_fpn(model, 256, 32)
-    return trace_model(fpn, torch.zeros(1, 3, 64, 64), name=f"{builder}-fpn")
+    names, channels = feature_levels(model)
+    return trace_fpn(model, names, channels, layout, name=f"{builder}-fpn")
 
 
 def backbone_cost(spec: BackboneSpec) -> ModelCost:
@@ -277,15 +295,20 @@ def search_spec(
     multiple: int = 32,
     side: str = "in",
     source: Mapping[str, Any] | None = None,
+    channels: Mapping[str, int] | None = None,
 ) -> tuple[WidthSearchResult, WidthSpec | BackboneSpec]:
     """Intrinsic Architecture Search of the analysed ``model``: the result and the width
-    spec that builds it (same norm; ``source`` recorded). A ResiaNet gives nine widths."""
+    spec that builds it (same norm; ``source`` recorded). A ResiaNet gives nine widths.
+    ``channels`` (map name -> width, e.g. from the spectra) tells which body level each
+    FPN lateral reads where the map names alone do not."""
     target = named_target(target, metric)
     source = dict(source or {})
     if isinstance(model, WidthSpec):
-        result = search_widths(dims, target, metric, multiple, side, model.depths, model.widths)
+        result = search_widths(
+            dims, target, metric, multiple, side, model.depths, model.widths, channels
+        )
         return result, WidthSpec(result.widths, model.depths, model.norm, model.gn_groups, source)
-    result, found = search_backbone(model, dims, target, metric, multiple, side)
+    result, found = search_backbone(model, dims, target, metric, multiple, side, channels)
     return result, dataclasses.replace(found, source=source)
 
 

@@ -33,13 +33,13 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.backbones import (
     build_backbone,
     check_backbone_name,
-    feature_body,
     feature_levels,
 )
 from eigenarch.models.factory import is_factory
 from eigenarch.models.resianet import norm_layer, resianet_from_spec
 from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
+from eigenarch.widths.fpn import pyramid
 from eigenarch.widths.spec import (
     BACKBONE_FORMAT,
     BackboneSpec,
@@ -143,19 +143,10 @@ def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32)
         names, channels = ["layer1", "layer2", "layer3", "layer4"], list(body.stage_channels)
     else:
         names, channels = feature_levels(body)
-    top_level = all("." not in name for name in names)
-    backbone = BackboneWithFPN(
-        body if top_level else nn.Module(),
-        return_layers={name: str(k) for k, name in enumerate(names)} if top_level else {},
-        in_channels_list=channels,
-        out_channels=fpn_channels,
-        extra_blocks=LastLevelMaxPool(),
-        norm_layer=norm_layer("gn", gn_groups),
-    )
+    backbone = pyramid(body, names, channels, fpn_channels, LastLevelMaxPool(),
+                       norm_layer("gn", gn_groups))  # fmt: skip
     if len(names) == 5:  # DetNet: P6 is the FPN level of stage 6, no max-pooled level
         backbone.fpn.extra_blocks = None
-    if not top_level:  # modules inside a Sequential: torchvision's feature extraction
-        backbone.body = feature_body(body, names)
     for module in backbone.fpn.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.xavier_uniform_(module.weight)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -263,9 +262,12 @@ class SpectrumCollector:
     """Accumulate the covariance of every conv / linear / transposed-conv map of ``model``.
 
     Use as a context manager around any forward passes: hooks are attached on entry and
-    removed on exit, and nothing else about the model changes. torchvision detectors'
-    padding is found from their ``GeneralizedRCNNTransform``; padded positions never enter
-    the sums. Read the result with :meth:`spectra` (inside or after the ``with``).
+    removed on exit, and nothing else about the model changes. Inside the ``with``, float32
+    matmuls run at full precision (``torch.set_float32_matmul_precision("highest")``, so
+    that no product is TF32 / bf16; the model's own matmuls too), and the caller's setting
+    is back on exit; no hook changes it. torchvision detectors' padding is found from their
+    ``GeneralizedRCNNTransform``; padded positions never enter the sums. Read the result
+    with :meth:`spectra` (inside or after the ``with``).
 
     Args:
         model: any ``nn.Module``.
@@ -304,6 +306,7 @@ class SpectrumCollector:
         self._layers: list[tuple[nn.Module, _Map | None, _Map | None]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._blas_threads: threadpool_limits | None = None
+        self._precision: str | None = None  # the caller's float32 matmul precision
         self._padding: _Padding | None = None
         self._seen: dict[int, _Seen] = {}
         self._select()
@@ -386,6 +389,8 @@ class SpectrumCollector:
                 map_out.derivation.hook_id = handle.id
         if torch.get_num_threads() == 1:  # our syrk products then run: one BLAS thread too
             self._blas_threads = threadpool_limits(1, user_api="blas")
+        self._precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # our float32 products never TF32 / bf16
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -397,6 +402,9 @@ class SpectrumCollector:
             if self._blas_threads is not None:
                 self._blas_threads.restore_original_limits()
                 self._blas_threads = None
+            if self._precision is not None:
+                torch.set_float32_matmul_precision(self._precision)
+                self._precision = None
             self._padding = None
             self._seen.clear()
 
@@ -412,8 +420,7 @@ class SpectrumCollector:
 
     def _layer_hook(self, map_in: _Map | None, map_out: _Map | None):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            # Our own tensors are normal ones, and our float32 products never TF32 / bf16.
-            with torch.inference_mode(False), torch.no_grad(), _full_precision():
+            with torch.inference_mode(False), torch.no_grad():  # our tensors: normal ones
                 inputs = args[0] if args and isinstance(args[0], Tensor) else None
                 derived = (  # decided before ``inputs`` enter the source map
                     map_out is not None
@@ -523,20 +530,6 @@ def unhooked_note(names: Sequence[str]) -> str:
         f"cannot hook {len(names)} map(s): {listed} (torch's MultiheadAttention uses its "
         "out_proj weight without calling the module)"
     )
-
-
-@contextmanager
-def _full_precision() -> Iterator[None]:
-    """Float32 matmuls at full precision (whatever ``set_float32_matmul_precision`` says)."""
-    previous = torch.get_float32_matmul_precision()
-    if previous == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | None) -> int:

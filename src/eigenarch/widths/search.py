@@ -1,8 +1,9 @@
 """Intrinsic Architecture Search over the channel groups of any model (SPEC sections 6, 6b).
 
 Intrinsic dimensionalities per feature map name (``"layer1.0.conv1:in"``, optionally with
-a detector prefix such as ``"backbone.body."``) give every channel group of the traced
-model a dimensionality (the maximum over its maps on the chosen side); groups tied by
+a detector prefix such as ``"backbone.body."``; a detector's FPN maps count with the groups
+they read in its pyramid, :mod:`eigenarch.widths.fpn`) give every channel group of the
+traced model a dimensionality (the maximum over its maps on the chosen side); groups tied by
 :func:`eigenarch.widths.ties.width_ties` share one width (the geometric mean for a
 stage's internal groups); the widths are expanded uniformly to a MACs or parameter
 budget, rounded to a multiple ``q`` and greedily filled. A ResNet's nine widths are the
@@ -21,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 
-import torch
-
 from eigenarch.errors import EigenarchError
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
@@ -38,7 +37,8 @@ from eigenarch.widths.cost import (
     round_width,
     tie_widths,
 )
-from eigenarch.widths.graph import ModelGraph, trace_model
+from eigenarch.widths.fpn import FpnLayout, detector_fpn_graph, trace_fpn
+from eigenarch.widths.graph import ModelGraph
 from eigenarch.widths.ties import WidthTie
 
 SEARCH_SIDES = ("in", "out", "both")
@@ -341,27 +341,19 @@ def search_graph(
     ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number, or
     ``"base"`` for the cost of the analysed model, whose group ``i`` is ``base_groups[i]``
     wide (default: the traced model's own widths). ``multiple`` must be a multiple of
-    every tie's divisor.
+    every tie's divisor. ``fpn_graph`` (the model as the body of the analysed detector's
+    FPN) counts the FPN's maps with the groups they read.
     """
     if side not in SEARCH_SIDES:
         raise EigenarchError(f"side {side!r} is not one of {', '.join(SEARCH_SIDES)}")
-    check_multiple(multiple)
-    for tie in ties:
-        if multiple % tie.divisor:
-            raise EigenarchError(
-                f"multiple {multiple}: the widths of {tie.name} must be multiples of "
-                f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use a "
-                f"multiple of {tie.divisor}"
-            )
+    _check_divisors(ties, multiple)
     base_groups = list(base_groups or [g.width for g in graph.groups])
-    base_widths = tuple(base_groups[t.groups[0]] for t in ties)
     base_macs, base_params = graph_cost(graph, base_groups)
     if target == "base":
         target = base_macs if metric == "macs" else base_params
     budget = check_target(target, metric)
     maps = group_maps(graph, fpn_graph)
-    relative = relative_dims(graph, dims, fpn_graph)
-    intrinsic = intrinsic_per_layer(graph, maps, relative, side)
+    intrinsic = intrinsic_per_layer(graph, maps, relative_dims(graph, dims, fpn_graph), side)
     outside = _outside_body(graph, fpn_graph)
     free = [t for t in ties if not set(t.groups) <= outside]
     adjusted = adjusted_widths(graph, free, maps, intrinsic, side)
@@ -371,25 +363,47 @@ def search_graph(
         return graph_cost(graph, tie_widths(graph, free, widths, base_groups))[k]
 
     widths, omega = expand_widths(adjusted, budget, cost, multiple, metric)
-    groups = tie_widths(graph, free, widths, base_groups)
-    macs, params = graph_cost(graph, groups)
     searched = dict(zip((t.name for t in free), zip(widths, adjusted, strict=True), strict=True))
+    return _result(graph, ties, base_groups, searched, intrinsic, omega=omega, metric=metric,
+                   target=budget, side=side, multiple=multiple, base_macs=base_macs,
+                   base_params=base_params)  # fmt: skip
+
+
+def _check_divisors(ties: Sequence[WidthTie], multiple: int) -> None:
+    """A one-line error where ``multiple`` is not a multiple of every tie's divisor."""
+    check_multiple(multiple)
+    for tie in ties:
+        if multiple % tie.divisor:
+            raise EigenarchError(
+                f"multiple {multiple}: the widths of {tie.name} must be multiples of "
+                f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use a "
+                f"multiple of {tie.divisor}"
+            )
+
+
+def _result(
+    graph: ModelGraph,
+    ties: Sequence[WidthTie],
+    base_groups: list[int],
+    searched: Mapping[str, tuple[int, float]],
+    intrinsic: dict[str, float],
+    **fields: object,
+) -> WidthSearchResult:
+    """The result of a search whose ties named in ``searched`` took ``(width, adjusted)``;
+    the others keep their base width; ``fields`` are the rest of its fields."""
+    free = [t for t in ties if t.name in searched]
+    base_widths = tuple(base_groups[t.groups[0]] for t in ties)
+    groups = tie_widths(graph, free, [searched[t.name][0] for t in free], base_groups)
+    macs, params = graph_cost(graph, groups)
     kept = {t.name: (w, float(w)) for t, w in zip(ties, base_widths, strict=True)}
     every = [searched.get(t.name, kept[t.name]) for t in ties]  # a fixed tie: its base width
     return WidthSearchResult(
         widths=tuple(w for w, _ in every),
         adjusted=tuple(a for _, a in every),
-        omega=omega,
         macs=macs,
         params=params,
-        metric=metric,
-        target=budget,
-        side=side,
-        multiple=multiple,
         intrinsic=intrinsic,
         base_widths=base_widths,
-        base_macs=base_macs,
-        base_params=base_params,
         ties=tuple(t.name for t in ties),
         group_widths={g.name: w for g, w in zip(graph.groups, groups, strict=True)},
         fixed=tuple(t.name for t in ties if t not in free),
@@ -397,6 +411,7 @@ def search_graph(
             (min(base_groups[i] for i in t.groups), max(base_groups[i] for i in t.groups))
             for t in ties
         ),
+        **fields,
     )
 
 
@@ -437,16 +452,13 @@ def _check_within(dims: Mapping[str, object], depths: tuple[int, ...]) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _resnet_fpn_graph(depths: tuple[int, ...]) -> ModelGraph:
-    """The ResNet as the body of a four-level FPN (torchvision's layout, as in Faster R-CNN)."""
+def _resnet_fpn_graph(depths: tuple[int, ...], layout: FpnLayout | None) -> ModelGraph:
+    """The ResNet as the body of an FPN (torchvision's layout; default: Faster R-CNN's)."""
     from torchvision.models import resnet as tv_resnet
-    from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
     body = tv_resnet.ResNet(tv_resnet.Bottleneck, list(depths))
-    model = BackboneWithFPN(
-        body, {f"layer{s}": str(s - 1) for s in range(1, 5)}, list(RESNET50_WIDTHS[2::2]), 256
-    )
-    return trace_model(model, torch.zeros(1, 3, 64, 64), name="resnet-fpn")
+    levels = [f"layer{s}" for s in range(1, 5)]
+    return trace_fpn(body, levels, RESNET50_WIDTHS[2::2], layout, name="resnet-fpn")
 
 
 def search_widths(
@@ -457,12 +469,16 @@ def search_widths(
     side: str = "in",
     depths: Sequence[int] = DEFAULT_DEPTHS,
     base_widths: Sequence[int] = RESNET50_WIDTHS,
+    channels: Mapping[str, int] | None = None,
 ) -> WidthSearchResult:
     """Intrinsic Architecture Search (SPEC section 6) of a bottleneck ResNet's nine widths.
 
     ``target`` is a budget of ``metric`` (``"macs"`` or ``"params"``): a number,
     ``"resnet50"`` (also ``"resnet101"``, ``"resnet152"``) for that network's cost, or
-    ``"base"`` for the cost at ``base_widths`` (the analysed network's nine widths).
+    ``"base"`` for the cost at ``base_widths`` (the analysed network's nine widths). FPN
+    maps count with the groups their convs read in the analysed detector's pyramid
+    (:func:`eigenarch.widths.fpn.fpn_layout`; ``channels``, the maps' widths, decide where
+    given).
     """
     depths = check_depths(depths)
     base_widths = check_widths(base_widths, depths)[0]
@@ -471,12 +487,12 @@ def search_widths(
     _refuse_basic_blocks(dims)
     _check_within(dims, depths)
     graph, ties = resnet_graph(depths)
-    fpn = any(".fpn." in n or n.startswith("fpn.") for n in dims)
-    result = search_graph(
-        graph, ties, dims, target, metric, multiple, side,
-        fpn_graph=_resnet_fpn_graph(depths) if fpn else None,
-        base_groups=tie_widths(graph, ties, base_widths),
-    )  # fmt: skip
+    base_groups = tie_widths(graph, ties, base_widths)
+    fpn_graph = detector_fpn_graph(
+        graph, base_groups, dims, channels, functools.partial(_resnet_fpn_graph, depths)
+    )
+    result = search_graph(graph, ties, dims, target, metric, multiple, side, fpn_graph,
+                          base_groups)  # fmt: skip
     return dataclasses.replace(result, depths=depths)
 
 
