@@ -35,20 +35,20 @@ def measured_dims(
     spectra: str | os.PathLike[str] | None,
     dims: str | os.PathLike[str] | None,
     threshold: float | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(map name -> dimensionality, how they were measured)`` from exactly one of a
-    spectra file (at ``threshold``, by default 1e-3) and a dims file."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, int] | None]:
+    """``(map name -> dimensionality, how they were measured, map name -> width)`` from
+    exactly one of a spectra file (at ``threshold``, by default 1e-3) and a dims file
+    (which records no widths: None)."""
     if (spectra is None) == (dims is None):
         raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
     if spectra is not None:
         cut = THRESHOLD if threshold is None else threshold
-        return Spectra.load(spectra).intrinsic_dims(cut), {
-            "threshold": cut,
-            "spectra": str(spectra),
-        }
+        loaded = Spectra.load(spectra)
+        channels = {name: loaded.channels(name) for name in loaded.names}
+        return loaded.intrinsic_dims(cut), {"threshold": cut, "spectra": str(spectra)}, channels
     if threshold is not None:
         raise EigenarchError("--threshold applies to --spectra only; --dims are final")
-    return load_dims(dims), {"dims": str(dims)}
+    return load_dims(dims), {"dims": str(dims)}, None
 
 
 def search_to_file(
@@ -68,7 +68,7 @@ def search_to_file(
     width-spec file; by default a bottleneck ResNet of ``depths``) to ``target``
     (``macs=base``, ``params=20M``, ...) and write the width spec to ``out``."""
     metric, value = parse_target(target)
-    values, measured = measured_dims(spectra, dims, threshold)
+    values, measured, channels = measured_dims(spectra, dims, threshold)
     source = {"command": "search", "target": target, **measured}
     if model is not None:
         source["model"] = model
@@ -78,6 +78,6 @@ def search_to_file(
             f"--multiple {multiple} gives widths that {analysed.gn_groups} GroupNorm groups "
             "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
         )
-    result, spec = search_spec(analysed, values, value, metric, multiple, side, source)
+    result, spec = search_spec(analysed, values, value, metric, multiple, side, source, channels)
     save_width_spec(Path(out), spec, result.to_dict())
     return SearchOutcome(result, spec, spec_cost(spec), spec_cost(analysed), metric)
