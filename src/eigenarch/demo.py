@@ -854,9 +854,7 @@ def demo(
 ) -> None:
     """Run the paper's pipeline end to end on the embedded shapes data set (resumable).
 
-    --long-schedule, --table2 and --mask add their rows to an earlier demo of the same
-    settings in OUT without redoing it; without them the claims they feed say "not
-    measured here".
+    --long-schedule, --table2 and --mask add rows (to an earlier demo in OUT too, reusing it).
     """
     chosen = [("long", long_schedule), ("table2", table2), ("mask", mask)]
     extras = [name for name, wanted in chosen if wanted]
