@@ -4,6 +4,7 @@ which never runs code from them."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -168,7 +169,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
 
 def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
     """``torch.load(path)`` on the CPU with ``weights_only=True``: tensors, numbers, strings
-    and containers only, never code from the file.
+    and containers only, never code from the file; and ``argparse.Namespace`` (plain
+    attributes, no code), which the checkpoints of torchvision's reference scripts hold as
+    their ``args``.
 
     A missing file, a folder, or a file that is empty, truncated, of another format (JSON,
     say) or that holds other objects is a one-line error naming ``path`` and ``what`` was
@@ -180,7 +183,8 @@ def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
     if not path.is_file():
         raise EigenarchError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(path, exc)})") from None
 

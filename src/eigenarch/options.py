@@ -8,6 +8,8 @@ import re
 import shlex
 from typing import Any
 
+import torch
+
 from eigenarch.errors import EigenarchError
 from eigenarch.spectrum.collector import MAP_SIDES
 
@@ -71,6 +73,14 @@ def parse_sides(text: str) -> tuple[str, ...]:
     if not sides or any(side not in MAP_SIDES for side in sides):
         raise EigenarchError(f"--sides {text!r}: expected in, out or in,out")
     return sides
+
+
+def parse_device(text: str | None) -> str:
+    """``--device``: ``cpu`` or ``cuda[:N]``; by default ``cuda`` where there is one."""
+    device = text or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
+    return device
 
 
 def command_line(words: list[str], options: dict[str, Any], repeat: tuple[str, ...] = ()) -> str:

@@ -206,6 +206,8 @@ def test_cli_errors(run_cli, tmp_path, analysed_runs, copy_run):
     assert r.code == 2 and "no checkpoints" in r.stderr
     r = run_cli("dynamics", "--run", analysed_runs["B"], "--drop", "0")
     assert r.code == 2 and "--drop 0.0" in r.stderr
+    r = run_cli("dynamics", "--run", analysed_runs["B"], "--workers", "-1")
+    assert r.code == 2 and "--workers" in r.stderr and r.stderr.count("\n") == 1
     r = run_cli("report", tmp_path, "--out", tmp_path / "rep")
     assert r.code == 2 and "eigenarch dynamics --run" in r.stderr
 

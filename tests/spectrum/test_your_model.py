@@ -1,10 +1,14 @@
 """docs/your-model.md, tried end to end: the page's own factory file and weights in the
-forms it lists, through ``eigenarch spectrum`` on the embedded shapes data."""
+forms it lists, through ``eigenarch spectrum`` on the embedded shapes data; and its route 3,
+the page's own commands over checkpoints written as torchvision's reference scripts do."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -65,7 +69,8 @@ def test_builder_with_a_torchvision_references_checkpoint(run_cli, shapes_root, 
     torch.manual_seed(2)
     weights = tmp_path / "model_25.pth"
     model = torchvision.models.resnet18(num_classes=10)
-    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 25, "args": {}}, weights)
+    args = argparse.Namespace(model="resnet18", epochs=26, lr_steps=[16, 22])  # as they save it
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 25, "args": args}, weights)
     r = run_cli("spectrum", "--data", shapes_root, "--images", "4", "--workers", "0",
                 "--out", tmp_path / "x", "--model", "resnet18", "--weights", weights)  # fmt: skip
     assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr  # 10 classes, not 1000
@@ -74,3 +79,51 @@ def test_builder_with_a_torchvision_references_checkpoint(run_cli, shapes_root, 
     spectra = _spectrum(run_cli, shapes_root, tmp_path / "c.safetensors", "--model", "resnet18",
                         "--weights", weights, "--include", "fc")  # fmt: skip
     assert spectra.names == ["fc:in", "fc:out"] and spectra.samples("fc:in") == 12
+
+
+def _doc_commands(section: str) -> list[list[str]]:
+    """The commands of the ``bash`` block of the page's ``section`` (lines joined)."""
+    text = DOC.read_text(encoding="utf-8").split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line]
+
+
+def test_route_3_the_page_commands_over_a_reference_run(run_cli, shapes_root, tmp_path):
+    factory = _doc_factory_file(tmp_path)
+    found = importlib.util.spec_from_file_location("doc_my_detector_3", factory)
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    args = argparse.Namespace(data_path=str(shapes_root), model="tiny", epochs=4, lr_steps=[2],
+                              lr_scheduler="multisteplr", lr=0.02)  # fmt: skip
+    for run, seed in (("run", 0), ("scratch", 1)):
+        (tmp_path / run).mkdir()
+        torch.manual_seed(seed)
+        model = module.tiny_detector()
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_steps)
+        for epoch in (3, 0, 1):
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(),
+                "args": args,
+                "epoch": epoch,
+            }
+            for name in (f"model_{epoch}.pth", "checkpoint.pth"):
+                torch.save(checkpoint, tmp_path / run / name)  # fmt: skip
+    commands = _doc_commands("3.")
+    assert [c[1] for c in commands] == ["dynamics", "dynamics", "compare", "report"]
+    swap = {"fasterrcnn_resnet50_fpn": f"{factory}:tiny_detector", "data/shapes": shapes_root,
+            "1000": "3"}  # fmt: skip
+    for command in commands:
+        words = [str(swap.get(w, w)) for w in command[1:]]
+        words = [str(tmp_path / w) if w.startswith(("run", "scratch")) else w for w in words]
+        r = run_cli(*words, *(["--workers", "0"] if words[0] == "dynamics" else []))
+        assert r.code == 0, (words, r.stderr)
+    dynamics = json.loads((tmp_path / "runs" / "mine" / "dynamics.json").read_text())
+    assert (dynamics["iterations"], dynamics["milestones"], dynamics["length"]) == (
+        [1, 2, 4],
+        [2],
+        4,
+    )
+    assert (tmp_path / "runs" / "report" / "report.html").is_file()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from eigenarch.options import parse_threshold
@@ -380,3 +381,63 @@ def test_search_tie_table_shows_the_base_range_of_a_tie(run_cli, tmp_path):
     assert r.code == 0, r.stderr
     assert "72-120" in r.stdout  # features.{4..6}.block.0.0: 72, 120, 120
     assert json.loads((tmp_path / "m-out.json").read_text())["base"]["ranges"][3] == [72, 120]
+
+
+FACTORY = "import torchvision\n\n\ndef net():\n    return torchvision.models.regnet_x_400mf()\n"
+
+
+def test_count_search_and_train_a_backbone_of_a_factory(
+    run_cli, tmp_path, monkeypatch, shapes_root
+):
+    from eigenarch.spectrum import SpectrumCollector
+    from eigenarch.train.checkpoint import detector_from_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet.py").write_text(FACTORY)
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "__init__.py").write_text("")
+    (tmp_path / "nets" / "regnets.py").write_text(FACTORY)
+    builder = json.loads(run_cli("count", "--model", "regnet_x_400mf", "--json").stdout)
+    for spec in ("mynet.py:net", "nets.regnets:net"):
+        r = run_cli("count", "--model", spec, "--json")
+        assert r.code == 0, r.stderr
+        assert json.loads(r.stdout) == builder  # the factory's model, traced as the builder's
+
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf().eval()
+    with SpectrumCollector(model) as collector, torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))
+    collector.spectra().save(tmp_path / "s.safetensors")
+    found = {}
+    for spec, extra in (("mynet.py:net", ()), ("regnet_x_400mf", ("--norm", "bn"))):
+        out = tmp_path / f"{spec.split('.')[0]}.json"
+        r = run_cli("search", "--spectra", tmp_path / "s.safetensors", "--model", spec,
+                    "--target", "params=2M", "--multiple", "16", *extra, "--out", out)  # fmt: skip
+        assert r.code == 0, r.stderr
+        found[spec] = json.loads(out.read_text())
+    ours = found["mynet.py:net"]
+    assert ours["builder"] == "mynet.py:net" and ours["norm"] is None
+    assert ours["groups"] == found["regnet_x_400mf"]["groups"] and ours["params"] <= 2_000_000
+    r = run_cli("count", "--backbone", tmp_path / "mynet.json", "--json")
+    assert r.code == 0, r.stderr
+    assert (json.loads(r.stdout)["macs"], json.loads(r.stdout)["params"]) == (
+        ours["macs"], ours["params"]
+    )  # fmt: skip
+    r = run_cli("train", "--data", shapes_root, "--out", tmp_path / "run", "--backbone",
+                tmp_path / "mynet.json", "--iters", "1", "--batch-size", "1", "--fpn-channels",
+                "32", "--head-channels", "32", "--gn-groups", "8", "--representation", "64",
+                "--min-size", "96", "--max-size", "96", "--workers", "0")  # fmt: skip
+    assert r.code == 0, r.stderr  # the spec's widths, built through the factory again
+    model, payload = detector_from_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000001.pt")
+    assert payload["config"]["backbone"]["builder"] == "mynet.py:net"
+    for group, width in ours["groups"].items():
+        assert model.backbone.body.get_submodule(group).out_channels == width
+    r = run_cli("search", "--spectra", tmp_path / "s.safetensors", "--model", "mynet.py:net",
+                "--target", "macs=base", "--norm", "gn", "--out", tmp_path / "gn.json")  # fmt: skip
+    assert r.code == 2 and "sets its own normalisation: --norm gn" in r.stderr
+    assert not (tmp_path / "gn.json").exists()
+    for spec, message in (("mynet.py:nothing", "has no function 'nothing'"),
+                          ("absent.py:net", "absent.py not found"),
+                          ("nets.absent:net", "no module named 'nets.absent'")):  # fmt: skip
+        r = run_cli("count", "--model", spec)
+        assert r.code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -21,6 +21,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.detnet import detnet59
+from eigenarch.models.factory import call_factory, is_factory
 from eigenarch.models.resianet import norm_layer
 from eigenarch.widths.cost import (
     ModelCost,
@@ -55,7 +56,10 @@ def backbone_names() -> list[str]:
 
 
 def check_backbone_name(name: str) -> str:
-    """``name`` if it is one of :func:`backbone_names`, else a one-line error saying why."""
+    """``name`` if it is one of :func:`backbone_names` or a factory (``file.py:factory``,
+    ``package.module:factory``), else a one-line error saying why."""
+    if is_factory(name):
+        return name
     if name.startswith(REFUSED):
         raise EigenarchError(
             f"backbone {name!r}: its forward reorders or concatenates channels, so its widths "
@@ -79,8 +83,9 @@ def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:
 
 
 def _init(model: nn.Module, name: str) -> None:
-    """Fresh weights as the builder's family sets them (DetNet: PyTorch's defaults)."""
-    if name == "detnet59":
+    """Fresh weights as the builder's family sets them (DetNet: PyTorch's defaults; a
+    factory: its own)."""
+    if name == "detnet59" or is_factory(name):
         return
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and name.startswith("convnext"):
@@ -101,8 +106,14 @@ def classifier_by_name(
 ) -> nn.Module:
     """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``,
     ``"bn"``, ``"frozen_bn"`` or ``None``: the builder's own (torchvision's BatchNorm,
-    ConvNeXt's LayerNorm, DetNet's GroupNorm)."""
+    ConvNeXt's LayerNorm, DetNet's GroupNorm). A factory's model is as it builds it: its own
+    normalisation and classes."""
     check_backbone_name(name)
+    if is_factory(name):
+        if norm is not None:
+            raise EigenarchError(f"backbone {name!r} sets its own normalisation: --norm {norm} "
+                                 "does not apply")  # fmt: skip
+        return call_factory(name)
     if name == "detnet59":
         return detnet59(norm or "gn", gn_groups, num_classes)
     try:

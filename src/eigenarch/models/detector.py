@@ -36,6 +36,7 @@ from eigenarch.models.backbones import (
     feature_body,
     feature_levels,
 )
+from eigenarch.models.factory import is_factory
 from eigenarch.models.resianet import norm_layer, resianet_from_spec
 from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
@@ -61,7 +62,8 @@ def backbone_spec(
 ) -> WidthSpec | BackboneSpec:
     """Resolve a ``--backbone`` value to a spec: ``"resnet50"`` or nine comma-separated
     widths (a ResiaNet), a builder name (:func:`~eigenarch.models.backbones.backbone_names`,
-    e.g. ``mobilenet_v3_large``, ``detnet59``) or a width-spec file.
+    e.g. ``mobilenet_v3_large``, ``detnet59``), a factory (``file.py:factory``, its own norm)
+    or a width-spec file.
 
     A spec file keeps its own depths and norm; ``norm`` (default GroupNorm) and
     ``gn_groups`` apply to names and widths; ``own_norm`` keeps a builder's own norm
@@ -87,6 +89,8 @@ def backbone_spec(
         return load_width_spec(text)
     if own_norm:
         return BackboneSpec(check_backbone_name(text), {}, None, gn_groups, {"name": text})
+    if is_factory(text):  # normalised as it builds it; another norm is refused when built
+        return BackboneSpec(text, {}, norm, gn_groups, {"name": text})
     own = check_backbone_name(text).startswith("convnext")  # LayerNorm
     return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
 
@@ -160,6 +164,21 @@ def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32)
     return backbone
 
 
+def _check_settings(
+    kind: str, anchor_sizes: Sequence[int], gn_groups: int, *widths_of_gn_layers: int
+) -> None:
+    """Refuse a detector kind, anchor count or GroupNorm width that cannot be built."""
+    if kind not in KINDS:
+        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if len(anchor_sizes) != 5:
+        raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
+    for name, width in zip(("fpn_channels", "head_channels"), widths_of_gn_layers, strict=True):
+        if width % gn_groups:
+            raise EigenarchError(
+                f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
+            )
+
+
 def build_detector(
     kind: str = "faster_rcnn",
     backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] | nn.Module = "resnet50",
@@ -191,15 +210,7 @@ def build_detector(
         anchor_sizes: one anchor size per level P2..P6 (aspect ratios 0.5, 1, 2).
         kwargs: passed on to torchvision's ``FasterRCNN`` (e.g. ``rpn_batch_size_per_image``).
     """
-    if kind not in KINDS:
-        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if len(anchor_sizes) != 5:
-        raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
-    for name, width in (("fpn_channels", fpn_channels), ("head_channels", head_channels)):
-        if width % gn_groups:
-            raise EigenarchError(
-                f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
-            )
+    _check_settings(kind, anchor_sizes, gn_groups, fpn_channels, head_channels)
     if not isinstance(backbone, nn.Module):
         backbone = backbone_body(backbone, gn_groups)
     features = body_with_fpn(backbone, fpn_channels, gn_groups)

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from eigenarch.distributed import is_main
+from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.cli import metrics_table
 from eigenarch.nas.search import STRATEGIES, SearchConfig
@@ -36,8 +36,8 @@ from eigenarch.nas.supernet import (
 from eigenarch.options import parse_ints, parse_number
 from eigenarch.progress import console
 from eigenarch.train import cli as train_cli
-from eigenarch.train.loop import TrainConfig, train_detector
-from eigenarch.train.pretrain import PretrainConfig
+from eigenarch.train.loop import TrainConfig, run_device, train_detector
+from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config
 
 detnas = typer.Typer(
     help="DetNAS: ShuffleNetV2 supernet trained on detection, evolutionary search, retraining.",
@@ -162,6 +162,7 @@ def supernet(
     options, resume = train_options(ctx, [*ctx.args, "--data", str(data), "--out", str(out)])
     backbone = detnas_config(_space(space, stem, channels, depths), None)
     cfg = SupernetConfig(**{**options, "backbone": backbone}, holdout=holdout, sync_bn=sync_bn)
+    init_distributed(run_device(out, resume, cfg.device))
     summary = train_supernet(cfg, resume=resume)
     if is_main():
         console.print(
@@ -217,9 +218,14 @@ def search(
         batch_size=batch_size,
         device=device,
     )
+    init_distributed(device)
     result = search_supernet(settings, resume=resume)
-    if not is_main():
-        return
+    if is_main():
+        _print_search(result, out, as_json)
+
+
+def _print_search(result: dict[str, Any], out: Path, as_json: bool) -> None:
+    """A search's generations as a table and its best path (or the result as JSON)."""
     if as_json:
         print(json.dumps(result))
         return
@@ -265,6 +271,7 @@ def retrain(
         if path is None:
             raise EigenarchError("--path: required (a search folder, a path file or choices)")
         options["backbone"] = resolve_path(path, _space(space, stem, channels, depths))
+    init_distributed(run_device(options["out"], resume, options["device"]))
     metrics = train_detector(TrainConfig(**options), resume=resume)
     if is_main():
         console.print(metrics_table(metrics))
@@ -289,6 +296,8 @@ def pretrain(
     options, resume = _parse_as(ctx, "pretrain", list(ctx.args))
     options = train_cli.pretrain_fields(options)
     options["backbone"] = detnas_config(_space(space, stem, channels, depths), None)
+    out = Path(options["out"])
+    init_distributed(load_pretrain_config(out).device if resume else options["device"])
     summary = pretrain_supernet(PretrainConfig(**options), resume=resume)
     if is_main():
         console.print(

@@ -33,7 +33,6 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from eigenarch.data.coco import CocoDetection, collate_detection
 from eigenarch.distributed import (
     all_gather_objects,
-    init_distributed,
     is_distributed,
     is_main,
     local_device,
@@ -65,6 +64,7 @@ from eigenarch.nas.shufflenet import (
     set_path,
 )
 from eigenarch.progress import console, progress_bar
+from eigenarch.spectrum.stream import sample_images
 from eigenarch.train.checkpoint import checkpoint_path, load_checkpoint
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import Hook
@@ -102,8 +102,7 @@ def holdout_split(
             f"--holdout {holdout:g}: expected a fraction in (0, 1) or a whole number of images "
             f"from 1 to {n - 1} (the training split has {n})"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = sorted(image_ids[k] for k in order[:count])
+    held = sorted(image_ids[k] for k in sample_images(n, count, seed))
     chosen = set(held)
     return [i for i in image_ids if i not in chosen], held
 
@@ -337,6 +336,30 @@ def _load_search_settings(out: Path) -> DetectionSearch:
     return DetectionSearch(**{**settings, "search": SearchConfig(**search)})
 
 
+def _search_images(
+    settings: DetectionSearch, payload: dict[str, Any]
+) -> tuple[CocoDetection, CocoDetection]:
+    """The supernet's training images for BatchNorm recalibration (``bn_images`` drawn by
+    the search's seed from those not held out) and its held-out images (the fitness)."""
+    held_ids = payload["data"].get("holdout_ids") or []
+    if not held_ids:
+        raise EigenarchError(f"--supernet {settings.supernet}: keeps no held-out image ids")
+    data = settings.data or payload["train"]["data"]
+    full = CocoDetection.from_root(data, "train", verbose=is_main())
+    if full.category_ids != payload["data"]["category_ids"]:
+        raise EigenarchError(f"--data {data}: categories differ from the supernet's")
+    unknown = sorted(set(held_ids) - set(full.image_ids))
+    if unknown:
+        raise EigenarchError(
+            f"--data {data}: held-out image ids {unknown[:5]} of the supernet are not in its "
+            "train split"
+        )
+    held = set(held_ids)
+    rest = [i for i in full.image_ids if i not in held]
+    bn_ids = [rest[k] for k in sample_images(len(rest), settings.bn_images, settings.search.seed)]
+    return subset(full, bn_ids), subset(full, held_ids)
+
+
 def search_supernet(settings: DetectionSearch, resume: bool = False) -> dict[str, Any]:
     """Search a trained supernet for the best path within the FLOPs limit.
 
@@ -355,33 +378,14 @@ def search_supernet(settings: DetectionSearch, resume: bool = False) -> dict[str
             f"--bn-images {settings.bn_images} / --batch-size {settings.batch_size}: "
             "expected positive numbers"
         )
-    init_distributed(settings.device)
     device = local_device(settings.device)
     model, payload, space = load_supernet(settings.supernet)
-    held_ids = payload["data"].get("holdout_ids") or []
-    if not held_ids:
-        raise EigenarchError(f"--supernet {settings.supernet}: keeps no held-out image ids")
-    data = settings.data or payload["train"]["data"]
-    full = CocoDetection.from_root(data, "train", verbose=is_main())
-    if full.category_ids != payload["data"]["category_ids"]:
-        raise EigenarchError(f"--data {data}: categories differ from the supernet's")
-    unknown = sorted(set(held_ids) - set(full.image_ids))
-    if unknown:
-        raise EigenarchError(
-            f"--data {data}: held-out image ids {unknown[:5]} of the supernet are not in its "
-            "train split"
-        )
-    held = set(held_ids)
-    rest = [i for i in full.image_ids if i not in held]
-    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(settings.search.seed))
-    bn_ids = [rest[k] for k in order[: settings.bn_images].tolist()]
-    fitness = DetectionFitness(
-        model.to(device), subset(full, bn_ids), subset(full, held_ids), device, settings.batch_size
-    )
+    bn_images, held_out = _search_images(settings, payload)
+    fitness = DetectionFitness(model.to(device), bn_images, held_out, device, settings.batch_size)
     if is_main() and not resume:
         atomic_write_json(
             out / "search.json",
-            {**settings.to_dict(), "space": space.to_dict(), "holdout_images": len(held_ids)},
+            {**settings.to_dict(), "space": space.to_dict(), "holdout_images": len(held_out)},
         )
     cfg = settings.search
     done = [c.fitness for g in load_generations(out) for c in g if c.fitness is not None]

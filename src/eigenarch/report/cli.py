@@ -6,27 +6,180 @@ import json
 import shlex
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from eigenarch.distributed import is_main
+from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.options import parse_sides, parse_threshold
+from eigenarch.options import parse_device, parse_ints, parse_sides, parse_threshold
 from eigenarch.progress import console
-from eigenarch.report.compare import Comparison, compare_spectra, final_spectra, plot_stages
+from eigenarch.report.compare import Comparison
 from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics
 from eigenarch.report.html import write_report
-from eigenarch.report.plots import compare_figure, save_figure
-from eigenarch.spectrum import Spectra
+from eigenarch.report.pairs import compare_files
 
 
 class Side(str, Enum):
     in_ = "in"
     out = "out"
+
+
+#: The options of the three commands, each declared once (``--names``, ``--stages``,
+#: ``--threshold``, ``--json`` are shared).
+Threshold = Annotated[str, typer.Option(help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Names = Annotated[
+    str,
+    typer.Option(
+        help="Labels, one per input: --names I,S or --names I S.",
+        show_default="the file or folder names",
+    ),
+]
+Stages = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated backbone stages of the comparison plot, e.g. layer1,layer4.",
+        show_default="every backbone stage",
+    ),
+]
+RunDir = Annotated[Path, typer.Option(help="Run folder of `eigenarch train` (with checkpoints/).")]
+Checkpoints = Annotated[
+    str,
+    typer.Option(
+        help="Instead of --run: a glob of another training's checkpoints, e.g. "
+        "'run/model_*.pth' of torchvision's reference scripts (quoted), ordered by their "
+        "'epoch'; their positions are epochs trained.",
+    ),
+]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="With --checkpoints: the torchvision builder they are of (e.g. "
+        "fasterrcnn_resnet50_fpn) or file.py:factory / package.module:factory (calls your "
+        "function: runs your code).",
+    ),
+]
+Out = Annotated[
+    Path,
+    typer.Option(
+        help="With --checkpoints: folder for spectra/ and dynamics.json.",
+        show_default="the checkpoints' folder",
+    ),
+]
+LrSteps = Annotated[
+    str,
+    typer.Option(
+        help="With --checkpoints: epochs after which the learning rate decays, e.g. 16,22.",
+        show_default="the checkpoints' args.lr_steps",
+    ),
+]
+Epochs = Annotated[
+    int,
+    typer.Option(
+        help="With --checkpoints: the run's length in epochs.",
+        show_default="the checkpoints' args.epochs",
+    ),
+]
+MinSize = Annotated[
+    int,
+    typer.Option(
+        help="With --checkpoints: the shorter side a detector resizes images to.",
+        show_default="the model's own",
+    ),
+]
+Data = Annotated[
+    Path,
+    typer.Option(
+        help="COCO-layout data folder.",
+        show_default="the run's training data; --checkpoints: their args.data_path",
+    ),
+]
+Split = Annotated[str, typer.Option(help="Split to sample images from.")]
+Images = Annotated[
+    int,
+    typer.Option(
+        help="Images sampled at random (all if fewer; the paper uses 5000); the same images "
+        "for every checkpoint."
+    ),
+]
+Seed = Annotated[int, typer.Option(help="Seed of the image sample.")]
+Layers = Annotated[
+    list[str],
+    typer.Option(
+        help="fnmatch pattern over module paths or map names (repeatable), e.g. "
+        "'backbone.body.layer4.*'."
+    ),
+]
+Sides = Annotated[str, typer.Option(help="Maps to collect: in, out or in,out.")]
+MaxChannels = Annotated[int, typer.Option(help="Skip maps wider than this (0: no limit).")]
+BatchSize = Annotated[int, typer.Option(help="Images per forward pass (per process).")]
+Workers = Annotated[
+    int, typer.Option(min=0, help="Data-loading worker processes (0: load in the main process).")
+]
+Device = Annotated[str, typer.Option(help="cpu or cuda (default: cuda if available).")]
+Drop = Annotated[
+    float,
+    typer.Option(help="Dropping: the count falls by more than this fraction of its first value..."),
+]
+Early = Annotated[float, typer.Option(help="... within this fraction of the run's length.")]
+Rise = Annotated[
+    float,
+    typer.Option(
+        help="Rebounding: the count rises by more than this fraction after a learning-rate decay..."
+    ),
+]
+Window = Annotated[float, typer.Option(help="... within this fraction of the run's length.")]
+Flagged = Annotated[bool, typer.Option(help="Show only maps that drop or rebound.")]
+SpectraInput = Annotated[
+    Path,
+    typer.Argument(
+        help="Spectra file, or a run folder (its last checkpoint's spectra, from "
+        "`eigenarch dynamics`)."
+    ),
+]
+Top = Annotated[int, typer.Option(help="How many of the most different maps to list.")]
+Plot = Annotated[
+    Path,
+    typer.Option(
+        help="Write PLOT.png and PLOT.svg: both models' dimensionality per layer of --stages "
+        "(paper Figure 5)."
+    ),
+]
+PlotSide = Annotated[
+    Side, typer.Option(help="Maps in the plot: read (in) or produced (out) by each layer.")
+]
+Runs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run folders, each analysed with `eigenarch dynamics`; the first is compared "
+        "with the others."
+    ),
+]
+ReportOut = Annotated[Path, typer.Option(help="Folder for report.html, report.json and plots/.")]
+Maps = Annotated[
+    list[str],
+    typer.Option(
+        help="fnmatch pattern of maps to plot over iterations (repeatable).",
+        show_default="those that drop or rebound most",
+    ),
+]
+MaxMaps = Annotated[
+    int,
+    typer.Option(help="Maps in the dimensionality plot (the first 3 get an eigenspectrum plot)."),
+]
+PlotCheckpoints = Annotated[int, typer.Option(help="Checkpoints in the eigenspectrum plot.")]
+Metrics = Annotated[str, typer.Option(help="Search budgets: the base backbone's macs, params.")]
+Multiple = Annotated[int, typer.Option(help="Searched widths are multiples of this.")]
+SearchSide = Annotated[Side, typer.Option(help="Maps the search and comparison plot use.")]
+Widths = Annotated[
+    list[Path],
+    typer.Option(help="Width spec JSON (e.g. from `eigenarch search`) to show too (repeatable)."),
+]
+ReportTop = Annotated[int, typer.Option(help="Most different maps listed per comparison.")]
 
 
 def _ratio(value: float | None) -> str:
@@ -59,65 +212,48 @@ def dynamics_table(result: RunDynamics, flagged: bool) -> Table:
 
 
 def dynamics(
-    run: Path = typer.Option(..., help="Run folder of `eigenarch train` (with checkpoints/)."),
-    data: Path = typer.Option(
-        None, help="COCO-layout data folder.", show_default="the run's training data"
-    ),
-    split: str = typer.Option("train", help="Split to sample images from."),
-    images: int = typer.Option(
-        1000,
-        help="Images sampled at random (all if fewer; the paper "
-        "uses 5000); the same images for every checkpoint.",
-    ),
-    seed: int = typer.Option(0, help="Seed of the image sample."),
-    layers: list[str] = typer.Option(
-        None,
-        help="fnmatch pattern over module paths or map "
-        "names (repeatable), e.g. 'backbone.body.layer4.*'.",
-    ),
-    sides: str = typer.Option("in,out", help="Maps to collect: in, out or in,out."),
-    max_channels: int = typer.Option(4096, help="Skip maps wider than this (0: no limit)."),
-    batch_size: int = typer.Option(2, help="Images per forward pass (per process)."),
-    workers: int = typer.Option(2, help="Data loading worker processes."),
-    device: str = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
-    threshold: str = typer.Option("1e-3", help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5."),
-    drop: float = typer.Option(
-        0.3, help="Dropping: the count falls by more than this fraction of its first value..."
-    ),
-    early: float = typer.Option(0.25, help="... within this fraction of the run's iterations."),
-    rise: float = typer.Option(
-        0.1,
-        help="Rebounding: the count rises by more than this "
-        "fraction after a learning-rate decay...",
-    ),
-    window: float = typer.Option(0.1, help="... within this fraction of the run's iterations."),
-    flagged: bool = typer.Option(False, help="Show only maps that drop or rebound."),
-    as_json: bool = typer.Option(False, "--json", help="Print the dynamics as JSON on stdout."),
+    run: RunDir = None,
+    checkpoints: Checkpoints = None,
+    model: Model = None,
+    out: Out = None,
+    lr_steps: LrSteps = None,
+    epochs: Epochs = None,
+    min_size: MinSize = None,
+    data: Data = None,
+    split: Split = "train",
+    images: Images = 1000,
+    seed: Seed = 0,
+    layers: Layers = None,
+    sides: Sides = "in,out",
+    max_channels: MaxChannels = 4096,
+    batch_size: BatchSize = 2,
+    workers: Workers = 2,
+    device: Device = None,
+    threshold: Threshold = "1e-3",
+    drop: Drop = 0.3,
+    early: Early = 0.25,
+    rise: Rise = 0.1,
+    window: Window = 0.1,
+    flagged: Flagged = False,
+    as_json: AsJson = False,
 ) -> None:
     """Intrinsic dimensionality of every map over a run's checkpoints; dropping, rebounding.
 
-    Spectra are stored under RUN/spectra/ and reused when already computed for the same
-    checkpoint and settings (a new --threshold needs no data pass); RUN/dynamics.json gets
-    the result. Runs under `torchrun --nproc_per_node=N -m eigenarch dynamics ...` too.
+    The run is one of `eigenarch train` (--run) or another's training (--checkpoints with
+    --model), such as the model_{epoch}.pth of torchvision's reference scripts. Spectra are
+    stored under the run's folder (spectra/) and reused when already computed for the same
+    checkpoint and settings (a new --threshold needs no data pass); dynamics.json gets the
+    result. Runs under `torchrun --nproc_per_node=N -m eigenarch dynamics ...` too.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
+    device = parse_device(device)
+    init_distributed(device)
     result = compute_dynamics(
-        run,
-        data,
-        split,
-        images,
-        seed,
-        layers or None,
-        parse_sides(sides),
-        max_channels,
-        batch_size,
-        workers,
-        device,
-        parse_threshold(threshold),
-        Criteria(drop, early, rise, window),
-    )
+        run, data, split, images, seed, layers or None, parse_sides(sides), max_channels,
+        batch_size, workers, device, parse_threshold(threshold),
+        Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
+        lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
+        epochs=epochs, min_size=min_size,
+    )  # fmt: skip
     if not is_main():
         return
     if as_json:
@@ -126,8 +262,8 @@ def dynamics(
         Console().print(dynamics_table(result, flagged))
     events = sum(len(m.events) for m in result.maps)
     console.print(
-        f"{len(result.maps)} maps, {len(result.iterations)} checkpoints, {events} "
-        f"event(s); wrote {run / 'dynamics.json'}",
+        f"{len(result.maps)} maps, {len(result.iterations)} checkpoints, {events} event(s); "
+        f"wrote {Path(result.run) / 'dynamics.json'}",
         highlight=False,
     )
 
@@ -177,31 +313,15 @@ def comparison_tables(comparison: Comparison, top: int) -> list[Table]:
 
 
 def compare(
-    a: Path = typer.Argument(
-        ...,
-        help="Spectra file, or a run folder (its last checkpoint's "
-        "spectra, from `eigenarch dynamics`).",
-    ),
-    b: Path = typer.Argument(..., help="The same for the second model."),
-    names: str = typer.Option(
-        None, help="Labels of A and B: --names I,S or --names I S.", show_default="the file names"
-    ),
-    threshold: str = typer.Option("1e-3", help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5."),
-    top: int = typer.Option(10, help="How many of the most different maps to list."),
-    plot: Path = typer.Option(
-        None,
-        help="Write PLOT.png and PLOT.svg: both models' "
-        "dimensionality per layer of --stages (paper Figure 5).",
-    ),
-    stages: str = typer.Option(
-        None,
-        help="Comma-separated stages for --plot, e.g. layer1,layer4.",
-        show_default="every backbone stage",
-    ),
-    side: Side = typer.Option(
-        Side.in_, help="Maps in the plot: read (in) or produced (out) by each layer."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
+    a: SpectraInput,
+    b: Annotated[Path, typer.Argument(help="The same for the second model.")],
+    names: Names = None,
+    threshold: Threshold = "1e-3",
+    top: Top = 10,
+    plot: Plot = None,
+    stages: Stages = None,
+    side: PlotSide = Side.in_,
+    as_json: AsJson = False,
 ) -> None:
     """Intrinsic dimensionality of two models of one architecture (e.g. I vs S) per map and stage.
 
@@ -210,70 +330,38 @@ def compare(
     """
     if top < 1:
         raise EigenarchError(f"--top {top}: expected >= 1")
-    labels = names.split(",") if names else [p.stem if p.is_file() else p.name for p in (a, b)]
-    if len(labels) != 2 or not all(labels):
-        raise EigenarchError(f"--names {names}: expected two labels, --names A,B or --names A B")
-    if labels[0] == labels[1]:
-        labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
-    comparison = compare_spectra(
-        Spectra.load(final_spectra(a)),
-        Spectra.load(final_spectra(b)),
-        parse_threshold(threshold),
-        labels,
+    labels, chosen = _listed(names), _listed(stages)
+    comparison, written = compare_files(
+        a, b, labels, parse_threshold(threshold), plot, chosen, side.value
     )
-    if plot is not None:
-        chosen = plot_stages(
-            [m.name for m in comparison.maps], stages.split(",") if stages else None
-        )
-        if not chosen:
-            raise EigenarchError("--plot: these spectra have no backbone maps to plot")
-        written = save_figure(compare_figure(comparison, chosen, side.value), plot)
+    if written:
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
     if as_json:
         print(json.dumps(comparison.to_dict(top), indent=2))
         return
-    out = Console()
     for table in comparison_tables(comparison, top):
-        out.print(table)
+        Console().print(table)
+
+
+def _listed(text: str | None) -> list[str] | None:
+    """A comma-separated option's items; ``None`` when it is not given."""
+    return text.split(",") if text else None
 
 
 def report(
     ctx: typer.Context,
-    runs: list[Path] = typer.Argument(
-        ...,
-        help="Run folders, each analysed with "
-        "`eigenarch dynamics`; the first is compared with the "
-        "others.",
-    ),
-    out: Path = typer.Option(..., help="Folder for report.html, report.json and plots/."),
-    names: str = typer.Option(
-        None,
-        help="Labels, one per run: --names I,S or --names I S.",
-        show_default="the folder names",
-    ),
-    maps: list[str] = typer.Option(
-        None,
-        help="fnmatch pattern of maps to plot over iterations (repeatable).",
-        show_default="those that drop or rebound most",
-    ),
-    max_maps: int = typer.Option(
-        6, help="Maps in the dimensionality plot (the first 3 get an eigenspectrum plot)."
-    ),
-    checkpoints: int = typer.Option(6, help="Checkpoints in the eigenspectrum plot."),
-    stages: str = typer.Option(
-        None,
-        help="Comma-separated backbone stages of the comparison plot, e.g. layer1,layer4.",
-        show_default="every stage",
-    ),
-    metrics: str = typer.Option(
-        "macs,params", help="Search budgets: the base backbone's macs and/or params."
-    ),
-    multiple: int = typer.Option(32, help="Searched widths are multiples of this."),
-    side: Side = typer.Option(Side.in_, help="Maps the search and comparison plot use."),
-    widths: list[Path] = typer.Option(
-        None, help="Width spec JSON (e.g. from `eigenarch search`) to show too (repeatable)."
-    ),
-    top: int = typer.Option(10, help="Most different maps listed per comparison."),
+    runs: Runs,
+    out: ReportOut,
+    names: Names = None,
+    maps: Maps = None,
+    max_maps: MaxMaps = 6,
+    checkpoints: PlotCheckpoints = 6,
+    stages: Stages = None,
+    metrics: Metrics = "macs,params",
+    multiple: Multiple = 32,
+    side: SearchSide = Side.in_,
+    widths: Widths = None,
+    top: ReportTop = 10,
 ) -> None:
     """One self-contained HTML page over training runs: plots, tables, commands, searched widths.
 
@@ -284,20 +372,9 @@ def report(
     if not chosen or any(m not in ("macs", "params") for m in chosen):
         raise EigenarchError(f"--metrics {metrics}: expected macs, params or macs,params")
     path = write_report(
-        runs,
-        out,
-        names.split(",") if names else None,
-        maps or None,
-        max_maps,
-        checkpoints,
-        stages.split(",") if stages else None,
-        chosen,
-        multiple,
-        side.value,
-        widths or (),
-        top,
-        command_line(ctx),
-    )
+        runs, out, _listed(names), maps or None, max_maps, checkpoints, _listed(stages), chosen,
+        multiple, side.value, widths or (), top, command_line(ctx),
+    )  # fmt: skip
     console.print(f"wrote {path} (open it in a browser) and {out / 'report.json'}", highlight=False)
 
 

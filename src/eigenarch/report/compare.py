@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eigenarch.errors import EigenarchError
-from eigenarch.report.dynamics import spectra_file
+from eigenarch.report.dynamics import DYNAMICS_FILE, load_dynamics, spectra_file
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import list_checkpoints
 
@@ -237,11 +237,15 @@ def compare_spectra(
 
 
 def final_spectra(path: str | os.PathLike[str]) -> Path:
-    """A spectra file as given, or a run folder's spectra of its last checkpoint."""
+    """A spectra file as given, or a run folder's spectra of its last checkpoint (the last
+    one ``eigenarch dynamics --checkpoints`` analysed, for another's training)."""
     path = Path(path)
     if not path.is_dir():
         return path
     found = list_checkpoints(path)
+    if not found and (path / DYNAMICS_FILE).is_file():
+        dynamics = load_dynamics(path)
+        return dynamics.spectra_path(dynamics.iterations[-1])
     if not found:
         raise EigenarchError(f"{path}: neither a spectra file nor a run folder with checkpoints")
     iteration = found[-1][0]

@@ -20,22 +20,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eigenarch.data.coco import CocoDetection
-from eigenarch.distributed import barrier, init_distributed, is_main, local_device
+from eigenarch.distributed import barrier, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
 from eigenarch.options import command_line
 from eigenarch.progress import console
+from eigenarch.report.runs import TrainingRun, train_config, training_run
 from eigenarch.spectrum import Spectra
 from eigenarch.spectrum.spectra import sidecar
 from eigenarch.spectrum.stream import sample_images, stream_spectra
-from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
-from eigenarch.train.schedule import make_schedule
 
 SPECTRA_DIR = "spectra"
 DYNAMICS_FILE = "dynamics.json"
@@ -147,6 +146,8 @@ class RunDynamics:
     settings: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     backbone: dict[str, Any] | None = None  # the run's width spec (widths, depths, ...)
+    unit: str = "iteration"  # of ``iterations``, ``milestones``, ``length``: or "epoch"
+    trained: dict[str, Any] | None = None  # another's training: what its checkpoints hold
 
     def map(self, name: str) -> MapDynamics:
         for m in self.maps:
@@ -170,6 +171,8 @@ class RunDynamics:
             "iterations": self.iterations,
             "spectra": self.spectra,
             "backbone": self.backbone,
+            "unit": self.unit,
+            "trained": self.trained,
             "maps": [
                 {
                     "name": m.name,
@@ -254,6 +257,8 @@ def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
             settings=obj.get("settings") or {},
             command=obj.get("command", ""),
             backbone=obj.get("backbone"),
+            unit=str(obj.get("unit", "iteration")),
+            trained=obj.get("trained"),
         )
     except (
         json.JSONDecodeError,
@@ -266,10 +271,11 @@ def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
         raise EigenarchError(f"{path}: not a dynamics file written by eigenarch") from None
 
 
-def dynamics_command(run: str, settings: Mapping[str, Any]) -> str:
-    """The ``eigenarch dynamics`` command line that reproduces ``settings``."""
-    options = {**settings, "layers": settings.get("layers") or []}
-    return command_line(["eigenarch", "dynamics", "--run", run], options, repeat=("layers",))
+def dynamics_command(source: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """The ``eigenarch dynamics`` command line that reproduces ``settings`` over the run
+    ``source`` names (``{"run": ...}`` or ``{"checkpoints": ..., "model": ..., ...}``)."""
+    options = {**source, **settings, "layers": settings.get("layers") or []}
+    return command_line(["eigenarch", "dynamics"], options, repeat=("layers",))
 
 
 def spectra_file(run_dir: str | os.PathLike[str], iteration: int) -> Path:
@@ -278,32 +284,13 @@ def spectra_file(run_dir: str | os.PathLike[str], iteration: int) -> Path:
 
 
 def run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A training run's ``config.json`` (the settings of ``eigenarch train``)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise EigenarchError(f"{run_dir}: no config.json (not a run folder of `eigenarch train`)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EigenarchError(f"{path}: not valid JSON") from None
-    if not isinstance(config, dict):
-        raise EigenarchError(f"{path}: expected a JSON object")
-    return config
-
-
-def run_schedule(config: Mapping[str, Any]) -> tuple[int, list[int]]:
-    """``(iterations, learning-rate decay iterations)`` of a run's schedule."""
-    try:
-        schedule = make_schedule(
-            config["schedule"],
-            config["batch_size"],
-            config.get("schedule_scale"),
-            config.get("iters"),
-            config.get("lr"),
-        )
-    except KeyError as exc:
-        raise EigenarchError(f"run config: missing field {exc}") from None
-    return schedule.iterations, list(schedule.milestones)
+    """A run's settings: the ``config.json`` of a run of ``eigenarch train``, or, for another's
+    training analysed by ``eigenarch dynamics --checkpoints``, what its checkpoints hold."""
+    if not (Path(run_dir) / "config.json").is_file() and (Path(run_dir) / DYNAMICS_FILE).is_file():
+        trained = load_dynamics(run_dir).trained
+        if trained is not None:
+            return trained
+    return train_config(run_dir)
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -322,32 +309,28 @@ def _cached(path: Path, key: Mapping[str, Any]) -> bool:
 
 
 def _checkpoint_spectra(
-    run: Path,
-    checkpoints: Sequence[tuple[int, Path]],
-    settings: dict[str, Any],
-    workers: int,
-    device: str,
-):
-    """``(iteration, spectra file, spectra, backbone config or None)`` of every checkpoint:
-    loaded when computed before with the same settings, else streamed and saved (rank 0)."""
+    training: TrainingRun, settings: dict[str, Any], workers: int, device: str
+) -> Iterator[tuple[Path, Spectra]]:
+    """``(spectra file, spectra)`` of every checkpoint: loaded when computed before with the
+    same settings, else streamed and saved (rank 0)."""
     dataset, chosen = None, []
-    for k, (iteration, path) in enumerate(checkpoints):
-        target = spectra_file(run, iteration)
+    for k, (iteration, path) in enumerate(training.checkpoints):
+        target = spectra_file(training.out, iteration)
         key = {**settings, "checkpoint": _stamp(path)}
         if _cached(target, key):
-            yield iteration, target, Spectra.load(target), None
+            yield target, Spectra.load(target)
             continue
         if dataset is None:  # the data pass is only set up when a checkpoint needs it
             dataset = CocoDetection.from_root(settings["data"], settings["split"], masks=False,
                                               verbose=is_main())  # fmt: skip
             chosen = sample_images(len(dataset), settings["images"], settings["seed"])
-        model, payload = detector_from_checkpoint(path)
+        model, detector = training.load(path, dataset.num_classes, settings.get("min_size"))
         model.eval().to(local_device(device))
         spectra = stream_spectra(
-            model, True, dataset, chosen, batch_size=settings["batch_size"], workers=workers,
+            model, detector, dataset, chosen, batch_size=settings["batch_size"], workers=workers,
             device=str(local_device(device)), include=settings["layers"],
             sides=settings["sides"], max_channels=settings["max_channels"],
-            description=f"iter {iteration} ({k + 1}/{len(checkpoints)})",
+            description=f"{training.unit} {iteration} ({k + 1}/{len(training.checkpoints)})",
         )  # fmt: skip
         shown = {k: settings[k] for k in ("data", "split")}
         spectra.meta = {"model": str(path), **shown, "images": len(chosen),
@@ -355,7 +338,7 @@ def _checkpoint_spectra(
         if is_main():
             spectra.save(target)
         barrier()
-        yield iteration, target, spectra, payload["config"]["backbone"]
+        yield target, spectra
 
 
 def _dimension_series(spectra_list: Sequence[Spectra], threshold: float):
@@ -380,7 +363,7 @@ def _dimension_series(spectra_list: Sequence[Spectra], threshold: float):
 
 
 def compute_dynamics(
-    run_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     split: str = "train",
     images: int = 1000,
@@ -393,46 +376,45 @@ def compute_dynamics(
     device: str = "cpu",
     threshold: float = 1e-3,
     criteria: Criteria = Criteria(),
+    *,
+    checkpoints: str | None = None,
+    model: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    lr_steps: Sequence[int] | None = None,
+    epochs: int | None = None,
+    min_size: int | None = None,
 ) -> RunDynamics:
     """Spectra of every checkpoint of a run (reused when already computed with the same
     settings), their dimensionalities at ``threshold`` and events; saved under the run.
 
-    ``data`` defaults to the run's training data. Under ``torchrun`` each rank streams its
-    share of the images; rank 0 writes the files.
+    ``run_dir`` is a run of ``eigenarch train``; another's training is given instead by
+    ``checkpoints`` (a glob) of ``model`` (a builder or factory), with ``out``, ``lr_steps``
+    and ``epochs`` (:func:`~eigenarch.report.runs.reference_run`) and ``min_size`` (the
+    detector's resize). ``data`` defaults to the run's training data. Under ``torchrun``
+    each rank streams its share of the images; rank 0 writes the files.
     """
-    run = Path(run_dir)
-    config = run_config(run)
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        raise EigenarchError(f"{run}: no checkpoints/iter_XXXXXXX.pt files")
-    if images < 1 or batch_size < 1:
-        raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
-    length, milestones = run_schedule(config)
-    data = Path(data if data is not None else config.get("data", "")).resolve()
-    settings = {
-        "data": str(data),
-        "split": split,
-        "images": images,
-        "seed": seed,
-        "layers": list(layers) if layers else None,
-        "sides": list(sides),
-        "max_channels": max_channels,
-        "batch_size": batch_size,
-    }
-    init_distributed(device)
-    found = list(_checkpoint_spectra(run, checkpoints, settings, workers, device))
-    dims, channels = _dimension_series([spectra for _, _, spectra, _ in found], threshold)
-    backbone = next((b for *_, b in reversed(found) if b is not None), None)
-    if backbone is None:
-        backbone = load_checkpoint(checkpoints[-1][1])["config"]["backbone"]
-    files = [str(target.relative_to(run)) for _, target, _, _ in found]
-    iterations = [it for it, _ in checkpoints]
-    result = analyse(run, iterations, dims, channels, milestones, length, threshold, criteria,
-                     files)  # fmt: skip
-    result.settings, result.backbone = settings, backbone
-    result.command = dynamics_command(
-        str(run), {**settings, "threshold": threshold, **asdict(criteria)}
-    )
+    training = training_run(run_dir, checkpoints, model, out, lr_steps, epochs, min_size)
+    if images < 1 or batch_size < 1 or (min_size is not None and min_size < 1):
+        raise EigenarchError(f"--images {images} / --batch-size {batch_size} / --min-size "
+                             f"{min_size}: expected >= 1")  # fmt: skip
+    data = data if data is not None else training.data
+    if data is None:
+        raise EigenarchError("--data: the checkpoints name no data folder; give one")
+    settings = {"data": str(Path(data).resolve()), "split": split, "images": images,
+                "seed": seed, "layers": list(layers) if layers else None, "sides": list(sides),
+                "max_channels": max_channels, "batch_size": batch_size}  # fmt: skip
+    if training.model is not None:  # what the spectra of another's checkpoints depend on too
+        settings.update(model=training.model, min_size=min_size)
+    found = list(_checkpoint_spectra(training, settings, workers, device))
+    dims, channels = _dimension_series([spectra for _, spectra in found], threshold)
+    files = [str(target.relative_to(training.out)) for target, _ in found]
+    iterations = [it for it, _ in training.checkpoints]
+    result = analyse(training.out, iterations, dims, channels, training.milestones,
+                     training.length, threshold, criteria, files)  # fmt: skip
+    result.settings, result.backbone = settings, training.backbone()
+    result.unit, result.trained = training.unit, training.trained
+    options = {**settings, "threshold": threshold, **asdict(criteria)}
+    result.command = dynamics_command(training.source, options)
     if is_main():
         result.save()
     return result

@@ -8,13 +8,13 @@ from typing import Any
 
 import typer
 
-from eigenarch.distributed import is_main
+from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.cli import metrics_table
 from eigenarch.options import parse_ints
 from eigenarch.progress import console
-from eigenarch.train.loop import TrainConfig, train_detector
-from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier
+from eigenarch.train.loop import TrainConfig, run_device, train_detector
+from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config, pretrain_classifier
 
 
 def train_fields(options: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +80,7 @@ def train(
     if data is None and not resume:
         raise EigenarchError("--data: required (a COCO-layout folder), unless --resume")
     cfg = TrainConfig(**train_fields(locals()))
+    init_distributed(run_device(out, resume, device))
     metrics = train_detector(cfg, resume=resume)
     if is_main():
         console.print(metrics_table(metrics))
@@ -117,6 +118,7 @@ def pretrain(
 ) -> None:
     """Pre-train a backbone as an image classifier (the "I" start; runs under torchrun too)."""
     cfg = PretrainConfig(**pretrain_fields(locals()))
+    init_distributed(load_pretrain_config(out).device if resume else device)
     summary = pretrain_classifier(cfg, resume=resume)
     if is_main():
         console.print(

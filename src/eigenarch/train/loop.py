@@ -24,7 +24,6 @@ from torch import nn
 from eigenarch.data.coco import CocoDetection, collate_detection, hflip
 from eigenarch.distributed import (
     barrier,
-    init_distributed,
     is_distributed,
     is_main,
     launch_rank,
@@ -403,11 +402,23 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
 
+def run_device(out: str | Path, resume: bool, device: str) -> str:
+    """The device a run trains on: ``device``, or with ``resume`` the one its
+    ``config.json`` saved (``device`` if it cannot be read: the run's own checks say why)."""
+    path = Path(out) / "config.json"
+    if resume and path.is_file():
+        try:
+            return str(json.loads(path.read_text()).get("device", device))
+        except (ValueError, AttributeError):
+            pass
+    return device
+
+
 def start_run(
     cfg: TrainConfig, resume: bool, config_class: type = TrainConfig, what: str = "training"
 ) -> TrainConfig:
     """The run's settings: with ``resume`` those saved in ``cfg.out``; else ``cfg``, which
-    must not overwrite a run. Joins the process group under ``torchrun``."""
+    must not overwrite a run."""
     run_dir = Path(cfg.out)
     if resume:
         cfg = load_run_config(run_dir, config_class, what)
@@ -415,7 +426,6 @@ def start_run(
         raise EigenarchError(
             f"--out {run_dir}: already holds a run; use --resume or another folder"
         )
-    init_distributed(cfg.device)
     return cfg
 
 

@@ -22,7 +22,6 @@ from torchvision import datasets, transforms
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, open_image
 from eigenarch.distributed import (
     all_gather_objects,
-    init_distributed,
     is_distributed,
     is_main,
     local_device,
@@ -47,7 +46,7 @@ from eigenarch.train.loop import (
     holds_output,
     own_rng,
 )
-from eigenarch.train.schedule import classifier_schedule
+from eigenarch.train.schedule import Schedule, classifier_schedule
 
 
 @dataclass
@@ -199,7 +198,6 @@ def pretrain_classifier(
         cfg = load_pretrain_config(cfg.out)
     elif cfg.data is None:
         raise EigenarchError("--data: required (an ImageFolder root), unless --resume")
-    init_distributed(cfg.device)
     device = local_device(cfg.device)
     train_set, val_set = _data_sets(cfg)
     # An epoch: the whole iterations that fit in the set (at least one; the batches run on
@@ -207,26 +205,12 @@ def pretrain_classifier(
     epoch_iters = max(1, len(train_set) // cfg.batch_size)
     iterations = epoch_iters * cfg.epochs
     schedule = classifier_schedule(cfg.schedule, iterations, cfg.lr * cfg.batch_size / 256)
-    backbone = backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm)
-    torch.manual_seed(cfg.seed)
-    model = build_classifier(backbone, len(train_set.classes)).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=cfg.weight_decay
-    )
-    start, history = 0, []
+    model, optimizer, payload = _prepare_classifier(cfg, train_set.classes, schedule, device)
+    history = payload["history"]  # the same list the evaluator appends to
+    start = 0
     if resume:
         state = restore_checkpoint(resume_path(cfg.out), model, optimizer, CLASSIFIER_FORMAT)
-        start, history = state["iteration"], list(state["history"])
-    payload = {
-        "format": CLASSIFIER_FORMAT,
-        "config": {
-            "backbone": backbone,
-            "num_classes": len(train_set.classes),
-            "classes": train_set.classes,
-        },
-        "pretrain": dataclasses.asdict(cfg),
-        "history": history,  # the same list the evaluator appends to
-    }
+        start, history[:] = state["iteration"], state["history"]
     batches = IterationBatches(
         train_set, cfg.batch_size, cfg.seed, start, iterations, _hflip, default_collate
     )
@@ -255,6 +239,26 @@ def pretrain_classifier(
         save_checkpoint(cfg.out, {**final, "model": model.state_dict(), **summary})
         resume_path(cfg.out).unlink(missing_ok=True)
     return summary
+
+
+def _prepare_classifier(
+    cfg: PretrainConfig, classes: list[str], schedule: Schedule, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, Any]]:
+    """The run's classifier (seeded), its SGD optimizer, and what its checkpoints hold
+    besides weights (``history`` empty)."""
+    backbone = backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm)
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(backbone, len(classes)).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=cfg.weight_decay
+    )
+    payload = {
+        "format": CLASSIFIER_FORMAT,
+        "config": {"backbone": backbone, "num_classes": len(classes), "classes": classes},
+        "pretrain": dataclasses.asdict(cfg),
+        "history": [],
+    }
+    return model, optimizer, payload
 
 
 def _last(history: list[dict[str, Any]]) -> dict[str, Any]:

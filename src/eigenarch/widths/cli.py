@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import PAPER_COSTS, search_spec, spec_cost
+from eigenarch.models.backbones import PAPER_COSTS, spec_cost
 from eigenarch.models.detector import backbone_spec
-from eigenarch.options import parse_ints, parse_target, parse_threshold
-from eigenarch.spectrum.spectra import Spectra
+from eigenarch.options import parse_ints, parse_threshold
+from eigenarch.report.search import search_to_file
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
     RESNET50_WIDTHS,
@@ -23,7 +23,7 @@ from eigenarch.widths.cost import (
     uniform_widths,
 )
 from eigenarch.widths.search import WidthSearchResult
-from eigenarch.widths.spec import WidthSpec, load_dims, load_width_spec, save_width_spec
+from eigenarch.widths.spec import WidthSpec, load_width_spec
 
 
 class Side(str, Enum):
@@ -205,7 +205,8 @@ def search(
     model: str = typer.Option(
         None,
         help="The analysed backbone: a builder name (resnet18, mobilenet_v3_large, "
-        "regnet_y_400mf, detnet59, ...) or a width-spec file.",
+        "regnet_y_400mf, detnet59, ...), file.py:factory / package.module:factory (calls your "
+        "function: runs your code) or a width-spec file.",
         show_default="a bottleneck ResNet of --depths",
     ),
     spectra: Path = typer.Option(None, help="Saved spectra (eigenarch.spectrum.Spectra)."),
@@ -228,46 +229,25 @@ def search(
         None,
         help="Normalisation recorded in the width spec (GroupNorm widths are multiples of "
         "--gn-groups).",
-        show_default="gn (ConvNeXt: its LayerNorm)",
+        show_default="gn (ConvNeXt, a factory: their own)",
     ),
     gn_groups: int = typer.Option(32, help="GroupNorm groups recorded in the width spec."),
 ) -> None:
     """Intrinsic Architecture Search: shrink, adjust and expand a backbone's widths to a budget."""
-    if (spectra is None) == (dims is None):
-        raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
-    norm_name = None if norm is None else norm.value
-    metric, value = parse_target(target)
-    blocks = parse_ints(depths, "--depths")
-    source: dict = {"command": "search", "target": target}
-    if spectra is not None:
-        source["threshold"] = 1e-3 if threshold is None else parse_threshold(threshold)
-        source["spectra"] = str(spectra)
-        values = Spectra.load(spectra).intrinsic_dims(source["threshold"])
-    else:
-        if threshold is not None:
-            raise EigenarchError("--threshold applies to --spectra only; --dims are final")
-        source["dims"] = str(dims)
-        values = load_dims(dims)
-    if model is not None:
-        source["model"] = model
-    analysed = backbone_spec(model or "resnet50", norm_name, gn_groups, blocks)
-    if isinstance(analysed, WidthSpec) and analysed.norm == "gn" and multiple % analysed.gn_groups:
-        raise EigenarchError(  # any other backbone's GroupNorm groups are its ties' divisors
-            f"--multiple {multiple} gives widths that {analysed.gn_groups} GroupNorm groups "
-            "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
-        )
-    result, spec = search_spec(analysed, values, value, metric, multiple, side.value, source)
-    save_width_spec(out, spec, result.to_dict())
-    found, base = spec_cost(spec), spec_cost(analysed)
+    cut = None if threshold is None else parse_threshold(threshold)
+    found = search_to_file(
+        out, target, model, spectra, dims, cut, multiple, side.value,
+        parse_ints(depths, "--depths"), None if norm is None else norm.value, gn_groups,
+    )  # fmt: skip
     stdout = Console()
-    if isinstance(spec, WidthSpec):
-        stdout.print(comparison_table(found, base))
+    if isinstance(found.spec, WidthSpec):
+        stdout.print(comparison_table(found.found, found.base))
     else:
-        stdout.print(tie_table(result))
+        stdout.print(tie_table(found.result))
     stdout.print(
-        f"omega {result.omega:.6f}, target {metric} {result.target:,}; parameter reduction "
-        f"{100 * (1 - found.params / base.params):.1f}%, MACs reduction "
-        f"{100 * (1 - found.macs / base.macs):.1f}%; wrote {out}",
+        f"omega {found.result.omega:.6f}, target {found.metric} {found.result.target:,}; "
+        f"parameter reduction {100 * (1 - found.found.params / found.base.params):.1f}%, MACs "
+        f"reduction {100 * (1 - found.found.macs / found.base.macs):.1f}%; wrote {out}",
         highlight=False,
     )
 

@@ -1,0 +1,59 @@
+"""A model built by a function the user wrote: ``path/to/file.py:factory`` or
+``package.module:factory``, the ``--model`` form of ``spectrum``, ``dynamics``, ``count``
+and ``search`` (and a width spec's ``builder``). Calling it runs the user's code."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from eigenarch.errors import EigenarchError
+
+
+def is_factory(spec: str) -> bool:
+    """Whether ``spec`` names a factory (``source:function``), not a builder or a file."""
+    return ":" in spec and not Path(spec).is_file()
+
+
+def call_factory(spec: str) -> nn.Module:
+    """``factory()`` of ``path/to/file.py:factory`` or ``package.module:factory`` (the user's
+    code runs; its own errors are its own tracebacks)."""
+    source, _, name = spec.rpartition(":")
+    if not source or not name.isidentifier():
+        raise EigenarchError(f"--model {spec!r}: expected path/to/file.py:factory or "
+                             "package.module:factory")  # fmt: skip
+    module = _load_file(spec, source) if source.endswith(".py") else _import(spec, source)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise EigenarchError(f"--model {spec!r}: {source} has no function {name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise EigenarchError(f"--model {spec!r}: {name}() returned a {type(model).__name__}, "
+                             "expected a torch.nn.Module")  # fmt: skip
+    return model
+
+
+def _load_file(spec: str, source: str):
+    if not Path(source).is_file():
+        raise EigenarchError(f"--model {spec!r}: {source} not found")
+    name_in_modules = f"_eigenarch_model_{Path(source).stem}"  # never shadows a real one
+    found = importlib.util.spec_from_file_location(name_in_modules, source)
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name_in_modules] = module  # dataclasses and pickle look modules up there
+    found.loader.exec_module(module)
+    return module
+
+
+def _import(spec: str, source: str):
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # package.module of the current folder
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not source.startswith(exc.name):
+            raise  # the user's module imports something missing: their traceback
+        raise EigenarchError(f"--model {spec!r}: no module named {exc.name!r}") from None

@@ -1,0 +1,83 @@
+"""What ``eigenarch search`` does: Intrinsic Architecture Search from measured intrinsic
+dimensionalities (a spectra file at a threshold, or a dims file) to a budget, the width
+spec written, and both costs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eigenarch.errors import EigenarchError
+from eigenarch.models.backbones import search_spec, spec_cost
+from eigenarch.models.detector import backbone_spec
+from eigenarch.options import parse_target
+from eigenarch.spectrum.spectra import THRESHOLD, Spectra
+from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
+from eigenarch.widths.search import WidthSearchResult
+from eigenarch.widths.spec import BackboneSpec, WidthSpec, load_dims, save_width_spec
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """A search's result, the width spec written and the costs of the base and the found."""
+
+    result: WidthSearchResult
+    spec: WidthSpec | BackboneSpec
+    found: ModelCost
+    base: ModelCost
+    metric: str
+
+
+def measured_dims(
+    spectra: str | os.PathLike[str] | None,
+    dims: str | os.PathLike[str] | None,
+    threshold: float | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(map name -> dimensionality, how they were measured)`` from exactly one of a
+    spectra file (at ``threshold``, by default 1e-3) and a dims file."""
+    if (spectra is None) == (dims is None):
+        raise EigenarchError("give exactly one of --spectra FILE or --dims FILE.json")
+    if spectra is not None:
+        cut = THRESHOLD if threshold is None else threshold
+        return Spectra.load(spectra).intrinsic_dims(cut), {
+            "threshold": cut,
+            "spectra": str(spectra),
+        }
+    if threshold is not None:
+        raise EigenarchError("--threshold applies to --spectra only; --dims are final")
+    return load_dims(dims), {"dims": str(dims)}
+
+
+def search_to_file(
+    out: str | os.PathLike[str],
+    target: str,
+    model: str | None = None,
+    spectra: str | os.PathLike[str] | None = None,
+    dims: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+    multiple: int = 32,
+    side: str = "in",
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    norm: str | None = None,
+    gn_groups: int = 32,
+) -> SearchOutcome:
+    """Search the widths of ``model`` (a builder name, a factory ``file.py:factory``, a
+    width-spec file; by default a bottleneck ResNet of ``depths``) to ``target``
+    (``macs=base``, ``params=20M``, ...) and write the width spec to ``out``."""
+    metric, value = parse_target(target)
+    values, measured = measured_dims(spectra, dims, threshold)
+    source = {"command": "search", "target": target, **measured}
+    if model is not None:
+        source["model"] = model
+    analysed = backbone_spec(model or "resnet50", norm, gn_groups, depths)
+    if isinstance(analysed, WidthSpec) and analysed.norm == "gn" and multiple % analysed.gn_groups:
+        raise EigenarchError(  # any other backbone's GroupNorm groups are its ties' divisors
+            f"--multiple {multiple} gives widths that {analysed.gn_groups} GroupNorm groups "
+            "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
+        )
+    result, spec = search_spec(analysed, values, value, metric, multiple, side, source)
+    save_width_spec(Path(out), spec, result.to_dict())
+    return SearchOutcome(result, spec, spec_cost(spec), spec_cost(analysed), metric)
