@@ -188,3 +188,20 @@ def test_a_failing_parallel_call_raises_its_error():
     with pytest.raises(ValueError, match="invalid literal"):
         run_parallel(calls, 2, lambda name: (0, 1), "run")
     assert run_parallel({"good": partial(abs, -1)}, 2, lambda name: (0, 1), "run") == {"good": 1}
+
+
+def test_finished_pretrainings_are_reused_with_their_accuracies(tmp_path):
+    from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
+    from eigenarch.train.pretrain import PretrainConfig
+
+    from .conftest import TINY_WIDTHS
+
+    generate_shapes_cls(tmp_path / "cls", ShapesClsConfig(2, 1, size=32), workers=1)
+    cfg = PretrainConfig(str(tmp_path / "cls"), str(tmp_path / "a.pt"), TINY_WIDTHS, "bn",
+                         gn_groups=8, epochs=1, batch_size=8, size=32, workers=0)  # fmt: skip
+    first = demo_module.pretrain_runs({"a": cfg})
+    assert set(first["a"]) == {"val_accuracy", "val_top5"}
+    assert 0 <= first["a"]["val_accuracy"] <= first["a"]["val_top5"] <= 1
+    stamp = (tmp_path / "a.pt").stat().st_mtime_ns
+    assert demo_module.pretrain_runs({"a": cfg}) == first
+    assert (tmp_path / "a.pt").stat().st_mtime_ns == stamp

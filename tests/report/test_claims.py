@@ -91,6 +91,7 @@ def test_welch_p_is_scipys_two_sided_unequal_variance_test():
     assert welch_p(a, b) == pytest.approx(0.043679, abs=1e-6)  # fixed samples
     assert welch_p([1.0], b) is None and welch_p(a, [2.0]) is None
     assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0 and welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0
+    assert welch_p([100 * (1 - 0.7), 30.0], [30.0, 30.0]) == 1.0  # float noise is no variance
 
 
 def test_claims_agree_with_numbers_like_the_papers():

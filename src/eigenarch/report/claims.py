@@ -49,9 +49,11 @@ def paper_name(name: str) -> str:
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided Welch's t-test p-value of ``a`` vs ``b``; ``None`` with fewer than two
-    values in either. Two constant samples give 1.0 if equal, else 0.0."""
+    values in either. Values are rounded to 9 decimals first (float noise is no variance);
+    two constant samples give 1.0 if equal, else 0.0."""
     if len(a) < 2 or len(b) < 2:
         return None
+    a, b = [round(v, 9) for v in a], [round(v, 9) for v in b]
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
     return float(ttest_ind(a, b, equal_var=False).pvalue)
