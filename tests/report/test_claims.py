@@ -192,7 +192,8 @@ def test_the_classification_transfer_claim_follows_table2():
 
     agrees = claim([25.0, 25.5, 26.0], [20.2, 20.8, 20.4])
     assert agrees.verdict == AGREES
-    assert "ResiaNet S (MACs) top-1 / top-5 error 25.5 / 6.4 (p 0.00" in agrees.ours
+    assert agrees.ours.startswith("top-1 / top-5 error (%): base 20.5 / 5.1, 2.00 M params; ")
+    assert "; ResiaNet S (MACs) 25.5 / 6.4 (p 0.00" in agrees.ours
     assert claim([19.0, 19.5, 19.2], [20.2, 20.8, 20.4]).verdict == DISAGREES  # S better
     assert claim([25.0, 25.5, 26.0], [30.0, 30.5, 31.0]).verdict == DISAGREES  # I worse
     assert claim([25.0, 25.5, 26.0], [20.2, 20.8, 20.4], 3e6).verdict == DISAGREES  # I bigger

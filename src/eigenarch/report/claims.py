@@ -352,8 +352,8 @@ def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
     if found is None:
         return _no_rows("k", paper, source, rule)
     base, s, i = found
-    ours = "; ".join(
-        f"{r['backbone']} top-1 / top-5 error {_value(r, 'top1_err')} / {_value(r, 'top5_err')}"
+    ours = "top-1 / top-5 error (%): " + "; ".join(
+        f"{r['backbone']} {_value(r, 'top1_err')} / {_value(r, 'top5_err')}"
         + (f" (p {r['top1_err_p']:.3f})" if r.get("top1_err_p") is not None else "")
         + f", {r['params'] / 1e6:.2f} M params"
         for r in found
