@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from scipy.stats import ttest_ind
 
@@ -92,6 +94,13 @@ def test_welch_p_is_scipys_two_sided_unequal_variance_test():
     assert welch_p([1.0], b) is None and welch_p(a, [2.0]) is None
     assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0 and welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0
     assert welch_p([100 * (1 - 0.7), 30.0], [30.0, 30.0]) == 1.0  # float noise is no variance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one constant sample: no SciPy warning
+        one = welch_p([83.33333333333334, 83.33333333333333], [75.0, 80.0, 70.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ttest_ind([83.333333333] * 2, [75.0, 80.0, 70.0], equal_var=False).pvalue
+    assert one == pytest.approx(expected, rel=1e-12)
 
 
 def test_claims_agree_with_numbers_like_the_papers():

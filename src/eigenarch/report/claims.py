@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,7 +57,9 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     a, b = [round(v, 9) for v in a], [round(v, 9) for v in b]
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    return float(ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # SciPy's note on a constant sample: its variance is 0
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 @dataclass(frozen=True)
