@@ -13,6 +13,7 @@ from eigenarch.demo import (
     BASE_WIDTHS,
     STEPS,
     DemoSizes,
+    Step,
     base_spec,
     run_demo,
     run_parallel,
@@ -28,7 +29,7 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2")
     assert result.code == 0, result.stderr
     state = json.loads((tmp_path / "state.json").read_text())
-    assert list(state["steps"]) == [name for name, _, _ in STEPS]
+    assert list(state["steps"]) == [step.name for step in STEPS if step.option is None]
     report = state["steps"]["report"]["outputs"]
     assert (tmp_path / "report" / "report.html").is_file()
     assert [row["backbone"] for row in report["table1"]][0] == "base"
@@ -49,6 +50,8 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
         assert claim["verdict"] in ("agrees", "disagrees", "not measured here")
     assert "conv5_2.1 = layer4.1.conv1:in" in html
     assert "(k) " in result.stderr and "using more in lower layers" not in result.stderr
+    assert "(run the demo with --table2)" in result.stderr
+    assert "not run (add --mask)" in result.stderr
     stamp = (tmp_path / "report" / "report.html").stat().st_mtime_ns
     assert run_demo(tmp_path, quick=True, scale=0.05, seeds=2) == state
     assert (tmp_path / "report" / "report.html").stat().st_mtime_ns == stamp
@@ -58,6 +61,27 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert searched["base"] == {"widths": list(BASE_WIDTHS), "macs": base.macs,
                                 "params": base.params}  # fmt: skip
     assert searched["target"] == {"metric": "macs", "value": base.macs}
+    # The options add their rows to this demo without redoing it.
+    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2",
+                     "--long-schedule", "--table2", "--mask")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert result.stderr.count("done already, skipped") == 6  # data ... retrain
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert sorted(state["steps"]) == sorted(step.name for step in STEPS)
+    report = state["steps"]["report"]["outputs"]
+    labels = [row["backbone"] for row in report["table1"]]
+    assert [row["backbone"] for row in report["table1_2x"]] == labels
+    assert json.loads((tmp_path / "runs" / "2x-S" / "config.json").read_text())["iters"] == 2
+    for name, keys in (("table2", ("top1_err", "top5_err")), ("mask", ("AP_bbox", "AP_mask"))):
+        assert [row["backbone"] for row in report[name]] == labels[:4]
+        assert all(row["seeds"] == 2 and row[k] is not None for row in report[name] for k in keys)
+    assert all(0 <= row["top1_err"] <= 100 for row in report["table2"])
+    html = (tmp_path / "report" / "report.html").read_text()
+    for ident in ("table1_2x-table", "table2-table", "mask-table"):
+        assert f'<table id="{ident}">' in html
+    verdicts = {c["key"]: c["verdict"] for c in report["claims"]}
+    assert all(verdicts[key] in ("agrees", "disagrees") for key in "ikl"), report["claims"]
+    assert "Table 2, as BatchNorm classifiers" in result.stderr
 
 
 def test_seeds_default_to_the_scale():
@@ -82,8 +106,17 @@ def test_detnet_demo_gives_detianets(tmp_path, run_cli):
     assert "DetiaNet I2-59" in " ".join(report["findings"])
 
 
+def test_demo_help_says_which_option_adds_which_rows(run_cli):
+    result = run_cli("demo", "--help")
+    assert result.code == 0
+    text = " ".join(result.stdout.split())
+    for option, rows in (("--long-schedule", "Table 1 at 2x"), ("--table2", "Add Table 2"),
+                         ("--mask", "Mask R-CNN rows")):  # fmt: skip
+        assert option in text and rows in text
+
+
 def test_an_earlier_demo_of_other_settings_is_kept_unless_forced(tmp_path, monkeypatch):
-    steps = [("a", "a", lambda d, s: {"n": 1})]
+    steps = [Step("a", "a", lambda d, s: {"n": 1})]
     monkeypatch.setattr(demo_module, "STEPS", steps)
     run_demo(tmp_path, quick=True)
     (tmp_path / "mine.txt").write_text("a user's file")
@@ -96,13 +129,31 @@ def test_an_earlier_demo_of_other_settings_is_kept_unless_forced(tmp_path, monke
 
 def test_force_redoes_every_step(tmp_path, monkeypatch):
     calls = []
-    steps = [(name, name, lambda d, s, n=name: calls.append(n) or {"n": n}) for name in "abc"]
+    steps = [Step(name, name, lambda d, s, n=name: calls.append(n) or {"n": n}) for name in "abc"]
     monkeypatch.setattr(demo_module, "STEPS", steps)
     run_demo(tmp_path, quick=True)
     run_demo(tmp_path, quick=True)
     assert calls == ["a", "b", "c"]
     run_demo(tmp_path, quick=True, force=True)
     assert calls == ["a", "b", "c"] * 2
+
+
+def test_an_option_adds_its_step_and_redoes_only_the_steps_that_read_it(tmp_path, monkeypatch):
+    calls = []
+
+    def step(name: str, needs: tuple[str, ...] = (), option: str | None = None) -> Step:
+        return Step(name, name, lambda d, s: calls.append((name, sorted(s))) or {}, needs, option)
+
+    steps = [step("a"), step("b", option="--b"), step("r", ("a", "b"))]
+    monkeypatch.setattr(demo_module, "STEPS", steps)
+    run_demo(tmp_path, quick=True)
+    assert calls == [("a", []), ("r", ["a"])]
+    run_demo(tmp_path, quick=True, extras=["b"])
+    assert calls[2:] == [("b", ["a", "r"]), ("r", ["a", "b", "r"])]
+    run_demo(tmp_path, quick=True)  # b stays in; nothing to redo
+    assert len(calls) == 4
+    with pytest.raises(EigenarchError, match="extras c: expected some of b"):
+        run_demo(tmp_path, quick=True, extras=["c"])
 
 
 def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path, logged_steps):
@@ -137,3 +188,20 @@ def test_a_failing_parallel_call_raises_its_error():
     with pytest.raises(ValueError, match="invalid literal"):
         run_parallel(calls, 2, lambda name: (0, 1), "run")
     assert run_parallel({"good": partial(abs, -1)}, 2, lambda name: (0, 1), "run") == {"good": 1}
+
+
+def test_finished_pretrainings_are_reused_with_their_accuracies(tmp_path):
+    from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
+    from eigenarch.train.pretrain import PretrainConfig
+
+    from .conftest import TINY_WIDTHS
+
+    generate_shapes_cls(tmp_path / "cls", ShapesClsConfig(2, 1, size=32), workers=1)
+    cfg = PretrainConfig(str(tmp_path / "cls"), str(tmp_path / "a.pt"), TINY_WIDTHS, "bn",
+                         gn_groups=8, epochs=1, batch_size=8, size=32, workers=0)  # fmt: skip
+    first = demo_module.pretrain_runs({"a": cfg})
+    assert set(first["a"]) == {"val_accuracy", "val_top5"}
+    assert 0 <= first["a"]["val_accuracy"] <= first["a"]["val_top5"] <= 1
+    stamp = (tmp_path / "a.pt").stat().st_mtime_ns
+    assert demo_module.pretrain_runs({"a": cfg}) == first
+    assert (tmp_path / "a.pt").stat().st_mtime_ns == stamp

@@ -4,9 +4,10 @@ Steps: data -> pre-training (the "I" start) -> detector training from that start
 from scratch (S) -> eigenspectrum dynamics and the I-vs-S comparison -> Intrinsic
 Architecture Search (ResiaNet -- or, with ``--backbone detnet59``, DetiaNet -- S (MACs),
 I (MACs), I (params)) and the uniform-multiplier baseline -> retraining of every searched
-backbone -> the report. Each step records its
-outputs in ``state.json``; re-running skips finished steps and resumes an interrupted
-training run from its last checkpoint (``--force`` redoes everything).
+backbone (Table 1) -> with their options, Table 1 at 2x the iterations, Table 2 (BatchNorm
+classifiers) and Mask R-CNN rows -> the report. Each step records its outputs in
+``state.json``; re-running skips finished steps and resumes an interrupted training run
+from its last checkpoint (``--force`` redoes everything).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import json
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import typer
@@ -45,7 +47,7 @@ from eigenarch.report.compare import Comparison, compare_spectra, final_spectra
 from eigenarch.report.dynamics import compute_dynamics, load_dynamics, spectra_file
 from eigenarch.report.html import write_report
 from eigenarch.spectrum import Spectra
-from eigenarch.train.checkpoint import list_checkpoints
+from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, list_checkpoints, load_checkpoint
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier, resume_path
 from eigenarch.widths.cost import DEFAULT_DEPTHS
@@ -198,30 +200,43 @@ def _step_data(demo: Demo) -> dict:
     }
 
 
-def _step_pretrain(demo: Demo) -> dict:
-    sizes = demo.sizes
-    out = demo.out / "pretrain.pt"
-    cfg = PretrainConfig(
+def _pretrain_config(
+    demo: Demo, out: Path, backbone: str | dict, seed: int, **overrides: Any
+) -> PretrainConfig:
+    """A classifier pre-training on the demo's shapes-cls set (``overrides``: e.g. norm)."""
+    settings = dict(
         data=str(demo.out / "shapes-cls"),
         out=str(out),
-        backbone=demo.base_config,
+        backbone=backbone,
         gn_groups=GN_GROUPS,
-        epochs=sizes.pretrain_epochs,
+        epochs=demo.sizes.pretrain_epochs,
         **PRETRAIN,
-        size=sizes.cls_size,
-        seed=demo.seed,
+        size=demo.sizes.cls_size,
+        seed=seed,
         workers=0,
         device=demo.device,
     )
-    summary = pretrain_classifier(cfg, resume=resume_path(out).is_file())
+    return PretrainConfig(**{**settings, **overrides})
+
+
+def _step_pretrain(demo: Demo) -> dict:
+    out = demo.out / "pretrain.pt"
+    cfg = _pretrain_config(demo, out, demo.base_config, demo.seed)
+    summary = pretrain_runs({"I start": cfg})["I start"]
     return {"checkpoint": str(out), "val_accuracy": summary["val_accuracy"]}
 
 
 def _train_config(
-    demo: Demo, name: str, backbone: str | dict, init: str = "scratch", seed: int = 0
+    demo: Demo,
+    name: str,
+    backbone: str | dict,
+    init: str = "scratch",
+    seed: int = 0,
+    **overrides: Any,
 ) -> TrainConfig:
+    """A detector training on the demo's shapes set (``overrides``: e.g. kind, iters)."""
     sizes = demo.sizes
-    return TrainConfig(
+    settings = dict(
         data=str(demo.data),
         out=str(demo.run(name)),
         backbone=backbone,
@@ -237,9 +252,27 @@ def _train_config(
         device=demo.device,
         **DETECTOR,
     )
+    return TrainConfig(**{**settings, **overrides})
 
 
-def _finished(cfg: TrainConfig) -> dict | None:
+def _run_pending(
+    configs: Mapping[str, Any],
+    jobs: int,
+    finished: Callable[[Any], dict | None],
+    call: Callable[[Any], dict],
+    progress: Callable[[Any], tuple[int, int]],
+    verb: str,
+) -> dict[str, dict]:
+    """``call(config)`` for every config not ``finished`` yet, ``jobs`` at once (see
+    :func:`run_parallel`); every config's result by name."""
+    results = {name: finished(cfg) for name, cfg in configs.items()}
+    pending = {name: cfg for name, cfg in configs.items() if results[name] is None}
+    calls = {name: partial(call, cfg) for name, cfg in pending.items()}
+    results.update(run_parallel(calls, jobs, lambda name: progress(pending[name]), verb))
+    return results
+
+
+def _trained(cfg: TrainConfig) -> dict | None:
     path = Path(cfg.out) / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -248,19 +281,41 @@ def _train_one(cfg: TrainConfig) -> dict:
     return train_detector(cfg, resume=bool(list_checkpoints(cfg.out)))
 
 
+def _train_progress(cfg: TrainConfig) -> tuple[int, int]:
+    log = Path(cfg.out) / "metrics.jsonl"
+    return (len(log.read_text().splitlines()) if log.is_file() else 0), cfg.iters
+
+
 def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict]:
-    """Train (or resume) every run not finished yet, ``jobs`` at once (see
-    :func:`run_parallel`); returns each run's final COCO metrics by name."""
-    results = {name: _finished(cfg) for name, cfg in configs.items()}
-    pending = {name: cfg for name, cfg in configs.items() if results[name] is None}
+    """Train (or resume) every run not finished yet, ``jobs`` at once; returns each run's
+    final COCO metrics by name."""
+    return _run_pending(configs, jobs, _trained, _train_one, _train_progress, "train")
 
-    def progress(name: str) -> tuple[int, int]:
-        log = Path(pending[name].out) / "metrics.jsonl"
-        return (len(log.read_text().splitlines()) if log.is_file() else 0), pending[name].iters
 
-    calls = {name: partial(_train_one, cfg) for name, cfg in pending.items()}
-    results.update(run_parallel(calls, jobs, progress, "train"))
-    return results
+#: What the demo keeps of a classifier's summary: top-1 and top-5 accuracy on val.
+ACCURACIES = ("val_accuracy", "val_top5")
+
+
+def _pretrained(cfg: PretrainConfig) -> dict | None:
+    if not Path(cfg.out).is_file():
+        return None
+    final = load_checkpoint(cfg.out, expect=CLASSIFIER_FORMAT)
+    return {key: final[key] for key in ACCURACIES}
+
+
+def _pretrain_one(cfg: PretrainConfig) -> dict:
+    summary = pretrain_classifier(cfg, resume=resume_path(cfg.out).is_file())
+    return {key: summary[key] for key in ACCURACIES}
+
+
+def pretrain_runs(configs: dict[str, PretrainConfig], jobs: int = 1) -> dict[str, dict]:
+    """Pre-train (or resume) every classifier not finished yet, ``jobs`` at once; returns
+    each one's ``val_accuracy`` (top-1) and ``val_top5`` by name."""
+
+    def progress(cfg: PretrainConfig) -> tuple[int, int]:
+        return int(Path(cfg.out).is_file()), 1
+
+    return _run_pending(configs, jobs, _pretrained, _pretrain_one, progress, "pre-train")
 
 
 def _step_train(demo: Demo) -> dict:
@@ -343,58 +398,187 @@ def _step_search(demo: Demo) -> dict:
     return {"specs": specs}
 
 
-def _step_retrain(demo: Demo, specs: dict[str, str]) -> dict:
-    configs, rows = {}, {"base": [], **{label: [] for label in specs}}
+def _searched(demo: Demo, specs: Mapping[str, str]) -> dict[str, str]:
+    """The searched rows (ResiaNets / DetiaNets) of ``specs``, without the uniform one."""
+    family = BACKBONES[demo.backbone][0]
+    return {label: path for label, path in specs.items() if label.startswith(f"{family} ")}
+
+
+def _row_names(demo: Demo, labels: Sequence[str], prefix: str = "") -> dict[str, list[str]]:
+    """Each row's run name per seed: ``prefix`` + ``S`` for the base (trained from scratch;
+    unprefixed, the run of step train) or the row's slug, ``-seedN`` after the first seed."""
+    names: dict[str, list[str]] = {label: [] for label in labels}
     for k in range(demo.sizes.seeds):
-        seed = demo.seed + k
-        suffix = "" if k == 0 else f"-seed{seed}"
-        for label, backbone in [("base", demo.base_config), *specs.items()]:
-            name = ("S" if label == "base" else _slug(label)) + suffix
-            configs[name] = _train_config(demo, name, backbone, seed=seed)
-            rows[label].append(name)
-    metrics = train_runs(configs, demo.jobs)
-    return {"metrics": {label: [metrics[name] for name in names] for label, names in rows.items()}}
+        suffix = "" if k == 0 else f"-seed{demo.seed + k}"
+        for label in labels:
+            names[label].append(prefix + ("S" if label == "base" else _slug(label)) + suffix)
+    return names
 
 
-def table1(
-    specs: dict[str, str],
-    metrics: dict[str, list[dict]],
+def _per_row(
+    demo: Demo,
+    backbones: Mapping[str, str | dict],
+    config: Callable[[str, str | dict, int], Any],
+    run_all: Callable[[dict[str, Any], int], dict[str, dict]],
+    prefix: str = "",
+) -> dict[str, list[dict]]:
+    """``config(name, backbone, seed)`` of every row and seed, run by ``run_all``; each
+    row's results, one per seed."""
+    rows = _row_names(demo, list(backbones), prefix)
+    configs = {
+        name: config(name, backbones[label], demo.seed + k)
+        for label, names in rows.items()
+        for k, name in enumerate(names)
+    }
+    results = run_all(configs, demo.jobs)
+    return {label: [results[name] for name in names] for label, names in rows.items()}
+
+
+def _step_detection(
+    demo: Demo, specs: Mapping[str, str], prefix: str = "", **overrides: Any
+) -> dict:
+    """Train the base and every row of ``specs`` from scratch, every seed (``overrides``
+    of :class:`TrainConfig`: Mask R-CNN, a longer schedule); COCO metrics per row."""
+
+    def config(name: str, backbone: str | dict, seed: int) -> TrainConfig:
+        return _train_config(demo, name, backbone, seed=seed, **overrides)
+
+    backbones = {"base": demo.base_config, **specs}
+    return {"metrics": _per_row(demo, backbones, config, train_runs, prefix)}
+
+
+def _step_long(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """Every Table 1 row at twice the iterations: the paper's 2x schedule beside its 1x."""
+    sizes = demo.sizes
+    return _step_detection(
+        demo,
+        specs,
+        "2x-",
+        schedule="2x",
+        iters=2 * sizes.iters,
+        checkpoint_every=2 * sizes.checkpoint_every,
+    )
+
+
+def _step_mask(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """The base and the searched backbones as Mask R-CNN (paper section 4.6)."""
+    return _step_detection(demo, _searched(demo, specs), "mask-", kind="mask_rcnn")
+
+
+def _bn(spec: WidthSpec | BackboneSpec) -> dict:
+    return replace(spec, norm="bn").to_dict()
+
+
+def _step_table2(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """The base and the searched backbones with BatchNorm as classifiers on shapes-cls
+    (paper A.2: SGD, lr 0.1 per 256 images, x0.1 steps), every seed; top-1 / top-5."""
+
+    def config(name: str, backbone: str | dict, seed: int) -> PretrainConfig:
+        out = demo.out / "table2" / f"{name}.pt"
+        return _pretrain_config(demo, out, backbone, seed, norm="bn", schedule="step")
+
+    searched = _searched(demo, specs)
+    backbones = {"base": _bn(demo.base)} | {k: _bn(load_width_spec(v)) for k, v in searched.items()}
+    return {"results": _per_row(demo, backbones, config, pretrain_runs)}
+
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _coco(iou: str, key: str, run: Mapping[str, Any]) -> float | None:
+    """A COCO metric in %; ``None`` where COCOeval gives -1 (no val object of that size)."""
+    value = run[iou][key]
+    return 100 * value if value >= 0 else None
+
+
+def _error(key: str, run: Mapping[str, Any]) -> float:
+    return 100 * (1 - run[key])
+
+
+#: Each table's columns: key -> its value in one run's results (COCO metrics, or a
+#: classifier's ``val_accuracy`` / ``val_top5``).
+TABLE1_COLUMNS = {key: partial(_coco, "bbox", key) for key in COCO_KEYS}
+MASK_COLUMNS = {"AP_bbox": partial(_coco, "bbox", "AP"), "AP_mask": partial(_coco, "segm", "AP")}
+TABLE2_COLUMNS = {
+    "top1_err": partial(_error, "val_accuracy"),
+    "top5_err": partial(_error, "val_top5"),
+}
+#: The report's tables: name -> (the step that makes its rows, that step's output, columns).
+TABLES = {
+    "table1": ("retrain", "metrics", TABLE1_COLUMNS),
+    "table1_2x": ("long", "metrics", TABLE1_COLUMNS),
+    "table2": ("table2", "results", TABLE2_COLUMNS),
+    "mask": ("mask", "metrics", MASK_COLUMNS),
+}
+
+
+def _stats(row: dict[str, Any], key: str, values: list[float]) -> None:
+    row[key] = statistics.fmean(values) if values else None
+    row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    row[f"{key}_values"] = values
+
+
+def results_table(
+    specs: Mapping[str, str],
+    results: Mapping[str, list[dict]],
+    columns: Mapping[str, Callable[[dict], float | None]],
     base: WidthSpec | BackboneSpec | None = None,
 ) -> list[dict]:
-    """The paper's Table 1 in miniature: cost and AP (mean, std over seeds) per backbone
-    (``base``: the demo's base network, default the ResNet one); ``AP_values`` are the
-    seeds' APs and ``AP_p`` the two-sided Welch's t-test p-value against the base (``None``
-    for the base and with one seed)."""
+    """One row per backbone of ``results`` (label -> one result per seed; ``base``: the
+    demo's base network, default the ResNet one): widths, MACs, params, and for each column
+    ``KEY`` the mean over seeds, ``KEY_std``, the seeds' ``KEY_values`` and ``KEY_p``, the
+    two-sided Welch's t-test p-value against the base (``None`` for it and with one seed)."""
     rows = []
-    for label, runs in metrics.items():
-        if label == "base":
-            spec = base or base_spec("resnet50")
-        else:
-            spec = load_width_spec(specs[label])
+    for label, runs in results.items():
+        spec = (base or base_spec("resnet50")) if label == "base" else load_width_spec(specs[label])
         cost = spec_cost(spec)
-        row = {
-            "backbone": label,
-            "widths": spec_widths(spec),
-            "macs": cost.macs,
-            "params": cost.params,
-            "seeds": len(runs),
-        }
-        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            # COCOeval gives -1 where the val split has no object of that size.
-            values = [100 * run["bbox"][key] for run in runs if run["bbox"][key] >= 0]
-            row[key] = statistics.fmean(values) if values else None
-            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
-            if key == "AP":
-                row["AP_values"] = values
+        row = {"backbone": label, "widths": spec_widths(spec), "macs": cost.macs,
+               "params": cost.params, "seeds": len(runs)}  # fmt: skip
+        for key, value in columns.items():
+            _stats(row, key, [v for v in map(value, runs) if v is not None])
         rows.append(row)
-    base_ap = next((r["AP_values"] for r in rows if r["backbone"] == "base"), [])
-    for row in rows:
-        row["AP_p"] = None if row["backbone"] == "base" else welch_p(row["AP_values"], base_ap)
+    base_row = next((r for r in rows if r["backbone"] == "base"), {})
+    for row, key in ((r, k) for r in rows for k in columns):
+        others = base_row.get(f"{key}_values", [])
+        row[f"{key}_p"] = None if row is base_row else welch_p(row[f"{key}_values"], others)
     return rows
 
 
-def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> list[str]:
-    """Plain-language statements made from the measured numbers."""
+def table1(
+    specs: Mapping[str, str],
+    metrics: Mapping[str, list[dict]],
+    base: WidthSpec | BackboneSpec | None = None,
+) -> list[dict]:
+    """The paper's Table 1 in miniature: cost and COCO bbox AP..APl per backbone (see
+    :func:`results_table`)."""
+    return results_table(specs, metrics, TABLE1_COLUMNS, base)
+
+
+def _mean(row: Mapping[str, Any], key: str) -> str:
+    if row[key] is None:
+        return "n/a"
+    std = row[f"{key}_std"]
+    return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+#: The summary line of each further table: its title and the columns it shows.
+TABLE_LINES = {
+    "table1_2x": ("At 2x the iterations (AP)", ("AP",)),
+    "table2": ("Table 2, as BatchNorm classifiers (top-1 / top-5 error %)", TABLE2_COLUMNS),
+    "mask": ("As Mask R-CNN (AP bbox / AP mask)", MASK_COLUMNS),
+}
+
+
+def _table_line(name: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    title, keys = TABLE_LINES[name]
+    cells = "; ".join(
+        f"{r['backbone']} {' / '.join(_mean(r, k) for k in keys)} ({r['params'] / 1e6:.2f} M)"
+        for r in rows
+    )
+    return f"{title}: {cells}."
+
+
+def _table1_lines(table: Sequence[Mapping[str, Any]], backbone: str) -> list[str]:
     base = next(r for r in table if r["backbone"] == "base")
     lines = []
     for row in table:
@@ -412,13 +596,22 @@ def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> l
         f"{BACKBONES[backbone][2]}; numbers this small (short CPU schedules) are noisy, so read "
         "the rows above with their seeds."
     )
-    ratios = analysis["part_ratio_I_over_S"]
-    backbone = ratios.get("backbone")
-    if backbone is not None:
-        more = "more" if backbone > 1 else "fewer"
+    return lines
+
+
+def findings(
+    tables: Mapping[str, Sequence[Mapping[str, Any]]], analysis: dict, backbone: str = "resnet50"
+) -> list[str]:
+    """Plain-language statements made from the measured numbers (``tables``: name -> rows,
+    as :data:`TABLES`)."""
+    lines = _table1_lines(tables["table1"], backbone)
+    lines += [_table_line(name, tables[name]) for name in TABLE_LINES if name in tables]
+    ratio = analysis["part_ratio_I_over_S"].get("backbone")
+    if ratio is not None:
+        more = "more" if ratio > 1 else "fewer"
         lines.append(
             f"Pre-trained (I) backbone maps use {more} dimensions than scratch (S) ones "
-            f"(I/S ratio {backbone:.2f} summed over the backbone). The paper finds lower "
+            f"(I/S ratio {ratio:.2f} summed over the backbone). The paper finds lower "
             "layers of I and S similar (Figure 5 left), I's stage 3-4 widths larger (Figure 2 "
             "(b) vs (f)) and I's maps near the classifier output using under half of their "
             "dimensions (Figure 5 right); the claims below compare map by map."
@@ -431,26 +624,40 @@ def findings(table: list[dict], analysis: dict, backbone: str = "resnet50") -> l
     return lines
 
 
-def _step_report(demo: Demo, specs: dict[str, str], retrain: dict, analysis: dict) -> dict:
-    table = table1(specs, retrain["metrics"], demo.base)
-    text = findings(table, analysis, demo.backbone)
+def _tables(demo: Demo, outputs: Mapping[str, dict]) -> dict[str, list[dict]]:
+    """Every table whose step has finished, by name."""
+    specs = outputs["search"]["specs"]
+    return {
+        name: results_table(specs, outputs[step][key], columns, demo.base)
+        for name, (step, key, columns) in TABLES.items()
+        if step in outputs
+    }
+
+
+def _step_report(demo: Demo, outputs: Mapping[str, dict]) -> dict:
+    tables = _tables(demo, outputs)
+    text = findings(tables, outputs["analyse"], demo.backbone)
     dynamics = {name: load_dynamics(demo.run(name)) for name in ("I", "S")}
-    claims = [
-        c.to_dict()
-        for c in paper_claims(table, _comparison(demo), dynamics, BACKBONES[demo.backbone][0])
-    ]
+    options = {step.name: step.option for step in STEPS if step.option}
+    hints = {
+        name: f"run the demo with {options[step]}"
+        for name, (step, _, _) in TABLES.items()
+        if step in options and name not in tables
+    }
+    family = BACKBONES[demo.backbone][0]
+    claims = [c.to_dict() for c in paper_claims(tables, _comparison(demo), dynamics, family, hints)]
     path = write_report(
         [demo.run("I"), demo.run("S")],
         demo.out / "report",
         names=["I", "S"],
         multiple=MULTIPLE,
-        width_specs=list(specs.values()),
+        width_specs=list(outputs["search"]["specs"].values()),
         command="eigenarch demo",
-        table1=table,
+        tables=tables,
         findings=text,
         claims=claims,
     )
-    return {"report": str(path), "table1": table, "findings": text, "claims": claims}
+    return {"report": str(path), **tables, "findings": text, "claims": claims}
 
 
 def _widths(widths) -> str:
@@ -461,40 +668,92 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
 
 
-#: (name, description, function(demo, state) -> outputs), in order.
-STEPS: list[tuple[str, str, Callable[[Demo, dict], dict]]] = [
-    ("data", "generate the shapes detection and classification sets", lambda d, s: _step_data(d)),
-    (
-        "pretrain",
-        "pre-train the backbone on shapes-cls (the I start)",
-        lambda d, s: _step_pretrain(d),
-    ),
-    (
-        "train",
-        "train the detector from pre-training (I) and from scratch (S)",
-        lambda d, s: _step_train(d),
-    ),
-    (
-        "analyse",
-        "eigenspectrum dynamics of I and S, and the I-vs-S comparison",
-        lambda d, s: _step_analyse(d),
-    ),
-    (
-        "search",
-        "Intrinsic Architecture Search and the uniform-multiplier baseline",
-        lambda d, s: _step_search(d),
-    ),
-    (
-        "retrain",
-        "retrain every searched backbone from scratch and evaluate",
-        lambda d, s: _step_retrain(d, s["search"]["specs"]),
-    ),
-    (
-        "report",
-        "write the report",
-        lambda d, s: _step_report(d, s["search"]["specs"], s["retrain"], s["analyse"]),
-    ),
-]
+@dataclass(frozen=True)
+class Step:
+    """One step: ``run(demo, outputs of the finished steps)`` -> its outputs. ``needs``: the
+    steps whose outputs it reads (it is redone when which of them have finished changes);
+    ``option``: the ``eigenarch demo`` option that adds it (``None``: always run)."""
+
+    name: str
+    description: str
+    run: Callable[[Demo, dict], dict]
+    needs: tuple[str, ...] = ()
+    option: str | None = None
+
+
+STEPS: list[Step] = [
+    Step("data", "generate the shapes detection and classification sets",
+         lambda d, s: _step_data(d)),
+    Step("pretrain", "pre-train the backbone on shapes-cls (the I start)",
+         lambda d, s: _step_pretrain(d)),
+    Step("train", "train the detector from pre-training (I) and from scratch (S)",
+         lambda d, s: _step_train(d)),
+    Step("analyse", "eigenspectrum dynamics of I and S, and the I-vs-S comparison",
+         lambda d, s: _step_analyse(d)),
+    Step("search", "Intrinsic Architecture Search and the uniform-multiplier baseline",
+         lambda d, s: _step_search(d)),
+    Step("retrain", "retrain every searched backbone from scratch and evaluate",
+         lambda d, s: _step_detection(d, s["search"]["specs"]), ("search",)),
+    Step("long", "retrain every Table 1 row at twice the iterations (the paper's 2x)",
+         lambda d, s: _step_long(d, s["search"]["specs"]), ("search",), "--long-schedule"),
+    Step("table2", "train the base and the searched backbones as BatchNorm classifiers "
+         "(Table 2)", lambda d, s: _step_table2(d, s["search"]["specs"]), ("search",),
+         "--table2"),
+    Step("mask", "train the base and the searched backbones as Mask R-CNN (section 4.6)",
+         lambda d, s: _step_mask(d, s["search"]["specs"]), ("search",), "--mask"),
+    Step("report", "write the report", _step_report,
+         ("search", "analyse", *(step for step, _, _ in TABLES.values()))),
+]  # fmt: skip
+
+
+def _settings(demo: Demo, quick: bool, scale: float) -> dict:
+    """What makes two demos the same (the extras only add steps), as state.json holds it."""
+    settings = {
+        "backbone": demo.backbone,
+        "quick": quick,
+        "scale": scale,
+        "seed": demo.seed,
+        "sizes": asdict(demo.sizes),
+        "detector": DETECTOR,
+        "pretrain": PRETRAIN,
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _load_state(out: Path, settings: dict, force: bool) -> dict:
+    """The state of the demo in ``out``; a new one when there is none or ``force``."""
+    state_file = out / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state and state.get("settings") != settings and not force:
+        raise EigenarchError(
+            f"{out} holds a demo with other settings ({state_file}); use another --out, or "
+            "--force to delete it and start over"
+        )
+    if force or state.get("settings") != settings:
+        if out.is_dir() and state_file.is_file():
+            shutil.rmtree(out)  # only a folder the demo made itself, and only when asked
+        state = {"settings": settings, "steps": {}}
+    return state
+
+
+def _run_steps(demo: Demo, state: dict, extras: Collection[str]) -> None:
+    """Run every step not finished (or whose inputs changed), saving the state after each."""
+    done = state["steps"]
+    for number, step in enumerate(STEPS, start=1):
+        label = f"[{number}/{len(STEPS)}] {step.description}"
+        inputs = [name for name in step.needs if name in done]
+        if step.name in done and done[step.name].get("inputs", []) == inputs:
+            console.print(f"{label}: done already, skipped", highlight=False)
+            continue
+        if step.option and step.name not in extras and step.name not in done:
+            console.print(f"{label}: not run (add {step.option})", highlight=False)
+            continue
+        console.print(f"{label} ...", highlight=False)
+        start = time.perf_counter()
+        outputs = step.run(demo, {k: v["outputs"] for k, v in done.items()})
+        seconds = round(time.perf_counter() - start, 1)
+        done[step.name] = {"outputs": outputs, "seconds": seconds, "inputs": inputs}
+        atomic_write_json(demo.out / "state.json", state)
 
 
 def run_demo(
@@ -507,55 +766,47 @@ def run_demo(
     jobs: int | None = None,
     backbone: str = "resnet50",
     seeds: int | None = None,
+    extras: Collection[str] = (),
 ) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step).
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
     ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows) or ``detnet59``
-    (DetiaNets, its DetNet rows). ``seeds``: trainings of every Table 1 row (seeds
-    ``seed``, ``seed + 1``, ...; default ``int(scale)``, at least 1). An ``out`` holding a
-    demo of other settings is refused unless ``force`` (which deletes that demo first).
+    (DetiaNets, its DetNet rows). ``seeds``: trainings of every row (seeds ``seed``,
+    ``seed + 1``, ...; default ``int(scale)``, at least 1). ``extras``: the steps with an
+    option to add (``long``: Table 1 at 2x, ``table2``, ``mask``); those an earlier run
+    added stay in the report. An ``out`` holding a demo of other settings is refused
+    unless ``force`` (which deletes that demo first).
     """
     out = Path(out)
     if jobs is None:
         jobs = torch.get_num_threads() if device == "cpu" else 1
     if jobs < 1:
         raise EigenarchError(f"--jobs {jobs}: expected a positive integer")
+    optional = [step.name for step in STEPS if step.option]
+    unknown = sorted(set(extras) - set(optional))
+    if unknown:
+        raise EigenarchError(f"extras {', '.join(unknown)}: expected some of {', '.join(optional)}")
     base_spec(backbone)  # an unknown backbone fails before anything is written
     demo = Demo(out, DemoSizes.make(quick, scale, seeds), seed, device, jobs, backbone)
-    settings = {
-        "backbone": backbone,
-        "quick": quick,
-        "scale": scale,
-        "seed": seed,
-        "sizes": asdict(demo.sizes),
-        "detector": DETECTOR,
-        "pretrain": PRETRAIN,
-    }
-    settings = json.loads(json.dumps(settings))  # as state.json holds them
-    state_file = out / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if state and state.get("settings") != settings and not force:
-        raise EigenarchError(
-            f"{out} holds a demo with other settings ({state_file}); use another --out, or "
-            "--force to delete it and start over"
-        )
-    if force or state.get("settings") != settings:
-        if out.is_dir() and state_file.is_file():
-            shutil.rmtree(out)  # only a folder the demo made itself, and only when asked
-        state = {"settings": settings, "steps": {}}
-    for number, (name, description, step) in enumerate(STEPS, start=1):
-        label = f"[{number}/{len(STEPS)}] {description}"
-        if name in state["steps"]:
-            console.print(f"{label}: done already, skipped", highlight=False)
-            continue
-        console.print(f"{label} ...", highlight=False)
-        start = time.perf_counter()
-        outputs = step(demo, {k: v["outputs"] for k, v in state["steps"].items()})
-        seconds = round(time.perf_counter() - start, 1)
-        state["steps"][name] = {"outputs": outputs, "seconds": seconds}
-        atomic_write_json(state_file, state)
+    state = _load_state(out, _settings(demo, quick, scale), force)
+    _run_steps(demo, state, extras)
     return state
+
+
+def _print_summary(state: dict) -> None:
+    total = sum(step["seconds"] for step in state["steps"].values())
+    report = state["steps"]["report"]["outputs"]
+    for line in report["findings"]:
+        console.print(f"- {line}", highlight=False)
+    console.print("The paper's claims against this run:", highlight=False)
+    for claim in report["claims"]:
+        console.print(f"- {claim_line(claim)}", highlight=False, markup=False)
+    console.print(
+        f"demo finished ({total:.0f} s of step time). Report: {report['report']} — open it in "
+        f"a browser, e.g. `xdg-open {report['report']}`",
+        highlight=False,
+    )
 
 
 def demo(
@@ -565,8 +816,26 @@ def demo(
     seed: int = typer.Option(0, help="Random seed (the Table 1 rows use seed..seed+N-1)."),
     seeds: int | None = typer.Option(
         None,
-        help="N: seeds of every Table 1 training, reported as mean ± std with a Welch's "
-        "t-test p-value against the base (default: int(scale), at least 1).",
+        help="N: seeds of every training of a table row, reported as mean ± std with a "
+        "Welch's t-test p-value against the base (default: int(scale), at least 1).",
+    ),
+    long_schedule: bool = typer.Option(
+        False,
+        "--long-schedule",
+        help="Add Table 1 at 2x: every Table 1 row retrained at twice the iterations (the "
+        "paper's 2x column beside its 1x), for claim (i).",
+    ),
+    table2: bool = typer.Option(
+        False,
+        "--table2",
+        help="Add Table 2: the base and the searched backbones with BatchNorm trained as "
+        "classifiers on shapes-cls (top-1 / top-5 error), for claim (k).",
+    ),
+    mask: bool = typer.Option(
+        False,
+        "--mask",
+        help="Add the Mask R-CNN rows: the base and the searched backbones trained as Mask "
+        "R-CNN (AP bbox / AP mask), for claim (l).",
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     force: bool = typer.Option(
@@ -583,23 +852,13 @@ def demo(
         "(DetiaNets, searched at threshold 10^-3.5).",
     ),
 ) -> None:
-    """Run the paper's pipeline end to end on the embedded shapes data set (resumable)."""
-    state = run_demo(out, quick, scale, seed, force, device, jobs, backbone, seeds)
-    total = sum(step["seconds"] for step in state["steps"].values())
-    report = state["steps"]["report"]["outputs"]
-    for line in report["findings"]:
-        console.print(f"- {line}", highlight=False)
-    if "claims" not in report:  # a report step finished before the claims table existed
-        console.print("No claims table in this older demo; --force redoes it.", highlight=False)
-    else:
-        console.print("The paper's claims against this run:", highlight=False)
-    for claim in report.get("claims", []):
-        console.print(f"- {claim_line(claim)}", highlight=False, markup=False)
-    console.print(
-        f"demo finished ({total:.0f} s of step time). Report: {report['report']} — open it in "
-        f"a browser, e.g. `xdg-open {report['report']}`",
-        highlight=False,
-    )
+    """Run the paper's pipeline end to end on the embedded shapes data set (resumable).
+
+    --long-schedule, --table2 and --mask add rows (to an earlier demo in OUT too, reusing it).
+    """
+    chosen = [("long", long_schedule), ("table2", table2), ("mask", mask)]
+    extras = [name for name, wanted in chosen if wanted]
+    _print_summary(run_demo(out, quick, scale, seed, force, device, jobs, backbone, seeds, extras))
 
 
 def register(app: typer.Typer) -> None:

@@ -220,3 +220,32 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert image.format == "PNG" and image.size[1] > 2000
         pixels = np.asarray(image.convert("L"))
     assert len(np.unique(pixels)) > 50 and (pixels < 128).mean() > 0.005  # drawn, not blank
+
+
+def test_the_demos_tables_render_mean_std_and_p(tmp_path, analysed_runs):
+    from eigenarch.errors import EigenarchError
+    from eigenarch.report.html import RESULT_TABLES, Page, _result_section, write_report
+
+    def row(label, top1, std, p):
+        return {"backbone": label, "widths": [8, 16], "macs": 2.5e8, "params": 1.25e6,
+                "seeds": 2, "top1_err": top1, "top1_err_std": std, "top1_err_p": p,
+                "top5_err": None}  # fmt: skip
+
+    page = Page(tmp_path, summary={})
+    _result_section(page, "table2", [row("base", 20.04, 0.5, None), row("R", 25.5, None, 0.0123)])
+    text = "".join(page.body)
+    assert '<h2 id="table2">Transferred to classification (Table 2)</h2>' in text
+    head = re.search(r"<thead>(.*?)</thead>", text).group(1)
+    assert re.findall(r"<th>(.*?)</th>", head) == [
+        "backbone", "widths", "MACs (G)", "params (M)", "seeds", "top-1 err", "top-5 err",
+        "p (top-1 vs base)", "p (top-5 vs base)",
+    ]  # fmt: skip
+    assert (
+        "<td>base</td><td>8,16</td><td>0.250</td><td>1.25</td><td>2</td><td>20.0 ± 0.5</td>" in text
+    )
+    assert "<td>25.5</td><td>n/a</td><td>0.012</td><td></td></tr>" in text
+    assert page.summary["table2"][1]["top1_err_p"] == 0.0123
+    assert list(RESULT_TABLES) == ["table1", "table1_2x", "table2", "mask"]
+    with pytest.raises(EigenarchError, match="tables tabel2: expected table1, table1_2x"):
+        write_report([analysed_runs["A"]], tmp_path / "out", tables={"tabel2": []})
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +29,7 @@ SIMILAR = 0.1
 #: "Larger" summed dimensionalities: a ratio above 1 + this.
 LARGER = 0.05
 NOT_RUN = "not run by this demo"
+ONE_SEED = "one seed gives no Welch p-value (run the demo with --seeds 2 or more)"
 _CONV = re.compile(r"layer(\d+)\.(\d+)\.(conv(\d+)|downsample\.0)")
 
 
@@ -48,12 +50,16 @@ def paper_name(name: str) -> str:
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided Welch's t-test p-value of ``a`` vs ``b``; ``None`` with fewer than two
-    values in either. Two constant samples give 1.0 if equal, else 0.0."""
+    values in either. Values are rounded to 9 decimals first (float noise is no variance);
+    two constant samples give 1.0 if equal, else 0.0."""
     if len(a) < 2 or len(b) < 2:
         return None
+    a, b = [round(v, 9) for v in a], [round(v, 9) for v in b]
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    return float(ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # SciPy's note on a constant sample: its variance is 0
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 @dataclass(frozen=True)
@@ -204,147 +210,238 @@ def _rebound_claim(dynamics: Mapping[str, RunDynamics]) -> Claim:
     )
 
 
+def _value(row: Mapping[str, Any], key: str) -> str:
+    """A row's mean over seeds, ± its std where there are several; n/a without one."""
+    if row.get(key) is None:
+        return "n/a"
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def _signed(change: float) -> str:
+    """``+0.3``, ``-1.2``; a change that rounds to zero is ``+0.0``."""
+    return f"{round(change, 1) + 0.0:+.1f}"
+
+
 def _ap(row: Mapping[str, Any]) -> str:
-    std = row.get("AP_std")
     p = row.get("AP_p")
-    return (
-        f"{row['backbone']} AP {row['AP']:.1f}"
-        + (f" ± {std:.1f}" if std is not None else "")
-        + (f" (p {p:.3f})" if p is not None else "")
-    )
+    return f"{row['backbone']} AP {_value(row, 'AP')}" + (f" (p {p:.3f})" if p is not None else "")
 
 
-def _no_p(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why these rows' AP cannot be tested against the base, or None."""
-    if any(r.get("AP_p") is None for r in rows):
-        return "one seed gives no Welch p-value (run the demo with --seeds 2 or more)"
-    return None
+def _no_p(rows: Sequence[Mapping[str, Any]], key: str = "AP") -> str | None:
+    """Why these rows' ``key`` cannot be tested against the base, or None."""
+    return ONE_SEED if any(r.get(f"{key}_p") is None for r in rows) else None
 
 
-def _table1_claims(table: Sequence[Mapping[str, Any]], family: str) -> list[Claim]:
-    rows = {r["backbone"]: r for r in table}
-    base = rows.get("base")
-    searched = [r for name, r in rows.items() if name.startswith(f"{family} ")]
-    at_macs = [r for r in searched if r["backbone"].endswith("(MACs)")]
-    uniform = [r for name, r in rows.items() if name.startswith("uniform")]
-    claims = []
-
-    paper = f"{family}s at the base's MACs reach the base's AP with fewer parameters"
-    source = "sec. 4.5, Table 1"
-    rule = f"each (MACs) row: fewer params than the base and AP not lower at p < {ALPHA} (Welch)"
-    if base is None or not at_macs:
-        claims.append(Claim("g", paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows"))
-    else:
-        ours = "; ".join(f"{_ap(r)}, {r['params'] / 1e6:.2f} M params" for r in at_macs)
-        ours += f"; base AP {base['AP']:.1f}, {base['params'] / 1e6:.2f} M"
-        fewer = all(r["params"] < base["params"] for r in at_macs)
-        lower = [
-            r
-            for r in at_macs
-            if r.get("AP_p") is not None and r["AP"] < base["AP"] and r["AP_p"] < ALPHA
-        ]
-        reason = None if not fewer or lower else _no_p(at_macs)
-        verdict = NOT_MEASURED if reason else AGREES if fewer and not lower else DISAGREES
-        claims.append(Claim("g", paper, source, ours, rule, verdict, reason or ""))
-
-    paper = f"{family} S (MACs) has the fewest parameters"
-    rule = f"S (MACs) params below every other {family}'s and the base's"
-    s_macs = rows.get(f"{family} S (MACs)")
-    if base is None or s_macs is None:
-        claims.append(Claim("h", paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows"))
-    else:
-        others = [r for r in [base, *searched] if r is not s_macs]
-        ours = ", ".join(f"{r['backbone']} {r['params'] / 1e6:.2f} M" for r in [s_macs, *others])
-        fewest = all(s_macs["params"] < r["params"] for r in others)
-        claims.append(Claim("h", paper, source, ours, rule, AGREES if fewest else DISAGREES))
-
-    claims.append(
-        _not_run(
-            "i",
-            f"{family} I (MACs) converges faster: higher AP than S (MACs) at the shorter (1x) "
-            "schedule, similar at 2x",
-            "sec. 4.5, Table 1 (COCO 1x column)",
-            f"I (MACs) AP above S (MACs) at 1x at p < {ALPHA}, not at 2x",
-            "every Table 1 row at a shorter and a longer schedule (the paper's 1x and 2x)",
-        )
-    )
-
-    paper = "a uniform width multiplier with the same parameter cut loses AP (~0.6 for -27%)"
-    source = "sec. 4.5 (note on width multipliers)"
-    rule = f"uniform row's AP below the base's at p < {ALPHA} (Welch)"
-    if base is None or not uniform:
-        claims.append(Claim("j", paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows"))
-    else:
-        row = uniform[0]
-        ours = f"{_ap(row)}, {row['params'] / 1e6:.2f} M params; base AP {base['AP']:.1f}"
-        reason = _no_p([row])
-        loses = not reason and row["AP"] < base["AP"] and row["AP_p"] < ALPHA
-        verdict = NOT_MEASURED if reason else AGREES if loses else DISAGREES
-        claims.append(Claim("j", paper, source, ours, rule, verdict, reason or ""))
-    return claims
+Rows = Sequence[Mapping[str, Any]]
 
 
-def _not_run(key: str, paper: str, source: str, rule: str, rows: str) -> Claim:
-    reason = f"needs {rows}, which no demo option adds yet"
+def _pick(table: Rows | None, *labels: str, keys: Sequence[str] = ()) -> list | None:
+    """The rows of ``labels``, or None when one is missing or lacks a value of ``keys``."""
+    rows = {r["backbone"]: r for r in table or ()}
+    found = [rows.get(label) for label in labels]
+    if any(r is None or any(r.get(k) is None for k in keys) for r in found):
+        return None
+    return found
+
+
+def _missing(key: str, paper: str, source: str, rule: str, needs: str, hint: str | None) -> Claim:
+    """A claim whose rows this run has not made; ``hint``: how to make them."""
+    reason = f"needs {needs}" + (f" ({hint})" if hint else ", which this run has not made")
     return Claim(key, paper, source, NOT_RUN, rule, NOT_MEASURED, reason)
 
 
+def _no_rows(key: str, paper: str, source: str, rule: str) -> Claim:
+    return Claim(key, paper, source, NOT_RUN, rule, NOT_MEASURED, "no such rows")
+
+
+def _macs_claim(table: Rows, family: str) -> Claim:
+    paper = f"{family}s at the base's MACs reach the base's AP with fewer parameters"
+    source = "sec. 4.5, Table 1"
+    rule = f"each (MACs) row: fewer params than the base and AP not lower at p < {ALPHA} (Welch)"
+    base = _pick(table, "base")
+    at_macs = [r for r in table if r["backbone"].startswith(f"{family} ")
+               and r["backbone"].endswith("(MACs)")]  # fmt: skip
+    if base is None or not at_macs:
+        return _no_rows("g", paper, source, rule)
+    (base,) = base
+    ours = "; ".join(f"{_ap(r)}, {r['params'] / 1e6:.2f} M params" for r in at_macs)
+    ours += f"; base AP {base['AP']:.1f}, {base['params'] / 1e6:.2f} M"
+    fewer = all(r["params"] < base["params"] for r in at_macs)
+    lower = [
+        r
+        for r in at_macs
+        if r.get("AP_p") is not None and r["AP"] < base["AP"] and r["AP_p"] < ALPHA
+    ]
+    reason = None if not fewer or lower else _no_p(at_macs)
+    verdict = NOT_MEASURED if reason else AGREES if fewer and not lower else DISAGREES
+    return Claim("g", paper, source, ours, rule, verdict, reason or "")
+
+
+def _fewest_claim(table: Rows, family: str) -> Claim:
+    paper = f"{family} S (MACs) has the fewest parameters"
+    source = "sec. 4.5, Table 1"
+    rule = f"S (MACs) params below every other {family}'s and the base's"
+    found = _pick(table, "base", f"{family} S (MACs)")
+    if found is None:
+        return _no_rows("h", paper, source, rule)
+    base, s_macs = found
+    searched = [r for r in table if r["backbone"].startswith(f"{family} ")]
+    others = [r for r in [base, *searched] if r is not s_macs]
+    ours = ", ".join(f"{r['backbone']} {r['params'] / 1e6:.2f} M" for r in [s_macs, *others])
+    fewest = all(s_macs["params"] < r["params"] for r in others)
+    return Claim("h", paper, source, ours, rule, AGREES if fewest else DISAGREES)
+
+
+def _schedule_claim(short: Rows, long: Rows | None, family: str, hint: str | None) -> Claim:
+    i, s = f"{family} I (MACs)", f"{family} S (MACs)"
+    paper = f"{i} converges faster: higher AP than {s} at the shorter (1x) schedule, similar at 2x"
+    source = "sec. 4.5, Table 1 (COCO 1x and 2x columns)"
+    rule = (
+        f"1x: I (MACs) AP above S (MACs) at p < {ALPHA} (Welch, I vs S); 2x (twice the "
+        "iterations): the gap I - S smaller than at 1x"
+    )
+    if not long:
+        needs = "every Table 1 row at 2x the iterations (the paper's 2x beside its 1x)"
+        return _missing("i", paper, source, rule, needs, hint)
+    pairs = [_pick(t, i, s, keys=("AP",)) for t in (short, long)]
+    if None in pairs:
+        return _no_rows("i", paper, source, rule)
+    (i1, s1), (i2, s2) = pairs
+    gaps = [a["AP"] - b["AP"] for a, b in pairs]
+    p = welch_p(i1["AP_values"], s1["AP_values"])
+    ours = (
+        f"1x: I (MACs) AP {_value(i1, 'AP')} vs S (MACs) {_value(s1, 'AP')} (I - S "
+        f"{_signed(gaps[0])}" + (f", p {p:.3f}" if p is not None else "") + f"); 2x: "
+        f"{_value(i2, 'AP')} vs {_value(s2, 'AP')} (I - S {_signed(gaps[1])})"
+    )
+    if gaps[0] <= 0 or gaps[1] >= gaps[0]:
+        return Claim("i", paper, source, ours, rule, DISAGREES)
+    if p is None:
+        return Claim("i", paper, source, ours, rule, NOT_MEASURED, ONE_SEED)
+    return Claim("i", paper, source, ours, rule, AGREES if p < ALPHA else DISAGREES)
+
+
+def _uniform_claim(table: Rows) -> Claim:
+    paper = "a uniform width multiplier with the same parameter cut loses AP (~0.6 for -27%)"
+    source = "sec. 4.5 (note on width multipliers)"
+    rule = f"uniform row's AP below the base's at p < {ALPHA} (Welch)"
+    base = _pick(table, "base")
+    uniform = [r for r in table if r["backbone"].startswith("uniform")]
+    if base is None or not uniform:
+        return _no_rows("j", paper, source, rule)
+    row = uniform[0]
+    ours = f"{_ap(row)}, {row['params'] / 1e6:.2f} M params; base AP {base[0]['AP']:.1f}"
+    reason = _no_p([row])
+    loses = not reason and row["AP"] < base[0]["AP"] and row["AP_p"] < ALPHA
+    verdict = NOT_MEASURED if reason else AGREES if loses else DISAGREES
+    return Claim("j", paper, source, ours, rule, verdict, reason or "")
+
+
+def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
+    paper = (
+        f"transferred to classification, {family} S (MACs)'s widths give higher error than "
+        "the base and I (MACs)'s similar error with fewer parameters"
+    )
+    source = "sec. 4.7, Table 2"
+    rule = (
+        f"top-1 error: S (MACs) above the base's at p < {ALPHA}, I (MACs) not different at "
+        f"p < {ALPHA} (Welch) and fewer params than the base"
+    )
+    if not table:
+        needs = f"the base and every {family} trained as classifiers (Table 2)"
+        return _missing("k", paper, source, rule, needs, hint)
+    found = _pick(table, "base", f"{family} S (MACs)", f"{family} I (MACs)", keys=("top1_err",))
+    if found is None:
+        return _no_rows("k", paper, source, rule)
+    base, s, i = found
+    ours = "top-1 / top-5 error (%): " + "; ".join(
+        f"{r['backbone']} {_value(r, 'top1_err')} / {_value(r, 'top5_err')}"
+        + (f" (p {r['top1_err_p']:.3f})" if r.get("top1_err_p") is not None else "")
+        + f", {r['params'] / 1e6:.2f} M params"
+        for r in found
+    )
+    if s["top1_err"] <= base["top1_err"] or i["params"] >= base["params"]:
+        return Claim("k", paper, source, ours, rule, DISAGREES)
+    reason = _no_p([s, i], "top1_err")
+    if reason:
+        return Claim("k", paper, source, ours, rule, NOT_MEASURED, reason)
+    holds = s["top1_err_p"] < ALPHA and i["top1_err_p"] >= ALPHA
+    return Claim("k", paper, source, ours, rule, AGREES if holds else DISAGREES)
+
+
+def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -> Claim:
+    paper = (
+        "on Mask R-CNN the parameter cut costs slightly more AP: S (MACs) 36.5 / 32.8 vs the "
+        "base's 36.6 / 33.0 AP bbox / mask (on Faster R-CNN 35.4 vs 35.5 AP)"
+    )
+    source = "sec. 4.6 (vs Table 1)"
+    rule = (
+        "S (MACs)'s AP mask below the base's, by more than its Faster R-CNN AP (Table 1) is "
+        "below the base's (means over seeds)"
+    )
+    if not mask:
+        needs = f"the base and every {family} trained as Mask R-CNN"
+        return _missing("l", paper, source, rule, needs, hint)
+    s = f"{family} S (MACs)"
+    masks = _pick(mask, "base", s, keys=("AP_bbox", "AP_mask"))
+    boxes = _pick(table, "base", s, keys=("AP",))
+    if masks is None or boxes is None:
+        return _no_rows("l", paper, source, rule)
+    mask_change = masks[1]["AP_mask"] - masks[0]["AP_mask"]
+    box_change = boxes[1]["AP"] - boxes[0]["AP"]
+    ours = (
+        "Mask R-CNN AP bbox / mask: "
+        + "; ".join(
+            f"{r['backbone']} {_value(r, 'AP_bbox')} / {_value(r, 'AP_mask')}" for r in masks
+        )  # fmt: skip
+        + f" (S (MACs) {_signed(mask_change)} AP mask); Faster R-CNN: S (MACs) "
+        f"{_signed(box_change)} AP"
+    )
+    holds = mask_change < 0 and mask_change < box_change
+    return Claim("l", paper, source, ours, rule, AGREES if holds else DISAGREES)
+
+
+#: Claims (a)-(c) on one map each: key, statement, source, map, rule, test of the map.
+MAP_CLAIMS: tuple[tuple[str, str, str, str, str, Callable[[MapComparison], bool]], ...] = (
+    ("a", "lower layers of I and S converge to similar eigenspectra", "sec. 4.3, Figure 5 left",
+     "layer1.0.conv1:in", f"|I - S| <= {SIMILAR:g} x channels",
+     lambda m: abs(m.diff) <= SIMILAR * m.channels),
+    ("b", "higher layers of I and S converge to dissimilar eigenspectra",
+     "sec. 4.3, Figure 5 middle", "layer4.0.conv1:in", f"|I - S| > {SIMILAR:g} x channels",
+     lambda m: abs(m.diff) > SIMILAR * m.channels),
+    ("c", "maps close to the classifier output of I use under half of their dimensions",
+     "sec. 4.3, Figure 5 right", "layer4.1.conv1:in", "I's dims < 0.5 x channels",
+     lambda m: 2 * m.a < m.channels),
+)  # fmt: skip
+
+
 def paper_claims(
-    table: Sequence[Mapping[str, Any]],
+    tables: Mapping[str, Rows],
     comparison: Comparison | None,
     dynamics: Mapping[str, RunDynamics],
     family: str = "ResiaNet",
+    hints: Mapping[str, str] | None = None,
 ) -> list[Claim]:
-    """Claims (a)-(l) from Table 1 rows (``backbone``, ``params``, ``AP``, ``AP_std``,
-    ``AP_p``: Welch p against the row ``base``), the I-vs-S comparison (names ``I``, ``S``)
-    and the dynamics of runs ``I`` and ``S``; ``family`` names the searched rows."""
-    ratio = f"|I - S| <= {SIMILAR:g} x channels"
+    """Claims (a)-(l) from the demo's ``tables`` (name -> rows of ``backbone``, ``params``
+    and per value ``KEY``, ``KEY_std``, ``KEY_values``, ``KEY_p``: Welch p against the row
+    ``base``): ``table1`` (AP...), ``table1_2x`` (the same at 2x), ``table2`` (``top1_err``,
+    ``top5_err``), ``mask`` (``AP_bbox``, ``AP_mask``); the I-vs-S comparison (names ``I``,
+    ``S``) and the dynamics of runs ``I`` and ``S``. ``family`` names the searched rows;
+    ``hints``: per table not given, how to make it (said in the claim's reason)."""
+    table, hints = tables.get("table1", ()), hints or {}
     return [
-        _map_claim(
-            "a",
-            "lower layers of I and S converge to similar eigenspectra",
-            "sec. 4.3, Figure 5 left",
-            comparison,
-            "layer1.0.conv1:in",
-            ratio,
-            lambda m: abs(m.diff) <= SIMILAR * m.channels,
-        ),
-        _map_claim(
-            "b",
-            "higher layers of I and S converge to dissimilar eigenspectra",
-            "sec. 4.3, Figure 5 middle",
-            comparison,
-            "layer4.0.conv1:in",
-            f"|I - S| > {SIMILAR:g} x channels",
-            lambda m: abs(m.diff) > SIMILAR * m.channels,
-        ),
-        _map_claim(
-            "c",
-            "maps close to the classifier output of I use under half of their dimensions",
-            "sec. 4.3, Figure 5 right",
-            comparison,
-            "layer4.1.conv1:in",
-            "I's dims < 0.5 x channels",
-            lambda m: 2 * m.a < m.channels,
-        ),
+        *(
+            _map_claim(key, paper, source, comparison, suffix, rule, holds)
+            for key, paper, source, suffix, rule, holds in MAP_CLAIMS
+        ),  # fmt: skip
         _stage_claim(comparison),
         _dropping_claim(dynamics),
         _rebound_claim(dynamics),
-        *_table1_claims(table, family),
-        _not_run(
-            "k",
-            f"transferred to classification, {family} S (MACs)'s widths give higher "
-            "error than the base and I's similar error with fewer parameters",
-            "sec. 4.7, Table 2",
-            f"top-1 error vs the base at p < {ALPHA} (Welch)",
-            "classification rows of every searched backbone (Table 2)",
-        ),
-        _not_run(
-            "l",
-            "on Mask R-CNN the parameter cut costs slightly more AP (S (MACs) "
-            "36.5 / 32.8 vs 36.6 / 33.0 AP bbox / mask)",
-            "sec. 4.6",
-            f"AP bbox and mask vs the base at p < {ALPHA} (Welch)",
-            "Mask R-CNN rows",
-        ),
+        _macs_claim(table, family),
+        _fewest_claim(table, family),
+        _schedule_claim(table, tables.get("table1_2x"), family, hints.get("table1_2x")),
+        _uniform_claim(table),
+        _table2_claim(tables.get("table2"), family, hints.get("table2")),
+        _mask_claim(tables.get("mask"), table, family, hints.get("mask")),
     ]

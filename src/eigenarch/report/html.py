@@ -15,7 +15,7 @@ import base64
 import html
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -177,8 +177,9 @@ def _load_run(path: Path, label: str) -> _Run:
     return _Run(path, label, run_config(path), dyn, final)
 
 
-def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
-    dyn, key = run.dyn, _ident(run.label)
+def _events_section(page: Page, run: _Run) -> None:
+    """A run's dropping / rebounding events: the schedule, the criteria and one row each."""
+    dyn = run.dyn
     rows = [
         (
             m.name,
@@ -203,11 +204,37 @@ def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints:
         f"{sum(1 for r in rows if r[2] == 'rebounding')} rebounding map(s).</p>"
     )
     page.table(
-        f"{key}-events",
+        f"{_ident(run.label)}-events",
         ["map", "channels", "event", "iteration", "since", "before", "after", "change", "lr decay"],
         rows,
         f"{run.label}: events of the intrinsic dimensionality",
     )
+
+
+def _spectra_figure(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
+    """Eigenspectra of the first chosen maps at ``checkpoints`` evenly spaced checkpoints."""
+    dyn = run.dyn
+    last = len(dyn.iterations) - 1
+    picks = sorted({round(x) for x in np.linspace(0, last, min(checkpoints, last + 1))})
+    curves: dict[str, list] = {n: [] for n in chosen[:3]}
+    first = Spectra.load(dyn.spectra_path(dyn.iterations[0]))
+    for i in picks:
+        iteration = dyn.iterations[i]
+        loaded = {0: first, last: run.final}
+        spectra = loaded[i] if i in loaded else Spectra.load(dyn.spectra_path(iteration))
+        for name in curves:
+            curves[name].append((iteration, spectra.eigenvalues(name).numpy()))
+    page.figure(
+        f"{_ident(run.label)}-spectra",
+        eigenspectra_figure(curves, dyn.threshold),
+        f"{run.label}: normalised eigenspectra of {', '.join(curves)} at {len(picks)} "
+        "checkpoints, threshold dashed (cf. paper Figure 3)",
+    )
+
+
+def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int) -> None:
+    dyn, key = run.dyn, _ident(run.label)
+    _events_section(page, run)
     events = {m.name: m.events for m in dyn.maps}
     page.figure(
         f"{key}-dims",
@@ -222,22 +249,7 @@ def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints:
         "learning-rate decays dashed, droppings and reboundings marked (cf. paper "
         "Figure 4)",
     )
-    last = len(dyn.iterations) - 1
-    picks = sorted({round(x) for x in np.linspace(0, last, min(checkpoints, last + 1))})
-    curves: dict[str, list] = {n: [] for n in chosen[:3]}
-    first = Spectra.load(dyn.spectra_path(dyn.iterations[0]))
-    for i in picks:
-        iteration = dyn.iterations[i]
-        loaded = {0: first, last: run.final}
-        spectra = loaded[i] if i in loaded else Spectra.load(dyn.spectra_path(iteration))
-        for name in curves:
-            curves[name].append((iteration, spectra.eigenvalues(name).numpy()))
-    page.figure(
-        f"{key}-spectra",
-        eigenspectra_figure(curves, dyn.threshold),
-        f"{run.label}: normalised eigenspectra of {', '.join(curves)} at {len(picks)} "
-        "checkpoints, threshold dashed (cf. paper Figure 3)",
-    )
+    _spectra_figure(page, run, chosen, checkpoints)
     names = (f"iter {dyn.iterations[0]}", f"iter {dyn.iterations[-1]}")
     maps = [MapComparison(m.name, m.channels, m.dims[0], m.dims[-1]) for m in dyn.maps]
     change = Comparison(names, dyn.threshold, maps)
@@ -302,24 +314,32 @@ def _search_command(
     return command_line(["eigenarch", "search"], options)
 
 
+def _search_base(page: Page, run: _Run) -> tuple[WidthSpec | BackboneSpec, str | None] | None:
+    """The backbone a run trained, to search from, and the ``--model`` the search command
+    names (``None`` for a ResiaNet's widths); ``None`` (with a note) when unknown."""
+    config = run.dyn.backbone or {}
+    if "widths" in config:
+        base = WidthSpec(**{k: config[k] for k in ("widths", "depths", "norm", "gn_groups")
+                            if k in config})  # fmt: skip
+        return base, None
+    if config.get("format") == BACKBONE_FORMAT:
+        base = backbone_spec_from_dict(config, f"{run.label} backbone")
+        if base.groups:  # not the builder's own widths: the search reads them from a file
+            return base, str(save_width_spec(page.out / f"{_ident(run.label)}-base.json", base))
+        return base, base.builder
+    page.note(f"{run.label}: the backbone's widths are unknown; no search")
+    return None
+
+
 def _widths_section(
     page: Page, run: _Run, metrics: Sequence[str], multiple: int, side: str
 ) -> None:
     dyn, key = run.dyn, _ident(run.label)
     page.heading(3, "Intrinsic Architecture Search")
-    config = dyn.backbone or {}
-    if "widths" in config:
-        base = WidthSpec(**{k: config[k] for k in ("widths", "depths", "norm", "gn_groups")
-                            if k in config})  # fmt: skip
-        model = None
-    elif config.get("format") == BACKBONE_FORMAT:
-        base = backbone_spec_from_dict(config, f"{run.label} backbone")
-        model = base.builder
-        if base.groups:  # not the builder's own widths: the search reads them from a file
-            model = str(save_width_spec(page.out / f"{key}-base.json", base))
-    else:
-        page.note(f"{run.label}: the backbone's widths are unknown; no search")
+    found_base = _search_base(page, run)
+    if found_base is None:
         return
+    base, model = found_base
     if base.norm == "gn" and multiple % base.gn_groups:
         page.note(f"--multiple {multiple} gives widths that {base.gn_groups} GroupNorm groups "
                   "cannot split")  # fmt: skip
@@ -466,41 +486,84 @@ def _compare(a: _Run, b: _Run) -> Comparison | str:
         return str(exc)
 
 
-def _table1_section(page: Page, rows: Sequence[dict[str, Any]]) -> None:
-    """The paper's Table 1: backbone, MACs, params and COCO AP (mean ± std over seeds)."""
-    metrics = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+@dataclass(frozen=True)
+class ResultTable:
+    """How the report shows one of the demo's tables: its heading, the columns shown as mean
+    ± std over seeds and the columns whose Welch p-value against the base is shown (both
+    (header, key) pairs), and its caption."""
 
-    def value(row: dict[str, Any], key: str) -> str:
-        if row[key] is None:  # no val object of that size
-            return "n/a"
-        std = row.get(f"{key}_std")
-        return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    heading: str
+    values: tuple[tuple[str, str], ...]
+    p_values: tuple[tuple[str, str], ...]
+    caption: str
 
-    def p_value(row: dict[str, Any]) -> str:
-        p = row.get("AP_p")
-        return "" if p is None else f"{p:.3f}"
 
-    page.heading(2, "Backbones compared (Table 1)", "table1")
+_COCO = tuple((key, key) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+_WELCH = "mean ± std over seeds; p: two-sided Welch's t-test against the base (none with one seed)"
+#: ``write_report(tables=...)``: each table's name -> how it is shown, in this order.
+RESULT_TABLES = {
+    "table1": ResultTable(
+        "Backbones compared (Table 1)",
+        _COCO,
+        (("p (AP vs base)", "AP"),),
+        "Each backbone trained from scratch with the same schedule; COCO bbox metrics (%) "
+        f"on the val split, {_WELCH}",
+    ),
+    "table1_2x": ResultTable(
+        "Table 1 at 2x the iterations",
+        _COCO,
+        (("p (AP vs base)", "AP"),),
+        "The rows of Table 1 retrained at twice the iterations (the paper's 2x schedule "
+        f"beside its 1x); COCO bbox metrics (%) on the val split, {_WELCH}",
+    ),
+    "table2": ResultTable(
+        "Transferred to classification (Table 2)",
+        (("top-1 err", "top1_err"), ("top-5 err", "top5_err")),
+        (("p (top-1 vs base)", "top1_err"), ("p (top-5 vs base)", "top5_err")),
+        "The base and the searched backbones with BatchNorm trained as classifiers (SGD, "
+        "x0.1 steps at 1/3 and 2/3 of the run, as the paper's A.2); error (%) on the val "
+        f"split of the classification set; params as in Table 1; {_WELCH}",
+    ),
+    "mask": ResultTable(
+        "Mask R-CNN (section 4.6)",
+        (("AP bbox", "AP_bbox"), ("AP mask", "AP_mask")),
+        (("p (bbox vs base)", "AP_bbox"), ("p (mask vs base)", "AP_mask")),
+        "The base and the searched backbones trained from scratch as Mask R-CNN with the "
+        f"schedule of Table 1; COCO box and mask AP (%) on the val split, {_WELCH}",
+    ),
+}
+
+
+def _mean_std(row: dict[str, Any], key: str) -> str:
+    if row[key] is None:  # e.g. no val object of that size
+        return "n/a"
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def _p_value(row: dict[str, Any], key: str) -> str:
+    p = row.get(f"{key}_p")
+    return "" if p is None else f"{p:.3f}"
+
+
+def _result_section(page: Page, name: str, rows: Sequence[dict[str, Any]]) -> None:
+    """One of :data:`RESULT_TABLES`: backbone, widths, cost, seeds and its values."""
+    shown = RESULT_TABLES[name]
+    page.heading(2, shown.heading, name)
     page.table(
-        "table1",
-        ["backbone", "widths", "MACs (G)", "params (M)", "seeds", *metrics, "p (AP vs base)"],
+        f"{name}-table",
+        ["backbone", "widths", "MACs (G)", "params (M)", "seeds",
+         *(h for h, _ in shown.values), *(h for h, _ in shown.p_values)],
         [
-            (
-                r["backbone"],
-                ",".join(map(str, r["widths"])),
-                f"{r['macs'] / 1e9:.3f}",
-                f"{r['params'] / 1e6:.2f}",
-                r["seeds"],
-                *(value(r, m) for m in metrics),
-                p_value(r),
-            )
+            (r["backbone"], ",".join(map(str, r["widths"])), f"{r['macs'] / 1e9:.3f}",
+             f"{r['params'] / 1e6:.2f}", r["seeds"],
+             *(_mean_std(r, k) for _, k in shown.values),
+             *(_p_value(r, k) for _, k in shown.p_values))
             for r in rows
         ],
-        "Each backbone trained from scratch with the same schedule; COCO bbox metrics (%) on "
-        "the val split, mean ± std over seeds; p: two-sided Welch's t-test of AP against the "
-        "base (none with one seed)",
-    )
-    page.summary["table1"] = list(rows)
+        shown.caption,
+    )  # fmt: skip
+    page.summary[name] = list(rows)
 
 
 def _claims_section(page: Page, claims: Sequence[dict[str, Any]]) -> None:
@@ -549,6 +612,41 @@ def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int)
     _dynamics_section(page, run, chosen, checkpoints)
 
 
+def _load_runs(runs: Sequence[str | os.PathLike[str]], names: Sequence[str] | None) -> list[_Run]:
+    """Each run with its dynamics and final spectra, under its distinct name."""
+    if not runs:
+        raise EigenarchError("eigenarch report needs at least one RUN_DIR")
+    paths = [Path(r) for r in runs]
+    labels = list(names) if names else [p.name or str(p) for p in paths]
+    if len(labels) != len(paths) or len({_ident(label) for label in labels}) != len(labels):
+        raise EigenarchError(
+            f"run names {','.join(labels)}: expected {len(paths)} distinct names, one per "
+            "RUN_DIR (set them with --names A,B,...)"
+        )
+    return [_load_run(p, label) for p, label in zip(paths, labels, strict=True)]
+
+
+def _demo_sections(
+    page: Page,
+    tables: Mapping[str, Sequence[dict[str, Any]]],
+    findings: Sequence[str],
+    claims: Sequence[dict[str, Any]],
+) -> None:
+    """What the demo opens the page with: findings, claims and its tables."""
+    unknown = sorted(set(tables) - set(RESULT_TABLES))
+    if unknown:
+        raise EigenarchError(f"tables {', '.join(unknown)}: expected {', '.join(RESULT_TABLES)}")
+    if findings:
+        page.heading(2, "What was found", "findings")
+        page.add("<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in findings) + "</ul>")
+        page.summary["findings"] = list(findings)
+    if claims:
+        _claims_section(page, claims)
+    for name in RESULT_TABLES:
+        if tables.get(name):
+            _result_section(page, name, tables[name])
+
+
 def write_report(
     runs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -563,30 +661,21 @@ def write_report(
     width_specs: Sequence[str | os.PathLike[str]] = (),
     top: int = 10,
     command: str = "",
-    table1: Sequence[dict[str, Any]] = (),
+    tables: Mapping[str, Sequence[dict[str, Any]]] | None = None,
     findings: Sequence[str] = (),
     claims: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write ``OUT/report.html`` (plus ``OUT/report.json`` and ``OUT/plots/``) over ``runs``,
     each analysed first with ``eigenarch dynamics``; returns the HTML path.
 
-    ``table1`` (rows with backbone, macs, params and AP..APl, optionally ``*_std``) and
-    ``findings`` (sentences) and ``claims`` (:meth:`Claim.to_dict` rows) open the page when
-    given, as ``eigenarch demo`` does.
+    ``findings`` (sentences), ``claims`` (:meth:`Claim.to_dict` rows) and ``tables`` (name
+    of :data:`RESULT_TABLES` -> rows with backbone, widths, macs, params, seeds and its
+    values, ``*_std`` and ``*_p``) open the page when given, as ``eigenarch demo`` does.
     """
-    if not runs:
-        raise EigenarchError("eigenarch report needs at least one RUN_DIR")
-    paths = [Path(r) for r in runs]
-    labels = list(names) if names else [p.name or str(p) for p in paths]
-    if len(labels) != len(paths) or len({_ident(label) for label in labels}) != len(labels):
-        raise EigenarchError(
-            f"run names {','.join(labels)}: expected {len(paths)} distinct names, one per "
-            "RUN_DIR (set them with --names A,B,...)"
-        )
     if max_maps < 1 or checkpoints < 1 or top < 1:
         raise EigenarchError("--max-maps, --checkpoints and --top: expected >= 1")
     # Everything a user can get wrong is checked before anything is written.
-    loaded = [_load_run(p, label) for p, label in zip(paths, labels, strict=True)]
+    loaded = _load_runs(runs, names)
     plotted = [pick_maps(run.dyn, maps, max_maps) for run in loaded]
     comparisons = [_compare(loaded[0], other) for other in loaded[1:]]
     plot_stages(loaded[0].final.names, stages)  # checked with one run too
@@ -596,19 +685,12 @@ def write_report(
     ]
     specs = [_read_spec(Path(p)) for p in width_specs]
     page = Page(Path(out), summary={"command": command, "runs": {}, "comparisons": []})
-    page.heading(1, "eigenarch report: " + ", ".join(labels))
+    page.heading(1, "eigenarch report: " + ", ".join(run.label for run in loaded))
     page.add(
         "<p>Eigenspectrum dynamics, intrinsic dimensionalities and Intrinsic Architecture "
         "Search (Shinya, Simo-Serra, Suzuki, ICCV 2019 Workshops, sections 4.2-4.4).</p>"
     )
-    if findings:
-        page.heading(2, "What was found", "findings")
-        page.add("<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in findings) + "</ul>")
-        page.summary["findings"] = list(findings)
-    if claims:
-        _claims_section(page, claims)
-    if table1:
-        _table1_section(page, table1)
+    _demo_sections(page, tables or {}, findings, claims)
     page.heading(2, "Commands", "commands")
     page.code(command or "eigenarch report")
     for run, chosen in zip(loaded, plotted, strict=True):
