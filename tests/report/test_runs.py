@@ -233,6 +233,8 @@ def test_dynamics_compare_and_report_over_reference_runs(
     assert page["runs"]["I"]["dynamics"]["milestones"] == [10, 14]
     assert page["runs"]["I"]["config"]["model"] == spec
     assert "search" not in page["runs"]["I"]  # a factory's widths are not known
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "eigenarch dynamics --checkpoints" in html and "eigenarch train" not in html
     claims = paper_claims({}, None, {"I": load_dynamics(runs["I"]), "S": load_dynamics(runs["S"])})
     rebound = next(c for c in claims if c.key == "f")
     assert rebound.verdict == AGREES and "decay at 10" in rebound.ours

@@ -586,7 +586,9 @@ def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int)
     """A run's commands, settings, final COCO metrics and dynamics."""
     page.heading(2, f"Run {run.label}", _ident(f"run-{run.label}"))
     page.summary["runs"][run.label] = {"path": str(run.path), "config": run.config}
-    page.code(f"{train_command(run.config)}\n{run.dyn.command}")
+    # Another's run (torchvision references' checkpoints) was not trained by eigenarch train.
+    made = [] if run.dyn.trained is not None else [train_command(run.config)]
+    page.code("\n".join([*made, run.dyn.command]))
     page.table(
         f"{_ident(run.label)}-settings",
         ["setting", "value"],
