@@ -304,31 +304,32 @@ def _intrinsic_layers(intrinsic: dict[str, float], base: list) -> list[tuple[str
 
 
 def _search_command(
-    spectra: Path, model: str | None, spec: WidthSpec | BackboneSpec, threshold: float,
+    spectra: Path, model: str, spec: WidthSpec | BackboneSpec, threshold: float,
     target: str, side: str, multiple: int, out: str,
 ) -> str:  # fmt: skip
-    where = {"depths": spec.depths} if model is None else {"model": model}
     options = {"spectra": spectra, "threshold": f"{threshold:g}", "target": target, "side": side,
-               "multiple": multiple, **where, "norm": spec.norm, "gn_groups": spec.gn_groups,
-               "out": out}  # fmt: skip
+               "multiple": multiple, "model": model, "norm": spec.norm,
+               "gn_groups": spec.gn_groups, "out": out}  # fmt: skip
     return command_line(["eigenarch", "search"], options)
 
 
-def _search_base(page: Page, run: _Run) -> tuple[WidthSpec | BackboneSpec, str | None] | None:
+def _search_base(page: Page, run: _Run) -> tuple[WidthSpec | BackboneSpec, str] | None:
     """The backbone a run trained, to search from, and the ``--model`` the search command
-    names (``None`` for a ResiaNet's widths); ``None`` (with a note) when unknown."""
+    names (the builder, or a width-spec file of the run's widths); ``None`` (with a note)
+    when unknown."""
     config = run.dyn.backbone or {}
     if "widths" in config:
         base = WidthSpec(**{k: config[k] for k in ("widths", "depths", "norm", "gn_groups")
                             if k in config})  # fmt: skip
-        return base, None
-    if config.get("format") == BACKBONE_FORMAT:
+    elif config.get("format") == BACKBONE_FORMAT:
         base = backbone_spec_from_dict(config, f"{run.label} backbone")
-        if base.groups:  # not the builder's own widths: the search reads them from a file
-            return base, str(save_width_spec(page.out / f"{_ident(run.label)}-base.json", base))
-        return base, base.builder
-    page.note(f"{run.label}: the backbone's widths are unknown; no search")
-    return None
+        if not base.groups:  # the builder's own widths
+            return base, base.builder
+    else:
+        page.note(f"{run.label}: the backbone's widths are unknown; no search")
+        return None
+    # The run's own widths: the search command analyses the model the maps came from.
+    return base, str(save_width_spec(page.out / f"{_ident(run.label)}-base.json", base))
 
 
 def _widths_section(

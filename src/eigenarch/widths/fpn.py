@@ -97,7 +97,8 @@ def _read_levels(
     found = ", ".join(f"{name} ({width})" for name, width in reads.values())
     raise EigenarchError(
         f"FPN laterals' input widths {found} match no feature levels of the analysed body "
-        f"in order; expected widths among its levels' {list(level_widths)}"
+        f"in order; expected widths among its levels' {list(level_widths)} (is the analysed "
+        "model, --model, the one the maps were collected from?)"
     )
 
 
