@@ -2,7 +2,7 @@
 
 For each command (on the tiny synthetic data) the script makes an uninterrupted reference
 run, then, per signal, runs it again in the same folder, sends the signal part-way (when a
-file appears or at 40% of the reference's wall time), and checks:
+file appears, 0.3 s later, or at 60% of the reference's wall time), and checks:
 
 - the message: SIGINT (to the process group, as Ctrl-C does) ends in ``interrupted``, exit
   130; SIGTERM (to the command's process) in ``terminated``, exit 143; no traceback;
@@ -254,7 +254,8 @@ def trial(case: Case, sig: signal.Signals, out: Path, ref: Path, wall: float, lo
     start, deadline = time.perf_counter(), time.perf_counter() + 20 * wall + 60
     while process.poll() is None and time.perf_counter() < deadline:
         hit = list(out.glob(case.kill_at)) if case.kill_at else []
-        if hit or (case.kill_at is None and time.perf_counter() - start > 0.4 * wall):
+        if hit or (case.kill_at is None and time.perf_counter() - start > 0.6 * wall):
+            time.sleep(0.3 if hit else 0)  # not at the very moment the file appears
             break
         time.sleep(0.05)
     if process.poll() is not None:

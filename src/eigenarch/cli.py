@@ -10,8 +10,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import NoReturn
 
 import typer
@@ -90,7 +92,8 @@ def _sigterm_raises() -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`Terminated` in this process's main
     thread; the previous handler is back afterwards. Forked DataLoader workers inherit the
     handler and ignore the signal there: only this process acts on it, and shuts them down
-    as it unwinds (a worker that raised would print its own traceback)."""
+    as it unwinds (a worker that raised would print its own traceback). Meanwhile
+    :func:`_quiet_lost_receiver` is ``sys.excepthook``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -100,11 +103,28 @@ def _sigterm_raises() -> Iterator[None]:
         if os.getpid() == owner:
             raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, terminate), sys.excepthook
+    sys.excepthook = partial(_quiet_lost_receiver, sys.excepthook)  # loader workers' too
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        sys.excepthook = previous[1]
+
+
+def _quiet_lost_receiver(
+    fallback: Callable, kind: type[BaseException], error: BaseException, trace
+) -> None:
+    """``sys.excepthook`` that drops one harmless error: a loader worker's thread that passes
+    a tensor's file descriptor to the main process (``multiprocessing``'s resource sharer,
+    which reports through ``sys.excepthook``) finding the connection reset because the main
+    process is unwinding (SIGTERM, Ctrl-C): a traceback after our one line. All else goes to
+    ``fallback``, the hook that was there."""
+    lost = issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError))
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+    if lost and any(f.filename.endswith(sharer) for f in traceback.extract_tb(trace)):
+        return
+    fallback(kind, error, trace)
 
 
 def _fail(message: str) -> NoReturn:
