@@ -142,3 +142,14 @@ def test_a_signal_during_train_with_loader_workers_then_resume_is_exact(shapes_r
     for key, value in last[0]["model"].items():
         assert torch.equal(value, last[1]["model"][key]), key
     assert last[0]["iteration"] == last[1]["iteration"] == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_python_imports_the_cli_is_one_line(sig):
+    process = subprocess.Popen([sys.executable, "-m", "eigenarch", "count"],
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.5)  # importing torch takes seconds
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig, stderr
+    assert stderr.strip().splitlines() == ["interrupted" if sig == signal.SIGINT else "terminated"]
