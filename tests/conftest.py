@@ -107,11 +107,16 @@ def logged_steps():
     return _logged_steps
 
 
+#: The reason a ``read_only`` folder gives: EROFS (root) or EACCES (anyone else).
+REFUSED = r"\((Read-only file system|Permission denied)\)"
+
+
 @pytest.fixture
 def read_only(monkeypatch):
     """``read_only(folder)``: ``folder`` refuses new files and renames as a read-only mount
     does: mode 0555, and where that does not stop this process (root), creating, making or
-    renaming anything in it raises ``OSError(EROFS)``."""
+    renaming anything in it raises ``OSError(EROFS)``. :data:`REFUSED` matches the reason
+    either gives."""
     import errno
     from pathlib import Path
 
