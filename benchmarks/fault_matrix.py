@@ -123,7 +123,7 @@ def cases(data: Path, cls: Path, refs: Path) -> list[Case]:
     pretrain = lambda out: ["pretrain", "--data", cls, "--out", out / "p.pt", "--backbone",  # noqa: E731
                             TINY[1], "--gn-groups", "8", "--size", "32", "--epochs", "4",
                             "--batch-size", "4", "--workers", "2"]  # fmt: skip
-    spectrum = lambda out: ["spectrum", "--model", "resnet18", "--data", data, "--images", "12",  # noqa: E731
+    spectrum = lambda out: ["spectrum", "--model", "resnet18", "--data", data, "--images", "48",  # noqa: E731
                             "--batch-size", "1", "--workers", "2", "--out",
                             out / "s.safetensors"]  # fmt: skip
     dynamics = lambda out: ["dynamics", "--run", out, "--images", "4", "--workers", "2"]  # noqa: E731

@@ -19,14 +19,19 @@ def _end_at_startup(signum: int, frame: object) -> None:
 
 
 def run() -> None:
-    """Import the CLI (handling Ctrl-C and SIGTERM meanwhile), then run it."""
+    """Import the CLI (handling Ctrl-C and SIGTERM meanwhile), then run it; its exit status
+    stands, whatever signal comes while Python shuts down."""
     for signum in _STARTUP_SIGNALS:
         signal.signal(signum, _end_at_startup)
     from eigenarch.cli import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own handling
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    main()
+    try:
+        main()
+    finally:  # the command has ended: a signal while Python shuts down changes nothing
+        for signum in _STARTUP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
