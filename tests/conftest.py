@@ -105,3 +105,51 @@ def _logged_steps(run_dir) -> list[dict]:
 def logged_steps():
     """``run_dir -> [one dict per iteration of its metrics.jsonl, wall-clock "time" left out]``."""
     return _logged_steps
+
+
+#: The reason a ``read_only`` folder gives: EROFS (root) or EACCES (anyone else).
+REFUSED = r"\((Read-only file system|Permission denied)\)"
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: ``folder`` refuses new files and renames as a read-only mount
+    does: mode 0555, and where that does not stop this process (root), creating, making or
+    renaming anything in it raises ``OSError(EROFS)``. :data:`REFUSED` matches the reason
+    either gives."""
+    import errno
+    from pathlib import Path
+
+    folders = []
+    real = {name: getattr(os, name) for name in ("open", "mkdir", "replace")}
+
+    def refuse(path) -> None:
+        if any(Path(os.fsdecode(path)).resolve().is_relative_to(f) for f in folders):
+            raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+
+    unnamed = getattr(os, "O_TMPFILE", 0)  # tempfile.TemporaryFile's unnamed file
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT or (unnamed and flags & unnamed == unnamed):
+            refuse(path)
+        return real["open"](path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        refuse(path)
+        return real["mkdir"](path, *args, **kwargs)
+
+    def replace(src, dst, **kwargs):
+        refuse(dst)
+        return real["replace"](src, dst, **kwargs)
+
+    def make(folder):
+        folder.chmod(0o555)
+        folders.append(Path(folder).resolve())
+        if os.access(folder, os.W_OK):  # root: the mode alone does not stop writes
+            for name, patched in (("open", open_), ("mkdir", mkdir), ("replace", replace)):
+                monkeypatch.setattr(os, name, patched)
+        return folder
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)

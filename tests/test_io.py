@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import HOST, atomic_path, atomic_write_text, output_lock
+from eigenarch.io import (
+    HOST,
+    atomic_path,
+    atomic_write_text,
+    check_writable,
+    load_torch,
+    output_lock,
+)
+
+from .conftest import REFUSED
 
 #: A process killed (SIGKILL) halfway through an atomic write into ``sys.argv[1]``.
 KILLED_WRITE = """
@@ -121,3 +133,65 @@ def test_a_file_output_is_locked_beside_it(tmp_path):
             with output_lock(out, "--out", folder=False):
                 pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_folder_is_one_line_naming_the_file_and_keeps_it(tmp_path, read_only):
+    target = atomic_write_text(tmp_path / "out" / "metrics.json", "before")
+    read_only(target.parent)
+    with pytest.raises(EigenarchError) as info:
+        atomic_write_text(target, "after")
+    message = str(info.value)
+    assert re.fullmatch(f"{target}: cannot write {REFUSED}; the previous file is intact", message)
+    with pytest.raises(EigenarchError, match=f"^{target}: cannot write {REFUSED}; the previous"):
+        check_writable(target)
+    with pytest.raises(EigenarchError, match=f"new/deeper/x.json: cannot write {REFUSED}$"):
+        check_writable(target.parent / "new" / "deeper" / "x.json")  # made later: probed above
+    assert target.read_text() == "before" and _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["write", "rename"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES])
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, where, code):
+    target = atomic_write_text(tmp_path / "spectra.json", "before")
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    if where == "rename":
+        monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(EigenarchError) as info, atomic_path(target) as tmp:
+        tmp.write_text("half")
+        if where == "write":
+            fail()
+    assert (
+        str(info.value)
+        == f"{target}: cannot write ({os.strerror(code)}); the previous file is intact"
+    )
+    assert target.read_text() == "before" and _temps(tmp_path) == []
+
+
+def test_other_os_errors_are_not_called_a_full_disk(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "x.json"):
+        open(tmp_path / "absent" / "y", "rb")
+
+
+def test_check_writable_leaves_nothing(tmp_path):
+    assert check_writable(tmp_path / "a" / "b.json") == tmp_path / "a" / "b.json"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(EigenarchError, match="is a folder"):
+        check_writable(tmp_path)
+
+
+def test_a_flipped_byte_in_a_torch_file_is_refused(tmp_path):
+    path = tmp_path / "w.pt"
+    with open(path, "wb") as f:
+        torch.save({"weight": torch.arange(4096.0)}, f)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"archive/data/0") + 1000  # inside the tensor's 16 KB
+    data[start] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["weight"], torch.arange(4096.0))
+    with pytest.raises(EigenarchError) as info:
+        load_torch(path, "checkpoint")
+    assert str(info.value) == (f"{path}: not a readable checkpoint (damaged torch.save file: "
+                               "record data/0 fails its CRC check)")  # fmt: skip

@@ -26,6 +26,14 @@ def hold(folder, name):
 
 
 if __name__ == "__main__":
+    if sys.argv[2] == "handled":  # as the eigenarch command handles SIGTERM
+        import signal
+        from eigenarch.errors import Terminated
+
+        def terminate(signum, frame):
+            raise Terminated
+
+        signal.signal(signal.SIGTERM, terminate)
     run_parallel({n: partial(hold, sys.argv[1], n) for n in "ab"}, 2, lambda n: (0, 1), "hold")
 """
 
@@ -48,19 +56,23 @@ def _wait_for(condition, seconds: float) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
-def test_workers_end_when_their_parent_is_killed(tmp_path, sig):
+@pytest.mark.parametrize(
+    ("sig", "handling"),
+    [(signal.SIGKILL, "default"), (signal.SIGTERM, "default"), (signal.SIGTERM, "handled")],
+    ids=["kill-9", "SIGTERM", "SIGTERM-handled"],
+)
+def test_workers_end_when_their_parent_is_killed(tmp_path, sig, handling):
     script = tmp_path / "hold.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path), handling], env=env)
     try:
         files = [tmp_path / "a.pid", tmp_path / "b.pid"]
         assert _wait_for(lambda: all(f.is_file() and f.read_text() for f in files), 120)
         workers = [int(f.read_text()) for f in files]
         assert all(_alive(pid) for pid in workers)
         parent.send_signal(sig)
-        parent.wait(30)
+        parent.wait(30)  # handled: the parent unwinds, it does not wait for the running calls
         assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10), workers
     finally:
         parent.kill()

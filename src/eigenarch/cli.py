@@ -6,7 +6,14 @@ Each area of the package adds its commands with a ``register(app)`` function in 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import NoReturn
 
 import typer
@@ -15,7 +22,7 @@ from typer.exceptions import TyperException
 from eigenarch import demo as demo_cli
 from eigenarch.data import cli as data_cli
 from eigenarch.distributed import shutdown_distributed
-from eigenarch.errors import EigenarchError
+from eigenarch.errors import EigenarchError, Terminated
 from eigenarch.evaluation import cli as evaluation_cli
 from eigenarch.nas import cli as nas_cli
 from eigenarch.progress import console
@@ -26,6 +33,8 @@ from eigenarch.widths import cli as widths_cli
 
 #: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
 INTERRUPTED = 130
+#: The exit status after SIGTERM (128 + SIGTERM).
+TERMINATED = 143
 
 app = typer.Typer(
     name="eigenarch",
@@ -47,29 +56,75 @@ widths_cli.register(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a user error (ours or a bad command line) prints ``error: <message>`` on
-    one line and exits 2; Ctrl-C prints ``interrupted`` and exits 130; a clean finish leaves
-    the ``torch.distributed`` group, if any."""
-    try:
-        code = typer.main.get_command(app).main(
-            args=argv, prog_name="eigenarch", standalone_mode=False
-        )
-    except EigenarchError as exc:
-        _fail(str(exc))
-    except TyperException as exc:  # a missing or unknown option, a bad value
-        if not exc.format_message():  # no arguments at all: the help was shown
-            sys.exit(exc.exit_code)
-        context = getattr(exc, "ctx", None)
-        path = context.command_path if context is not None else "eigenarch"
-        _fail(f"{path}: {exc.format_message()} (see {path} --help)")
-    except typer.Abort:  # end of input at a prompt (Ctrl-C returns INTERRUPTED as ``code``)
-        console.print("aborted", highlight=False)
-        sys.exit(1)
+    one line and exits 2; Ctrl-C prints ``interrupted`` and exits 130, SIGTERM
+    ``terminated`` and exits 143, each after the command has unwound (temporary files
+    removed, locks released, workers shut down); a clean finish leaves the
+    ``torch.distributed`` group, if any."""
+    with _sigterm_raises():
+        try:
+            code = typer.main.get_command(app).main(
+                args=argv, prog_name="eigenarch", standalone_mode=False
+            )
+        except Terminated:
+            console.print("terminated", highlight=False)
+            sys.exit(TERMINATED)
+        except EigenarchError as exc:
+            _fail(str(exc))
+        except TyperException as exc:  # a missing or unknown option, a bad value
+            if not exc.format_message():  # no arguments at all: the help was shown
+                sys.exit(exc.exit_code)
+            context = getattr(exc, "ctx", None)
+            path = context.command_path if context is not None else "eigenarch"
+            _fail(f"{path}: {exc.format_message()} (see {path} --help)")
+        except typer.Abort:  # end of input at a prompt (Ctrl-C returns INTERRUPTED as ``code``)
+            console.print("aborted", highlight=False)
+            sys.exit(1)
     if code == INTERRUPTED:  # typer's answer to Ctrl-C / SIGINT (a KeyboardInterrupt)
         console.print("interrupted", highlight=False)
     if isinstance(code, int) and code != 0:  # typer's Exit(code)
         sys.exit(code)
     shutdown_distributed()  # a clean finish: under torchrun, every rank gets here
     sys.exit(0)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in this process's main
+    thread; the previous handler is back afterwards. Forked DataLoader workers inherit the
+    handler and ignore the signal there: only this process acts on it, and shuts them down
+    as it unwinds (a worker that raised would print its own traceback). Meanwhile
+    :func:`_quiet_lost_receiver` is ``sys.excepthook``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, frame: object) -> None:
+        if os.getpid() == owner:
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate), sys.excepthook
+    sys.excepthook = partial(_quiet_lost_receiver, sys.excepthook)  # loader workers' too
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        sys.excepthook = previous[1]
+
+
+def _quiet_lost_receiver(
+    fallback: Callable, kind: type[BaseException], error: BaseException, trace
+) -> None:
+    """``sys.excepthook`` that drops one harmless error: a loader worker's thread that passes
+    a tensor's file descriptor to the main process (``multiprocessing``'s resource sharer,
+    which reports through ``sys.excepthook``) finding the connection reset because the main
+    process is unwinding (SIGTERM, Ctrl-C): a traceback after our one line. All else goes to
+    ``fallback``, the hook that was there."""
+    lost = issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError))
+    sharer = os.path.join("multiprocessing", "resource_sharer.py")
+    if lost and any(f.filename.endswith(sharer) for f in traceback.extract_tb(trace)):
+        return
+    fallback(kind, error, trace)
 
 
 def _fail(message: str) -> NoReturn:

@@ -32,3 +32,10 @@ def _original_message(reraised: str, cls: type) -> str:
     name = f"{cls.__module__}.{cls.__qualname__}: "
     start = reraised.rfind("\n" + name)
     return reraised[start + 1 + len(name) :].strip() if start >= 0 else reraised
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread of the ``eigenarch`` command (see
+    :func:`eigenarch.cli.main`): it unwinds the command as Ctrl-C does (temporary files
+    removed, locks released, loader workers shut down), then the CLI prints one line and
+    exits 143. Not an ``Exception``, so that no ``except Exception`` swallows it."""

@@ -5,11 +5,13 @@ which never runs code from them."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
 import socket
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,29 +32,65 @@ HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
 
 
+#: Why a write fails that the user can fix: a full disk or quota, a read-only or foreign folder.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left untouched, so a
-    reader never sees a half-written file. The temporary file's name holds this host and
-    process id; those that a killed writer left in the folder are removed first.
+    reader never sees a half-written file; a full disk or a read-only folder (at the write or
+    the rename) is a one-line error naming ``path``. The temporary file's name holds this
+    host and process id; those that a killed writer left in the folder are removed first.
     """
     target = output_file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target.parent)
-    prefix = f".{target.name}.{HOST}-{os.getpid()}."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    with unwritable_as_error(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target.parent)
+        prefix = f".{target.name}.{HOST}-{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp, and writers that recreate the file (safetensors), leave 0600: the usual mode
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
+        with unwritable_as_error(target):
+            yield tmp_path
+            # mkstemp, and writers that recreate the file (safetensors), leave 0600: usual mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def unwritable_as_error(target: Path) -> Iterator[None]:
+    """Turn an ``OSError`` of :data:`UNWRITABLE` kind in the block into a one-line
+    :class:`EigenarchError` naming ``target`` (and saying that a file there is intact)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        kept = "; the previous file is intact" if target.is_file() else ""
+        reason = exc.strerror or str(exc)
+        raise EigenarchError(f"{target}: cannot write ({reason}){kept}") from None
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """``path`` as :func:`output_file` checks it, and a temporary file created and removed in
+    its folder (or the nearest folder above that exists, where the folder will be made):
+    a one-line error now for a read-only or full output, not after hours of work."""
+    target = output_file(path)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    with unwritable_as_error(target):
+        prefix = f".{target.name}.{HOST}-{os.getpid()}."
+        with tempfile.TemporaryFile(prefix=prefix, suffix=".tmp", dir=folder):
+            pass
+    return target
 
 
 def remove_stale_temps(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
@@ -182,11 +220,28 @@ def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
         raise EigenarchError(f"{path}: is a folder; expected a {what}")
     if not path.is_file():
         raise EigenarchError(f"{path}: {what} not found")
+    damaged = _zip_damage(path)
+    if damaged:
+        raise EigenarchError(f"{path}: not a readable {what} (damaged torch.save file: {damaged})")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(path, exc)})") from None
+
+
+def _zip_damage(path: Path) -> str | None:
+    """What is wrong with the zip archive that ``torch.save`` writes, or None: every record's
+    CRC-32 is checked, which ``torch.load`` does not do (a flipped byte in a tensor would load
+    silently). Files that are not zip archives are left to ``torch.load``."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, UnicodeDecodeError, EOFError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return f"record {bad.split('/', 1)[-1]} fails its CRC check" if bad else None
 
 
 def _unreadable(path: Path, exc: Exception) -> str:

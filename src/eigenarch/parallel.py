@@ -65,7 +65,8 @@ def run_parallel(
     shows ``progress(name) -> (done, total)``. A call must pickle: a module-level function
     or a ``functools.partial`` of one; worker processes are spawned, so a script calling
     this (or :func:`eigenarch.demo.run_demo`) needs the ``if __name__ == "__main__":`` guard.
-    The workers end with this process, also when it is killed.
+    The workers end with this process, also when it is killed; when a call fails or this
+    process is interrupted (Ctrl-C, SIGTERM), the other running calls are ended at once.
     """
     jobs = max(1, min(jobs, len(calls)))
     if jobs == 1:
@@ -90,7 +91,9 @@ def run_parallel(
                     bar.update(tasks[name], completed=progress(name)[0])
                 for future in finished:
                     future.result()  # a failed call stops the rest, with its error
-        except BaseException:  # also Ctrl-C: nothing queued starts any more
+        except BaseException:  # also Ctrl-C, SIGTERM: nothing queued starts, nothing runs on
+            for process in list(pool._processes.values()):  # noqa: SLF001 (no public way)
+                process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         return {name: future.result() for name, future in futures.items()}

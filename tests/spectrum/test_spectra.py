@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 
@@ -143,26 +144,89 @@ def test_foreign_files_are_refused(spectra, tmp_path):
             Spectra.load(tmp_path / name)
 
 
-def test_sidecar_naming_maps_absent_from_file_is_refused(spectra, tmp_path):
+def _edit(field: str, value):
+    def edit(info: dict) -> None:
+        *path, last = field.split(".")
+        target = info
+        for key in path:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("maps.0.samples", 11, "field 'maps[0].samples' is 11, but s.safetensors holds 10"),
+        ("maps.0.channels", 7, "field 'maps[0].channels' is 7, but s.safetensors holds 5"),
+        ("maps.1.name", "b:out", "field 'maps[1].name' is \"b:out\", but s.safetensors holds"),
+        ("meta.model", "resnet50", "field 'meta.model' is \"resnet50\", but s.safetensors"),
+        ("meta.seed", 3, "field 'meta.seed' is 3, but s.safetensors holds none"),
+        ("maps.2.samples", KeyError, "field 'maps[2].samples' is missing, but s.safetensors"),
+        ("maps.0.samples", 10.0, "field 'maps[0].samples' is 10.0, but s.safetensors holds 10"),
+        ("meta", KeyError, "field 'meta' is missing, but s.safetensors holds {\"model\""),
+    ],
+)
+def test_an_edited_sidecar_is_refused_naming_the_field(spectra, tmp_path, field, value, message):
     path = spectra.save(tmp_path / "s.safetensors")
     info = json.loads(sidecar(path).read_text())
-    info["maps"][0]["channels"] = 7
-    sidecar(path).write_text(json.dumps(info))
-    with pytest.raises(EigenarchError, match="no 7-channel tensors for map 'a:in'"):
+    _edit(field, value)(info)
+    sidecar(path).write_text(json.dumps(info, indent=2))
+    with pytest.raises(EigenarchError) as error:
         Spectra.load(path)
+    assert str(error.value).startswith(f"{sidecar(path)}: ") and message in str(error.value)
+    assert str(error.value).endswith("(an edited sidecar?)")
+
+
+def test_an_older_format_is_refused_in_one_line(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    info = json.loads(sidecar(path).read_text())
+    sidecar(path).write_text(json.dumps({**info, "version": 1}))
+    with pytest.raises(EigenarchError, match="version 1, expected 2 \\(an older eigenarch's"):
+        Spectra.load(path)
+
+
+def test_the_same_spectra_give_byte_identical_files(spectra, tmp_path):
+    # safetensors writes header metadata in a hash order that differs between saves
+    spectra.meta = {"model": "toy", "data": "d", "split": "train", "seed": 0, "processes": 1}
+    files = [spectra.save(tmp_path / f"s{i}.safetensors") for i in range(8)]
+    for path in files[1:]:
+        assert path.read_bytes() == files[0].read_bytes(), path
+        assert sidecar(path).read_bytes() == sidecar(files[0]).read_bytes(), path
+
+
+def test_decompose_runs_on_one_thread_and_restores_the_callers_count(spectra, monkeypatch):
+    seen = []
+    eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda m: seen.append(torch.get_num_threads())
+                        or eigvalsh(m))  # fmt: skip
+    torch.set_num_threads(2)
+    ticks = []
+    spectra.decompose(advance=lambda: ticks.append(torch.get_num_threads()))
+    assert torch.get_num_threads() == 2 and seen == [1, 1, 1] and ticks == [1, 1, 1]
+    spectra.eigenvalues("a:in")  # computed: no decomposition, no thread change
+    assert seen == [1, 1, 1] and torch.get_num_threads() == 2
 
 
 def test_failed_save_leaves_previous_file(spectra, tmp_path, monkeypatch):
     path = spectra.save(tmp_path / "s.safetensors")
     before = path.read_bytes()
 
-    def broken(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"partial")
-        raise OSError("disk full")
+    def broken(self, data):
+        open(self, "wb").write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spectra_module, "save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(spectra_module.Path, "write_bytes", broken)
+    with pytest.raises(EigenarchError) as info:
         spectra.save(path)
+    assert (
+        str(info.value)
+        == f"{path}: cannot write (No space left on device); the previous file is intact"
+    )
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
     assert Spectra.load(path).names == spectra.names

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from eigenarch.data.shapes import ShapesConfig, generate_shapes
 from eigenarch.models.detector import build_detector
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT
+
+from ..conftest import REFUSED
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,9 @@ def test_same_seed_same_file(run_cli, shapes, tmp_path):
         assert collect(run_cli, shapes, tmp_path / name, *args).code == 0
     a, b = Spectra.load(tmp_path / "a"), Spectra.load(tmp_path / "b")
     assert all(torch.equal(a.covariance(n), b.covariance(n)) for n in a.names)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()  # metadata order too
+    sidecars = [(tmp_path / f"{name}.json").read_text() for name in "ab"]
+    assert sidecars[0] == sidecars[1].replace(str(tmp_path / "b"), str(tmp_path / "a"))
 
 
 def test_detector_with_random_weights(run_cli, shapes, tmp_path):
@@ -188,3 +195,39 @@ def test_output_folder_or_empty_split_fails_before_the_data_pass(run_cli, shapes
     r = collect(run_cli, empty, tmp_path / "e", "--model", "resnet18")
     assert r.code == 2 and "train: no images" in r.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_a_read_only_output_fails_before_the_data_pass(run_cli, shapes, tmp_path, read_only,
+                                                        monkeypatch):  # fmt: skip
+    def data_pass(*args, **kwargs):
+        raise AssertionError("the data pass ran")
+
+    monkeypatch.setattr("eigenarch.spectrum.stream.stream_spectra", data_pass)
+    (tmp_path / "ro").mkdir()
+    out = read_only(tmp_path / "ro")
+    r = collect(run_cli, shapes, out / "sub" / "s.safetensors", "--model", "resnet18")
+    lines = r.stderr.strip().splitlines()
+    assert r.code == 2 and len(lines) == 1, r.stderr
+    assert re.fullmatch(f"error: {out / 'sub' / 's.safetensors'}: cannot write {REFUSED}", lines[0])
+
+
+def test_a_full_disk_at_the_end_keeps_the_previous_spectra(run_cli, shapes, tmp_path,
+                                                           monkeypatch):  # fmt: skip
+    out = tmp_path / "s.safetensors"
+    args = ("--model", "resnet18", "--include", "fc")
+    assert collect(run_cli, shapes, out, *args).code == 0
+    before = out.read_bytes(), (tmp_path / "s.safetensors.json").read_bytes()
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", full)
+    r = collect(run_cli, shapes, out, *args, "--seed", "1")
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        r.code == 2
+        and last
+        == f"error: {out}: cannot write (No space left on device); the previous file is intact"
+    )
+    assert (out.read_bytes(), (tmp_path / "s.safetensors.json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]

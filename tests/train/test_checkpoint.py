@@ -91,3 +91,27 @@ def test_foreign_files_are_one_line_for_every_command(case, run, shapes_root, tm
     spectrum = run_cli("spectrum", "--model", path, "--data", shapes_root, "--images", "1",
                        "--workers", "0", "--out", tmp_path / "s.safetensors")  # fmt: skip
     _one_line(spectrum, f"{path}: not a readable torch checkpoint ({reason}")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_same_payload_same_bytes(
+    tmp_path, monkeypatch
+):
+    from eigenarch.train.checkpoint import save_checkpoint
+
+    payload = {"format": "x", "model": {"w": torch.arange(6.0)}}
+    path = save_checkpoint(tmp_path / "iter_0000001.pt", payload)
+    before = path.read_bytes()
+    assert save_checkpoint(tmp_path / "again.pt", payload).read_bytes() == before
+    real_save = torch.save
+
+    def full(obj, f):  # torch.save into a file on a full disk
+        real_save(obj, f)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(EigenarchError) as info:
+        save_checkpoint(path, {**payload, "iteration": 2})
+    assert str(info.value) == (f"{path}: cannot write (No space left on device); the previous "
+                               "file is intact")  # fmt: skip
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.pt", "iter_0000001.pt"]

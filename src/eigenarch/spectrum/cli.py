@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from eigenarch.data.coco import CocoDetection
-from eigenarch.distributed import init_distributed, local_device
+from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.io import output_file
 from eigenarch.options import parse_sides, parse_threshold
 from eigenarch.progress import console
 from eigenarch.spectrum.spectra import Spectra
-from eigenarch.spectrum.stream import build_model, sample_images, stream_spectra
+from eigenarch.spectrum.stream import collect_spectra
 
 spectrum_app = typer.Typer(
     help="Eigenspectra of every conv / linear map of a model, and their intrinsic dimensions.",
@@ -96,38 +93,13 @@ def collect(
     if model is None or data is None:
         raise EigenarchError("eigenarch spectrum needs --model and --data (see --help)")
     cut = parse_threshold(threshold)
-    if images < 1 or batch_size < 1:
-        raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
-    if min_size is not None and min_size < 1:
-        raise EigenarchError(f"--min-size {min_size}: expected a positive number of pixels")
-    output_file(out)  # a folder there fails now, not after the data pass
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
-    dataset = CocoDetection.from_root(data, split=split, masks=False)
-    if len(dataset) == 0:
-        raise EigenarchError(f"{data} {split}: no images to collect spectra from")
-    rank, world = init_distributed(device)
-    device = str(local_device(device))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)  # NCCL reduces on the current device
-    torch.manual_seed(seed)
-    net, detector = build_model(model, dataset.num_classes, min_size, weights)
-    net.eval().to(device)
-    if images > len(dataset) and rank == 0:
-        console.print(f"{data} {split}: {len(dataset)} images, using all of them")
-    chosen = sample_images(len(dataset), images, seed)
-    spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
-                             workers=workers, device=device, include=include or None,
-                             sides=parse_sides(sides), max_channels=max_channels)  # fmt: skip
-    spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
-                    "seed": seed, "processes": world}  # fmt: skip
-    if weights is not None:
-        spectra.meta["weights"] = str(weights)
-    if rank == 0:
-        spectra.save(out)
+    spectra = collect_spectra(model, data, out, weights=weights, split=split, images=images,
+                              seed=seed, batch_size=batch_size, include=include or None,
+                              sides=parse_sides(sides), max_channels=max_channels,
+                              min_size=min_size, device=device, workers=workers)  # fmt: skip
+    if is_main():
         _report(spectra, cut, as_json)
-        console.print(f"wrote {out} ({len(spectra.names)} maps, {len(chosen)} images)",
+        console.print(f"wrote {out} ({len(spectra.names)} maps, {spectra.meta['images']} images)",
                       highlight=False)  # fmt: skip
 
 

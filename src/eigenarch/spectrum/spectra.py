@@ -4,8 +4,8 @@ A spectra file is a ``safetensors`` file holding, per map, the upper triangle of
 covariance (``covariance/<map>``, row-major, the order of ``torch.triu_indices``) and its
 normalised eigenvalues (``eigenvalues/<map>``, so re-thresholding needs no decomposition),
 plus a JSON sidecar ``<file>.json`` with the format tag, every map's name, channel and sample
-count, free-form metadata and the SHA-256 of the tensor file, so that a corrupted, foreign or
-mismatched pair is refused on loading.
+count, free-form metadata and the SHA-256 of the tensor file; the tensor file's header holds
+a copy of those fields. A corrupted, foreign, mismatched or edited pair is refused on loading.
 """
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_path, atomic_write_json
 
 FORMAT = "eigenarch-spectra"
-VERSION = 1
+VERSION = 2
 #: Default threshold T on normalised eigenvalues (the paper's 1e-3).
 THRESHOLD = 1e-3
 
@@ -90,13 +90,38 @@ class Spectra:
     def eigenvalues(self, name: str) -> Tensor:
         """Float64 eigenvalues, descending, negatives clamped to 0, divided by the largest.
 
-        A dead map (largest eigenvalue 0) gives all zeros, never NaN.
+        A dead map (largest eigenvalue 0) gives all zeros, never NaN. Computed on first use
+        by :meth:`decompose` (for this map only).
         """
+        self._get(name)
         if name not in self._eigenvalues:
-            values = _eigvalsh(self._get(name)).flip(0).clamp_(min=0)
-            largest = values[0].item() if len(values) else 0.0
-            self._eigenvalues[name] = values / largest if largest > 0 else torch.zeros_like(values)
+            self.decompose([name])
         return self._eigenvalues[name]
+
+    def decompose(
+        self, names: list[str] | None = None, advance: Callable[[], object] | None = None
+    ) -> None:
+        """Compute the eigenvalues of every map (or of ``names``) not computed yet, calling
+        ``advance()`` after each.
+
+        The whole step runs on one intra-op thread, and the caller's thread count is back
+        afterwards: LAPACK's threaded tridiagonalisation of these (C, C) float64 matrices is
+        slower, by 12x for C = 1024 on a busy 2-core machine (0.11 s vs 1.3 s).
+        """
+        todo = [name for name in names or self.names if name not in self._eigenvalues]
+        if not todo:
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name in todo:
+                values = torch.linalg.eigvalsh(self._get(name)).flip(0).clamp_(min=0)
+                largest = values[0].item() if len(values) else 0.0
+                self._eigenvalues[name] = values / largest if largest > 0 else values.zero_()
+                if advance is not None:
+                    advance()
+        finally:
+            torch.set_num_threads(threads)
 
     def intrinsic_dim(self, name: str, threshold: float = THRESHOLD) -> int:
         """``#{lambda_k / lambda_max > threshold}`` (0 for a dead map)."""
@@ -104,6 +129,7 @@ class Spectra:
 
     def intrinsic_dims(self, threshold: float = THRESHOLD) -> dict[str, int]:
         """``{map name: intrinsic dimensionality}`` of every map: what a width search reads."""
+        self.decompose()
         return {name: self.intrinsic_dim(name, threshold) for name in self.names}
 
     def degrees_of_freedom(self, name: str, gamma: float = THRESHOLD) -> float:
@@ -123,6 +149,7 @@ class Spectra:
     def summary(self, threshold: float = THRESHOLD) -> list[dict[str, Any]]:
         """One row per map: name, channels, samples, intrinsic dim at ``threshold``, share of
         channels used, degrees of freedom (``gamma = threshold``) and effective rank."""
+        self.decompose()
         rows = []
         for name in self.names:
             channels, dim = self.channels(name), self.intrinsic_dim(name, threshold)
@@ -138,65 +165,48 @@ class Spectra:
         return rows
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (safetensors) and ``path.json`` (sidecar), each atomically."""
+        """Write ``path`` (safetensors) and ``path.json`` (sidecar), each atomically.
+
+        The tensor file's header holds a copy of the sidecar's fields (which loading compares
+        with the sidecar); the same spectra give byte-identical files."""
         path = Path(path)
+        self.decompose()
         tensors = {}
         for name, cov in self._covariances.items():
             rows, cols = torch.triu_indices(*cov.shape)
             tensors[f"covariance/{name}"] = cov[rows, cols].contiguous()
             tensors[f"eigenvalues/{name}"] = self.eigenvalues(name)
+        maps = [{"name": n, "channels": self.channels(n), "samples": self._samples[n]}
+                for n in self.names]  # fmt: skip
+        info = {"format": FORMAT, "version": VERSION, "maps": maps, "meta": self.meta}
+        # one metadata entry: safetensors writes several in a random (hash) order
+        data = save(tensors, metadata={FORMAT: json.dumps(info, separators=(",", ":"))})
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"format": FORMAT, "version": str(VERSION)})
-            digest = _sha256(tmp)
-        atomic_write_json(sidecar(path), {
-            "format": FORMAT,
-            "version": VERSION,
-            "tensors_sha256": digest,
-            "maps": [
-                {"name": n, "channels": self.channels(n), "samples": self._samples[n]}
-                for n in self.names
-            ],
-            "meta": self.meta,
-        })  # fmt: skip
+            tmp.write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_json(sidecar(path), {**info, "tensors_sha256": digest})
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Spectra:
-        """Read a file written by :meth:`save`; refuses corrupted, foreign or mismatched files."""
+        """Read a file written by :meth:`save`; refuses corrupted, foreign, mismatched or
+        edited files (tensors, or any field of the sidecar) in one line naming the file."""
         path = Path(path)
-        if not path.is_file():
-            folder = path.is_dir()
-            what = "is a folder; expected a spectra file" if folder else "spectra file not found"
-            raise EigenarchError(f"{path}: {what}")
-        if not _looks_like_safetensors(path):
-            raise EigenarchError(f"{path}: not a spectra file (expected the safetensors file "
-                                 "that eigenarch spectrum writes)")  # fmt: skip
-        side = sidecar(path)
-        if not side.is_file():
-            raise EigenarchError(f"{path}: its JSON sidecar {side.name} is missing")
+        side, info = _read_sidecar(path)
         try:
-            info = json.loads(side.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EigenarchError(f"{side}: not valid JSON (corrupted sidecar?)") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            raise EigenarchError(f"{side}: not an eigenarch spectra sidecar")
-        if info.get("version") != VERSION:
-            raise EigenarchError(
-                f"{side}: spectra format version {info.get('version')!r}, expected {VERSION}"
-            )
-        if _sha256(path) != info.get("tensors_sha256"):
-            raise EigenarchError(
-                f"{path}: contents do not match {side.name} (corrupted or replaced file)"
-            )
-        try:
-            tensors = load_file(path)
-            maps = [(m["name"], int(m["channels"]), int(m["samples"])) for m in info["maps"]]
-        except SafetensorError as exc:
-            raise EigenarchError(f"{path}: not a readable safetensors file ({exc})") from None
-        except (KeyError, TypeError, ValueError):
-            raise EigenarchError(f"{side}: malformed 'maps' list") from None
+            with safe_open(path, framework="pt") as f:
+                stored = json.loads((f.metadata() or {})[FORMAT])
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        except (SafetensorError, KeyError, ValueError) as exc:
+            raise EigenarchError(f"{path}: not a readable spectra file ({exc})") from None
+        edited = _difference({**info, "tensors_sha256": None}, {**stored, "tensors_sha256": None})
+        if edited:
+            field, found, expected = edited
+            raise EigenarchError(f"{side}: field {field!r} is {found}, but {path.name} holds "
+                                 f"{expected} (an edited sidecar?)")  # fmt: skip
         covariances, samples, eigenvalues = {}, {}, {}
-        for name, channels, count in maps:
+        for entry in stored["maps"]:
+            name, channels = entry["name"], entry["channels"]
             packed = tensors.get(f"covariance/{name}")
             values = tensors.get(f"eigenvalues/{name}")
             if (
@@ -210,21 +220,70 @@ class Spectra:
             rows, cols = torch.triu_indices(channels, channels)
             cov[rows, cols] = packed
             cov[cols, rows] = packed
-            covariances[name], samples[name], eigenvalues[name] = cov, count, values
-        spectra = cls(covariances, samples, info.get("meta") or {})
+            covariances[name], samples[name], eigenvalues[name] = cov, entry["samples"], values
+        spectra = cls(covariances, samples, stored.get("meta") or {})
         spectra._eigenvalues = eigenvalues
         return spectra
 
 
-def _eigvalsh(matrix: Tensor) -> Tensor:
-    """``eigvalsh`` on one thread: LAPACK's threaded tridiagonalisation of these (C, C) float64
-    matrices is slower, by 12x for C = 1024 on a busy 2-core machine (0.11 s vs 1.3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
+    """``path``'s sidecar and its fields, after checking that ``path`` is a spectra file
+    whose SHA-256 the sidecar holds; one-line errors otherwise."""
+    if not path.is_file():
+        folder = path.is_dir()
+        what = "is a folder; expected a spectra file" if folder else "spectra file not found"
+        raise EigenarchError(f"{path}: {what}")
+    if not _looks_like_safetensors(path):
+        raise EigenarchError(f"{path}: not a spectra file (expected the safetensors file "
+                             "that eigenarch spectrum writes)")  # fmt: skip
+    side = sidecar(path)
+    if not side.is_file():
+        raise EigenarchError(f"{path}: its JSON sidecar {side.name} is missing")
     try:
-        return torch.linalg.eigvalsh(matrix)
-    finally:
-        torch.set_num_threads(threads)
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EigenarchError(f"{side}: not valid JSON (corrupted sidecar?)") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise EigenarchError(f"{side}: not an eigenarch spectra sidecar")
+    if info.get("version") != VERSION:
+        older = " (an older eigenarch's: compute it again)" if info.get("version") == 1 else ""
+        raise EigenarchError(
+            f"{side}: spectra format version {info.get('version')!r}, expected {VERSION}{older}"
+        )
+    if _sha256(path) != info.get("tensors_sha256"):
+        raise EigenarchError(
+            f"{path}: contents do not match {side.name} (corrupted or replaced file)"
+        )
+    return side, info
+
+
+def _difference(found: Any, expected: Any, field: str = "") -> tuple[str, str, str] | None:
+    """The first difference of JSON value ``found`` from ``expected``: ``(field, found,
+    expected)``, the field named as in ``maps[0].samples``; None where they are equal."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        for key in [*expected, *(key for key in found if key not in expected)]:
+            where = f"{field}.{key}" if field else key
+            if key not in found or key not in expected:
+                mine = _short(found[key]) if key in found else "missing"
+                return where, mine, _short(expected[key]) if key in expected else "none"
+            difference = _difference(found[key], expected[key], where)
+            if difference:
+                return difference
+        return None
+    if isinstance(found, list) and isinstance(expected, list) and len(found) == len(expected):
+        for i, (a, b) in enumerate(zip(found, expected, strict=True)):
+            difference = _difference(a, b, f"{field}[{i}]")
+            if difference:
+                return difference
+        return None
+    if found == expected and type(found) is type(expected):
+        return None
+    return field, _short(found), _short(expected)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _looks_like_safetensors(path: Path) -> bool:

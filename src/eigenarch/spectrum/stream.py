@@ -1,5 +1,6 @@
 """Build a model by name or from a checkpoint, sample images, stream them through it with
-every map hooked: the data pass of ``eigenarch spectrum`` and ``eigenarch dynamics``."""
+every map hooked: the data pass of ``eigenarch spectrum`` (:func:`collect_spectra`) and
+``eigenarch dynamics``."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms import v2
 
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoDetection
+from eigenarch.distributed import init_distributed, local_device, world_size
 from eigenarch.distributed import rank as dist_rank
-from eigenarch.distributed import world_size
 from eigenarch.errors import EigenarchError
-from eigenarch.io import load_torch
+from eigenarch.io import check_writable, load_torch
 from eigenarch.models.backbones import classifier_by_name
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector, unhooked_note
@@ -274,9 +275,7 @@ def stream_spectra(
         spectra = collector.spectra()
         if rank == 0:  # the decompositions take a while too (29 s for convnext_tiny): shown
             task = bar.add_task("eigenvalues", total=len(spectra.names), info="")
-            for name in spectra.names:
-                spectra.eigenvalues(name)
-                bar.update(task, advance=1)
+            spectra.decompose(advance=lambda: bar.update(task, advance=1))
     return spectra
 
 
@@ -284,3 +283,66 @@ def sample_images(total: int, images: int, seed: int) -> list[int]:
     """``images`` indices of ``range(total)`` drawn at random with ``seed`` (all if fewer)."""
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     return order[: min(images, total)].tolist()
+
+
+def collect_spectra(
+    model: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    split: str = "train",
+    images: int = 5000,
+    seed: int = 0,
+    batch_size: int = 2,
+    include: list[str] | None = None,
+    sides: list[str] | tuple[str, ...] = ("in", "out"),
+    max_channels: int = 4096,
+    min_size: int | None = None,
+    device: str | None = None,
+    workers: int = 2,
+) -> Spectra:
+    """``eigenarch spectrum``: the spectra of ``model`` (see :func:`build_model`) over
+    ``images`` images of ``data``'s ``split`` drawn with ``seed``, written to ``out`` (and its
+    sidecar) by rank 0.
+
+    Every input and the writability of ``out`` are checked before the data pass; under
+    ``torchrun`` each process takes its share of the images.
+    """
+    if images < 1 or batch_size < 1:
+        raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
+    if min_size is not None and min_size < 1:
+        raise EigenarchError(f"--min-size {min_size}: expected a positive number of pixels")
+    check_writable(out)  # a folder or a read-only place fails now, not after the data pass
+    device = _device(device)
+    dataset = CocoDetection.from_root(data, split=split, masks=False)
+    if len(dataset) == 0:
+        raise EigenarchError(f"{data} {split}: no images to collect spectra from")
+    _, world = init_distributed(device)
+    device = str(local_device(device))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # NCCL reduces on the current device
+    torch.manual_seed(seed)
+    net, detector = build_model(model, dataset.num_classes, min_size, weights)
+    net.eval().to(device)
+    if images > len(dataset) and dist_rank() == 0:
+        console.print(f"{data} {split}: {len(dataset)} images, using all of them")
+    chosen = sample_images(len(dataset), images, seed)
+    spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
+                             workers=workers, device=device, include=include,
+                             sides=sides, max_channels=max_channels)  # fmt: skip
+    spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
+                    "seed": seed, "processes": world}  # fmt: skip
+    if weights is not None:
+        spectra.meta["weights"] = str(weights)
+    if dist_rank() == 0:
+        spectra.save(out)
+    return spectra
+
+
+def _device(device: str | None) -> str:
+    """``--device``, by default cuda where available; a one-line error for cuda without it."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
+    return device

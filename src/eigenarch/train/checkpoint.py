@@ -40,9 +40,14 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` with ``torch.save`` to a temporary file, then rename it."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Write ``payload`` with ``torch.save`` to a temporary file, then rename it.
+
+    Written through a Python file, so that a full disk is an ``OSError`` (a one-line error
+    of :func:`eigenarch.io.atomic_path`), not torch's ``enforce fail``, and the archive's
+    records are named ``archive/...`` whatever the temporary file's name: the same payload
+    gives the same bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return Path(path)
 
 

@@ -121,6 +121,9 @@ def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise EigenarchError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # a damaged file, or not a text file at all
+        raise EigenarchError(f"{what} {path}: not UTF-8 text (byte {exc.start}); expected "
+                             "a JSON file (damaged?)") from None  # fmt: skip
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
