@@ -47,3 +47,27 @@ def test_the_check_finds_cli_imports_of_every_form(tmp_path):
     found = {m for m in _imports(fake, tmp_path) if m.endswith(".cli")}
     assert found == {"eigenarch.train.cli", "eigenarch.widths.cli", "eigenarch.spectrum.cli",
                      "eigenarch.report.cli"}  # fmt: skip
+
+
+def _calls(path: Path, name: str) -> list[int]:
+    """The lines where ``path`` calls a function called ``name``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == name
+    ]
+
+
+def test_only_commands_join_the_process_group(tmp_path):
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted(ROOT.rglob("*.py"))
+        if path.name != "cli.py"
+        for line in _calls(path, "init_distributed")
+    ]
+    assert offenders == []
+    library = tmp_path / "loop.py"
+    library.write_text("import eigenarch.distributed as d\nd.init_distributed('cpu')\n")
+    assert _calls(library, "init_distributed") == [2]  # the check can fail

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ``terminated`` and exits 143, each after the command has unwound (temporary files
     removed, locks released, workers shut down); a clean finish leaves the
     ``torch.distributed`` group, if any."""
-    with _sigterm_raises():
+    with _signals_raise():
         try:
             code = typer.main.get_command(app).main(
                 args=argv, prog_name="eigenarch", standalone_mode=False
@@ -88,28 +88,30 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM raises :class:`Terminated` in this process's main
-    thread; the previous handler is back afterwards. Forked DataLoader workers inherit the
-    handler and ignore the signal there: only this process acts on it, and shuts them down
-    as it unwinds (a worker that raised would print its own traceback). Meanwhile
-    :func:`_quiet_lost_receiver` is ``sys.excepthook``."""
+def _signals_raise() -> Iterator[None]:
+    """While the block runs, SIGINT raises ``KeyboardInterrupt`` and SIGTERM
+    :class:`Terminated` in this process's main thread; the previous handlers are back
+    afterwards. Forked workers (DataLoader's, the data generator's) inherit the handlers at
+    the fork and ignore the signals there: only this process acts on them, and shuts the
+    workers down as it unwinds (a worker that raised would print its own traceback).
+    Meanwhile :func:`_quiet_lost_receiver` is ``sys.excepthook``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     owner = os.getpid()
 
-    def terminate(signum: int, frame: object) -> None:
+    def raise_in_owner(signum: int, frame: object) -> None:
         if os.getpid() == owner:
-            raise Terminated
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate), sys.excepthook
-    sys.excepthook = partial(_quiet_lost_receiver, sys.excepthook)  # loader workers' too
+    previous = {s: signal.signal(s, raise_in_owner) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.excepthook = sys.excepthook, partial(_quiet_lost_receiver, sys.excepthook)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        sys.excepthook = previous[1]
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.excepthook = hook
 
 
 def _quiet_lost_receiver(

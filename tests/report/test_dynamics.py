@@ -172,6 +172,13 @@ def test_cli_reuses_spectra_and_recomputes_on_new_settings(
     # Other settings (fewer images) need a new pass over the data.
     with pytest.raises(AssertionError, match="recomputed"):
         run_cli("dynamics", "--run", run, "--images", "2", "--workers", "0")
+    # So does a file of an older spectra format, as the same settings computed it.
+    first = files[0].with_name(files[0].name + ".json")
+    old = json.loads(first.read_text())
+    first.write_text(json.dumps({**old, "version": 1}))
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_cli("dynamics", "--run", run, "--images", known.images, "--workers", "0")
+    first.write_text(json.dumps(old))
     monkeypatch.undo()
     monkeypatch.setenv("COLUMNS", "250")  # table rows on one line each
     r = run_cli(

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from eigenarch.distributed import is_main
+from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.options import parse_sides, parse_threshold
+from eigenarch.options import parse_device, parse_sides, parse_threshold
 from eigenarch.progress import console
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.spectrum.stream import collect_spectra
@@ -92,7 +92,8 @@ def collect(
         return
     if model is None or data is None:
         raise EigenarchError("eigenarch spectrum needs --model and --data (see --help)")
-    cut = parse_threshold(threshold)
+    cut, device = parse_threshold(threshold), parse_device(device)
+    init_distributed(device)
     spectra = collect_spectra(model, data, out, weights=weights, split=split, images=images,
                               seed=seed, batch_size=batch_size, include=include or None,
                               sides=parse_sides(sides), max_channels=max_channels,

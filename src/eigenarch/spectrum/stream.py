@@ -4,9 +4,6 @@ every map hooked: the data pass of ``eigenarch spectrum`` (:func:`collect_spectr
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,11 +13,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms import v2
 
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoDetection
-from eigenarch.distributed import init_distributed, local_device, world_size
+from eigenarch.distributed import local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
 from eigenarch.io import check_writable, load_torch
 from eigenarch.models.backbones import classifier_by_name
+from eigenarch.models.factory import call_factory, is_factory
+from eigenarch.options import parse_device
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector, unhooked_note
 from eigenarch.spectrum.spectra import Spectra
@@ -57,8 +56,8 @@ def build_model(
         load_weights(model, state, spec, what)
     else:
         state = weights_state(weights) if weights is not None else None
-        if ":" in spec:
-            model, what = _factory_model(spec), f"model of {spec}"
+        if is_factory(spec):
+            model, what = call_factory(spec), f"model of {spec}"
         else:
             model, what = _torchvision_model(spec, num_classes), spec
             classes = _detector_classes(model, state, num_classes)
@@ -140,40 +139,6 @@ def _detector_classes(model: torch.nn.Module, state: dict | None, num_classes: i
             return None
         found.add(value.shape[0] // per_class)
     return found.pop() if len(found) == 1 else None
-
-
-def _factory_model(spec: str) -> torch.nn.Module:
-    """``factory()`` of ``path/to/file.py:factory`` or ``package.module:factory`` (the user's
-    code runs; its own errors are its own tracebacks)."""
-    source, _, name = spec.rpartition(":")
-    if not source or not name.isidentifier():
-        raise EigenarchError(f"--model {spec!r}: expected path/to/file.py:factory or "
-                             "package.module:factory")  # fmt: skip
-    if source.endswith(".py"):
-        if not Path(source).is_file():
-            raise EigenarchError(f"--model {spec!r}: {source} not found")
-        name_in_modules = f"_eigenarch_model_{Path(source).stem}"  # never shadows a real one
-        found = importlib.util.spec_from_file_location(name_in_modules, source)
-        module = importlib.util.module_from_spec(found)
-        sys.modules[name_in_modules] = module  # dataclasses and pickle look modules up there
-        found.loader.exec_module(module)
-    else:
-        if str(Path.cwd()) not in sys.path and "" not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # package.module of the current folder
-        try:
-            module = importlib.import_module(source)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not source.startswith(exc.name):
-                raise  # the user's module imports something missing: their traceback
-            raise EigenarchError(f"--model {spec!r}: no module named {exc.name!r}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise EigenarchError(f"--model {spec!r}: {source} has no function {name!r}")
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise EigenarchError(f"--model {spec!r}: {name}() returned a {type(model).__name__}, "
-                             "expected a torch.nn.Module")  # fmt: skip
-    return model
 
 
 def _is_detector(model: torch.nn.Module) -> bool:
@@ -304,21 +269,19 @@ def collect_spectra(
 ) -> Spectra:
     """``eigenarch spectrum``: the spectra of ``model`` (see :func:`build_model`) over
     ``images`` images of ``data``'s ``split`` drawn with ``seed``, written to ``out`` (and its
-    sidecar) by rank 0.
-
-    Every input and the writability of ``out`` are checked before the data pass; under
-    ``torchrun`` each process takes its share of the images.
+    sidecar) by rank 0. Under ``torchrun``, join the process group first
+    (:func:`eigenarch.distributed.init_distributed`): each process takes its share of the
+    images. Every input and the writability of ``out`` are checked before the data pass.
     """
     if images < 1 or batch_size < 1:
         raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
     if min_size is not None and min_size < 1:
         raise EigenarchError(f"--min-size {min_size}: expected a positive number of pixels")
     check_writable(out)  # a folder or a read-only place fails now, not after the data pass
-    device = _device(device)
+    device = parse_device(device)
     dataset = CocoDetection.from_root(data, split=split, masks=False)
     if len(dataset) == 0:
         raise EigenarchError(f"{data} {split}: no images to collect spectra from")
-    _, world = init_distributed(device)
     device = str(local_device(device))
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL reduces on the current device
@@ -332,17 +295,9 @@ def collect_spectra(
                              workers=workers, device=device, include=include,
                              sides=sides, max_channels=max_channels)  # fmt: skip
     spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
-                    "seed": seed, "processes": world}  # fmt: skip
+                    "seed": seed, "processes": world_size()}  # fmt: skip
     if weights is not None:
         spectra.meta["weights"] = str(weights)
     if dist_rank() == 0:
         spectra.save(out)
     return spectra
-
-
-def _device(device: str | None) -> str:
-    """``--device``, by default cuda where available; a one-line error for cuda without it."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EigenarchError(f"--device {device}: CUDA is not available on this machine")
-    return device
