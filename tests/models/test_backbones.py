@@ -94,7 +94,8 @@ def test_fpn_laterals_read_the_stage_they_are_wired_to():
 
 
 @pytest.mark.parametrize(
-    "p6, stage", [(False, "block2"), (True, "block3")]  # P2-P5 (Faster R-CNN), P3-P5 (RetinaNet)
+    "p6, stage",
+    [(False, "block2"), (True, "block3")],  # P2-P5 (Faster R-CNN), P3-P5 (RetinaNet)
 )
 def test_fpn_laterals_read_the_level_of_the_detectors_pyramid(p6, stage):
     spec = backbone_spec("regnet_y_400mf", "bn")
