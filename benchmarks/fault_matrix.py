@@ -186,7 +186,7 @@ def startup_time() -> float:
     """Seconds Python takes to import the CLI now (before it, a signal meets Python's
     default handling: the command has not started)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import eigenarch.cli"], check=True)
+    subprocess.run([sys.executable, "-c", "import eigenarch.cli.app"], check=True)
     return time.perf_counter() - start
 
 

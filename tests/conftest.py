@@ -24,7 +24,7 @@ class CliResult:
 @pytest.fixture
 def run_cli(capsys):
     """Run ``eigenarch ARGS...`` in-process; returns exit code, stdout and stderr."""
-    from eigenarch.cli import main
+    from eigenarch.cli.app import main
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()

@@ -52,7 +52,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(run_cli, monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("eigenarch.data.cli.generate_shapes", interrupted)
+    monkeypatch.setattr("eigenarch.cli.data.generate_shapes", interrupted)
     result = run_cli("data", "shapes", "--out", tmp_path / "d")
     assert result.code == 130 and result.stderr.strip().splitlines()[-1] == "interrupted"
 

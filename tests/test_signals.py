@@ -21,8 +21,8 @@ from .train.conftest import TINY_ARGS
 #: atomic write: the command must unwind (no temporary file) and say so in one line.
 TERMINATED_MID_WRITE = """
 import os, signal, sys
-import eigenarch.data.cli
-from eigenarch.cli import main
+import eigenarch.cli.data
+from eigenarch.cli.app import main
 from eigenarch.io import atomic_path
 
 def generate(root, *args, **kwargs):
@@ -31,7 +31,7 @@ def generate(root, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pause()
 
-eigenarch.data.cli.generate_shapes = generate
+eigenarch.cli.data.generate_shapes = generate
 main(["data", "shapes", "--out", sys.argv[1]])
 """
 
@@ -51,8 +51,8 @@ def test_sigterm_unwinds_and_prints_terminated(tmp_path):
 LOST_RECEIVER = """
 import os, socket, sys, time
 from multiprocessing import resource_sharer
-from eigenarch.cli import main
-import eigenarch.data.cli
+from eigenarch.cli.app import main
+import eigenarch.cli.data
 
 def lose_receiver(*args, **kwargs):
     shared = resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))
@@ -63,7 +63,7 @@ def lose_receiver(*args, **kwargs):
     time.sleep(0.3)
     raise KeyboardInterrupt
 
-eigenarch.data.cli.generate_shapes = lose_receiver
+eigenarch.cli.data.generate_shapes = lose_receiver
 main(["data", "shapes", "--out", sys.argv[1]])
 """
 

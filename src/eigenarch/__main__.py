@@ -23,7 +23,7 @@ def run() -> None:
     stands, whatever signal comes while Python shuts down."""
     for signum in _STARTUP_SIGNALS:
         signal.signal(signum, _end_at_startup)
-    from eigenarch.cli import main
+    from eigenarch.cli.app import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own handling
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

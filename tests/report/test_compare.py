@@ -9,7 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from eigenarch.report.cli import joined_names
+from eigenarch.cli.report import joined_names
 from eigenarch.report.compare import (
     PARTS,
     Comparison,

@@ -47,7 +47,7 @@ TABLES += ["width-specs-table", "A-vs-B-part", "A-vs-B-stage", "A-vs-B-top"]
 @pytest.fixture(scope="module")
 def report(analysed_runs, tmp_path_factory):
     """The report over runs A and B (and a width spec), written once for this module."""
-    from eigenarch.cli import main
+    from eigenarch.cli.app import main
 
     out = tmp_path_factory.mktemp("report")
     spec = out.parent / "spec.json"

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.evaluation.cli import metrics_table
+from eigenarch.cli.evaluation import metrics_table
 from eigenarch.nas.search import STRATEGIES, SearchConfig
 from eigenarch.nas.shufflenet import (
     CHOICES,
@@ -35,7 +35,7 @@ from eigenarch.nas.supernet import (
 )
 from eigenarch.options import parse_ints, parse_number
 from eigenarch.progress import console
-from eigenarch.train import cli as train_cli
+from eigenarch.cli import train as train_cli
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
 from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config
 

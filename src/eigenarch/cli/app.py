@@ -1,7 +1,7 @@
 """The ``eigenarch`` command line: a thin layer over the library's functions.
 
-Each area of the package adds its commands with a ``register(app)`` function in its own
-``cli`` module; this file only assembles them and turns user errors into one-line messages.
+Each command group adds its commands with a ``register(app)`` function in its own module
+of this package; this file only assembles them and turns user errors into one-line messages.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from typing import NoReturn
 import typer
 from typer.exceptions import TyperException
 
-from eigenarch import demo as demo_cli
-from eigenarch.data import cli as data_cli
+from eigenarch.cli import data as data_cli
+from eigenarch.cli import demo as demo_cli
+from eigenarch.cli import evaluation as evaluation_cli
+from eigenarch.cli import nas as nas_cli
+from eigenarch.cli import report as report_cli
+from eigenarch.cli import spectrum as spectrum_cli
+from eigenarch.cli import train as train_cli
+from eigenarch.cli import widths as widths_cli
 from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError, Terminated
-from eigenarch.evaluation import cli as evaluation_cli
-from eigenarch.nas import cli as nas_cli
 from eigenarch.progress import console
-from eigenarch.report import cli as report_cli
-from eigenarch.spectrum import cli as spectrum_cli
-from eigenarch.train import cli as train_cli
-from eigenarch.widths import cli as widths_cli
 
 #: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
 INTERRUPTED = 130
