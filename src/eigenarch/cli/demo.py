@@ -10,6 +10,7 @@ from eigenarch.demo import run_demo
 from eigenarch.progress import console
 from eigenarch.report.claims import claim_line
 
+
 def _print_summary(state: dict) -> None:
     total = sum(step["seconds"] for step in state["steps"].values())
     report = state["steps"]["report"]["outputs"]

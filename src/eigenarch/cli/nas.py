@@ -10,9 +10,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from eigenarch.cli import train as train_cli
+from eigenarch.cli.evaluation import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.cli.evaluation import metrics_table
 from eigenarch.nas.search import STRATEGIES, SearchConfig
 from eigenarch.nas.shufflenet import (
     CHOICES,
@@ -35,7 +36,6 @@ from eigenarch.nas.supernet import (
 )
 from eigenarch.options import parse_ints, parse_number
 from eigenarch.progress import console
-from eigenarch.cli import train as train_cli
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
 from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 
+from eigenarch.cli.evaluation import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.cli.evaluation import metrics_table
 from eigenarch.options import parse_ints
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
