@@ -20,10 +20,10 @@ import timeit
 
 import torch
 
-from eigenarch.models.backbones import classifier_by_name, search_spec
-from eigenarch.models.detector import backbone_spec
+from eigenarch.models.backbone import BackboneOptions, parse_backbone
+from eigenarch.models.builders import classifier_by_name
 from eigenarch.widths import RESNET50_WIDTHS, graph_cost, resnet_cost, trace_model, width_ties
-from eigenarch.widths.search import group_maps
+from eigenarch.widths.ias import group_maps
 
 MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2",
@@ -53,7 +53,7 @@ def per_call_us(fn, number: int, repeat: int = 7) -> float:
 
 def measure(name: str) -> dict:
     norm = None if name.startswith("convnext") else "bn"
-    spec = backbone_spec(name, norm)
+    spec = parse_backbone(name, BackboneOptions(norm))
     start = time.perf_counter()  # what a first search in a process pays before searching
     graph = trace_model(classifier_by_name(name, norm), torch.zeros(1, 3, 224, 224))
     ties = width_ties(graph)
@@ -61,9 +61,9 @@ def measure(name: str) -> dict:
     dims = synthetic_dims(graph)
     multiple = math.lcm(8, *(t.divisor for t in ties))
     start = time.perf_counter()
-    result, _ = search_spec(spec, dims, "base", "macs", multiple, "in")  # caches its trace
+    result, _ = spec.search(dims, "base", "macs", multiple, "in")  # caches its trace
     first_search_s = time.perf_counter() - start
-    warm_ms = per_call_us(lambda: search_spec(spec, dims, "base", "macs", multiple), 3, 5) / 1e3
+    warm_ms = per_call_us(lambda: spec.search(dims, "base", "macs", multiple), 3, 5) / 1e3
     return {
         "model": name,
         "groups": len(graph.groups),

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from eigenarch.data.shapes import ShapesConfig, generate_shapes
-from eigenarch.nas.search import SearchConfig, run_search
+from eigenarch.nas.evolution import SearchConfig, run_search
 from eigenarch.nas.shufflenet import SPACES, path_macs
 
 DETECTOR = [

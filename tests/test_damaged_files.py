@@ -13,8 +13,11 @@ import shutil
 import pytest
 import torch
 
+from eigenarch.models import (
+    ResiaNetBackbone,
+)
 from eigenarch.spectrum import Spectra
-from eigenarch.widths import RESNET50_WIDTHS, WidthSpec, save_width_spec
+from eigenarch.widths import RESNET50_WIDTHS
 
 
 def _half(data: bytes) -> bytes:
@@ -51,7 +54,7 @@ def files(tmp_path, tiny_run):
         tmp_path / "s.safetensors"
     )
     checkpoint = shutil.copy(tiny_run / "checkpoints" / "iter_0000001.pt", tmp_path / "c.pt")
-    spec = save_width_spec(tmp_path / "w.json", WidthSpec(RESNET50_WIDTHS))
+    spec = ResiaNetBackbone(RESNET50_WIDTHS).save(tmp_path / "w.json")
     dims = tmp_path / "dims.json"
     dims.write_text(json.dumps({"backbone.body.conv1:out": 20, "backbone.body.fc:in": 9}))
     return {

@@ -21,7 +21,6 @@ from eigenarch.demo import (
     train_runs,
 )
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import spec_cost
 from eigenarch.widths import resnet_cost
 
 
@@ -99,10 +98,10 @@ def test_detnet_demo_gives_detianets(tmp_path, run_cli):
     labels = [row["backbone"] for row in report["table1"]]
     assert labels[:4] == ["base", "DetiaNet S (MACs)", "DetiaNet I (MACs)", "DetiaNet I (params)"]
     base = base_spec("detnet59")
-    assert report["table1"][0]["macs"] == spec_cost(base).macs
+    assert report["table1"][0]["macs"] == base.cost().macs
     searched = json.loads((tmp_path / "search" / "detianet-s-macs.json").read_text())
     assert searched["builder"] == "detnet59" and searched["source"]["threshold"] == 10**-3.5
-    assert searched["base"]["macs"] == spec_cost(base).macs >= searched["macs"]
+    assert searched["base"]["macs"] == base.cost().macs >= searched["macs"]
     assert "DetiaNet I2-59" in " ".join(report["findings"])
 
 

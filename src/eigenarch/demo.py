@@ -32,13 +32,9 @@ from eigenarch.data.shapes import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json
-from eigenarch.models.backbones import (
-    backbone_graph,
-    scaled_spec,
-    search_spec,
-    spec_cost,
-    spec_widths,
-)
+from eigenarch.models.backbone import Backbone, load_backbone
+from eigenarch.models.builders import BuilderBackbone
+from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
 from eigenarch.report.claims import paper_claims, welch_p
@@ -50,7 +46,6 @@ from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, list_checkpoints, load
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier, resume_path
 from eigenarch.widths.cost import DEFAULT_DEPTHS
-from eigenarch.widths.spec import BackboneSpec, WidthSpec, load_width_spec, save_width_spec
 
 #: The ResNet base network: ResNet-50's depths at a quarter of its widths.
 BASE_WIDTHS = (16, 16, 64, 32, 128, 64, 256, 128, 512)
@@ -75,16 +70,16 @@ BACKBONES = {
 }
 
 
-def base_spec(backbone: str) -> WidthSpec | BackboneSpec:
+def base_spec(backbone: str) -> Backbone:
     """The demo's base network: ``backbone`` (``resnet50`` or ``detnet59``) at a quarter of
     its widths, GroupNorm of 8 groups."""
     if backbone == "resnet50":
-        return WidthSpec(BASE_WIDTHS, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": "base"})
+        return ResiaNetBackbone(BASE_WIDTHS, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": "base"})
     if backbone not in BACKBONES:
         raise EigenarchError(f"--backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
-    graph, _ = backbone_graph(BackboneSpec(backbone, {}, "bn"))
+    graph, _ = BuilderBackbone(backbone, {}, "bn").graph()
     quarter = {g.name: g.width // 4 for g in graph.groups}
-    return BackboneSpec(backbone, quarter, "gn", GN_GROUPS, {"demo": "base"})
+    return BuilderBackbone(backbone, quarter, "gn", GN_GROUPS, {"demo": "base"})
 
 
 DETECTOR = dict(
@@ -167,14 +162,13 @@ class Demo:
     backbone: str = "resnet50"
 
     @property
-    def base(self) -> WidthSpec | BackboneSpec:
+    def base(self) -> Backbone:
         return base_spec(self.backbone)
 
     @property
-    def base_config(self) -> str | dict:
-        """The base network as ``--backbone`` takes it."""
-        base = self.base
-        return _widths(base.widths) if isinstance(base, WidthSpec) else base.to_dict()
+    def base_config(self) -> dict:
+        """The base network's JSON form, as a run's ``backbone`` takes it."""
+        return self.base.to_dict()
 
     @property
     def data(self) -> Path:
@@ -364,7 +358,7 @@ def _dims(demo: Demo, name: str) -> dict[str, int]:
 
 def _step_search(demo: Demo) -> dict:
     base, (family, threshold, _) = demo.base, BACKBONES[demo.backbone]
-    base_cost = spec_cost(base)
+    base_cost = base.cost()
     wanted = {
         f"{family} S (MACs)": ("S", "macs"),
         f"{family} I (MACs)": ("I", "macs"),
@@ -379,20 +373,20 @@ def _step_search(demo: Demo) -> dict:
             "threshold": threshold,
             "target": f"{metric}={budget} (the base network's)",
         }
-        result, spec = search_spec(base, _dims(demo, run), budget, metric, MULTIPLE, "in", source)
+        result, spec = base.search(_dims(demo, run), budget, metric, MULTIPLE, "in", source)
         path = demo.out / "search" / f"{_slug(label)}.json"
-        save_width_spec(path, spec, result.to_dict())
+        spec.save(path, result.to_dict())
         specs[label] = str(path)
     # The simple width multiplier with about the S (MACs) network's parameter reduction.
     target = json.loads(Path(specs[f"{family} S (MACs)"]).read_text())["params"]
     multiplier = min(
         (m / 100 for m in range(10, 201)),
-        key=lambda m: abs(spec_cost(scaled_spec(base, m, MULTIPLE)).params - target),
+        key=lambda m: abs(base.scaled(m, MULTIPLE).cost().params - target),
     )
     label = f"uniform x{multiplier:.2f}"
-    spec = scaled_spec(base, multiplier, MULTIPLE, {"demo": label})
+    spec = base.scaled(multiplier, MULTIPLE, {"demo": label})
     path = demo.out / "search" / "uniform.json"
-    save_width_spec(path, spec, {"multiplier": multiplier})
+    spec.save(path, {"multiplier": multiplier})
     specs[label] = str(path)
     return {"specs": specs}
 
@@ -464,7 +458,7 @@ def _step_mask(demo: Demo, specs: Mapping[str, str]) -> dict:
     return _step_detection(demo, _searched(demo, specs), "mask-", kind="mask_rcnn")
 
 
-def _bn(spec: WidthSpec | BackboneSpec) -> dict:
+def _bn(spec: Backbone) -> dict:
     return replace(spec, norm="bn").to_dict()
 
 
@@ -477,7 +471,7 @@ def _step_table2(demo: Demo, specs: Mapping[str, str]) -> dict:
         return _pretrain_config(demo, out, backbone, seed, norm="bn", schedule="step")
 
     searched = _searched(demo, specs)
-    backbones = {"base": _bn(demo.base)} | {k: _bn(load_width_spec(v)) for k, v in searched.items()}
+    backbones = {"base": _bn(demo.base)} | {k: _bn(load_backbone(v)) for k, v in searched.items()}
     return {"results": _per_row(demo, backbones, config, pretrain_runs)}
 
 
@@ -521,7 +515,7 @@ def results_table(
     specs: Mapping[str, str],
     results: Mapping[str, list[dict]],
     columns: Mapping[str, Callable[[dict], float | None]],
-    base: WidthSpec | BackboneSpec | None = None,
+    base: Backbone | None = None,
 ) -> list[dict]:
     """One row per backbone of ``results`` (label -> one result per seed; ``base``: the
     demo's base network, default the ResNet one): widths, MACs, params, and for each column
@@ -529,9 +523,9 @@ def results_table(
     two-sided Welch's t-test p-value against the base (``None`` for it and with one seed)."""
     rows = []
     for label, runs in results.items():
-        spec = (base or base_spec("resnet50")) if label == "base" else load_width_spec(specs[label])
-        cost = spec_cost(spec)
-        row = {"backbone": label, "widths": spec_widths(spec), "macs": cost.macs,
+        spec = (base or base_spec("resnet50")) if label == "base" else load_backbone(specs[label])
+        cost = spec.cost()
+        row = {"backbone": label, "widths": spec.searched_widths(), "macs": cost.macs,
                "params": cost.params, "seeds": len(runs)}  # fmt: skip
         for key, value in columns.items():
             _stats(row, key, [v for v in map(value, runs) if v is not None])
@@ -546,7 +540,7 @@ def results_table(
 def table1(
     specs: Mapping[str, str],
     metrics: Mapping[str, list[dict]],
-    base: WidthSpec | BackboneSpec | None = None,
+    base: Backbone | None = None,
 ) -> list[dict]:
     """The paper's Table 1 in miniature: cost and COCO bbox AP..APl per backbone (see
     :func:`results_table`)."""
@@ -657,10 +651,6 @@ def _step_report(demo: Demo, outputs: Mapping[str, dict]) -> dict:
         claims=claims,
     )
     return {"report": str(path), **tables, "findings": text, "claims": claims}
-
-
-def _widths(widths) -> str:
-    return ",".join(str(w) for w in widths)
 
 
 def _slug(label: str) -> str:

@@ -258,3 +258,23 @@ def _unreadable(path: Path, exc: Exception) -> str:
     if head[:2] == b"PK" or head[:1] == b"\x80":
         return "truncated or damaged torch.save file"
     return "not a torch.save file"
+
+
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a JSON object from ``path``; one-line errors name ``what``, the file and the problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EigenarchError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # a damaged file, or not a text file at all
+        raise EigenarchError(f"{what} {path}: not UTF-8 text (byte {exc.start}); expected "
+                             "a JSON file (damaged?)") from None  # fmt: skip
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EigenarchError(
+            f"{what} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise EigenarchError(f"{what} {path}: expected a JSON object, got {type(obj).__name__}")
+    return obj

@@ -11,8 +11,13 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models import ResiaNet, resianet, resianet_from_spec
-from eigenarch.widths import RESNET50_WIDTHS, WidthSpec, save_width_spec
+from eigenarch.models import (
+    ResiaNet,
+    ResiaNetBackbone,
+    resianet,
+)
+from eigenarch.models.detector import as_backbone
+from eigenarch.widths import RESNET50_WIDTHS
 
 SMALL = (32, 32, 64, 32, 96, 64, 128, 64, 160)
 
@@ -86,10 +91,10 @@ def test_unknown_norm():
 
 
 def test_build_from_width_spec_file(tmp_path):
-    spec = WidthSpec(SMALL, (1, 1, 2, 1), "gn", 16, {"command": "test"})
-    path = save_width_spec(tmp_path / "w.json", spec)
+    spec = ResiaNetBackbone(SMALL, (1, 1, 2, 1), "gn", 16, {"command": "test"})
+    path = spec.save(tmp_path / "w.json")
     torch.manual_seed(0)
-    from_file = resianet_from_spec(path, num_classes=5)
+    from_file = as_backbone(path).build(num_classes=5)
     torch.manual_seed(0)
     direct = resianet(SMALL, (1, 1, 2, 1), "gn", 16, num_classes=5)
     assert isinstance(from_file, ResiaNet)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.detector import backbone_config, build_detector
+from eigenarch.models.detector import as_backbone, build_detector
 from eigenarch.nas.shufflenet import (
     SPACES,
     ChoiceBlock,
@@ -183,7 +183,7 @@ def test_detnas_descriptions_build_detectors_and_round_trip(tmp_path):
     file.write_text(json.dumps({**detnas_config(TINY_SPACE, path), "fitness": 0.5}))
     loaded = load_detnas_file(file)
     assert loaded["path"] == list(path) and loaded["channels"] == [16, 32, 48, 64]
-    assert backbone_config(str(file))["path"] == list(path)
+    assert as_backbone(str(file)).to_dict()["path"] == list(path)
     model = build_detector(backbone=str(file), num_classes=3, **DETECTOR_KWARGS)
     body = model.backbone.body
     assert not choice_blocks(body)
@@ -192,7 +192,7 @@ def test_detnas_descriptions_build_detectors_and_round_trip(tmp_path):
     assert [m.kernel_size for m in xception if isinstance(m, nn.Conv2d)][0::2] == [(3, 3)] * 3
     rebuilt = detector_from_config({"backbone": loaded, "num_classes": 3, **DETECTOR_KWARGS})
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
-    assert backbone_config("resnet50")["widths"][0] == 64  # width specs are unaffected
+    assert as_backbone("resnet50").to_dict()["widths"][0] == 64  # width specs are unaffected
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     assert load_detnas_file(tmp_path / "other.json") is None
     (tmp_path / "broken.json").write_text('{"format": "eigenarch.detnas", "stem": 8}')

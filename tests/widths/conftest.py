@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eigenarch.widths.cost import resnet_graph
-from eigenarch.widths.search import group_maps
+from eigenarch.widths.ias import group_maps
 
 
 def resnet_tie_maps(depths=(3, 4, 6, 3)) -> list[tuple[list[str], list[str]]]:

@@ -9,10 +9,14 @@ import torch
 import torchvision
 from torch import nn
 
+from eigenarch.models import (
+    BackboneOptions,
+    load_backbone,
+    parse_backbone,
+)
 from eigenarch.options import parse_threshold
 from eigenarch.widths import (
     RESNET50_WIDTHS,
-    load_width_spec,
     resnet_cost,
     search_widths,
     uniform_widths,
@@ -105,7 +109,7 @@ def test_search_with_dims_writes_a_width_spec(run_cli, tmp_path):
         "params": 25_502_912,
     }
     assert obj["norm"] == "gn" and obj["source"]["dims"] == str(tmp_path / "dims.json")
-    assert load_width_spec(out).widths == expected.widths
+    assert load_backbone(out).widths == expected.widths
     reduction = 100 * (1 - expected.params / 25_502_912)
     assert f"parameter reduction {reduction:.1f}%" in r.stdout
     assert "layer3" in r.stdout and "->" in r.stdout
@@ -243,7 +247,7 @@ def test_parse_threshold():
 def test_count_model_json_matches_the_flop_counter(run_cli):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from eigenarch.models.backbones import classifier_by_name
+    from eigenarch.models.builders import classifier_by_name
 
     for name in ("detnet59", "mobilenet_v3_large"):
         r = run_cli("count", "--model", name, "--json")
@@ -261,11 +265,9 @@ def test_count_model_json_matches_the_flop_counter(run_cli):
 
 
 def test_search_model_writes_a_spec_that_count_and_train_read(run_cli, tmp_path, shapes_root):
-    from eigenarch.models.backbones import backbone_graph
-    from eigenarch.models.detector import backbone_spec
-    from eigenarch.widths.search import group_maps
+    from eigenarch.widths.ias import group_maps
 
-    graph, _ = backbone_graph(backbone_spec("mobilenet_v3_large", "bn"))
+    graph, _ = parse_backbone("mobilenet_v3_large", BackboneOptions("bn")).graph()
     dims = {}
     for k, units in enumerate(group_maps(graph).units):
         for producer, readers in units:
@@ -301,7 +303,7 @@ def test_search_model_writes_a_spec_that_count_and_train_read(run_cli, tmp_path,
 
 
 def test_search_from_a_real_spectra_file_of_a_non_resnet(run_cli, tmp_path):
-    from eigenarch.models.backbones import classifier_by_name
+    from eigenarch.models.builders import classifier_by_name
     from eigenarch.spectrum import SpectrumCollector
 
     torch.manual_seed(0)
@@ -327,7 +329,10 @@ def test_search_from_a_real_spectra_file_of_a_non_resnet(run_cli, tmp_path):
     "args, message",
     [
         (("--model", "shufflenet_v2_x1_0"), "reorders or concatenates channels"),
-        (("--model", "vit_b_16"), "a builder name or an existing width-spec file"),
+        (("--model", "no_such_net"), "a builder name or an existing width-spec file"),
+        (("--model", "vit_b_16"), "'vit_b_16' is a transformer, not resizable"),
+        (("--model", "swin_t"), "'swin_t' is a transformer, not resizable"),
+        (("--model", "maxvit_t"), "'maxvit_t' is a transformer, not resizable"),
         (("--model", "resnet18", "--widths", "1,2"), "drop --widths"),
     ],
 )
@@ -354,25 +359,23 @@ def test_a_builder_that_sets_its_own_norm_is_one_line(run_cli):
     r = run_cli("count", "--model", "mnasnet0_5", "--json")
     assert r.code == 0 and json.loads(r.stdout)["macs"] > 0  # costs need no norm
     from eigenarch.errors import EigenarchError
-    from eigenarch.models.backbones import classifier_by_name
+    from eigenarch.models.builders import classifier_by_name
 
     with pytest.raises(EigenarchError, match="sets its own normalisation.*--norm bn"):
         classifier_by_name("mnasnet0_5", "gn")
 
 
 def test_search_tie_table_shows_the_base_range_of_a_tie(run_cli, tmp_path):
-    from eigenarch.models.backbones import backbone_graph
-    from eigenarch.models.detector import backbone_spec
-    from eigenarch.widths.search import group_maps
+    from eigenarch.widths.ias import group_maps
 
-    graph, _ = backbone_graph(backbone_spec("convnext_tiny"))
+    graph, _ = parse_backbone("convnext_tiny").graph()
     dims = {f"{p}:out": 40 for units in group_maps(graph).units for p, _ in units}
     (tmp_path / "d.json").write_text(json.dumps(dims))
     out = tmp_path / "c.json"
     r = run_cli("search", "--dims", tmp_path / "d.json", "--model", "convnext_tiny", "--target",
                 "macs=base", "--multiple", "8", "--side", "out", "--out", out)  # fmt: skip
     assert r.code == 0, r.stderr  # no GroupNorm pre-check for a LayerNorm model
-    graph, _ = backbone_graph(backbone_spec("mobilenet_v3_large", "bn"))
+    graph, _ = parse_backbone("mobilenet_v3_large", BackboneOptions("bn")).graph()
     dims = {f"{p}:out": 40 for units in group_maps(graph).units for p, _ in units}
     (tmp_path / "m.json").write_text(json.dumps(dims))
     r = run_cli("search", "--dims", tmp_path / "m.json", "--model", "mobilenet_v3_large",
@@ -389,6 +392,7 @@ FACTORY = "import torchvision\n\n\ndef net():\n    return torchvision.models.reg
 def test_count_search_and_train_a_backbone_of_a_factory(
     run_cli, tmp_path, monkeypatch, shapes_root
 ):
+    from eigenarch.models.factory import trusted_factories
     from eigenarch.spectrum import SpectrumCollector
     from eigenarch.train.checkpoint import detector_from_checkpoint
 
@@ -419,6 +423,10 @@ def test_count_search_and_train_a_backbone_of_a_factory(
     assert ours["builder"] == "mynet.py:net" and ours["norm"] is None
     assert ours["groups"] == found["regnet_x_400mf"]["groups"] and ours["params"] <= 2_000_000
     r = run_cli("count", "--backbone", tmp_path / "mynet.json", "--json")
+    assert r.code == 2 and "names the factory 'mynet.py:net'" in r.stderr  # a file runs no code
+    assert "--trust-factory mynet.py:net" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("count", "--backbone", tmp_path / "mynet.json", "--json",
+                "--trust-factory", "mynet.py:net")  # fmt: skip
     assert r.code == 0, r.stderr
     assert (json.loads(r.stdout)["macs"], json.loads(r.stdout)["params"]) == (
         ours["macs"], ours["params"]
@@ -426,9 +434,13 @@ def test_count_search_and_train_a_backbone_of_a_factory(
     r = run_cli("train", "--data", shapes_root, "--out", tmp_path / "run", "--backbone",
                 tmp_path / "mynet.json", "--iters", "1", "--batch-size", "1", "--fpn-channels",
                 "32", "--head-channels", "32", "--gn-groups", "8", "--representation", "64",
-                "--min-size", "96", "--max-size", "96", "--workers", "0")  # fmt: skip
+                "--min-size", "96", "--max-size", "96", "--workers", "0",
+                "--trust-factory", "mynet.py:net")  # fmt: skip
     assert r.code == 0, r.stderr  # the spec's widths, built through the factory again
-    model, payload = detector_from_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000001.pt")
+    with trusted_factories(["mynet.py:net"]):  # the Python API: the caller names it
+        model, payload = detector_from_checkpoint(
+            tmp_path / "run" / "checkpoints" / "iter_0000001.pt"
+        )
     assert payload["config"]["backbone"]["builder"] == "mynet.py:net"
     for group, width in ours["groups"].items():
         assert model.backbone.body.get_submodule(group).out_channels == width

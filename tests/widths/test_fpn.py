@@ -9,7 +9,7 @@ from torchvision.models import detection
 from eigenarch.errors import EigenarchError
 from eigenarch.widths import trace_model
 from eigenarch.widths.fpn import FpnLayout, fpn_layout
-from eigenarch.widths.search import _resnet_fpn_graph
+from eigenarch.widths.ias import _resnet_fpn_graph
 
 LEVELS = (256, 512, 1024, 2048)  # a ResNet-50's four feature levels
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import classifier_by_name
+from eigenarch.models.builders import classifier_by_name
 from eigenarch.widths import graph_cost, trace_model
 from eigenarch.widths.resize import resize
 

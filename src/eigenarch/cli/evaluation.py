@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from eigenarch.cli.options import trusting
 from eigenarch.data.coco import CocoDetection, find_split
 from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
@@ -112,4 +113,4 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     """Add ``eigenarch evaluate`` to the main app."""
-    app.command("evaluate")(evaluate)
+    app.command("evaluate")(trusting(evaluate))

@@ -14,7 +14,7 @@ from eigenarch.cli import train as train_cli
 from eigenarch.cli.evaluation import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
-from eigenarch.nas.search import STRATEGIES, SearchConfig
+from eigenarch.nas.evolution import STRATEGIES, SearchConfig
 from eigenarch.nas.shufflenet import (
     CHOICES,
     SearchSpace,

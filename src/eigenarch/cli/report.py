@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
+from eigenarch.cli.options import trusting
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_device, parse_ints, parse_sides, parse_threshold
@@ -440,6 +441,6 @@ class _TwoNamesCommand(_NamesCommand):
 
 def register(app: typer.Typer) -> None:
     """Add ``dynamics``, ``compare`` and ``report`` to the main CLI."""
-    app.command("dynamics")(dynamics)
+    app.command("dynamics")(trusting(dynamics))
     app.command("compare", cls=_TwoNamesCommand)(compare)
-    app.command("report", cls=_NamesCommand)(report)
+    app.command("report", cls=_NamesCommand)(trusting(report))

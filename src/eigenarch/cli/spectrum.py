@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from eigenarch.cli.options import trusting
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_device, parse_sides, parse_threshold
@@ -39,7 +40,6 @@ def _report(spectra: Spectra, threshold: float, as_json: bool) -> None:
         Console().print(summary_table(spectra, threshold))
 
 
-@spectrum_app.callback(invoke_without_command=True)
 def collect(
     ctx: typer.Context,
     model: str = typer.Option(
@@ -116,4 +116,5 @@ def show(
 
 def register(app: typer.Typer) -> None:
     """Add ``eigenarch spectrum`` (and ``spectrum show``) to the main CLI."""
+    spectrum_app.callback(invoke_without_command=True)(trusting(collect))
     app.add_typer(spectrum_app, name="spectrum")

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from eigenarch.cli.evaluation import metrics_table
+from eigenarch.cli.options import trusting
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_ints
@@ -136,5 +137,5 @@ def pretrain_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 def register(app: typer.Typer) -> None:
     """Add ``eigenarch train`` and ``eigenarch pretrain`` to the main app."""
-    app.command("train")(train)
-    app.command("pretrain")(pretrain)
+    app.command("train")(trusting(train))
+    app.command("pretrain")(trusting(pretrain))

@@ -10,20 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from eigenarch.cli.options import trusting
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import PAPER_COSTS, spec_cost
-from eigenarch.models.detector import backbone_spec
+from eigenarch.models.backbone import BackboneOptions, load_backbone, parse_backbone
+from eigenarch.models.builders import PAPER_COSTS
+from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.options import parse_ints, parse_threshold
-from eigenarch.report.search import search_to_file
-from eigenarch.widths.cost import (
-    DEFAULT_DEPTHS,
-    RESNET50_WIDTHS,
-    ModelCost,
-    resnet_cost,
-    uniform_widths,
-)
-from eigenarch.widths.search import WidthSearchResult
-from eigenarch.widths.spec import WidthSpec, load_width_spec
+from eigenarch.report.width_search import search_to_file
+from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS, ModelCost
+from eigenarch.widths.ias import WidthSearchResult
 
 
 class Side(str, Enum):
@@ -157,7 +152,7 @@ def count(
                 f"{chosen[0]} gives the widths; drop --widths/--depths/--multiplier"
             )
         text = model if model is not None else backbone
-        cost = spec_cost(backbone_spec(text, "bn", own_norm=True))
+        cost = parse_backbone(text, BackboneOptions("bn", own_norm=True)).cost()
         if as_json:
             typer.echo(json.dumps(_cost_json(cost, None)))
         else:
@@ -168,14 +163,14 @@ def count(
     if spec is not None:
         if widths is not None or depths is not None:
             raise EigenarchError("--spec gives widths and depths; drop --widths/--depths")
-        loaded = load_width_spec(spec)
-        base, blocks = loaded.widths, loaded.depths
+        counted = load_backbone(spec)
     else:
         base = parse_ints(widths, "--widths") if widths is not None else RESNET50_WIDTHS
         blocks = parse_ints(depths, "--depths") if depths is not None else DEFAULT_DEPTHS
+        counted = ResiaNetBackbone(tuple(base), tuple(blocks), "bn")  # a cost needs no norm
     if multiplier is not None:
-        base = uniform_widths(multiplier, base, multiple)
-    cost = resnet_cost(base, blocks)
+        counted = counted.scaled(multiplier, multiple)
+    cost = counted.cost()
     if as_json:
         typer.echo(json.dumps(_cost_json(cost, multiplier)))
         return
@@ -240,7 +235,7 @@ def search(
         parse_ints(depths, "--depths"), None if norm is None else norm.value, gn_groups,
     )  # fmt: skip
     stdout = Console()
-    if isinstance(found.spec, WidthSpec):
+    if found.spec.width_names():
         stdout.print(comparison_table(found.found, found.base))
     else:
         stdout.print(tie_table(found.result))
@@ -254,5 +249,5 @@ def search(
 
 def register(app: typer.Typer) -> None:
     """Add ``count`` and ``search`` to the main CLI."""
-    app.command("count")(count)
-    app.command("search")(search)
+    app.command("count")(trusting(count))
+    app.command("search")(trusting(search))

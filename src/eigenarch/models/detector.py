@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,133 +25,32 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import LevelMapper
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import (
-    build_backbone,
-    check_backbone_name,
-    feature_levels,
+from eigenarch.models.backbone import (
+    Backbone,
+    BackboneOptions,
+    backbone_from_dict,
+    body_with_fpn,
+    parse_backbone,
 )
-from eigenarch.models.factory import is_factory
-from eigenarch.models.resianet import norm_layer, resianet_from_spec
-from eigenarch.nas.shufflenet import DETNAS_FORMAT, body_from_config, load_detnas_file
-from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
-from eigenarch.widths.fpn import pyramid
-from eigenarch.widths.spec import (
-    BACKBONE_FORMAT,
-    BackboneSpec,
-    WidthSpec,
-    backbone_spec_from_dict,
-    load_width_spec,
-)
+from eigenarch.models.norms import norm_layer
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 #: Anchor sizes per FPN level (P2..P6), torchvision's default.
 DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+#: What ``build_detector`` and ``build_classifier`` take as a backbone: a :class:`Backbone`,
+#: its JSON form, or a ``--backbone`` text (:func:`~eigenarch.models.backbone.parse_backbone`).
+BackboneLike = Backbone | Mapping[str, Any] | str | os.PathLike[str]
 
 
-def backbone_spec(
-    backbone: str | os.PathLike[str] | WidthSpec | BackboneSpec,
-    norm: str | None = None,
-    gn_groups: int = 32,
-    depths: Sequence[int] = DEFAULT_DEPTHS,
-    own_norm: bool = False,
-) -> WidthSpec | BackboneSpec:
-    """Resolve a ``--backbone`` value to a spec: ``"resnet50"`` or nine comma-separated
-    widths (a ResiaNet), a builder name (:func:`~eigenarch.models.backbones.backbone_names`,
-    e.g. ``mobilenet_v3_large``, ``detnet59``), a factory (``file.py:factory``, its own norm)
-    or a width-spec file.
-
-    A spec file keeps its own depths and norm; ``norm`` (default GroupNorm) and
-    ``gn_groups`` apply to names and widths; ``own_norm`` keeps a builder's own norm
-    (BatchNorm, ConvNeXt's LayerNorm) instead, as a cost needs no norm.
-    """
-    if isinstance(backbone, WidthSpec | BackboneSpec):
-        return backbone
-    text = str(backbone)
-    if text == "resnet50":
-        return WidthSpec(
-            RESNET50_WIDTHS, tuple(depths), norm or "gn", gn_groups, {"name": "resnet50"}
-        )
-    if "," in text:
-        try:
-            widths = tuple(int(v) for v in text.split(","))
-        except ValueError:
-            raise EigenarchError(
-                f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers, a "
-                "builder name or a width-spec JSON file"
-            ) from None
-        return WidthSpec(widths, tuple(depths), norm or "gn", gn_groups, {"widths": text})
-    if Path(text).is_file():
-        return load_width_spec(text)
-    if own_norm:
-        return BackboneSpec(check_backbone_name(text), {}, None, gn_groups, {"name": text})
-    if is_factory(text):  # normalised as it builds it; another norm is refused when built
-        return BackboneSpec(text, {}, norm, gn_groups, {"name": text})
-    own = check_backbone_name(text).startswith("convnext")  # LayerNorm
-    return BackboneSpec(text, {}, norm or (None if own else "gn"), gn_groups, {"name": text})
-
-
-def backbone_config(
-    backbone: str | os.PathLike[str] | WidthSpec | BackboneSpec | dict[str, Any],
-    gn_groups: int = 32,
-    norm: str | None = None,
-) -> dict[str, Any]:
-    """The JSON description of a backbone, as a checkpoint's config keeps it.
-
-    A DetNAS network (a dict or JSON file with ``"format": "eigenarch.detnas"``, see
-    :mod:`eigenarch.nas`) is kept as it is; anything else becomes a width spec's dict.
-    """
-    if isinstance(backbone, dict):
-        if backbone.get("format") == DETNAS_FORMAT:
-            return dict(backbone)
-        if backbone.get("format") == BACKBONE_FORMAT:
-            return backbone_spec_from_dict(backbone, "backbone").to_dict()
-        return WidthSpec(**backbone).to_dict()
-    spec = isinstance(backbone, WidthSpec | BackboneSpec)
-    detnas = None if spec else load_detnas_file(backbone)
-    return detnas or backbone_spec(backbone, norm, gn_groups).to_dict()
-
-
-def backbone_body(
-    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any],
-    gn_groups: int = 32,
-    num_classes: int | None = None,
-) -> nn.Module:
-    """The body module of a backbone description; with ``num_classes`` a classifier."""
-    config = backbone_config(backbone, gn_groups)
-    if config.get("format") == DETNAS_FORMAT:
-        return body_from_config(config, num_classes)
-    if config.get("format") == BACKBONE_FORMAT:
-        return build_backbone(backbone_spec_from_dict(config, "backbone"), num_classes or 1000)
-    return resianet_from_spec(WidthSpec(**config), num_classes or 1000)
-
-
-def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
-    """Any backbone ``body`` with an FPN over its feature levels (``out_channels =
-    fpn_channels``).
-
-    The levels are the body's ``stage_names`` / ``stage_channels`` (a ResiaNet's
-    ``layer1..layer4``; DetNet's five stages, whose last FPN level is P6 and no max-pooled
-    level is added), else the last module at each of its last four strides
-    (:func:`~eigenarch.models.backbones.feature_levels`).
-    """
-    if hasattr(body, "stage_channels") and not hasattr(body, "stage_names"):
-        names, channels = ["layer1", "layer2", "layer3", "layer4"], list(body.stage_channels)
-    else:
-        names, channels = feature_levels(body)
-    backbone = pyramid(body, names, channels, fpn_channels, LastLevelMaxPool(),
-                       norm_layer("gn", gn_groups))  # fmt: skip
-    if len(names) == 5:  # DetNet: P6 is the FPN level of stage 6, no max-pooled level
-        backbone.fpn.extra_blocks = None
-    for module in backbone.fpn.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return backbone
+def as_backbone(backbone: BackboneLike, gn_groups: int = 32, norm: str | None = None) -> Backbone:
+    """The :class:`Backbone` of ``backbone``; a text's names and widths get ``norm``
+    (default GroupNorm) and ``gn_groups``."""
+    if isinstance(backbone, Mapping):
+        return backbone_from_dict(backbone)
+    return parse_backbone(backbone, BackboneOptions(norm, gn_groups))
 
 
 def _check_settings(
@@ -172,7 +70,7 @@ def _check_settings(
 
 def build_detector(
     kind: str = "faster_rcnn",
-    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] | nn.Module = "resnet50",
+    backbone: BackboneLike | nn.Module = "resnet50",
     num_classes: int = 91,
     min_size: int = 800,
     max_size: int = 1333,
@@ -189,10 +87,10 @@ def build_detector(
 
     Args:
         kind: ``"faster_rcnn"`` or ``"mask_rcnn"``.
-        backbone: ``"resnet50"``, nine comma-separated widths, a width-spec file or a spec
-            (a ResiaNet is built), a DetNAS network description (file or dict, see
-            :func:`backbone_config`), or any body module with ``stage_channels`` (see
-            :func:`body_with_fpn`).
+        backbone: a :class:`~eigenarch.models.backbone.Backbone`, its JSON form (a
+            checkpoint's ``config["backbone"]``), a ``--backbone`` text (``"resnet50"``,
+            nine widths, a builder name, a width-spec or DetNAS file), or any body module
+            (see :func:`~eigenarch.models.backbone.body_with_fpn`).
         num_classes: classes including background.
         min_size, max_size: the transform's resize (shorter side, cap on the longer side).
         gn_groups: GroupNorm groups everywhere (32 in the paper; fewer for narrow nets).
@@ -202,9 +100,10 @@ def build_detector(
         kwargs: passed on to torchvision's ``FasterRCNN`` (e.g. ``rpn_batch_size_per_image``).
     """
     _check_settings(kind, anchor_sizes, gn_groups, fpn_channels, head_channels)
-    if not isinstance(backbone, nn.Module):
-        backbone = backbone_body(backbone, gn_groups)
-    features = body_with_fpn(backbone, fpn_channels, gn_groups)
+    if isinstance(backbone, nn.Module):
+        features = body_with_fpn(backbone, fpn_channels, gn_groups)
+    else:
+        features = as_backbone(backbone, gn_groups).with_fpn(fpn_channels, gn_groups)
     gn = norm_layer("gn", gn_groups)
     anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     common = dict(
@@ -253,9 +152,7 @@ def _roi_pool(strides: Sequence[int], size: int) -> MultiScaleRoIAlign:
 
 
 def build_classifier(
-    backbone: str | os.PathLike[str] | WidthSpec | dict[str, Any] = "resnet50",
-    num_classes: int = 1000,
-    gn_groups: int = 32,
+    backbone: BackboneLike = "resnet50", num_classes: int = 1000, gn_groups: int = 32
 ) -> nn.Module:
     """The backbone as a plain classifier (global pooling + fc), for pre-training."""
-    return backbone_body(backbone, gn_groups, num_classes)
+    return as_backbone(backbone, gn_groups).build(num_classes)

@@ -52,7 +52,7 @@ class DetNet(nn.Module):
     """DetNet-59: ResNet-50 ``layer1..layer3`` + two dilated 1024-wide stages, pool, fc.
 
     ``stage_channels`` holds the output widths of ``stage_names`` as built (a resized copy
-    is measured instead: :func:`eigenarch.models.backbones.feature_levels`).
+    is measured instead: :func:`eigenarch.models.builders.feature_levels`).
     """
 
     stage_names = ("layer1", "layer2", "layer3", "layer4", "layer5")

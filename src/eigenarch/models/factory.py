@@ -1,12 +1,19 @@
 """A model built by a function the user wrote: ``path/to/file.py:factory`` or
 ``package.module:factory``, the ``--model`` form of ``spectrum``, ``dynamics``, ``count``
-and ``search`` (and a width spec's ``builder``). Calling it runs the user's code."""
+and ``search`` (and a width spec's ``builder``). Calling it runs the user's code, so a
+factory runs only when the user names it: on the command line or in the Python API. One
+named inside a data file (a checkpoint's config, a run's ``config.json``, a width spec) is
+refused unless the user trusts that name (``--trust-factory``, :func:`trusted_factories`,
+as ``torch.serialization.safe_globals`` allows named globals in a checkpoint)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from torch import nn
@@ -17,6 +24,28 @@ from eigenarch.errors import EigenarchError
 def is_factory(spec: str) -> bool:
     """Whether ``spec`` names a factory (``source:function``), not a builder or a file."""
     return ":" in spec and not Path(spec).is_file()
+
+
+_TRUSTED: ContextVar[frozenset[str]] = ContextVar("trusted_factories", default=frozenset())
+
+
+@contextmanager
+def trusted_factories(names: Iterable[str]) -> Iterator[None]:
+    """Within the block, data files may name the factories ``names`` (``--trust-factory``)."""
+    token = _TRUSTED.set(_TRUSTED.get() | frozenset(names))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def check_trusted(spec: str, what: str) -> None:
+    """Refuse the factory ``spec`` read from the data file ``what`` unless it is trusted."""
+    if spec not in _TRUSTED.get():
+        raise EigenarchError(
+            f"{what}: names the factory {spec!r}, which would run code from a data file; "
+            f"refused (pass --trust-factory {spec} if you wrote it and trust it)"
+        )
 
 
 def call_factory(spec: str) -> nn.Module:

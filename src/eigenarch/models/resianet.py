@@ -8,24 +8,33 @@ shortcut. The forward passes are torchvision's own.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torchvision.models import resnet as tv_resnet
-from torchvision.ops import FrozenBatchNorm2d
 
-from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS, check_widths
-from eigenarch.widths.spec import WidthSpec, check_norm, load_width_spec
+from eigenarch.errors import EigenarchError
+from eigenarch.models.backbone import (
+    DEFAULT_FORMAT,
+    Backbone,
+    BackboneOptions,
+    register_backbone,
+)
+from eigenarch.models.norms import NormLayer, check_gn_widths, check_norm, norm_layer
+from eigenarch.widths.cost import (
+    DEFAULT_DEPTHS,
+    RESNET50_WIDTHS,
+    WIDTH_NAMES,
+    ModelCost,
+    check_widths,
+    resnet_cost,
+    uniform_widths,
+)
 
-NormLayer = Callable[[int], nn.Module]
-
-
-def norm_layer(norm: str, gn_groups: int = 32) -> NormLayer:
-    """A factory ``channels -> module`` for ``"gn"``, ``"bn"`` or ``"frozen_bn"``."""
-    if norm == "gn":
-        return lambda channels: nn.GroupNorm(gn_groups, channels)
-    return {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}[norm]
+if TYPE_CHECKING:
+    from eigenarch.widths.ias import WidthSearchResult
 
 
 class Bottleneck(tv_resnet.Bottleneck):
@@ -68,7 +77,7 @@ class ResiaNet(tv_resnet.ResNet):
         num_classes: int = 1000,
     ) -> None:
         widths, depths = check_widths(widths, depths)
-        check_norm(widths, norm, gn_groups)
+        check_resianet_norm(widths, norm, gn_groups)
         nn.Module.__init__(self)
         make_norm = norm_layer(norm, gn_groups)
         self.widths, self.depths, self.norm = widths, depths, norm
@@ -107,10 +116,119 @@ def resianet(
     return ResiaNet(widths, depths, norm, gn_groups, num_classes)
 
 
-def resianet_from_spec(
-    spec: WidthSpec | str | os.PathLike[str], num_classes: int = 1000
-) -> ResiaNet:
-    """Build the ResiaNet of a :class:`WidthSpec` or of a width spec file."""
-    if not isinstance(spec, WidthSpec):
-        spec = load_width_spec(spec)
-    return ResiaNet(spec.widths, spec.depths, spec.norm, spec.gn_groups, num_classes)
+def check_resianet_norm(widths: Sequence[int], norm: str, gn_groups: int = 32) -> None:
+    """Check that ``norm`` is known and, for GroupNorm, that ``gn_groups`` divides every width."""
+    check_norm(norm, gn_groups)
+    if norm == "gn":
+        check_gn_widths(WIDTH_NAMES, widths, gn_groups)
+
+
+@register_backbone
+@dataclasses.dataclass(frozen=True)
+class ResiaNetBackbone(Backbone):
+    """A ResiaNet: nine widths, four depths, the normalisation, provenance (SPEC section 5).
+
+    Its JSON form (the paper's width spec) is ``{"widths", "depths", "norm", "gn_groups",
+    "source"}``, without ``"format"``.
+    """
+
+    format = DEFAULT_FORMAT
+    widths: tuple[int, ...] = RESNET50_WIDTHS
+    depths: tuple[int, ...] = DEFAULT_DEPTHS
+    norm: str = "gn"
+    gn_groups: int = 32
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        widths, depths = check_widths(list(self.widths), list(self.depths))
+        check_resianet_norm(widths, self.norm, self.gn_groups)
+        if not isinstance(self.source, dict):
+            raise EigenarchError(f"source {self.source!r} is not a JSON object")
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "depths", depths)
+
+    def build(self, num_classes: int = 1000) -> ResiaNet:
+        return ResiaNet(self.widths, self.depths, self.norm, self.gn_groups, num_classes)
+
+    def cost(self) -> ModelCost:
+        return resnet_cost(self.widths, self.depths)
+
+    def searched_widths(self) -> list[int]:
+        return list(self.widths)
+
+    def width_names(self) -> list[str]:
+        return list(WIDTH_NAMES)
+
+    def scaled(
+        self, multiplier: float, multiple: int, source: Mapping[str, Any] | None = None
+    ) -> ResiaNetBackbone:
+        widths = uniform_widths(multiplier, self.widths, multiple)
+        return ResiaNetBackbone(widths, self.depths, self.norm, self.gn_groups, dict(source or {}))
+
+    def search(
+        self,
+        dims: Mapping[str, object],
+        target: float | str,
+        metric: str = "macs",
+        multiple: int = 32,
+        side: str = "in",
+        source: Mapping[str, Any] | None = None,
+        channels: Mapping[str, int] | None = None,
+    ) -> tuple[WidthSearchResult, ResiaNetBackbone]:
+        from eigenarch.widths.ias import search_widths  # IAS sits above the cost model
+
+        if self.norm == "gn" and multiple % self.gn_groups:
+            raise EigenarchError(
+                f"--multiple {multiple} gives widths that {self.gn_groups} GroupNorm groups "
+                "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
+            )
+        result = search_widths(
+            dims, target, metric, multiple, side, self.depths, self.widths, channels
+        )
+        found = ResiaNetBackbone(result.widths, self.depths, self.norm, self.gn_groups,
+                                 dict(source or {}))  # fmt: skip
+        return result, found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "widths": list(self.widths),
+            "depths": list(self.depths),
+            "norm": self.norm,
+            "gn_groups": self.gn_groups,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], what: str) -> ResiaNetBackbone:
+        if "widths" not in obj:
+            raise EigenarchError(f"{what}: missing field 'widths' (9 integers)")
+        for key, kind in (("widths", list), ("depths", list), ("source", dict)):
+            if key in obj and not isinstance(obj[key], list | tuple if kind is list else kind):
+                raise EigenarchError(f"{what}: field {key!r} is not a JSON {kind.__name__}")
+        try:
+            return cls(
+                tuple(obj["widths"]),
+                tuple(obj.get("depths", DEFAULT_DEPTHS)),
+                obj.get("norm", "gn"),
+                obj.get("gn_groups", 32),
+                dict(obj.get("source", {})),
+            )
+        except EigenarchError as exc:
+            raise EigenarchError(f"{what}: {exc}") from None
+
+    @classmethod
+    def parse(cls, text: str, options: BackboneOptions) -> ResiaNetBackbone | None:
+        """``"resnet50"`` or nine comma-separated widths, of ``options.depths``."""
+        norm, groups, depths = options.norm or "gn", options.gn_groups, tuple(options.depths)
+        if text == "resnet50":
+            return cls(RESNET50_WIDTHS, depths, norm, groups, {"name": "resnet50"})
+        if "," not in text:
+            return None
+        try:
+            widths = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise EigenarchError(
+                f"--backbone {text!r}: expected 'resnet50', nine comma-separated integers, a "
+                "builder name or a width-spec JSON file"
+            ) from None
+        return cls(widths, depths, norm, groups, {"widths": text})

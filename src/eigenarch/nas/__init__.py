@@ -3,7 +3,7 @@
 Detection training and evaluation of supernets live in :mod:`eigenarch.nas.supernet`.
 """
 
-from eigenarch.nas.search import (
+from eigenarch.nas.evolution import (
     STRATEGIES,
     Candidate,
     SearchConfig,
@@ -19,10 +19,10 @@ from eigenarch.nas.shufflenet import (
     DETNAS_FORMAT,
     SPACES,
     ChoiceBlock,
+    DetnasBackbone,
     SearchSpace,
     ShuffleBlock,
     ShuffleNetV2,
-    body_from_config,
     choice_blocks,
     detnas_config,
     load_detnas_file,
@@ -48,7 +48,7 @@ __all__ = [
     "SearchSpace",
     "ShuffleBlock",
     "ShuffleNetV2",
-    "body_from_config",
+    "DetnasBackbone",
     "choice_blocks",
     "detnas_config",
     "load_detnas_file",

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from eigenarch.errors import EigenarchError
+from eigenarch.models.backbone import Backbone, body_with_fpn, register_backbone
+from eigenarch.widths.cost import ModelCost
 
 CHOICES = ("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3")
 KERNELS = (3, 5, 7, 3)
@@ -416,10 +418,44 @@ def read_detnas_config(config: dict[str, Any], source: str = "backbone") -> tupl
     return space, None if path is None else space.check_path(path)
 
 
-def body_from_config(config: dict[str, Any], num_classes: int | None = None) -> ShuffleNetV2:
-    """The supernet or stand-alone network a :func:`detnas_config` dict describes."""
-    space, path = read_detnas_config(config)
-    return ShuffleNetV2(space, path, num_classes)
+@register_backbone
+@dataclass(frozen=True)
+class DetnasBackbone(Backbone):
+    """A DetNAS network (a path) or supernet (``path=None``) of a :class:`SearchSpace`, as a
+    backbone kind; its JSON form is :func:`detnas_config`'s. Its widths are the space's,
+    not searched by IAS (DetNAS searches its blocks)."""
+
+    format = DETNAS_FORMAT
+    norm = None  # BatchNorm, built in
+    space: SearchSpace = SPACES[1]
+    path: tuple[int, ...] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return "a DetNAS supernet" if self.path is None else "a DetNAS network"
+
+    def build(self, num_classes: int | None = 1000) -> ShuffleNetV2:
+        return ShuffleNetV2(self.space, self.path, num_classes)
+
+    def with_fpn(self, fpn_channels: int = 256, gn_groups: int = 32):
+        return body_with_fpn(self.build(None), fpn_channels, gn_groups)
+
+    def cost(self) -> ModelCost:
+        if self.path is None:
+            raise EigenarchError("a DetNAS supernet has no one cost; give a path")
+        macs, params = path_cost(self.space, self.path)
+        return ModelCost((), macs, params)
+
+    def searched_widths(self) -> list[int]:
+        return list(self.space.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return detnas_config(self.space, self.path)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any], what: str) -> DetnasBackbone:
+        space, path = read_detnas_config(dict(obj), what)
+        return cls(space, path)
 
 
 def load_detnas_file(path: str | os.PathLike[str]) -> dict[str, Any] | None:

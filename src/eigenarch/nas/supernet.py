@@ -43,7 +43,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.evaluation import evaluate_detections
 from eigenarch.io import atomic_write_json
 from eigenarch.models.detector import build_detector
-from eigenarch.nas.search import (
+from eigenarch.nas.evolution import (
     SearchConfig,
     SearchResult,
     load_generations,

@@ -415,7 +415,8 @@ def compute_dynamics(
     iterations = [it for it, _ in training.checkpoints]
     result = analyse(training.out, iterations, dims, channels, training.milestones,
                      training.length, threshold, criteria, files)  # fmt: skip
-    result.settings, result.backbone = settings, training.backbone()
+    backbone = training.backbone()
+    result.settings, result.backbone = settings, backbone and backbone.to_dict()
     result.unit, result.trained = training.unit, training.trained
     options = {**settings, "threshold": threshold, **asdict(criteria)}
     result.command = dynamics_command(training.source, options)

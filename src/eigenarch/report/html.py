@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json, atomic_write_text
-from eigenarch.models.backbones import search_spec, spec_cost, spec_widths
+from eigenarch.io import atomic_write_json, atomic_write_text, read_json_object
+from eigenarch.models.backbone import Backbone, backbone_from_dict
 from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
@@ -40,15 +40,6 @@ from eigenarch.report.plots import (
 )
 from eigenarch.spectrum import Spectra
 from eigenarch.train.loop import train_command
-from eigenarch.widths import WIDTH_NAMES
-from eigenarch.widths.spec import (
-    BACKBONE_FORMAT,
-    BackboneSpec,
-    WidthSpec,
-    backbone_spec_from_dict,
-    read_json_object,
-    save_width_spec,
-)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
@@ -275,19 +266,21 @@ def _group_tables(page: Page, comparison: Comparison, ident: str, title: str) ->
         )
 
 
-def _width_columns(specs: Sequence[WidthSpec | BackboneSpec]) -> list[str]:
-    """A ResiaNet's nine width names as columns; any other backbone's widths in one."""
-    return list(WIDTH_NAMES) if all(isinstance(s, WidthSpec) for s in specs) else ["widths"]
+def _width_columns(specs: Sequence[Backbone]) -> list[str]:
+    """The backbones' width names as columns where they all have the same (a ResiaNet's
+    nine); else their widths in one column."""
+    names = {tuple(s.width_names() or ()) for s in specs}
+    return list(names.pop()) if len(names) == 1 and () not in names else ["widths"]
 
 
 def _widths_row(
     label: str,
-    spec: WidthSpec | BackboneSpec,
+    spec: Backbone,
     widths: Sequence[int],
     columns: Sequence[str],
     omega: float | None = None,
 ) -> list[Any]:
-    cost = spec_cost(spec)
+    cost = spec.cost()
     shown = list(widths) if len(columns) > 1 else [",".join(map(str, widths))]
     return [
         label,
@@ -304,7 +297,7 @@ def _intrinsic_layers(intrinsic: dict[str, float], base: list) -> list[tuple[str
 
 
 def _search_command(
-    spectra: Path, model: str, spec: WidthSpec | BackboneSpec, threshold: float,
+    spectra: Path, model: str, spec: Backbone, threshold: float,
     target: str, side: str, multiple: int, out: str,
 ) -> str:  # fmt: skip
     options = {"spectra": spectra, "threshold": f"{threshold:g}", "target": target, "side": side,
@@ -313,23 +306,15 @@ def _search_command(
     return command_line(["eigenarch", "search"], options)
 
 
-def _search_base(page: Page, run: _Run) -> tuple[WidthSpec | BackboneSpec, str] | None:
+def _search_base(page: Page, run: _Run) -> tuple[Backbone, str] | None:
     """The backbone a run trained, to search from, and the ``--model`` the search command
-    names (the builder, or a width-spec file of the run's widths); ``None`` (with a note)
-    when unknown."""
-    config = run.dyn.backbone or {}
-    if "widths" in config:
-        base = WidthSpec(**{k: config[k] for k in ("widths", "depths", "norm", "gn_groups")
-                            if k in config})  # fmt: skip
-    elif config.get("format") == BACKBONE_FORMAT:
-        base = backbone_spec_from_dict(config, f"{run.label} backbone")
-        if not base.groups:  # the builder's own widths
-            return base, base.builder
-    else:
+    names (a width-spec file of the run's backbone); ``None`` (with a note) when unknown."""
+    if not run.dyn.backbone:
         page.note(f"{run.label}: the backbone's widths are unknown; no search")
         return None
+    base = backbone_from_dict(run.dyn.backbone, f"{run.label} backbone")
     # The run's own widths: the search command analyses the model the maps came from.
-    return base, str(save_width_spec(page.out / f"{_ident(run.label)}-base.json", base))
+    return base, str(base.save(page.out / f"{_ident(run.label)}-base.json"))
 
 
 def _widths_section(
@@ -341,26 +326,23 @@ def _widths_section(
     if found_base is None:
         return
     base, model = found_base
-    if base.norm == "gn" and multiple % base.gn_groups:
-        page.note(f"--multiple {multiple} gives widths that {base.gn_groups} GroupNorm groups "
-                  "cannot split")  # fmt: skip
-    base_cost = spec_cost(base)
+    base_cost = base.cost()
     columns = _width_columns([base])
     dims = run.final.intrinsic_dims(dyn.threshold)
-    rows = [_widths_row("base", base, spec_widths(base), columns)]
+    rows = [_widths_row("base", base, base.searched_widths(), columns)]
     layers = diagram_layers(base_cost)
     diagrams = [("base", layers)]
     found, commands = {}, []
     try:
         for metric in metrics:
             budget = base_cost.metric(metric)
-            result, spec = search_spec(base, dims, budget, metric, multiple, side)
+            result, spec = base.search(dims, budget, metric, multiple, side)
             if not found:
                 diagrams.append(("intrinsic", _intrinsic_layers(result.intrinsic, layers)))
             found[metric] = result.to_dict()
             rows.append(_widths_row(f"searched ({metric} of base)", spec, result.widths,
                                     columns, result.omega))  # fmt: skip
-            diagrams.append((f"searched ({metric})", diagram_layers(spec_cost(spec))))
+            diagrams.append((f"searched ({metric})", diagram_layers(spec.cost())))
             found[metric]["command"] = _search_command(
                 dyn.spectra_path(dyn.iterations[-1]), model, base, dyn.threshold,
                 f"{metric}={budget}", side, multiple, f"{key}-{metric}.json",
@@ -393,24 +375,14 @@ def _widths_section(
 class _Spec:
     path: Path
     fields: dict[str, Any]
-    spec: WidthSpec | BackboneSpec
+    spec: Backbone
 
 
 def _read_spec(path: Path) -> _Spec:
-    """A width spec file (search fields kept for display; a ResiaNet's norm is not checked,
-    as it costs nothing)."""
+    """A width spec file (search fields kept for display)."""
     fields = read_json_object(path, "width spec")
-    if fields.get("format") == BACKBONE_FORMAT:
-        spec = backbone_spec_from_dict(fields, f"width spec {path}")
-    else:
-        try:
-            spec = WidthSpec(tuple(fields["widths"]), tuple(fields.get("depths", (3, 4, 6, 3))),
-                             "bn")  # fmt: skip
-        except (KeyError, TypeError, EigenarchError) as exc:
-            raise EigenarchError(
-                f"width spec {path}: expected 'widths' of 9 integers ({exc})"
-            ) from None
-    spec_cost(spec)  # widths that fit the backbone, checked before anything is written
+    spec = backbone_from_dict(fields, f"width spec {path}")
+    spec.cost()  # widths that fit the backbone, checked before anything is written
     return _Spec(path, fields, spec)
 
 
@@ -419,10 +391,10 @@ def _spec_section(page: Page, specs: Sequence[_Spec]) -> None:
     rows, diagrams = [], []
     columns = _width_columns([s.spec for s in specs])
     for item in specs:
-        widths = spec_widths(item.spec)
+        widths = item.spec.searched_widths()
         rows.append(_widths_row(item.path.name, item.spec, widths, columns,
                                 item.fields.get("omega")))  # fmt: skip
-        layers = diagram_layers(spec_cost(item.spec))
+        layers = diagram_layers(item.spec.cost())
         intrinsic = item.fields.get("intrinsic")
         if isinstance(intrinsic, dict):
             diagrams.append((f"{item.path.stem}: intrinsic", _intrinsic_layers(intrinsic, layers)))

@@ -27,11 +27,12 @@ from torch import nn
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import load_torch
+from eigenarch.models.backbone import Backbone, backbone_from_dict
+from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.spectrum.stream import build_model
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
 from eigenarch.train.schedule import make_schedule
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
-from eigenarch.widths.spec import WidthSpec
 
 #: The file torchvision's reference scripts write again at every epoch beside model_{e}.pth.
 LATEST = "checkpoint.pth"
@@ -61,16 +62,17 @@ class TrainingRun:
             return detector_from_checkpoint(path)[0], True
         return build_model(self.model, num_classes, min_size, path)
 
-    def backbone(self) -> dict[str, Any] | None:
-        """The width spec of the run's backbone: a run of ours, its last checkpoint's; a
-        torchvision R-CNN on ResNet-50, ResNet-50's; otherwise ``None`` (not known)."""
+    def backbone(self) -> Backbone | None:
+        """The run's backbone: a run of ours, its last checkpoint's; a torchvision R-CNN
+        on ResNet-50, ResNet-50's; otherwise ``None`` (not known)."""
         if self.model is None:
-            return load_checkpoint(self.checkpoints[-1][1])["config"]["backbone"]
+            last = self.checkpoints[-1][1]
+            return backbone_from_dict(load_checkpoint(last)["config"]["backbone"], f"{last}")
         match = _RESNET50_RCNN.match(self.model)
         if match is None:
             return None
         norm = "bn" if match.group(1) else "frozen_bn"
-        return WidthSpec(RESNET50_WIDTHS, DEFAULT_DEPTHS, norm, 32, {"name": self.model}).to_dict()
+        return ResiaNetBackbone(RESNET50_WIDTHS, DEFAULT_DEPTHS, norm, 32, {"name": self.model})
 
 
 def train_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

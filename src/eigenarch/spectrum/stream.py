@@ -17,7 +17,7 @@ from eigenarch.distributed import local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
 from eigenarch.io import check_writable, load_torch
-from eigenarch.models.backbones import classifier_by_name
+from eigenarch.models.builders import classifier_by_name
 from eigenarch.models.factory import call_factory, is_factory
 from eigenarch.options import parse_device
 from eigenarch.progress import console, progress_bar

@@ -33,7 +33,7 @@ from eigenarch.distributed import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, output_lock
-from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, backbone_config, build_detector
+from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
 from eigenarch.options import command_line
 from eigenarch.train.checkpoint import (
@@ -324,7 +324,7 @@ def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     detectron = str(cfg.init).endswith(".pkl")
     return {
         "kind": cfg.kind,
-        "backbone": backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm),
+        "backbone": as_backbone(cfg.backbone, cfg.gn_groups, cfg.norm).to_dict(),
         "num_classes": num_classes,
         "min_size": cfg.min_size,
         "max_size": cfg.max_size,

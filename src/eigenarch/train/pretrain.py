@@ -29,7 +29,7 @@ from eigenarch.distributed import (
     world_size,
 )
 from eigenarch.errors import EigenarchError
-from eigenarch.models.detector import backbone_config, build_classifier
+from eigenarch.models.detector import as_backbone, build_classifier
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import (
     CLASSIFIER_FORMAT,
@@ -246,7 +246,7 @@ def _prepare_classifier(
 ) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, Any]]:
     """The run's classifier (seeded), its SGD optimizer, and what its checkpoints hold
     besides weights (``history`` empty)."""
-    backbone = backbone_config(cfg.backbone, cfg.gn_groups, cfg.norm)
+    backbone = as_backbone(cfg.backbone, cfg.gn_groups, cfg.norm).to_dict()
     torch.manual_seed(cfg.seed)
     model = build_classifier(backbone, len(classes)).to(device)
     optimizer = torch.optim.SGD(

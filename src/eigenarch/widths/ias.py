@@ -15,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
+from typing import Any
 
 from eigenarch.errors import EigenarchError
+from eigenarch.io import read_json_object
 from eigenarch.widths.cost import (
     DEFAULT_DEPTHS,
     METRICS,
@@ -63,6 +66,16 @@ def check_dims(dims: Mapping[str, object]) -> None:
                 f"intrinsic dimensionality of {name!r} is {value!r}; expected a number >= 0"
                 f" and at most {MAX_DIM:,}"
             )
+
+
+def load_dims(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a dims file: a JSON object from map name to intrinsic dimensionality."""
+    dims = read_json_object(path, "dims file")
+    try:
+        check_dims(dims)
+    except EigenarchError as exc:
+        raise EigenarchError(f"dims file {path}: {exc}") from None
+    return dims
 
 
 def _prefix(names: Sequence[str], modules: set[str]) -> str:

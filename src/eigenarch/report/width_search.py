@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models.backbones import search_spec, spec_cost
-from eigenarch.models.detector import backbone_spec
+from eigenarch.models.backbone import Backbone, BackboneOptions, parse_backbone
 from eigenarch.options import parse_target
 from eigenarch.spectrum.spectra import THRESHOLD, Spectra
 from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
-from eigenarch.widths.search import WidthSearchResult
-from eigenarch.widths.spec import BackboneSpec, WidthSpec, load_dims, save_width_spec
+from eigenarch.widths.ias import WidthSearchResult, load_dims
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,7 @@ class SearchOutcome:
     """A search's result, the width spec written and the costs of the base and the found."""
 
     result: WidthSearchResult
-    spec: WidthSpec | BackboneSpec
+    spec: Backbone
     found: ModelCost
     base: ModelCost
     metric: str
@@ -72,12 +70,7 @@ def search_to_file(
     source = {"command": "search", "target": target, **measured}
     if model is not None:
         source["model"] = model
-    analysed = backbone_spec(model or "resnet50", norm, gn_groups, depths)
-    if isinstance(analysed, WidthSpec) and analysed.norm == "gn" and multiple % analysed.gn_groups:
-        raise EigenarchError(  # any other backbone's GroupNorm groups are its ties' divisors
-            f"--multiple {multiple} gives widths that {analysed.gn_groups} GroupNorm groups "
-            "cannot split; use a multiple of --gn-groups, fewer --gn-groups or --norm bn"
-        )
-    result, spec = search_spec(analysed, values, value, metric, multiple, side, source, channels)
-    save_width_spec(Path(out), spec, result.to_dict())
-    return SearchOutcome(result, spec, spec_cost(spec), spec_cost(analysed), metric)
+    analysed = parse_backbone(model or "resnet50", BackboneOptions(norm, gn_groups, depths))
+    result, spec = analysed.search(values, value, metric, multiple, side, source, channels)
+    spec.save(Path(out), result.to_dict())
+    return SearchOutcome(result, spec, spec.cost(), analysed.cost(), metric)

@@ -21,7 +21,7 @@ from eigenarch.widths import (
     resnet_cost,
     search_widths,
 )
-from eigenarch.widths.search import expand_widths
+from eigenarch.widths.ias import expand_widths
 
 from .conftest import resnet_tie_maps
 

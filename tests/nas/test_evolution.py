@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from eigenarch.errors import EigenarchError
-from eigenarch.nas.search import SearchConfig, run_search
+from eigenarch.nas.evolution import SearchConfig, run_search
 from eigenarch.nas.shufflenet import SPACES, macs_range, path_macs
 
 SPACE = SPACES[1]

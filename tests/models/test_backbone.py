@@ -7,31 +7,32 @@ import json
 import pytest
 
 from eigenarch.errors import EigenarchError
+from eigenarch.models import (
+    ResiaNetBackbone,
+    load_backbone,
+)
+from eigenarch.models.resianet import check_resianet_norm
 from eigenarch.widths import (
     RESNET50_WIDTHS,
-    WidthSpec,
-    check_norm,
     load_dims,
-    load_width_spec,
-    save_width_spec,
 )
 
 
 def test_round_trip_keeps_spec_and_extra_fields(tmp_path):
-    spec = WidthSpec([32] * 9, [1, 2, 1, 1], "bn", 8, {"command": "test"})
+    spec = ResiaNetBackbone([32] * 9, [1, 2, 1, 1], "bn", 8, {"command": "test"})
     assert spec.widths == (32,) * 9 and spec.depths == (1, 2, 1, 1)
-    path = save_width_spec(tmp_path / "sub" / "w.json", spec, {"omega": 1.5, "widths": [0]})
+    path = spec.save(tmp_path / "sub" / "w.json", {"omega": 1.5, "widths": [0]})
     obj = json.loads(path.read_text())
     assert list(obj)[:5] == ["widths", "depths", "norm", "gn_groups", "source"]
     assert obj["widths"] == [32] * 9 and obj["omega"] == 1.5
-    assert load_width_spec(path) == spec
+    assert load_backbone(path) == spec
     assert [p.name for p in path.parent.iterdir()] == ["w.json"]  # no temp file left
 
 
 def test_defaults_for_a_hand_written_spec(tmp_path):
     path = tmp_path / "w.json"
     path.write_text(json.dumps({"widths": list(RESNET50_WIDTHS)}))
-    spec = load_width_spec(path)
+    spec = load_backbone(path)
     assert (spec.depths, spec.norm, spec.gn_groups, spec.source) == ((3, 4, 6, 3), "gn", 32, {})
 
 
@@ -54,23 +55,23 @@ def test_malformed_spec_files(tmp_path, text, match):
     path = tmp_path / "w.json"
     path.write_text(text)
     with pytest.raises(EigenarchError, match=match) as info:
-        load_width_spec(path)
+        load_backbone(path)
     message = str(info.value)
     assert message.startswith(f"width spec {path}: ") and "\n" not in message
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(EigenarchError, match="cannot read"):
-        load_width_spec(tmp_path / "none.json")
+        load_backbone(tmp_path / "none.json")
 
 
 def test_group_norm_divisibility():
-    check_norm([48] * 9, "gn", 16)
-    check_norm([48] * 9, "bn")
+    check_resianet_norm([48] * 9, "gn", 16)
+    check_resianet_norm([48] * 9, "bn")
     with pytest.raises(EigenarchError, match="width b2=40 is not a multiple of the 16 GroupNorm"):
-        check_norm([48, 40] + [48] * 7, "gn", 16)
+        check_resianet_norm([48, 40] + [48] * 7, "gn", 16)
     with pytest.raises(EigenarchError, match="gn_groups 0"):
-        check_norm([48] * 9, "gn", 0)
+        check_resianet_norm([48] * 9, "gn", 0)
 
 
 def test_dims_files(tmp_path):

@@ -9,16 +9,15 @@ import random
 import pytest
 import torch
 
-from eigenarch.models.backbones import (
-    backbone_graph,
-    build_backbone,
-    search_spec,
-    spec_cost,
+from eigenarch.models import (
+    BackboneOptions,
+    load_backbone,
+    parse_backbone,
 )
-from eigenarch.models.detector import backbone_spec, build_detector
-from eigenarch.widths import graph_cost, load_width_spec, save_width_spec, trace_model
+from eigenarch.models.detector import build_detector
+from eigenarch.widths import graph_cost, trace_model
 from eigenarch.widths.cost import tie_widths
-from eigenarch.widths.search import group_maps
+from eigenarch.widths.ias import group_maps
 
 from ..widths.test_resize import LISTED
 
@@ -40,8 +39,8 @@ def random_dims(graph, seed=0, prefix=""):
 
 @pytest.mark.parametrize("name", LISTED)
 def test_search_on_every_listed_backbone_fits_and_no_width_can_grow(name):
-    spec = backbone_spec(name, own_norm(name))
-    graph, ties = backbone_graph(spec) if hasattr(spec, "builder") else (None, None)
+    spec = parse_backbone(name, BackboneOptions(own_norm(name)))
+    graph, ties = spec.graph() if hasattr(spec, "builder") else (None, None)
     if graph is None:  # resnet50 is a ResiaNet: the nine-width case of the same search
         from eigenarch.widths.cost import resnet_graph
 
@@ -49,11 +48,11 @@ def test_search_on_every_listed_backbone_fits_and_no_width_can_grow(name):
     q = math.lcm(8, *(t.divisor for t in ties))
     dims = random_dims(graph, seed=len(name))
     for metric, target in (("macs", "base"), ("params", 3_000_000)):
-        result, found = search_spec(spec, dims, target, metric, q, "in")
+        result, found = spec.search(dims, target, metric, q, "in")
         k = ("macs", "params").index(metric)
         budget = result.target
         assert (result.macs, result.params)[k] <= budget
-        assert (spec_cost(found).macs, spec_cost(found).params) == (result.macs, result.params)
+        assert (found.cost().macs, found.cost().params) == (result.macs, result.params)
         assert all(w % q == 0 for w in result.widths)
         for i in range(len(ties)):
             grown = list(result.widths)
@@ -64,28 +63,28 @@ def test_search_on_every_listed_backbone_fits_and_no_width_can_grow(name):
 
 
 def test_spec_file_rebuilds_the_searched_network(tmp_path):
-    spec = backbone_spec("mobilenet_v3_large", "bn")
-    graph, _ = backbone_graph(spec)
-    result, found = search_spec(spec, random_dims(graph), "base", "macs", 8, "in", {"x": 1})
-    path = save_width_spec(tmp_path / "mbv3.json", found, result.to_dict())
-    loaded = load_width_spec(path)
+    spec = parse_backbone("mobilenet_v3_large", BackboneOptions("bn"))
+    graph, _ = spec.graph()
+    result, found = spec.search(random_dims(graph), "base", "macs", 8, "in", {"x": 1})
+    path = found.save(tmp_path / "mbv3.json", result.to_dict())
+    loaded = load_backbone(path)
     assert loaded == found and loaded.source == {"x": 1}
     saved = json.loads(path.read_text())
     assert saved["format"] == "eigenarch.backbone" and saved["macs"] == result.macs
-    model = build_backbone(loaded)
+    model = loaded.build()
     rebuilt = trace_model(model, torch.zeros(1, 3, 64, 64))
     assert rebuilt.widths() == result.group_widths
     assert graph_cost(trace_model(model, torch.zeros(1, 3, 224, 224)))[0] == result.macs
 
 
 def test_fpn_laterals_read_the_stage_they_are_wired_to():
-    spec = backbone_spec("regnet_y_400mf", "bn")
-    graph, ties = backbone_graph(spec)
+    spec = parse_backbone("regnet_y_400mf", BackboneOptions("bn"))
+    graph, ties = spec.graph()
     dims = random_dims(graph, prefix="backbone.body.")
-    plain, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    plain, _ = spec.search(dims, "base", "macs", 8, "in")
     dims["backbone.fpn.inner_blocks.2.0:in"] = 5000  # reads block3's output
     dims["backbone.fpn.layer_blocks.0.0:in"] = 9000  # reads no backbone group
-    wired, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    wired, _ = spec.search(dims, "base", "macs", 8, "in")
     changed = [
         t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b
     ]
@@ -98,15 +97,15 @@ def test_fpn_laterals_read_the_stage_they_are_wired_to():
     [(False, "block2"), (True, "block3")],  # P2-P5 (Faster R-CNN), P3-P5 (RetinaNet)
 )
 def test_fpn_laterals_read_the_level_of_the_detectors_pyramid(p6, stage):
-    spec = backbone_spec("regnet_y_400mf", "bn")
-    graph, ties = backbone_graph(spec)
+    spec = parse_backbone("regnet_y_400mf", BackboneOptions("bn"))
+    graph, ties = spec.graph()
     dims = random_dims(graph, prefix="backbone.body.")
-    plain, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    plain, _ = spec.search(dims, "base", "macs", 8, "in")
     for i in range(3 if p6 else 4):
         dims[f"backbone.fpn.inner_blocks.{i}.0:in"] = 5000 if i == 1 else 1
     for conv in ("p6", "p7") if p6 else ():
         dims[f"backbone.fpn.extra_blocks.{conv}:in"] = 9000  # reads the FPN's P5
-    wired, _ = search_spec(spec, dims, "base", "macs", 8, "in")
+    wired, _ = spec.search(dims, "base", "macs", 8, "in")
     changed = [
         t for t, a, b in zip(wired.ties, plain.adjusted, wired.adjusted, strict=True) if a != b
     ]
@@ -121,7 +120,8 @@ def test_fpn_laterals_read_the_level_of_the_detectors_pyramid(p6, stage):
 def test_detector_on_a_builder_backbone_trains_a_step(name, norm, gn_groups):
     torch.manual_seed(0)
     model = build_detector(
-        "faster_rcnn", backbone_spec(name, norm, gn_groups), num_classes=3, min_size=96,
+        "faster_rcnn", parse_backbone(name, BackboneOptions(norm, gn_groups)), num_classes=3,
+        min_size=96,
         max_size=96, gn_groups=8, fpn_channels=32, head_channels=32, representation=64,
     )  # fmt: skip
     features = model.backbone(torch.zeros(1, 3, 96, 96))
@@ -134,7 +134,8 @@ def test_detector_on_a_builder_backbone_trains_a_step(name, norm, gn_groups):
 
 
 def test_detnet_detector_p6_feeds_the_rpn_only():
-    model = build_detector("faster_rcnn", backbone_spec("detnet59", "gn"), num_classes=3,
+    backbone = parse_backbone("detnet59", BackboneOptions("gn"))
+    model = build_detector("faster_rcnn", backbone, num_classes=3,
                            min_size=64, max_size=64)  # fmt: skip
     features = model.backbone(torch.zeros(1, 3, 64, 64))
     assert list(features) == ["0", "1", "2", "3", "4"]  # P2..P6, no max-pooled level
@@ -154,12 +155,12 @@ def test_detnet_detector_p6_feeds_the_rpn_only():
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "convnext_tiny"])
 def test_detector_spectra_search_keeps_the_classifier_head_it_cannot_measure(name):
-    spec = backbone_spec(name, None if name.startswith("convnext") else "bn")
-    graph, ties = backbone_graph(spec)
+    spec = parse_backbone(name, BackboneOptions(None if name.startswith("convnext") else "bn"))
+    graph, ties = spec.graph()
     dims = {k: v for k, v in random_dims(graph, prefix="backbone.body.").items()
             if ".classifier." not in k}  # fmt: skip  # a detector has no classifier head
     dims["backbone.fpn.inner_blocks.3.0:in"] = 50
-    result, found = search_spec(spec, dims, "base", "macs", 8, "in")
+    result, found = spec.search(dims, "base", "macs", 8, "in")
     head = [t for t in ties if all(graph.groups[i].name.startswith("classifier") for i in t.groups)]
     assert result.fixed == tuple(t.name for t in head)
     for tie in head:

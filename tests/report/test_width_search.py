@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from eigenarch.report.search import measured_dims
+from eigenarch.report.width_search import measured_dims
 from eigenarch.spectrum.spectra import Spectra
 
 
