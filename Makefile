@@ -23,6 +23,7 @@ browser:
 
 # One intra-op thread per test process: two processes on two cores, no thread stalls.
 test: install browser
+	$(BIN)/lint-imports --no-cache
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 demo: install

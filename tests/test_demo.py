@@ -12,12 +12,13 @@ import eigenarch.demo as demo_module
 from eigenarch.demo import (
     BASE_WIDTHS,
     STEPS,
+    TABLE1_COLUMNS,
     DemoSizes,
     Step,
     base_spec,
+    results_table,
     run_demo,
     run_parallel,
-    table1,
     train_runs,
 )
 from eigenarch.errors import EigenarchError
@@ -175,10 +176,10 @@ def test_table1_leaves_out_sizes_without_val_objects():
     def run(ap, apl):
         return {"bbox": {"AP": ap, "AP50": ap, "AP75": ap, "APs": ap, "APm": ap, "APl": apl}}
 
-    (row,) = table1({}, {"base": [run(0.2, -1.0), run(0.4, 0.3)]})
+    (row,) = results_table({}, {"base": [run(0.2, -1.0), run(0.4, 0.3)]}, TABLE1_COLUMNS)
     assert row["AP"] == pytest.approx(30.0) and row["AP_std"] == pytest.approx(14.142, abs=1e-3)
     assert row["APl"] == pytest.approx(30.0) and row["APl_std"] is None
-    (row,) = table1({}, {"base": [run(0.2, -1.0)]})
+    (row,) = results_table({}, {"base": [run(0.2, -1.0)]}, TABLE1_COLUMNS)
     assert row["APl"] is None and row["seeds"] == 1
 
 

@@ -71,3 +71,26 @@ def test_only_commands_join_the_process_group(tmp_path):
     library = tmp_path / "loop.py"
     library.write_text("import eigenarch.distributed as d\nd.init_distributed('cpu')\n")
     assert _calls(library, "init_distributed") == [2]  # the check can fail
+
+
+def test_the_layers_contract_holds_and_can_fail(tmp_path):
+    """``lint-imports`` (run by ``make test``) keeps pyproject.toml's layers; on a package
+    whose lower layer imports a higher one, the same kind of contract is broken."""
+    import subprocess
+    import sys
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    project = ROOT.parent.parent
+    kept = subprocess.run([lint, "--no-cache"], cwd=project, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stdout[-2000:]
+    package = tmp_path / "toy"
+    for name, text in {"__init__": "", "top": "", "low": "import toy.top\n"}.items():
+        package.mkdir(exist_ok=True)
+        (package / f"{name}.py").write_text(text)
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = toy\n\n[importlinter:contract:1]\nname = layers\n"
+        "type = layers\ncontainers = toy\nlayers =\n    top\n    low\n"
+    )
+    broken = subprocess.run([lint, "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path), "PATH": ""})  # fmt: skip
+    assert broken.returncode == 1 and "toy.low -> toy.top" in broken.stdout, broken.stdout

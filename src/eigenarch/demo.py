@@ -537,16 +537,6 @@ def results_table(
     return rows
 
 
-def table1(
-    specs: Mapping[str, str],
-    metrics: Mapping[str, list[dict]],
-    base: Backbone | None = None,
-) -> list[dict]:
-    """The paper's Table 1 in miniature: cost and COCO bbox AP..APl per backbone (see
-    :func:`results_table`)."""
-    return results_table(specs, metrics, TABLE1_COLUMNS, base)
-
-
 def _mean(row: Mapping[str, Any], key: str) -> str:
     if row[key] is None:
         return "n/a"

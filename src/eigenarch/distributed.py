@@ -14,9 +14,14 @@ import torch.distributed as dist
 
 
 def init_distributed(device: str = "cpu") -> tuple[int, int]:
-    """Join the process group if launched by torchrun; returns ``(rank, world size)``."""
+    """Join the process group if launched by torchrun; returns ``(rank, world size)``. On
+    CUDA the process's current device becomes ``cuda:LOCAL_RANK`` first (as torchvision's
+    ``init_distributed_mode``), so NCCL collectives of every rank run on its own GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
     return rank(), world_size()
 
 

@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from eigenarch.errors import EigenarchError
-from eigenarch.spectrum.collector import MAP_SIDES
 
 METRICS = ("macs", "params")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 #: A power of ten with a fractional exponent, such as 1e-3.5.
 _POWER = re.compile(r"\s*(\d*\.?\d+)?[eE]([+-]?\d*\.?\d+)\s*")
+
+#: The two sides of a conv / linear layer whose maps are analysed: its input and its output.
+MAP_SIDES = ("in", "out")
 
 
 def parse_threshold(text: str, option: str = "--threshold") -> float:

@@ -81,3 +81,47 @@ def test_dims_files(tmp_path):
     path.write_text('{"conv1:out": null}')
     with pytest.raises(EigenarchError, match=r"dims file .*d.json: intrinsic dim.*'conv1:out'"):
         load_dims(path)
+
+
+def test_a_kind_of_a_higher_layer_loads_from_its_entry_point(tmp_path):
+    """A DetNAS description builds without importing eigenarch.nas first: the kind comes
+    from the ``eigenarch.backbones`` entry point on first use."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from eigenarch.models import BACKBONE_KINDS, backbone_from_dict;"
+            "assert 'eigenarch.detnas' not in BACKBONE_KINDS;"
+            "assert 'eigenarch.nas' not in sys.modules;"
+            "b = backbone_from_dict(json.load(open(sys.argv[1])));"
+            "print(type(b).__name__, b.cost().macs > 0)")  # fmt: skip
+    from eigenarch.nas.shufflenet import SPACES, detnas_config
+
+    spec = tmp_path / "path.json"
+    spec.write_text(json.dumps(detnas_config(SPACES[1], [0] * SPACES[1].num_blocks)))
+    done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["DetnasBackbone", "True"]
+
+
+def test_every_kind_round_trips_and_an_unknown_format_is_one_line():
+    from eigenarch.models import BuilderBackbone, ResiaNetBackbone, backbone_from_dict
+    from eigenarch.nas.shufflenet import SPACES, DetnasBackbone
+
+    for backbone in (ResiaNetBackbone(source={"x": 1}), BuilderBackbone("resnet18", {}, "bn"),
+                     DetnasBackbone(SPACES[1], (1,) * SPACES[1].num_blocks)):  # fmt: skip
+        assert backbone_from_dict(backbone.to_dict()) == backbone
+    with pytest.raises(EigenarchError, match="format 'eigenarch.nope' is not a backbone kind"):
+        backbone_from_dict({"format": "eigenarch.nope"}, "spec")
+
+
+def test_a_factory_in_a_data_file_is_refused_unless_trusted():
+    from eigenarch.models import backbone_from_dict
+    from eigenarch.models.factory import trusted_factories
+
+    obj = {"format": "eigenarch.backbone", "builder": "net.py:build"}
+    with pytest.raises(EigenarchError, match=r"spec: names the factory 'net.py:build'.*--trust-f"):
+        backbone_from_dict(obj, "spec")
+    with trusted_factories(["net.py:build"]):
+        assert backbone_from_dict(obj, "spec").builder == "net.py:build"  # read, not yet run
+    with trusted_factories(["other.py:build"]), pytest.raises(EigenarchError):
+        backbone_from_dict(obj, "spec")

@@ -270,7 +270,7 @@ def test_backbone_of_a_torchvision_resnet50_rcnn_is_resnet50s(reference_runs):
     for builder, norm in (("fasterrcnn_resnet50_fpn", "frozen_bn"),
                           ("maskrcnn_resnet50_fpn_v2", "bn"),
                           ("keypointrcnn_resnet50_fpn", "frozen_bn")):  # fmt: skip
-        spec = reference_run(pattern, builder).backbone()
+        spec = reference_run(pattern, builder).backbone().to_dict()
         assert {k: spec[k] for k in expected} == expected and spec["norm"] == norm
     for other in ("retinanet_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "f.py:net"):
         assert reference_run(pattern, other).backbone() is None  # FPN over other stages, ...

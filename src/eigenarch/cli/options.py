@@ -34,7 +34,7 @@ def trusting(command: Command) -> Command:
         with trusted_factories(trust_factory or ()):
             return command(*args, **kwargs)
 
-    signature = inspect.signature(command)
+    signature = inspect.signature(command, eval_str=True)  # typer reads it as it is
     option = inspect.Parameter(
         "trust_factory", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TrustFactory
     )

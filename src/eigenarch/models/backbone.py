@@ -16,6 +16,7 @@ import dataclasses
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -136,6 +137,8 @@ class BackboneOptions:
 
 #: ``format`` -> kind, in registration order (the order :func:`parse_backbone` asks them).
 BACKBONE_KINDS: dict[str, type[Backbone]] = {}
+#: The entry-point group of backbone kinds that are not in :mod:`eigenarch.models`.
+ENTRY_POINTS = "eigenarch.backbones"
 #: The kind a JSON object without ``"format"`` is (the paper's ResiaNet width specs).
 DEFAULT_FORMAT = "eigenarch.resianet"
 Kind = TypeVar("Kind", bound=type[Backbone])
@@ -149,13 +152,23 @@ def register_backbone(kind: Kind) -> Kind:
     return kind
 
 
+def backbone_kind(format: object) -> type[Backbone] | None:
+    """The kind registered for ``format``; one a layer above (DetNAS) or another package
+    adds is loaded on first use from the ``eigenarch.backbones`` entry points
+    (``"format" = "module:Kind"`` in its ``pyproject.toml``)."""
+    if format not in BACKBONE_KINDS and isinstance(format, str):
+        for point in entry_points(group=ENTRY_POINTS, name=format):
+            register_backbone(point.load())
+    return BACKBONE_KINDS.get(format)  # type: ignore[arg-type]
+
+
 def backbone_from_dict(obj: Mapping[str, Any] | Backbone, what: str = "backbone") -> Backbone:
     """The backbone a JSON object describes, by its ``"format"`` (none: a ResiaNet)."""
     if isinstance(obj, Backbone):
         return obj
     if not isinstance(obj, Mapping):
         raise EigenarchError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    kind = BACKBONE_KINDS.get(obj.get("format", DEFAULT_FORMAT))
+    kind = backbone_kind(obj.get("format", DEFAULT_FORMAT))
     if kind is None:
         raise EigenarchError(f"{what}: format {obj.get('format')!r} is not a backbone kind; "
                              f"expected one of {', '.join(BACKBONE_KINDS)}")  # fmt: skip

@@ -379,9 +379,11 @@ class _Spec:
 
 
 def _read_spec(path: Path) -> _Spec:
-    """A width spec file (search fields kept for display)."""
+    """A width spec file (search fields kept for display; read for its cost, which needs no
+    norm: GroupNorm's divisibility is not checked, as ``count`` does not)."""
     fields = read_json_object(path, "width spec")
-    spec = backbone_from_dict(fields, f"width spec {path}")
+    costed = {**fields, "norm": "bn"} if fields.get("norm", "gn") == "gn" else fields
+    spec = backbone_from_dict(costed, f"width spec {path}")
     spec.cost()  # widths that fit the backbone, checked before anything is written
     return _Spec(path, fields, spec)
 

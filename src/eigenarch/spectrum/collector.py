@@ -33,10 +33,9 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from eigenarch.errors import EigenarchError
+from eigenarch.options import MAP_SIDES
 from eigenarch.spectrum.spectra import Spectra
 
-#: The two maps of a hooked module: its first positional input and its output.
-MAP_SIDES = ("in", "out")
 #: Module types whose input and output maps are collected (and their subclasses).
 HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 #: Hook calls a map's float32 buffer takes before it is added into the float64 sum.

@@ -285,15 +285,16 @@ def collect_spectra(
     device = str(local_device(device))
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL reduces on the current device
-    torch.manual_seed(seed)
-    net, detector = build_model(model, dataset.num_classes, min_size, weights)
-    net.eval().to(device)
-    if images > len(dataset) and dist_rank() == 0:
-        console.print(f"{data} {split}: {len(dataset)} images, using all of them")
-    chosen = sample_images(len(dataset), images, seed)
-    spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
-                             workers=workers, device=device, include=include,
-                             sides=sides, max_channels=max_channels)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        net, detector = build_model(model, dataset.num_classes, min_size, weights)
+        net.eval().to(device)
+        if images > len(dataset) and dist_rank() == 0:
+            console.print(f"{data} {split}: {len(dataset)} images, using all of them")
+        chosen = sample_images(len(dataset), images, seed)
+        spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
+                                 workers=workers, device=device, include=include,
+                                 sides=sides, max_channels=max_channels)  # fmt: skip
     spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
                     "seed": seed, "processes": world_size()}  # fmt: skip
     if weights is not None:

@@ -32,8 +32,9 @@ from eigenarch.distributed import (
     world_size,
 )
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json, output_lock
+from eigenarch.io import atomic_write_json, output_lock, read_json_object
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
+from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
 from eigenarch.options import command_line
 from eigenarch.train.checkpoint import (
@@ -397,7 +398,10 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
     path = run_dir / "config.json"
     if not path.is_file():
         raise EigenarchError(f"--resume: {path} not found (is {run_dir} a {what} run?)")
-    saved = json.loads(path.read_text())
+    saved = read_json_object(path, f"{what} settings")
+    backbone = saved.get("backbone")
+    if isinstance(backbone, str) and is_factory(backbone):  # a data file runs no code
+        check_trusted(backbone, str(path))
     tuples = {k: tuple(saved[k]) for k in ("anchor_sizes", "proposals") if k in saved}
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 

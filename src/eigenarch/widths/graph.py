@@ -12,7 +12,6 @@ stride, output positions) from the same forward.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,19 +183,15 @@ def trace_model(
     with _tracing(model):
         order, shapes = _record_layers(model, example_input)
         fixed = list(fixed) or _final_linear(model, order)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # unwrapped parameters (layer scale) are expected
-                graph = tp.DependencyGraph().build_dependency(
-                    model,
-                    example_inputs=example_input,
-                    customized_pruners={FrozenBatchNorm2d: _FrozenBatchNormPruner()},
-                    verbose=False,
-                )
-                raw = list(
-                    graph.get_all_groups(ignored_layers=fixed, root_module_types=LAYER_TYPES)
-                )
-        except Exception as exc:
+        try:  # verbose=False: unwrapped parameters (layer scale) take TP's default dim quietly
+            graph = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_input,
+                customized_pruners={FrozenBatchNorm2d: _FrozenBatchNormPruner()},
+                verbose=False,
+            )
+            raw = list(graph.get_all_groups(ignored_layers=fixed, root_module_types=LAYER_TYPES))
+        except (ValueError, RuntimeError, NotImplementedError) as exc:  # what TP refuses
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EigenarchError(
                 f"cannot trace the channel graph of {model_name}: {type(exc).__name__}: {first}"
@@ -205,7 +200,7 @@ def trace_model(
     params = {id(p): n for n, p in model.named_parameters()}
     rank = {n: i for i, n in enumerate(order)}
     modules = dict(model.named_modules())
-    sets = [_members(group, names, params, modules) for group in raw]
+    sets = [_members(graph, group, names, params, modules) for group in raw]
     sets = _merge_grouped_convs(model, sets)
     groups = sorted(
         (_channel_group(model, members, rank) for members in sets if members[0]),
@@ -238,16 +233,18 @@ def _final_linear(model: nn.Module, order: list[str]) -> list[nn.Module]:
     return [last] if isinstance(last, nn.Linear) else []
 
 
-def _members(group, names: dict, params: dict, modules: dict) -> tuple[set, set, set, set]:
+def _members(
+    graph: tp.DependencyGraph, group, names: dict, params: dict, modules: dict
+) -> tuple[set, set, set, set]:
     """``(producers, consumers, norms, parameters)`` of one Torch-Pruning group."""
     producers, consumers, norms, others = set(), set(), set(), set()
     for dep, _ in group:
         target = dep.target.module
-        handler = getattr(dep.handler, "__name__", "")
         if isinstance(target, nn.Parameter):
             others.add(params[id(target)])
         elif isinstance(target, LAYER_TYPES):
-            (producers if handler == "prune_out_channels" else consumers).add(names[target])
+            out = graph.is_out_channel_pruning_fn(dep.handler)
+            (producers if out else consumers).add(names[target])
         elif isinstance(target, NORM_TYPES):
             norms.add(names[target])
     for name in list(producers):  # a depthwise conv reads the channels it produces
