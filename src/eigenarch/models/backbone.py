@@ -285,18 +285,31 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     """``(module names, channels)`` of the feature maps an FPN reads, from a 224-pixel
     forward (channels as they are, after any resizing).
 
-    A model's own ``stage_names``; else, for each of the last ``levels`` strides (4 and up)
+    A model's own ``stage_names``, or the last ``levels`` modules of a timm model's
+    ``feature_info`` (those ``features_only=True`` returns); else, for each of the last ``levels`` strides (4 and up)
     the tensor that the first module leaving that stride (a stage's strided block, or the
     classifier's pooling) reads, named by the outermost module that returned it
     (``layer2``, ``features.6``, ``trunk_output.block3``).
     """
     strides = _watch_strides(model)
-    if hasattr(model, "stage_names"):
-        return list(model.stage_names), [strides.channels[n] for n in model.stage_names]
+    declared = _declared_levels(model, levels)
+    if declared:
+        return declared, [strides.channels[n] for n in declared]
     chosen = strides.levels()[-levels:]
     if len(chosen) < levels or any(name is None for name, _ in chosen):
         raise EigenarchError(f"{type(model).__name__}: fewer than {levels} feature levels")
     return [n for n, _ in chosen], [c for _, c in chosen]
+
+
+def _declared_levels(model: nn.Module, levels: int) -> list[str] | None:
+    """The feature levels a model names itself: ``stage_names``, or timm's ``feature_info``
+    (``[{"module", "num_chs", "reduction"}, ...]``, finest first)."""
+    if hasattr(model, "stage_names"):
+        return list(model.stage_names)
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and len(info) >= levels and all("module" in i for i in info):
+        return [i["module"] for i in info[-levels:]]
+    return None
 
 
 def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:

@@ -47,7 +47,9 @@ REFUSED = ("shufflenet", "densenet", "googlenet", "inception", "squeezenet")
 TRANSFORMERS = ("swin", "vit", "maxvit")
 #: Builders with a normalisation of their own: ConvNeXt's LayerNorm; VGG and MNASNet take
 #: no ``norm_layer`` (their BatchNorm is built in).
-OWN_NORM = ("convnext", "vgg", "mnasnet")
+OWN_NORM = ("convnext", "vgg", "mnasnet", "timm:")
+#: A timm model by name: ``timm:resnet50d`` (``timm.create_model``, never pretrained).
+TIMM = "timm:"
 #: The paper's figures for a backbone (Table 1, conv + fc weights at 224 px), shown beside ours.
 PAPER_COSTS = {
     "resnet50": "paper Table 1, ResNet-50*: 4.09 G MACs, 25.5 M params",
@@ -65,6 +67,13 @@ def check_backbone_name(name: str) -> str:
     """``name`` if it is one of :func:`backbone_names` or a factory (``file.py:factory``,
     ``package.module:factory``), else a one-line error saying why."""
     if is_factory(name):
+        return name
+    if name.startswith(TIMM):
+        import timm  # about a second of imports: only where a timm model is named
+
+        if not timm.is_model(name[len(TIMM) :]):
+            raise EigenarchError(f"backbone {name!r}: timm has no model "
+                                 f"{name[len(TIMM) :]!r} (see timm.list_models())")  # fmt: skip
         return name
     if name.startswith(REFUSED):
         raise EigenarchError(
@@ -96,8 +105,8 @@ def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:
 
 def _init(model: nn.Module, name: str) -> None:
     """Fresh weights as the builder's family sets them (DetNet: PyTorch's defaults; a
-    factory: its own)."""
-    if name == "detnet59" or is_factory(name):
+    factory, a timm model: their own)."""
+    if name == "detnet59" or is_factory(name) or name.startswith(TIMM):
         return
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and name.startswith("convnext"):
@@ -118,14 +127,19 @@ def classifier_by_name(
 ) -> nn.Module:
     """The classifier ``name`` (``backbone_names()``), random weights; ``norm`` ``"gn"``,
     ``"bn"``, ``"frozen_bn"`` or ``None``: the builder's own (torchvision's BatchNorm,
-    ConvNeXt's LayerNorm, DetNet's GroupNorm). A factory's model is as it builds it: its own
-    normalisation and classes."""
+    ConvNeXt's LayerNorm, DetNet's GroupNorm). A factory's or a timm model (``timm:NAME``) is
+    as it builds it: its own normalisation (a factory: its own classes too)."""
     check_backbone_name(name)
+    own = is_factory(name) or name.startswith(TIMM)
+    if own and norm is not None:
+        raise EigenarchError(f"backbone {name!r} sets its own normalisation: --norm {norm} "
+                             "does not apply")  # fmt: skip
     if is_factory(name):
-        if norm is not None:
-            raise EigenarchError(f"backbone {name!r} sets its own normalisation: --norm {norm} "
-                                 "does not apply")  # fmt: skip
         return call_factory(name)
+    if name.startswith(TIMM):  # never downloads: weights come through --weights / --init
+        import timm
+
+        return timm.create_model(name[len(TIMM) :], pretrained=False, num_classes=num_classes)
     if name == "detnet59":
         return detnet59(norm or "gn", gn_groups, num_classes)
     try:

@@ -21,9 +21,13 @@ from torch import nn
 from eigenarch.errors import EigenarchError
 
 
+#: Builder names that look like ``source:function`` but name a library's model (no user code).
+BUILDER_PREFIXES = ("timm:",)
+
+
 def is_factory(spec: str) -> bool:
     """Whether ``spec`` names a factory (``source:function``), not a builder or a file."""
-    return ":" in spec and not Path(spec).is_file()
+    return ":" in spec and not spec.startswith(BUILDER_PREFIXES) and not Path(spec).is_file()
 
 
 _TRUSTED: ContextVar[frozenset[str]] = ContextVar("trusted_factories", default=frozenset())

@@ -17,7 +17,7 @@ from eigenarch.distributed import local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
 from eigenarch.io import check_writable, load_torch
-from eigenarch.models.builders import classifier_by_name
+from eigenarch.models.builders import TIMM, classifier_by_name
 from eigenarch.models.factory import call_factory, is_factory
 from eigenarch.options import parse_device
 from eigenarch.progress import console, progress_bar
@@ -166,15 +166,15 @@ def _torchvision_model(name: str, num_classes: int, classes: int | None = None) 
             name, weights=None, weights_backbone=None, num_classes=classes or num_classes
         )
     classifiers = torchvision.models.list_models(module=torchvision.models)
-    if name == "detnet59":  # eigenarch's own builder (DetNet-59, GroupNorm)
+    if name == "detnet59" or name.startswith(TIMM):  # eigenarch's DetNet-59, timm's models
         return classifier_by_name(name, num_classes=classes or 1000)
     if name in classifiers:
         extra = {"num_classes": classes} if classes else {}
         return torchvision.models.get_model(name, weights=None, **extra)
     raise EigenarchError(
         f"--model {name!r}: not a file, nor a torchvision detector or classifier, nor detnet59, "
-        "nor file.py:factory / package.module:factory "
-        "(e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, resnet50)"
+        "nor timm:NAME, nor file.py:factory / package.module:factory "
+        "(e.g. fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, resnet50, timm:resnet50d)"
     )
 
 

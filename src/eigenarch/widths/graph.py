@@ -206,6 +206,12 @@ def trace_model(
         (_channel_group(model, members, rank) for members in sets if members[0]),
         key=lambda g: rank.get(g.name, math.inf),
     )
+    split = [g.name for g in groups if sum(h.name == g.name for h in groups) > 1]
+    if split:  # one layer's output channels in two groups: a chunk / split of its output
+        raise EigenarchError(
+            f"{model_name}: the output channels of {split[0]} are split into parts that "
+            "different layers read (a chunk, as CSP networks do); its widths cannot be searched"
+        )
     readers: dict[str, str] = {}
     for group in groups:
         for consumer in group.consumers:
