@@ -105,10 +105,12 @@ def test_selection_keeps_the_largest_residual_after_the_schur_update_ties_to_low
 
 
 def test_selection_after_the_rank_is_spent_takes_the_lowest_free_indices():
-    v = torch.randn(8, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    first = int(v.abs().argmax())  # rank 1: after it, round-off residuals only
-    rest = [i for i in range(8) if i != first][:3]
-    assert select_channels(v @ v.T, 4).tolist() == sorted([first, *rest])
+    f = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = f @ f.T  # rank 2: after two picks, residuals of round-off (either sign) only
+    first = int(sigma.diagonal().argmax())
+    second = int((sigma.diagonal() - sigma[:, first] ** 2 / sigma[first, first]).argmax())
+    rest = [i for i in range(8) if i not in (first, second)][:3]
+    assert select_channels(sigma, 5).tolist() == sorted([first, second, *rest])
 
 
 def test_grouped_selection_keeps_the_same_count_in_each_conv_group():
@@ -231,6 +233,14 @@ def test_same_widths_give_the_same_outputs_and_unchanged_groups_keep_their_weigh
     expected = reconstruct_weight(old["layer1.conv2.weight"],
                                   spectra.covariance("layer1.conv2:in"), kept)  # fmt: skip
     assert torch.equal(new["layer1.conv2.weight"], expected)
+    stream = inherit_resize(model, {"stem.0": 8}, spectra, x[:1], graph=graph).state_dict()
+    tensors = read_tensors(model, x[:1], list(graph.groups[0].consumers))
+    sigma = group_covariance(graph.groups[0], spectra, dict(model.named_modules()), "", tensors)
+    kept = select_channels(sigma, 8)
+    for consumer in ("layer1.conv1", "layer2.conv1"):  # each corrected from its own :in map
+        own = spectra.covariance(f"{consumer}:in")
+        expected = reconstruct_weight(old[f"{consumer}.weight"], own, kept)
+        assert torch.equal(stream[f"{consumer}.weight"], expected), consumer
 
 
 def test_growth_with_batchnorm_keeps_the_function_and_new_channels_are_seeded(trained):
