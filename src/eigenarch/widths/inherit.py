@@ -92,7 +92,7 @@ def _dropped(channels: int, kept: Tensor) -> Tensor:
     return mask.nonzero().flatten()
 
 
-def reconstruction(sigma: Tensor, kept: Tensor) -> Tensor:
+def reconstruction(sigma: Tensor, kept: Tensor, eps: float = EPS) -> Tensor:
     """``A = Sigma_DK (Sigma_KK + eps * tr(Sigma_KK) / |K| * I)^-1``, ``(|D|, |K|)`` float64.
 
     ``D`` is the channels not in ``kept``, ascending: the least-squares estimate of the
@@ -103,14 +103,14 @@ def reconstruction(sigma: Tensor, kept: Tensor) -> Tensor:
     kept = torch.as_tensor(kept, dtype=torch.long)
     dropped = _dropped(sigma.shape[0], kept)
     skk = sigma[kept][:, kept]
-    ridge = EPS * float(skk.trace()) / len(kept)
+    ridge = eps * float(skk.trace()) / len(kept)
     if ridge <= 0:
         return sigma.new_zeros(len(dropped), len(kept))
     eye = torch.eye(len(kept), dtype=torch.float64)
     return torch.linalg.solve(skk + ridge * eye, sigma[kept][:, dropped]).T
 
 
-def mixing_matrix(sigma: Tensor, kept: Tensor, groups: int = 1) -> Tensor:
+def mixing_matrix(sigma: Tensor, kept: Tensor, groups: int = 1, eps: float = EPS) -> Tensor:
     """``M`` (``(C, |K|)`` float64) with ``W @ M = W_K + W_D A``: identity on the kept rows,
     :func:`reconstruction` on the dropped ones; with ``groups > 1`` (a grouped conv reading
     the channels) block-diagonal, each conv group estimated from its own kept channels."""
@@ -127,7 +127,7 @@ def mixing_matrix(sigma: Tensor, kept: Tensor, groups: int = 1) -> Tensor:
             raise EigenarchError(f"no channel kept in conv group {a} of {groups}")
         block = _block(sigma, a, size)
         rows = _dropped(size, local) + a * size
-        mix[rows[:, None], inside[None, :]] = reconstruction(block, local)
+        mix[rows[:, None], inside[None, :]] = reconstruction(block, local, eps)
     return mix
 
 
@@ -289,6 +289,7 @@ def inherit_resize(
     seed: int = 0,
     kept: Mapping[str, Tensor] | None = None,
     reconstruct: bool = True,
+    eps: float = EPS,
 ) -> nn.Module:
     """A copy of trained ``model`` with its channel groups at ``widths``, weights inherited.
 
@@ -301,7 +302,8 @@ def inherit_resize(
     in place; new producer rows come from ``reset_parameters()`` under ``seed``, new norm
     entries are 1 / 0 (running mean 0, variance 1), and old rows read new channels with
     weight 0. Unchanged groups keep their weights exactly. ``kept`` overrides the selection
-    of named groups (a baseline's channels), ``reconstruct=False`` keeps ``W_K`` only.
+    of named groups (a baseline's channels), ``reconstruct=False`` keeps ``W_K`` only;
+    ``eps`` is the relative ridge of :func:`reconstruction` (SPEC: 1e-6).
     """
     if example_input is None:
         example_input = torch.zeros(1, 3, 224, 224)
@@ -316,7 +318,7 @@ def inherit_resize(
     for group in shrinking:
         plans[group.name] = _shrink_plan(group, new_widths[group.name], spectra, modules,
                                          prefix, tensors, (kept or {}).get(group.name),
-                                         reconstruct)  # fmt: skip
+                                         reconstruct, eps)  # fmt: skip
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
@@ -345,6 +347,7 @@ def _shrink_plan(
     tensors: Mapping[str, int],
     kept: Tensor | None,
     reconstruct: bool,
+    eps: float,
 ) -> _Plan:
     sigma = group_covariance(group, spectra, modules, prefix, tensors)
     blocks = _conv_groups(modules, group)
@@ -366,10 +369,11 @@ def _shrink_plan(
             continue
         name = f"{prefix}{consumer}:in"
         own = spectra.covariance(name) if name in spectra.names else sigma
-        plan.mix[consumer] = mixing_matrix(own, kept, conv_groups)
+        plan.mix[consumer] = mixing_matrix(own, kept, conv_groups, eps)
     flattened = [c for c in group.consumers if c not in plan.mix and not _is_depthwise(modules[c])]
     for consumer in flattened:  # a linear layer on a flattened map: every position alike
-        plan.mix[consumer] = mixing_matrix(sigma if reconstruct else torch.eye(group.width), kept)
+        source = sigma if reconstruct else torch.eye(group.width)
+        plan.mix[consumer] = mixing_matrix(source, kept, eps=eps)
     return plan
 
 
