@@ -20,7 +20,6 @@ from torch import nn
 
 from eigenarch.errors import EigenarchError
 
-
 #: Builder names that look like ``source:function`` but name a library's model (no user code).
 BUILDER_PREFIXES = ("timm:",)
 

@@ -15,17 +15,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from eigenarch.errors import EigenarchError
-from eigenarch.spectrum.spectra import Spectra
 from eigenarch.widths.graph import LAYER_TYPES, ChannelGroup, ModelGraph, _is_depthwise, trace_model
 from eigenarch.widths.resize import check_group_widths, resize
 
 #: Relative ridge of the reconstruction: ``eps * tr(Sigma_KK) / |K|`` is added to the diagonal.
 EPS = 1e-6
+
+
+class Covariances(Protocol):
+    """What resizing reads of collected spectra (:class:`eigenarch.spectrum.Spectra` is one):
+    map names, each map's channels and its (non-centred) covariance."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def channels(self, name: str) -> int: ...
+
+    def covariance(self, name: str) -> Tensor: ...
 
 
 def select_channels(sigma: Tensor, keep: int, groups: int = 1) -> Tensor:
@@ -146,7 +158,7 @@ def _mix(weight: Tensor, mix: Tensor, dim: int) -> Tensor:
     return (moved @ mix.to(moved.device)).movedim(-1, dim).to(weight.dtype)
 
 
-def check_spectra(model: nn.Module, spectra: Spectra, prefix: str = "") -> None:
+def check_spectra(model: nn.Module, spectra: Covariances, prefix: str = "") -> None:
     """Refuse, in one line, spectra whose maps under ``prefix`` are not this model's: a name
     that is no conv / linear layer of it, or a width that is not the layer's."""
     modules = dict(model.named_modules())
@@ -199,7 +211,7 @@ def _mixing(modules: Mapping[str, nn.Module], group: ChannelGroup) -> list[str]:
 
 def group_covariance(
     group: ChannelGroup,
-    spectra: Spectra,
+    spectra: Covariances,
     modules: Mapping[str, nn.Module],
     prefix: str = "",
     tensors: Mapping[str, int] | None = None,
@@ -282,7 +294,7 @@ class _Plan:
 def inherit_resize(
     model: nn.Module,
     widths: Mapping[str, int],
-    spectra: Spectra,
+    spectra: Covariances,
     example_input: Tensor | None = None,
     graph: ModelGraph | None = None,
     prefix: str = "",
@@ -341,7 +353,7 @@ def _conv_groups(modules: Mapping[str, nn.Module], group: ChannelGroup) -> int:
 def _shrink_plan(
     group: ChannelGroup,
     width: int,
-    spectra: Spectra,
+    spectra: Covariances,
     modules: Mapping[str, nn.Module],
     prefix: str,
     tensors: Mapping[str, int],
