@@ -286,8 +286,8 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     forward (channels as they are, after any resizing).
 
     A model's own ``stage_names``, or the last ``levels`` modules of a timm model's
-    ``feature_info`` (those ``features_only=True`` returns); else, for each of the last ``levels`` strides (4 and up)
-    the tensor that the first module leaving that stride (a stage's strided block, or the
+    ``feature_info`` (those ``features_only=True`` returns); else, for each of the last
+    ``levels`` strides (4 and up) the tensor that the first module leaving that stride (a stage's strided block, or the
     classifier's pooling) reads, named by the outermost module that returned it
     (``layer2``, ``features.6``, ``trunk_output.block3``).
     """
