@@ -288,8 +288,8 @@ def feature_levels(model: nn.Module, levels: int = 4) -> tuple[list[str], list[i
     A model's own ``stage_names``, or the last ``levels`` modules of a timm model's
     ``feature_info`` (those ``features_only=True`` returns); else, for each of the last
     ``levels`` strides (4 and up) the tensor that the first module leaving that stride (a
-    stage's strided block, or the classifier's pooling) reads, named by the outermost module that returned it
-    (``layer2``, ``features.6``, ``trunk_output.block3``).
+    stage's strided block, or the classifier's pooling) reads, named by the outermost
+    module that returned it (``layer2``, ``features.6``, ``trunk_output.block3``).
     """
     strides = _watch_strides(model)
     declared = _declared_levels(model, levels)
