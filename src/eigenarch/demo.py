@@ -31,13 +31,14 @@ from eigenarch.data.shapes import (
     generate_shapes_cls,
 )
 from eigenarch.errors import EigenarchError
+from eigenarch.evaluation.coco import COCO_METRICS
 from eigenarch.io import atomic_write_json
 from eigenarch.models.backbone import Backbone, load_backbone
 from eigenarch.models.builders import BuilderBackbone
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
-from eigenarch.report.claims import paper_claims, welch_p
+from eigenarch.report.claims import mean_std, paper_claims, welch_p
 from eigenarch.report.compare import Comparison, compare_spectra, final_spectra
 from eigenarch.report.dynamics import compute_dynamics, load_dynamics, spectra_file
 from eigenarch.report.html import write_report
@@ -475,9 +476,6 @@ def _step_table2(demo: Demo, specs: Mapping[str, str]) -> dict:
     return {"results": _per_row(demo, backbones, config, pretrain_runs)}
 
 
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
 def _coco(iou: str, key: str, run: Mapping[str, Any]) -> float | None:
     """A COCO metric in %; ``None`` where COCOeval gives -1 (no val object of that size)."""
     value = run[iou][key]
@@ -490,7 +488,7 @@ def _error(key: str, run: Mapping[str, Any]) -> float:
 
 #: Each table's columns: key -> its value in one run's results (COCO metrics, or a
 #: classifier's ``val_accuracy`` / ``val_top5``).
-TABLE1_COLUMNS = {key: partial(_coco, "bbox", key) for key in COCO_KEYS}
+TABLE1_COLUMNS = {key: partial(_coco, "bbox", key) for key in COCO_METRICS}
 MASK_COLUMNS = {"AP_bbox": partial(_coco, "bbox", "AP"), "AP_mask": partial(_coco, "segm", "AP")}
 TABLE2_COLUMNS = {
     "top1_err": partial(_error, "val_accuracy"),
@@ -537,13 +535,6 @@ def results_table(
     return rows
 
 
-def _mean(row: Mapping[str, Any], key: str) -> str:
-    if row[key] is None:
-        return "n/a"
-    std = row[f"{key}_std"]
-    return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-
-
 #: The summary line of each further table: its title and the columns it shows.
 TABLE_LINES = {
     "table1_2x": ("At 2x the iterations (AP)", ("AP",)),
@@ -555,7 +546,7 @@ TABLE_LINES = {
 def _table_line(name: str, rows: Sequence[Mapping[str, Any]]) -> str:
     title, keys = TABLE_LINES[name]
     cells = "; ".join(
-        f"{r['backbone']} {' / '.join(_mean(r, k) for k in keys)} ({r['params'] / 1e6:.2f} M)"
+        f"{r['backbone']} {' / '.join(mean_std(r, k) for k in keys)} ({r['params'] / 1e6:.2f} M)"
         for r in rows
     )
     return f"{title}: {cells}."

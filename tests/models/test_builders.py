@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from eigenarch.errors import EigenarchError
 from eigenarch.models import (
     BackboneOptions,
     load_backbone,
@@ -167,3 +168,11 @@ def test_detector_spectra_search_keeps_the_classifier_head_it_cannot_measure(nam
         for i in tie.groups:
             assert found.groups[graph.groups[i].name] == graph.groups[i].width
     assert result.macs <= result.base_macs
+
+
+def test_a_multiple_the_gn_groups_cannot_split_names_both_ways_out():
+    """``search --model resnet34 --multiple 8`` under the default 32 GroupNorm groups."""
+    with pytest.raises(EigenarchError, match=r"must be multiples of 32 .*--multiple 32 .*"
+                       r"fewer --gn-groups \(dividing 8\) or --norm bn"):  # fmt: skip
+        parse_backbone("resnet34").search({"conv1:out": 3}, "base", "macs", 8)
+    parse_backbone("resnet34", BackboneOptions("gn", 8)).graph()  # 8 groups: 8 divides

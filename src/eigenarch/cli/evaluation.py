@@ -5,26 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from eigenarch.cli.options import trusting
+from eigenarch.cli.tables import metrics_table
 from eigenarch.data.coco import CocoDetection, find_split
 from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
-from eigenarch.evaluation.coco import COCO_METRICS, evaluate_detections
+from eigenarch.evaluation.coco import evaluate_detections
 from eigenarch.io import atomic_write_json, output_file
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
 from eigenarch.train.evaluate import evaluate_model
-
-
-def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
-    """The COCO summary as a rich table: one row per IoU type, one column per metric."""
-    table = Table("type", *COCO_METRICS)
-    for iou_type, values in metrics.items():
-        cells = (f"{100 * values[m]:.1f}" if values[m] >= 0 else "-" for m in COCO_METRICS)
-        table.add_row(iou_type, *cells)
-    return table
 
 
 def _model_metrics(

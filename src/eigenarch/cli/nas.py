@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from eigenarch.cli import train as train_cli
-from eigenarch.cli.evaluation import metrics_table
+from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.nas.evolution import STRATEGIES, SearchConfig

@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from eigenarch.cli.evaluation import metrics_table
 from eigenarch.cli.options import trusting
+from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_ints

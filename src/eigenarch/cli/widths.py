@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
 
 from eigenarch.cli.options import trusting
+from eigenarch.cli.tables import comparison_table, cost_table, tie_table
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import BackboneOptions, load_backbone, parse_backbone
 from eigenarch.models.builders import PAPER_COSTS
@@ -18,7 +18,6 @@ from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.options import parse_ints, parse_threshold
 from eigenarch.report.width_search import search_to_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS, ModelCost
-from eigenarch.widths.ias import WidthSearchResult
 
 
 class Side(str, Enum):
@@ -31,96 +30,6 @@ class Norm(str, Enum):
     gn = "gn"
     bn = "bn"
     frozen_bn = "frozen_bn"
-
-
-def _stage_label(stage: str, widths: tuple[int, ...]) -> str:
-    if not widths:
-        return ""
-    if stage == "stem":
-        return str(widths[0])
-    if stage == "fc":
-        return ""
-    s = int(stage[-1])
-    return f"{widths[2 * s - 1]}/{widths[2 * s]}"
-
-
-def cost_table(cost: ModelCost, title: str | None = None) -> Table:
-    """Per-stage widths (a ResNet's bottleneck/output, else the stage's output width),
-    blocks, MACs and params, with totals."""
-    table = Table("stage", "widths", "blocks", "MACs (G)", "params (M)", "% params", title=title)
-    last = {cost.stage_of(layer.name): str(layer.out_channels) for layer in cost.layers}
-    for stage, (macs, params) in cost.stages().items():
-        resnet = bool(cost.depths) and stage.startswith("layer")
-        blocks = str(cost.depths[int(stage[-1]) - 1]) if resnet else ""
-        table.add_row(
-            stage,
-            _stage_label(stage, cost.widths) if cost.widths else last[stage],
-            blocks,
-            f"{macs / 1e9:.3f}",
-            f"{params / 1e6:.3f}",
-            f"{100 * params / cost.params:.1f}",
-        )
-    table.add_row(
-        "total",
-        "",
-        str(sum(cost.depths)) if cost.depths else "",
-        f"{cost.macs / 1e9:.3f}",
-        f"{cost.params / 1e6:.3f}",
-        "100.0",
-        style="bold",
-    )
-    return table
-
-
-def comparison_table(found: ModelCost, base: ModelCost) -> Table:
-    """Per-stage widths, MACs and params of a search result beside its base model."""
-    table = Table(
-        "stage",
-        "widths",
-        "MACs (G)",
-        "params (M)",
-        "params",
-        title="base ResNet -> searched ResiaNet",
-    )
-    rows = [
-        (stage, base.widths, found.widths, *b, *f)
-        for (stage, b), f in zip(base.stages().items(), found.stages().values(), strict=True)
-    ]
-    rows.append(("total", (), (), base.macs, base.params, found.macs, found.params))
-    for stage, bw, fw, bm, bp, fm, fp in rows:
-        old, new = (_stage_label(stage, bw), _stage_label(stage, fw)) if bw else ("", "")
-        widths = f"{old} -> {new}" if old else ""
-        table.add_row(
-            stage,
-            widths,
-            f"{bm / 1e9:.3f} -> {fm / 1e9:.3f}",
-            f"{bp / 1e6:.3f} -> {fp / 1e6:.3f}",
-            f"{100 * (fp / bp - 1):+.1f}%",
-            style="bold" if stage == "total" else None,
-        )
-    return table
-
-
-def tie_table(result: WidthSearchResult) -> Table:
-    """Every searched width: its groups, base width, adjusted and searched width."""
-    table = Table(
-        Column("width", overflow="fold"), "base", "adjusted", "searched",
-        title="base -> searched widths",
-    )  # fmt: skip
-    for name, (low, high), adjusted, width in zip(
-        result.ties, result.base_ranges, result.adjusted, result.widths, strict=True
-    ):
-        base = str(low) if low == high else f"{low}-{high}"
-        kept = " (kept: no map)" if name in result.fixed else ""
-        table.add_row(name, base, f"{adjusted:.1f}", f"{width}{kept}")
-    table.add_row(
-        "total",
-        f"{result.base_macs / 1e9:.3f} G / {result.base_params / 1e6:.3f} M",
-        "",
-        f"{result.macs / 1e9:.3f} G / {result.params / 1e6:.3f} M",
-        style="bold",
-    )
-    return table
 
 
 def count(

@@ -210,7 +210,7 @@ def _rebound_claim(dynamics: Mapping[str, RunDynamics]) -> Claim:
     )
 
 
-def _value(row: Mapping[str, Any], key: str) -> str:
+def mean_std(row: Mapping[str, Any], key: str) -> str:
     """A row's mean over seeds, ± its std where there are several; n/a without one."""
     if row.get(key) is None:
         return "n/a"
@@ -225,7 +225,9 @@ def _signed(change: float) -> str:
 
 def _ap(row: Mapping[str, Any]) -> str:
     p = row.get("AP_p")
-    return f"{row['backbone']} AP {_value(row, 'AP')}" + (f" (p {p:.3f})" if p is not None else "")
+    return f"{row['backbone']} AP {mean_std(row, 'AP')}" + (
+        f" (p {p:.3f})" if p is not None else ""
+    )
 
 
 def _no_p(rows: Sequence[Mapping[str, Any]], key: str = "AP") -> str | None:
@@ -311,9 +313,9 @@ def _schedule_claim(short: Rows, long: Rows | None, family: str, hint: str | Non
     gaps = [a["AP"] - b["AP"] for a, b in pairs]
     p = welch_p(i1["AP_values"], s1["AP_values"])
     ours = (
-        f"1x: I (MACs) AP {_value(i1, 'AP')} vs S (MACs) {_value(s1, 'AP')} (I - S "
+        f"1x: I (MACs) AP {mean_std(i1, 'AP')} vs S (MACs) {mean_std(s1, 'AP')} (I - S "
         f"{_signed(gaps[0])}" + (f", p {p:.3f}" if p is not None else "") + f"); 2x: "
-        f"{_value(i2, 'AP')} vs {_value(s2, 'AP')} (I - S {_signed(gaps[1])})"
+        f"{mean_std(i2, 'AP')} vs {mean_std(s2, 'AP')} (I - S {_signed(gaps[1])})"
     )
     if gaps[0] <= 0 or gaps[1] >= gaps[0]:
         return Claim("i", paper, source, ours, rule, DISAGREES)
@@ -356,7 +358,7 @@ def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
         return _no_rows("k", paper, source, rule)
     base, s, i = found
     ours = "top-1 / top-5 error (%): " + "; ".join(
-        f"{r['backbone']} {_value(r, 'top1_err')} / {_value(r, 'top5_err')}"
+        f"{r['backbone']} {mean_std(r, 'top1_err')} / {mean_std(r, 'top5_err')}"
         + (f" (p {r['top1_err_p']:.3f})" if r.get("top1_err_p") is not None else "")
         + f", {r['params'] / 1e6:.2f} M params"
         for r in found
@@ -393,7 +395,7 @@ def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -
     ours = (
         "Mask R-CNN AP bbox / mask: "
         + "; ".join(
-            f"{r['backbone']} {_value(r, 'AP_bbox')} / {_value(r, 'AP_mask')}" for r in masks
+            f"{r['backbone']} {mean_std(r, 'AP_bbox')} / {mean_std(r, 'AP_mask')}" for r in masks
         )  # fmt: skip
         + f" (S (MACs) {_signed(mask_change)} AP mask); Faster R-CNN: S (MACs) "
         f"{_signed(box_change)} AP"

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from eigenarch.errors import EigenarchError
+from eigenarch.evaluation.coco import COCO_METRICS
 from eigenarch.io import atomic_write_json, atomic_write_text, read_json_object
 from eigenarch.models.backbone import Backbone, backbone_from_dict
 from eigenarch.options import command_line
 from eigenarch.progress import console
+from eigenarch.report.claims import mean_std
 from eigenarch.report.compare import Comparison, MapComparison, compare_spectra, plot_stages
 from eigenarch.report.dynamics import RunDynamics, load_dynamics, run_config
 from eigenarch.report.plots import (
@@ -473,7 +475,7 @@ class ResultTable:
     caption: str
 
 
-_COCO = tuple((key, key) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+_COCO = tuple((key, key) for key in COCO_METRICS)
 _WELCH = "mean ± std over seeds; p: two-sided Welch's t-test against the base (none with one seed)"
 #: ``write_report(tables=...)``: each table's name -> how it is shown, in this order.
 RESULT_TABLES = {
@@ -509,13 +511,6 @@ RESULT_TABLES = {
 }
 
 
-def _mean_std(row: dict[str, Any], key: str) -> str:
-    if row[key] is None:  # e.g. no val object of that size
-        return "n/a"
-    std = row.get(f"{key}_std")
-    return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-
-
 def _p_value(row: dict[str, Any], key: str) -> str:
     p = row.get(f"{key}_p")
     return "" if p is None else f"{p:.3f}"
@@ -532,7 +527,7 @@ def _result_section(page: Page, name: str, rows: Sequence[dict[str, Any]]) -> No
         [
             (r["backbone"], ",".join(map(str, r["widths"])), f"{r['macs'] / 1e9:.3f}",
              f"{r['params'] / 1e6:.2f}", r["seeds"],
-             *(_mean_std(r, k) for _, k in shown.values),
+             *(mean_std(r, k) for _, k in shown.values),
              *(_p_value(r, k) for _, k in shown.p_values))
             for r in rows
         ],

@@ -389,8 +389,9 @@ def _check_divisors(ties: Sequence[WidthTie], multiple: int) -> None:
         if multiple % tie.divisor:
             raise EigenarchError(
                 f"multiple {multiple}: the widths of {tie.name} must be multiples of "
-                f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use a "
-                f"multiple of {tie.divisor}"
+                f"{tie.divisor} (group width of a grouped conv, or GroupNorm groups); use "
+                f"--multiple {tie.divisor} (or a multiple of it), or, where GroupNorm groups "
+                f"set it, fewer --gn-groups (dividing {multiple}) or --norm bn"
             )
 
 
