@@ -8,13 +8,20 @@ eval, 224 x 224, batch 2) under ``torch.no_grad``:
 * ``all maps, products`` -- the same with ``derive=False``: every ``:out`` map multiplied,
   none derived from its ``:in`` map;
 * ``outputs``    -- with the collector on ``:out`` maps only;
-* ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed.
+* ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed;
+* ``floor products`` -- not a forward: the products the ``all maps`` collector computes in
+  one forward (their shapes and dtypes recorded once), as bare single-thread BLAS ``syrk``
+  calls spread over ``torch.get_num_threads()`` threads (largest first, each to the least
+  loaded thread). ``plain`` + this is the floor of the ``all maps`` configuration: what the
+  collector would cost with nothing but its products.
 
 Configurations are timed in turn, forward by forward, so that load from other processes hits
 them alike; the median and the minimum over ``--repeats`` forwards of the wall-clock time and
 of the process CPU time are reported (with ``--threads 1`` the CPU time is the work done,
 whatever other processes load the machine). The time of the final ``spectra()`` call (where
-derived maps get their ``W S W^T``) is reported per collector configuration, twice. Peak memory is
+derived maps get their ``W S W^T``) is reported per collector configuration, twice. The ratios
+to the plain forward are reported with the floor's (``floor_all_maps_*``) and the distance to
+it (``above_floor_*``, in plain forwards). Peak memory is
 measured in fresh processes collecting ``--memory-images`` images each.
 
 ``--model fasterrcnn`` times the same three collector configurations on torchvision's Faster
@@ -35,12 +42,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 
+import numpy as np
 import torch
 import torchvision
+from scipy.linalg import blas
+from threadpoolctl import threadpool_limits
 
-from eigenarch.spectrum import SpectrumCollector
+from eigenarch.spectrum import SpectrumCollector, collector
+
+#: (channels, positions, dtype) of one product: ``+= F F^T`` for a (C, K) matrix ``F``.
+Shape = tuple[int, int, torch.dtype]
 
 BATCH, SIZE = 2, 224
 
@@ -77,6 +91,57 @@ def delve_tracker(model: torch.nn.Module, folder: str):
     return tracker, None
 
 
+def product_shapes(model: torch.nn.Module, x) -> list[Shape]:
+    """The products one forward of ``model`` (inside its collector) computes."""
+    shapes: list[Shape] = []
+    original = collector._Triangle.add_gram
+
+    def recording(self, matrix: torch.Tensor, alpha: float) -> None:
+        shapes.append((matrix.shape[0], matrix.shape[1], self.dtype))
+        original(self, matrix, alpha)
+
+    collector._Triangle.add_gram = recording
+    try:
+        model(x)
+    finally:
+        collector._Triangle.add_gram = original
+    return shapes
+
+
+class BareProducts:
+    """The floor of a collector: its products as bare single-thread ``syrk`` calls, the
+    largest first, each to the least loaded of ``torch.get_num_threads()`` threads."""
+
+    def __init__(self, shapes: list[Shape]) -> None:
+        threads = torch.get_num_threads()
+        self.bins: list[list] = [[] for _ in range(threads)]
+        loads = [0.0] * threads
+        rng = np.random.default_rng(0)
+        outputs = {}
+        for c, k, dtype in sorted(shapes, key=lambda s: -s[0] * s[0] * s[1]):
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            factor = np.asfortranarray(rng.standard_normal((c, k), dtype=np_dtype))
+            out = outputs.setdefault((c, np_dtype), np.zeros((c, c), np_dtype, order="F"))
+            syrk = blas.ssyrk if np_dtype == np.float32 else blas.dsyrk
+            i = loads.index(min(loads))
+            loads[i] += c * c * k * (2 if np_dtype == np.float64 else 1)
+            self.bins[i].append((syrk, factor, out))
+        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        #: Multiply-adds, the upper triangle only.
+        self.macs = sum(c * c * k / 2 for c, k, _ in shapes)
+
+    def run_bin(self, i: int) -> None:
+        for syrk, factor, out in self.bins[i]:
+            syrk(1.0, factor, beta=1.0, c=out, lower=1, overwrite_c=1)
+
+    def __call__(self, _=None) -> None:
+        """One forward's products (call with single-thread BLAS)."""
+        futures = [self.pool.submit(self.run_bin, i) for i in range(1, len(self.bins))]
+        self.run_bin(0)
+        for future in futures:
+            future.result()
+
+
 def timings(repeats: int, model_name: str = "resnet50") -> dict:
     build, make_input = MODELS[model_name]
     x = make_input(torch.Generator().manual_seed(0))
@@ -103,6 +168,12 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
             stack.enter_context(context)
             model(x)  # warm-up: buffers allocated, kernels chosen
             model(x)
+        stack.enter_context(threadpool_limits(1, user_api="blas"))  # as in the collector
+        shapes = product_shapes(configs["all maps"][0], x)
+        bare = BareProducts(shapes)
+        bare()
+        configs["floor products"] = (bare, nullcontext())
+        wall["floor products"], cpu["floor products"] = [], []
         for _ in range(repeats):
             for name, (model, _) in configs.items():
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -126,6 +197,9 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
     }
     result["maps"] = {name: len(configs[name][1].names) for name in collectors}
     result["derived maps"] = {name: len(configs[name][1].derived) for name in collectors}
+    float64 = sum(s[2] == torch.float64 for s in shapes)
+    result["products per forward"] = {"count": len(shapes), "gmac": bare.macs / 1e9,
+                                      "float64": float64}  # fmt: skip
     result["spectra() s"] = reads
     if delve_error:
         result["delve_error"] = delve_error
@@ -168,6 +242,9 @@ def main() -> None:
     for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
         plain = t["plain"][stat]
         result[f"ratio_all_maps_{stat[:-2]}"] = t["all maps"][stat] / plain
+        floor = 1 + t["floor products"][stat] / plain
+        result[f"floor_all_maps_{stat[:-2]}"] = floor
+        result[f"above_floor_{stat[:-2]}"] = t["all maps"][stat] / plain - floor
         result[f"ratio_all_maps_products_{stat[:-2]}"] = t["all maps, products"][stat] / plain
         if "delve" in t:
             result[f"added_vs_delve_{stat[:-2]}"] = (t["outputs"][stat] - plain) / (

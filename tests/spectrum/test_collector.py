@@ -196,6 +196,29 @@ def test_derived_outputs_match_reference(size, derived, collect_with_reference, 
     assert_matches(spectra, reference)
 
 
+@pytest.mark.parametrize(("images", "derived"), [(None, []), (9, []), (10, ["expand:out"])])
+def test_derivation_pays_back_within_the_images_streamed(
+    images, derived, collect_with_reference, assert_matches
+):
+    # expand (8 -> 32) at 2 x 2: W S W^T costs 2 * 32 * 8 * 40 = 20480 multiply-adds, a sample's
+    # products 32 * 32 * 4 / 2 = 2048: it pays from 10 images (default payback: 8).
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    batches = [
+        torch.randn(3, 3, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    spectra, reference = collect_with_reference(model, batches, images=images)
+    with SpectrumCollector(model, images=images) as collector, torch.no_grad():
+        model(batches[0])
+    assert collector.derived == derived
+    assert_matches(spectra, reference)
+
+
+def test_images_must_be_positive():
+    with pytest.raises(EigenarchError, match="images 0: expected >= 1"):
+        SpectrumCollector(_Expand(), images=0)
+
+
 def test_an_earlier_hook_keeps_products(collect_with_reference, assert_matches):
     # A hook that runs before the collector's may change the output on any call: here from
     # the second on, after a first call that passes every check.

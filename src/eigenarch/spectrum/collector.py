@@ -55,7 +55,8 @@ MIN_PANEL = 16
 _SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
 _GEMM = {torch.float32: blas.sgemm, torch.float64: blas.dgemm}
 #: A ``:out`` map is derived from its ``:in`` map only if the float64 ``W S W^T`` at the end
-#: costs no more than multiplying this many samples of the map would.
+#: costs no more than multiplying this many samples of the map would (the collector's
+#: ``images`` when given: the samples the caller will stream).
 DERIVE_PAYBACK_SAMPLES = 8
 #: ... and only if the output is this close (relative, Frobenius) to an exact ``W x``: the
 #: derived and multiplied sums then differ by under about half of it.
@@ -259,13 +260,14 @@ class _Derivation:
     Decided on the module's first call: float32 / float64 maps and weight, samples in it,
     the collector's hook the module's first forward hook (no other hook can change what it
     sees), the output within :data:`DERIVE_TOLERANCE` of an exact (float64) ``conv2d(x, W)``,
-    and the final product no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' products.
+    and the final product no dearer than ``payback`` samples' products.
     The weight is copied then. Every later call checks the module (its weight against the
     copy, ``.data`` writes included; bias, stride, hooks) and the maps' layout; on any
     difference the derived sum so far is made permanent and products take over.
     """
 
     source: _Map  # the same conv's ``:in`` map
+    payback: int = DERIVE_PAYBACK_SAMPLES  # samples whose products may cost the final one
     hook_id: int | None = None  # the collector's forward hook on the module, while attached
     active: bool | None = None  # None until the first call
     weight: Tensor | None = None  # exact copy of the weight the derived sum uses
@@ -283,7 +285,7 @@ class _Derivation:
         ):
             self._end(target)
         elif self.active is None:
-            pays = _derivation_pays(module, output)
+            pays = _derivation_pays(module, output, self.payback)
             self.active = pays and _output_is_conv(module, inputs, output)
             if self.active:
                 self.weight = module.weight.detach().clone()
@@ -354,6 +356,9 @@ class SpectrumCollector:
         derive: compute the ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
             whose ``:in`` map is collected as ``W S_in W^T`` where that is cheaper (see
             :class:`_Derivation`); ``False`` multiplies every map's own tensors.
+        images: how many samples (images) each process will stream, if known (e.g.
+            ``--images``): a derivation is taken where its cost per read pays back within
+            them; ``None`` assumes :data:`DERIVE_PAYBACK_SAMPLES`.
     """
 
     def __init__(
@@ -363,10 +368,14 @@ class SpectrumCollector:
         sides: Iterable[str] = ("in", "out"),
         max_channels: int | None = 4096,
         derive: bool = True,
+        images: int | None = None,
     ) -> None:
         sides = tuple(sides)
         if not sides or any(s not in MAP_SIDES for s in sides):
             raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
+        if images is not None and images < 1:
+            raise EigenarchError(f"images {images}: expected >= 1 (or None when not known)")
+        self.payback = DERIVE_PAYBACK_SAMPLES if images is None else images
         self.model = model
         self.include = [include] if isinstance(include, str) else include
         self.sides = sides
@@ -429,7 +438,7 @@ class SpectrumCollector:
                     self._maps[name] = state
                 pair.append(state)
             if pair[0] and pair[1] and self.derive and _derivable_module(module):
-                pair[1].derivation = _Derivation(pair[0])
+                pair[1].derivation = _Derivation(pair[0], self.payback)
             if pair[0] or pair[1]:
                 self._layers.append((module, pair[0], pair[1]))
         if not self._maps:
@@ -699,12 +708,12 @@ def _linear_layout(module: nn.Conv2d, inputs: Tensor | None, output: object) -> 
     )
 
 
-def _derivation_pays(module: nn.Conv2d, output: Tensor) -> bool:
-    """Is ``W S W^T`` per read no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' syrk?"""
+def _derivation_pays(module: nn.Conv2d, output: Tensor, payback: int) -> bool:
+    """Is ``W S W^T`` per read no dearer than ``payback`` samples' syrk?"""
     c_out, c_in = module.weight.shape[:2]
     final = 2 * c_out * c_in * (c_in + c_out)  # float64: about twice a float32 multiply-add
     positions = output.shape[2] * output.shape[3]
-    return final <= DERIVE_PAYBACK_SAMPLES * c_out * c_out * positions / 2
+    return final <= payback * c_out * c_out * positions / 2
 
 
 def _output_is_conv(module: nn.Conv2d, inputs: Tensor, output: Tensor) -> bool:
