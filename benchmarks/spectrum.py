@@ -28,7 +28,7 @@ measured in fresh processes collecting ``--memory-images`` images each.
 R-CNN R50-FPN (random weights) at 800 px instead (no delve, no memory runs).
 
 Usage: ``python benchmarks/spectrum.py [--repeats 20] [--threads N] [--memory-images 4,16,64]
-[--model resnet50|fasterrcnn] [--json FILE]``
+[--memory-sizes 224,448] [--images 5000] [--model resnet50|fasterrcnn] [--json FILE]``
 """
 
 from __future__ import annotations
@@ -142,12 +142,12 @@ class BareProducts:
             future.result()
 
 
-def timings(repeats: int, model_name: str = "resnet50") -> dict:
+def timings(repeats: int, model_name: str = "resnet50", images: int | None = None) -> dict:
     build, make_input = MODELS[model_name]
     x = make_input(torch.Generator().manual_seed(0))
     base = build()
     collectors = {
-        "all maps": {},
+        "all maps": {"images": images},
         "all maps, products": {"derive": False},
         "outputs": {"sides": ("out",)},
     }
@@ -201,25 +201,36 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
     result["products per forward"] = {"count": len(shapes), "gmac": bare.macs / 1e9,
                                       "float64": float64}  # fmt: skip
     result["spectra() s"] = reads
+    spectra = configs["all maps"][1].spectra()
+    start = time.perf_counter()
+    spectra.decompose()  # every map's eigenvalues (one thread, as Spectra does)
+    result["decompose() s"] = time.perf_counter() - start
     if delve_error:
         result["delve_error"] = delve_error
     return result
 
 
-def peak_memory(images: int) -> dict:
-    """Collect ``images`` images (batches of 2) in a fresh process; its peak RSS (VmHWM, which,
-    unlike ``ru_maxrss``, does not carry over the parent's peak through fork and exec)."""
+def peak_memory(images: int, size: int = SIZE) -> dict:
+    """Collect ``images`` images of ``size`` px (batches of 2, the collector told their number)
+    in a fresh process with this one's threads: its peak RSS (VmHWM, which, unlike
+    ``ru_maxrss``, does not carry over the parent's peak through fork and exec) and the
+    wall-clock time of the forwards and of the final ``spectra()``."""
     code = (
-        "import json, re, torch, torchvision\n"
+        "import json, re, time, torch, torchvision\n"
         "from eigenarch.spectrum import SpectrumCollector\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
         "torch.manual_seed(0); m = torchvision.models.resnet50().eval()\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "with SpectrumCollector(m) as c, torch.no_grad():\n"
+        "start = time.perf_counter()\n"
+        f"with SpectrumCollector(m, images={images}) as c, torch.no_grad():\n"
         f"    for _ in range({images} // {BATCH}):\n"
-        f"        m(torch.randn({BATCH}, 3, {SIZE}, {SIZE}, generator=g))\n"
-        "s = c.spectra()\n"
+        f"        m(torch.randn({BATCH}, 3, {size}, {size}, generator=g))\n"
+        "    forwards = time.perf_counter() - start\n"
+        "    s = c.spectra()\n"
+        "total = time.perf_counter() - start\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
         "print(json.dumps({'peak_rss_mib': int(hwm) / 1024, 'samples': s.samples('conv1:in'),"
+        " 'forwards_s': forwards, 'total_s': total,"
         " 'state_mib': sum(12 * c.shape[0] ** 2 for c in map(s.covariance, s.names)) / 2**20}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -230,14 +241,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--memory-images", default="4,16,64")
+    parser.add_argument("--memory-sizes", default=str(SIZE), help="image sizes of those runs")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet50")
+    parser.add_argument("--images", type=int, default=5000,
+                        help="the images the collector is told it streams (its derive rule; "
+                        "`eigenarch spectrum`'s default --images); 0: not told")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": args.model}
-    result["time"] = timings(args.repeats, args.model)
+    result["images"] = args.images or None
+    result["time"] = timings(args.repeats, args.model, args.images or None)
     t = result["time"]
     for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
         plain = t["plain"][stat]
@@ -251,7 +267,11 @@ def main() -> None:
                 t["delve"][stat] - plain
             )
     if args.model == "resnet50" and args.memory_images:
-        result["memory"] = {n: peak_memory(int(n)) for n in args.memory_images.split(",")}
+        result["memory"] = {
+            f"{n} images, {size} px": peak_memory(int(n), int(size))
+            for size in args.memory_sizes.split(",")
+            for n in args.memory_images.split(",")
+        }
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
