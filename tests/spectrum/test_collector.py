@@ -445,3 +445,38 @@ def test_the_torch_internals_the_collector_relies_on():
         assert not _first_hook(conv, before.id)
     finally:
         glob.remove()
+
+
+@pytest.mark.parametrize("channels", [1, 15, 16, 31, 32, 100, 2048])
+@pytest.mark.parametrize("panels", [1, 2, 3, 16])
+def test_panels_split_the_triangle_into_equal_work(channels, panels):
+    bounds = collector_module._panel_bounds(channels, panels)
+    n = max(1, min(panels, channels // collector_module.MIN_PANEL))
+    assert len(bounds) == n + 1 and bounds[0] == 0 and bounds[-1] == channels
+    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
+    work = [
+        (channels - a) ** 2 - (channels - b) ** 2 for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    assert max(work) - min(work) <= 2 * channels + 2  # equal but for rounding to whole rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
+@pytest.mark.parametrize(("channels", "threads"), [(1, 2), (17, 1), (40, 2), (33, 3), (64, 4)])
+def test_panel_products_equal_the_float64_reference(monkeypatch, dtype, layout, channels, threads):
+    monkeypatch.setattr(collector_module, "MIN_PANEL", 8)
+    g = torch.Generator().manual_seed(channels)
+    base = torch.randn(2 * channels, 3 * 29, generator=g)
+    matrix = {"rows": base[:channels], "columns": base[:channels].T.contiguous().T,
+              "strided": base[::2, ::3]}[layout]  # fmt: skip
+    torch.set_num_threads(threads)  # the autouse fixture restores one thread
+    triangle = collector_module._Triangle(channels, dtype, torch.device("cpu"), threads)
+    assert len(triangle.diagonal) == max(1, min(threads, channels // 8))
+    triangle.add_gram(matrix, 0.25)
+    triangle.add_gram(matrix[:, :5], 1.0)
+    total = torch.zeros(channels, channels, dtype=torch.float64)
+    triangle.add_to(total)
+    got = collector_module._symmetric(total).numpy()
+    m = matrix.double().numpy()
+    expected = 0.25 * m @ m.T + m[:, :5] @ m[:, :5].T
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-6
