@@ -8,20 +8,27 @@ eval, 224 x 224, batch 2) under ``torch.no_grad``:
 * ``all maps, products`` -- the same with ``derive=False``: every ``:out`` map multiplied,
   none derived from its ``:in`` map;
 * ``outputs``    -- with the collector on ``:out`` maps only;
-* ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed.
+* ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed;
+* ``floor products`` -- not a forward: the products the ``all maps`` collector computes in
+  one forward (their shapes and dtypes recorded once), as bare single-thread BLAS ``syrk``
+  calls spread over ``torch.get_num_threads()`` threads (largest first, each to the least
+  loaded thread). ``plain`` + this is the floor of the ``all maps`` configuration: what the
+  collector would cost with nothing but its products.
 
 Configurations are timed in turn, forward by forward, so that load from other processes hits
 them alike; the median and the minimum over ``--repeats`` forwards of the wall-clock time and
 of the process CPU time are reported (with ``--threads 1`` the CPU time is the work done,
 whatever other processes load the machine). The time of the final ``spectra()`` call (where
-derived maps get their ``W S W^T``) is reported per collector configuration, twice. Peak memory is
+derived maps get their ``W S W^T``) is reported per collector configuration, twice. The ratios
+to the plain forward are reported with the floor's (``floor_all_maps_*``) and the distance to
+it (``above_floor_*``, in plain forwards). Peak memory is
 measured in fresh processes collecting ``--memory-images`` images each.
 
 ``--model fasterrcnn`` times the same three collector configurations on torchvision's Faster
 R-CNN R50-FPN (random weights) at 800 px instead (no delve, no memory runs).
 
 Usage: ``python benchmarks/spectrum.py [--repeats 20] [--threads N] [--memory-images 4,16,64]
-[--model resnet50|fasterrcnn] [--json FILE]``
+[--memory-sizes 224,448] [--images 5000] [--model resnet50|fasterrcnn] [--json FILE]``
 """
 
 from __future__ import annotations
@@ -35,12 +42,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 
+import numpy as np
 import torch
 import torchvision
+from scipy.linalg import blas
+from threadpoolctl import threadpool_limits
 
-from eigenarch.spectrum import SpectrumCollector
+from eigenarch.spectrum import SpectrumCollector, collector
+
+#: (channels, positions, dtype) of one product: ``+= F F^T`` for a (C, K) matrix ``F``.
+Shape = tuple[int, int, torch.dtype]
 
 BATCH, SIZE = 2, 224
 
@@ -77,12 +91,63 @@ def delve_tracker(model: torch.nn.Module, folder: str):
     return tracker, None
 
 
-def timings(repeats: int, model_name: str = "resnet50") -> dict:
+def product_shapes(model: torch.nn.Module, x) -> list[Shape]:
+    """The products one forward of ``model`` (inside its collector) computes."""
+    shapes: list[Shape] = []
+    original = collector._Triangle.add_gram
+
+    def recording(self, matrix: torch.Tensor, alpha: float) -> None:
+        shapes.append((matrix.shape[0], matrix.shape[1], self.dtype))
+        original(self, matrix, alpha)
+
+    collector._Triangle.add_gram = recording
+    try:
+        model(x)
+    finally:
+        collector._Triangle.add_gram = original
+    return shapes
+
+
+class BareProducts:
+    """The floor of a collector: its products as bare single-thread ``syrk`` calls, the
+    largest first, each to the least loaded of ``torch.get_num_threads()`` threads."""
+
+    def __init__(self, shapes: list[Shape]) -> None:
+        threads = torch.get_num_threads()
+        self.bins: list[list] = [[] for _ in range(threads)]
+        loads = [0.0] * threads
+        rng = np.random.default_rng(0)
+        outputs = {}
+        for c, k, dtype in sorted(shapes, key=lambda s: -s[0] * s[0] * s[1]):
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            factor = np.asfortranarray(rng.standard_normal((c, k), dtype=np_dtype))
+            out = outputs.setdefault((c, np_dtype), np.zeros((c, c), np_dtype, order="F"))
+            syrk = blas.ssyrk if np_dtype == np.float32 else blas.dsyrk
+            i = loads.index(min(loads))
+            loads[i] += c * c * k * (2 if np_dtype == np.float64 else 1)
+            self.bins[i].append((syrk, factor, out))
+        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        #: Multiply-adds, the upper triangle only.
+        self.macs = sum(c * c * k / 2 for c, k, _ in shapes)
+
+    def run_bin(self, i: int) -> None:
+        for syrk, factor, out in self.bins[i]:
+            syrk(1.0, factor, beta=1.0, c=out, lower=1, overwrite_c=1)
+
+    def __call__(self, _=None) -> None:
+        """One forward's products (call with single-thread BLAS)."""
+        futures = [self.pool.submit(self.run_bin, i) for i in range(1, len(self.bins))]
+        self.run_bin(0)
+        for future in futures:
+            future.result()
+
+
+def timings(repeats: int, model_name: str = "resnet50", images: int | None = None) -> dict:
     build, make_input = MODELS[model_name]
     x = make_input(torch.Generator().manual_seed(0))
     base = build()
     collectors = {
-        "all maps": {},
+        "all maps": {"images": images},
         "all maps, products": {"derive": False},
         "outputs": {"sides": ("out",)},
     }
@@ -103,6 +168,12 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
             stack.enter_context(context)
             model(x)  # warm-up: buffers allocated, kernels chosen
             model(x)
+        stack.enter_context(threadpool_limits(1, user_api="blas"))  # as in the collector
+        shapes = product_shapes(configs["all maps"][0], x)
+        bare = BareProducts(shapes)
+        bare()
+        configs["floor products"] = (bare, nullcontext())
+        wall["floor products"], cpu["floor products"] = [], []
         for _ in range(repeats):
             for name, (model, _) in configs.items():
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -126,26 +197,40 @@ def timings(repeats: int, model_name: str = "resnet50") -> dict:
     }
     result["maps"] = {name: len(configs[name][1].names) for name in collectors}
     result["derived maps"] = {name: len(configs[name][1].derived) for name in collectors}
+    float64 = sum(s[2] == torch.float64 for s in shapes)
+    result["products per forward"] = {"count": len(shapes), "gmac": bare.macs / 1e9,
+                                      "float64": float64}  # fmt: skip
     result["spectra() s"] = reads
+    spectra = configs["all maps"][1].spectra()
+    start = time.perf_counter()
+    spectra.decompose()  # every map's eigenvalues (one thread, as Spectra does)
+    result["decompose() s"] = time.perf_counter() - start
     if delve_error:
         result["delve_error"] = delve_error
     return result
 
 
-def peak_memory(images: int) -> dict:
-    """Collect ``images`` images (batches of 2) in a fresh process; its peak RSS (VmHWM, which,
-    unlike ``ru_maxrss``, does not carry over the parent's peak through fork and exec)."""
+def peak_memory(images: int, size: int = SIZE) -> dict:
+    """Collect ``images`` images of ``size`` px (batches of 2, the collector told their number)
+    in a fresh process with this one's threads: its peak RSS (VmHWM, which, unlike
+    ``ru_maxrss``, does not carry over the parent's peak through fork and exec) and the
+    wall-clock time of the forwards and of the final ``spectra()``."""
     code = (
-        "import json, re, torch, torchvision\n"
+        "import json, re, time, torch, torchvision\n"
         "from eigenarch.spectrum import SpectrumCollector\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
         "torch.manual_seed(0); m = torchvision.models.resnet50().eval()\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "with SpectrumCollector(m) as c, torch.no_grad():\n"
+        "start = time.perf_counter()\n"
+        f"with SpectrumCollector(m, images={images}) as c, torch.no_grad():\n"
         f"    for _ in range({images} // {BATCH}):\n"
-        f"        m(torch.randn({BATCH}, 3, {SIZE}, {SIZE}, generator=g))\n"
-        "s = c.spectra()\n"
+        f"        m(torch.randn({BATCH}, 3, {size}, {size}, generator=g))\n"
+        "    forwards = time.perf_counter() - start\n"
+        "    s = c.spectra()\n"
+        "total = time.perf_counter() - start\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]\n"
         "print(json.dumps({'peak_rss_mib': int(hwm) / 1024, 'samples': s.samples('conv1:in'),"
+        " 'forwards_s': forwards, 'total_s': total,"
         " 'state_mib': sum(12 * c.shape[0] ** 2 for c in map(s.covariance, s.names)) / 2**20}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -156,25 +241,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--memory-images", default="4,16,64")
+    parser.add_argument("--memory-sizes", default=str(SIZE), help="image sizes of those runs")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet50")
+    parser.add_argument("--images", type=int, default=5000,
+                        help="the images the collector is told it streams (its derive rule; "
+                        "`eigenarch spectrum`'s default --images); 0: not told")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": args.model}
-    result["time"] = timings(args.repeats, args.model)
+    result["images"] = args.images or None
+    result["time"] = timings(args.repeats, args.model, args.images or None)
     t = result["time"]
     for stat in ("median_s", "min_s", "cpu_median_s", "cpu_min_s"):
         plain = t["plain"][stat]
         result[f"ratio_all_maps_{stat[:-2]}"] = t["all maps"][stat] / plain
+        floor = 1 + t["floor products"][stat] / plain
+        result[f"floor_all_maps_{stat[:-2]}"] = floor
+        result[f"above_floor_{stat[:-2]}"] = t["all maps"][stat] / plain - floor
         result[f"ratio_all_maps_products_{stat[:-2]}"] = t["all maps, products"][stat] / plain
         if "delve" in t:
             result[f"added_vs_delve_{stat[:-2]}"] = (t["outputs"][stat] - plain) / (
                 t["delve"][stat] - plain
             )
     if args.model == "resnet50" and args.memory_images:
-        result["memory"] = {n: peak_memory(int(n)) for n in args.memory_images.split(",")}
+        result["memory"] = {
+            f"{n} images, {size} px": peak_memory(int(n), int(size))
+            for size in args.memory_sizes.split(",")
+            for n in args.memory_images.split(",")
+        }
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

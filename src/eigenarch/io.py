@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -213,24 +214,48 @@ def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
 
     A missing file, a folder, or a file that is empty, truncated, of another format (JSON,
     say) or that holds other objects is a one-line error naming ``path`` and ``what`` was
-    expected (never torch's advice to load it with ``weights_only=False``).
+    expected (never torch's advice to load it with ``weights_only=False``). The file is read
+    once: the check and the load both read its bytes in memory.
     """
+    path = _existing_file(path, what)
+    data = file_bytes(path)
+    damaged = _zip_damage(BytesIO(data))
+    if damaged:
+        raise EigenarchError(f"{path}: not a readable {what} (damaged torch.save file: {damaged})")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(data, exc)})") from None
+
+
+def load_torch_fields(path: str | os.PathLike[str], what: str = "torch file") -> Any:
+    """What :func:`load_torch` returns, for reading a large file's small fields: only its
+    pickle is read, its tensors are mapped (``mmap``), not read, nor CRC-checked. A file
+    that cannot be mapped so (not a zip archive, damaged) is left to :func:`load_torch`."""
+    path = _existing_file(path, what)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return load_torch(path, what)
+
+
+def file_bytes(path: Path) -> bytes:
+    """The whole file (the one place torch files are read from disk)."""
+    return path.read_bytes()
+
+
+def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise EigenarchError(f"{path}: is a folder; expected a {what}")
     if not path.is_file():
         raise EigenarchError(f"{path}: {what} not found")
-    damaged = _zip_damage(path)
-    if damaged:
-        raise EigenarchError(f"{path}: not a readable {what} (damaged torch.save file: {damaged})")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(path, exc)})") from None
+    return path
 
 
-def _zip_damage(path: Path) -> str | None:
+def _zip_damage(path: Path | BytesIO) -> str | None:
     """What is wrong with the zip archive that ``torch.save`` writes, or None: every record's
     CRC-32 is checked, which ``torch.load`` does not do (a flipped byte in a tensor would load
     silently). Files that are not zip archives are left to ``torch.load``."""
@@ -244,13 +269,12 @@ def _zip_damage(path: Path) -> str | None:
     return f"record {bad.split('/', 1)[-1]} fails its CRC check" if bad else None
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
-    """Why ``torch.load`` failed on ``path``, in a few words."""
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """Why ``torch.load`` failed on a file of ``data``, in a few words."""
     refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if refused:
         return f"it holds a {refused.group(1)} object; only tensors and plain data are loaded"
-    with path.open("rb") as f:
-        head = f.read(64).lstrip()
+    head = data[:64].lstrip()
     if not head:
         return "empty file"
     if head[:1] in (b"{", b"["):

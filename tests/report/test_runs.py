@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+import eigenarch.io
 from eigenarch.errors import EigenarchError
 from eigenarch.report import dynamics as dynamics_module
 from eigenarch.report.claims import AGREES, paper_claims
@@ -143,6 +144,23 @@ def test_checkpoints_ordered_by_epoch_with_the_schedule_of_their_args(reference_
     # Alone, checkpoint.pth is the latest epoch.
     (latest,) = reference_run(str(runs["I"] / "checkpoint.pth"), spec).checkpoints
     assert latest[0] == 11
+
+
+def test_each_checkpoint_is_read_once(reference_runs, monkeypatch):
+    # The epoch scan reads only each file's pickle; the weights, once per analysed file.
+    spec, runs = reference_runs
+    reads = []
+    original = eigenarch.io.file_bytes
+    monkeypatch.setattr(eigenarch.io, "file_bytes", lambda path: reads.append(path.name)
+                        or original(path))  # fmt: skip
+    found = reference_run(str(runs["I"] / "*.pth"), spec)
+    assert reads == []
+    for _, path in found.checkpoints:
+        model, detector = found.load(path, 4, None)
+        saved = torch.load(path, weights_only=False)["model"]  # our own test file
+        assert detector and torch.equal(model.state_dict()[TARGET + ".weight"],
+                                        saved[TARGET + ".weight"])  # fmt: skip
+    assert reads == [path.name for _, path in found.checkpoints]  # checkpoint.pth: never
 
 
 def test_schedule_without_args_or_with_another_scheduler(tmp_path, shapes_root):

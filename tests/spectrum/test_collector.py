@@ -196,6 +196,29 @@ def test_derived_outputs_match_reference(size, derived, collect_with_reference, 
     assert_matches(spectra, reference)
 
 
+@pytest.mark.parametrize(("images", "derived"), [(None, []), (9, []), (10, ["expand:out"])])
+def test_derivation_pays_back_within_the_images_streamed(
+    images, derived, collect_with_reference, assert_matches
+):
+    # expand (8 -> 32) at 2 x 2: W S W^T costs 2 * 32 * 8 * 40 = 20480 multiply-adds, a sample's
+    # products 32 * 32 * 4 / 2 = 2048: it pays from 10 images (default payback: 8).
+    torch.manual_seed(0)
+    model = _Expand().eval()
+    batches = [
+        torch.randn(3, 3, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    spectra, reference = collect_with_reference(model, batches, images=images)
+    with SpectrumCollector(model, images=images) as collector, torch.no_grad():
+        model(batches[0])
+    assert collector.derived == derived
+    assert_matches(spectra, reference)
+
+
+def test_images_must_be_positive():
+    with pytest.raises(EigenarchError, match="images 0: expected >= 1"):
+        SpectrumCollector(_Expand(), images=0)
+
+
 def test_an_earlier_hook_keeps_products(collect_with_reference, assert_matches):
     # A hook that runs before the collector's may change the output on any call: here from
     # the second on, after a first call that passes every check.
@@ -321,12 +344,11 @@ def test_streaming_is_independent_of_batching(sizes):
         assert results[0].samples(name) == results[1].samples(name)
 
 
-@pytest.mark.parametrize("threads", [1, 2])  # BLAS syrk, then addmm_ row panels
+@pytest.mark.parametrize("threads", [1, 2, 3])  # one syrk, then panels side by side
 def test_symmetric_products_match_full_ones(
     monkeypatch, threads, toy_detector, toy_batches, collect_with_reference, assert_matches
 ):
-    monkeypatch.setattr(collector_module, "SYMMETRIC_MIN_CHANNELS", 4)
-    monkeypatch.setattr(collector_module, "MIN_PANEL", 3)
+    monkeypatch.setattr(collector_module, "MIN_PANEL", 2)  # the toy's 3..12 channels split
     monkeypatch.setattr(collector_module, "FLUSH_EVERY", 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -423,3 +445,38 @@ def test_the_torch_internals_the_collector_relies_on():
         assert not _first_hook(conv, before.id)
     finally:
         glob.remove()
+
+
+@pytest.mark.parametrize("channels", [1, 15, 16, 31, 32, 100, 2048])
+@pytest.mark.parametrize("panels", [1, 2, 3, 16])
+def test_panels_split_the_triangle_into_equal_work(channels, panels):
+    bounds = collector_module._panel_bounds(channels, panels)
+    n = max(1, min(panels, channels // collector_module.MIN_PANEL))
+    assert len(bounds) == n + 1 and bounds[0] == 0 and bounds[-1] == channels
+    assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
+    work = [
+        (channels - a) ** 2 - (channels - b) ** 2 for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    assert max(work) - min(work) <= 2 * channels + 2  # equal but for rounding to whole rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
+@pytest.mark.parametrize(("channels", "threads"), [(1, 2), (17, 1), (40, 2), (33, 3), (64, 4)])
+def test_panel_products_equal_the_float64_reference(monkeypatch, dtype, layout, channels, threads):
+    monkeypatch.setattr(collector_module, "MIN_PANEL", 8)
+    g = torch.Generator().manual_seed(channels)
+    base = torch.randn(2 * channels, 3 * 29, generator=g)
+    matrix = {"rows": base[:channels], "columns": base[:channels].T.contiguous().T,
+              "strided": base[::2, ::3]}[layout]  # fmt: skip
+    torch.set_num_threads(threads)  # the autouse fixture restores one thread
+    triangle = collector_module._Triangle(channels, dtype, torch.device("cpu"), threads)
+    assert len(triangle.diagonal) == max(1, min(threads, channels // 8))
+    triangle.add_gram(matrix, 0.25)
+    triangle.add_gram(matrix[:, :5], 1.0)
+    total = torch.zeros(channels, channels, dtype=torch.float64)
+    triangle.add_to(total)
+    got = collector_module._symmetric(total).numpy()
+    m = matrix.double().numpy()
+    expected = 0.25 * m @ m.T + m[:, :5] @ m[:, :5].T
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-6

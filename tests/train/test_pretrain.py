@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import eigenarch.io
 import eigenarch.train.pretrain as pretrain
 from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
 from eigenarch.errors import EigenarchError
@@ -104,8 +105,12 @@ def test_pretrain_resume_takes_the_settings_of_the_run(cls_root, tmp_path, run_c
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain_classifier(_config(cls_root, out, norm="bn"))
     monkeypatch.setattr(pretrain.ClassifierTrainer, "run_step", original)
+    reads = []
+    read = eigenarch.io.file_bytes
+    monkeypatch.setattr(eigenarch.io, "file_bytes", lambda path: reads.append(path) or read(path))
     result = run_cli("pretrain", "--out", out, "--resume")
     assert result.code == 0, result.stderr
+    assert reads.count(pretrain.resume_path(out)) == 1  # settings, device and state: one read
     saved = torch.load(out, weights_only=True)
     assert saved["pretrain"]["norm"] == "bn" and saved["pretrain"]["data"] == str(cls_root)
     assert "bn1.running_mean" in saved["model"] and len(saved["history"]) == 2

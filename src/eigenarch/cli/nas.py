@@ -37,7 +37,7 @@ from eigenarch.nas.supernet import (
 from eigenarch.options import parse_ints, parse_number
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
-from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config
+from eigenarch.train.pretrain import PretrainConfig, load_resume
 
 detnas = typer.Typer(
     help="DetNAS: ShuffleNetV2 supernet trained on detection, evolutionary search, retraining.",
@@ -297,8 +297,9 @@ def pretrain(
     options = train_cli.pretrain_fields(options)
     options["backbone"] = detnas_config(_space(space, stem, channels, depths), None)
     out = Path(options["out"])
-    init_distributed(load_pretrain_config(out).device if resume else options["device"])
-    summary = pretrain_supernet(PretrainConfig(**options), resume=resume)
+    saved = load_resume(out) if resume else None  # OUT.resume, read once
+    init_distributed(saved.config.device if saved else options["device"])
+    summary = pretrain_supernet(PretrainConfig(**options), resume=saved or False)
     if is_main():
         console.print(
             f"val top-1 (last sampled path) {summary['val_accuracy']:.3f}; "

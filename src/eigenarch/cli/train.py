@@ -15,7 +15,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_ints
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
-from eigenarch.train.pretrain import PretrainConfig, load_pretrain_config, pretrain_classifier
+from eigenarch.train.pretrain import PretrainConfig, load_resume, pretrain_classifier
 
 
 def train_fields(options: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +119,9 @@ def pretrain(
 ) -> None:
     """Pre-train a backbone as an image classifier (the "I" start; runs under torchrun too)."""
     cfg = PretrainConfig(**pretrain_fields(locals()))
-    init_distributed(load_pretrain_config(out).device if resume else device)
-    summary = pretrain_classifier(cfg, resume=resume)
+    saved = load_resume(out) if resume else None  # OUT.resume, read once
+    init_distributed(saved.config.device if saved else device)
+    summary = pretrain_classifier(cfg, resume=saved or False)
     if is_main():
         console.print(
             f"val top-1 {summary['val_accuracy']:.3f}, top-5 {summary['val_top5']:.3f}; "

@@ -81,7 +81,12 @@ from eigenarch.train.loop import (
     run_schedule,
     start_run,
 )
-from eigenarch.train.pretrain import ClassifierTrainer, PretrainConfig, pretrain_classifier
+from eigenarch.train.pretrain import (
+    ClassifierTrainer,
+    PretrainConfig,
+    Resume,
+    pretrain_classifier,
+)
 
 
 def sample_path(space: SearchSpace, seed: int, iteration: int) -> tuple[int, ...]:
@@ -431,7 +436,7 @@ def write_search_report(result: SearchResult, out: Path, source: str) -> dict[st
 # --- classifier pre-training of the supernet ------------------------------------------------
 
 
-def pretrain_supernet(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+def pretrain_supernet(cfg: PretrainConfig, resume: bool | Resume = False) -> dict[str, Any]:
     """ImageNet-style pre-training of the supernet ``cfg.backbone`` (path null), one
     sampled path per step; the checkpoint initialises ``detnas supernet --init``."""
     space, path = read_detnas_config(cfg.backbone)

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import load_torch
+from eigenarch.io import load_torch_fields
 from eigenarch.models.backbone import Backbone, backbone_from_dict
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.spectrum.stream import build_model
@@ -117,8 +117,9 @@ def our_run(run_dir: str | os.PathLike[str]) -> TrainingRun:
 
 
 def _reference_checkpoint(path: Path) -> tuple[int, dict[str, Any]]:
-    """``(epoch, args as a dict)`` of a checkpoint of torchvision's reference scripts."""
-    payload = load_torch(path, "checkpoint of torchvision's reference scripts")
+    """``(epoch, args as a dict)`` of a checkpoint of torchvision's reference scripts (only
+    its pickle read: the weights are read once, when the checkpoint is analysed)."""
+    payload = load_torch_fields(path, "checkpoint of torchvision's reference scripts")
     epoch = payload.get("epoch") if isinstance(payload, dict) else None
     weights = payload.get("model") if isinstance(payload, dict) else None
     if not isinstance(weights, dict) or type(epoch) is not int or epoch < 0:

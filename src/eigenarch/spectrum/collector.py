@@ -17,11 +17,14 @@ of multiplied (:class:`_Derivation`).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -43,16 +46,16 @@ FLUSH_EVERY = 16
 #: Maps narrower than this (an RGB input, logits) are multiplied in float64: their float32
 #: products lose accuracy over many positions, and cost next to nothing either way.
 NARROW = 16
-#: On the CPU, maps at least this wide are kept as (at most) :data:`PANELS` row panels of at
-#: least :data:`MIN_PANEL` channels covering the upper block triangle: with several torch
-#: threads each product computes only those panels (``addmm_``), nearly half the work at
-#: full GEMM speed; the lower block triangle is never written.
-SYMMETRIC_MIN_CHANNELS = 128
-PANELS = 16
-MIN_PANEL = 64
+#: On the CPU, a product is split into one row panel of the upper triangle per torch thread
+#: (panels of equal work, none under this many rows), each a single-thread BLAS ``syrk`` of
+#: its diagonal block and ``gemm`` of the block right of it, run side by side (see
+#: :class:`_Triangle`).
+MIN_PANEL = 16
 _SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
+_GEMM = {torch.float32: blas.sgemm, torch.float64: blas.dgemm}
 #: A ``:out`` map is derived from its ``:in`` map only if the float64 ``W S W^T`` at the end
-#: costs no more than multiplying this many samples of the map would.
+#: costs no more than multiplying this many samples of the map would (the collector's
+#: ``images`` when given: the samples the caller will stream).
 DERIVE_PAYBACK_SAMPLES = 8
 #: ... and only if the output is this close (relative, Frobenius) to an exact ``W x``: the
 #: derived and multiplied sums then differ by under about half of it.
@@ -60,57 +63,129 @@ DERIVE_TOLERANCE = 1e-6
 
 
 class _Triangle:
-    """A ``(C, C)`` accumulator whose upper triangle holds the sum.
+    """The upper triangle of a ``(C, C)`` sum of products, held as row panels.
 
-    Products on the CPU: with one torch thread, one BLAS ``syrk`` (exactly half the work of
-    a full product) adding into the upper triangle in place; with more, the row panels of
-    the upper block triangle by ``addmm_`` in torch's thread pool (BLAS's own threads and
-    torch's OpenMP threads slow each other down several times when both are busy-waiting on
-    the same cores). On other devices, full products (there, launches cost more than flops).
-    Only the panels are ever added or zeroed; the lower triangle is restored from the upper
-    one when the spectra are read.
+    Panel ``i`` covers rows ``[a, b)``: its diagonal block (upper triangle) and the block
+    right of it, each a contiguous tensor of its own, so that BLAS adds into them in place.
+    The panels have equal work (``bounds`` from :func:`_panel_bounds`). On the CPU a product
+    is, per panel, one single-thread BLAS ``syrk`` of the diagonal block and one ``gemm`` of
+    the right one: exactly half the work of a full product, the panels side by side on
+    worker threads (BLAS releases the GIL; BLAS's own threads and torch's OpenMP ones slow
+    each other down several times when both busy-wait on the same cores). On other devices
+    one panel and full products (there, launches cost more than flops).
     """
 
-    def __init__(self, channels: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.tensor = torch.zeros(channels, channels, dtype=dtype, device=device)
-        self.step = channels
-        if channels >= SYMMETRIC_MIN_CHANNELS and self.tensor.device.type == "cpu":
-            self.step = max(MIN_PANEL, channels // PANELS)
-        self.starts = list(range(0, channels, self.step))
-        self.panels = [self.tensor[i : i + self.step, i:] for i in self.starts]
+    def __init__(
+        self, channels: int, dtype: torch.dtype, device: torch.device, panels: int = 1
+    ) -> None:
+        self.bounds = _panel_bounds(channels, panels if device.type == "cpu" else 1)
+        pairs = list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
+        self.diagonal = [torch.zeros(b - a, b - a, dtype=dtype, device=device) for a, b in pairs]
+        self.right = [
+            torch.zeros(b - a, channels - b, dtype=dtype, device=device) for a, b in pairs
+        ]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.diagonal[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.diagonal[0].device
 
     def add_gram(self, matrix: Tensor, alpha: float) -> None:
         """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
-        matrix = matrix.detach().to(self.tensor.dtype)
-        if self.tensor.device.type == "cpu" and torch.get_num_threads() == 1:
-            self._syrk(matrix, alpha)
-            return
-        columns, rows = matrix.T, matrix.split(self.step)
-        for start, panel, block in zip(self.starts, self.panels, rows, strict=True):
-            panel.addmm_(block, columns[:, start:], alpha=alpha)
-
-    def _syrk(self, matrix: Tensor, alpha: float) -> None:
-        # BLAS is column-major: the buffer's transpose is a Fortran array whose lower
-        # triangle is our upper one; a (C, K) matrix is passed as whichever of it or its
-        # transpose is a Fortran array, so that nothing is copied.
-        if matrix.T.is_contiguous():
-            factor, trans = matrix.T.numpy().T, 0  # (C, K) Fortran: factor @ factor.T
+        matrix = matrix.detach().to(self.dtype)
+        if self.device.type != "cpu":
+            self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
+        elif len(self.diagonal) == 1:
+            _syrk(self.diagonal[0], matrix, alpha)
         else:
-            factor, trans = matrix.contiguous().numpy().T, 1  # (K, C) Fortran: factor.T @ factor
-        total = self.tensor.numpy().T
-        result = _SYRK[self.tensor.dtype](
-            alpha, factor, beta=1.0, c=total, trans=trans, lower=1, overwrite_c=1
-        )
-        if result.ctypes.data != total.ctypes.data:  # not updated in place: copy back
-            total[...] = result
+            matrix = matrix.contiguous()  # row slices of it are then contiguous too
+            _side_by_side([partial(self._panel, i, matrix, alpha) for i in range(len(self.right))])
+
+    def _panel(self, i: int, matrix: Tensor, alpha: float) -> None:
+        start, stop = self.bounds[i], self.bounds[i + 1]
+        _syrk(self.diagonal[i], matrix[start:stop], alpha)
+        if stop < self.bounds[-1]:
+            _gemm(self.right[i], matrix[start:stop], matrix[stop:], alpha)
 
     def add_(self, other: _Triangle) -> None:
-        for panel, addend in zip(self.panels, other.panels, strict=True):
-            panel.add_(addend)
+        """``+= other``, a triangle of the same ``bounds``."""
+        for block, addend in zip(self.diagonal + self.right, other.diagonal + other.right,
+                                 strict=True):  # fmt: skip
+            block.add_(addend)
+
+    def add_to(self, total: Tensor) -> None:
+        """Add the sum into the upper triangle of the ``(C, C)`` tensor ``total``."""
+        for start, stop, diagonal, right in zip(self.bounds, self.bounds[1:], self.diagonal,
+                                                self.right, strict=False):  # fmt: skip
+            total[start:stop, start:stop].add_(diagonal)
+            total[start:stop, stop:].add_(right)
 
     def zero_(self) -> None:
-        for panel in self.panels:
-            panel.zero_()
+        for block in self.diagonal + self.right:
+            block.zero_()
+
+
+def _panel_bounds(channels: int, panels: int) -> list[int]:
+    """Row bounds of up to ``panels`` panels of the upper triangle with equal work (at least
+    :data:`MIN_PANEL` rows each on average): the triangle below row ``r`` holds
+    ``(C - r)^2 / 2`` entries, so panel ``i`` starts at ``C (1 - sqrt(1 - i / n))``."""
+    n = max(1, min(panels, channels // MIN_PANEL))
+    return [round(channels * (1 - math.sqrt(1 - i / n))) for i in range(n)] + [channels]
+
+
+def _syrk(out: Tensor, matrix: Tensor, alpha: float) -> None:
+    """``out += alpha * matrix @ matrix.T`` in the upper triangle of the contiguous ``out``."""
+    # BLAS is column-major: ``out``'s transpose is a Fortran array whose lower triangle is
+    # our upper one; a (C, K) matrix is passed as whichever of it or its transpose is a
+    # Fortran array, so that nothing is copied.
+    if matrix.T.is_contiguous():
+        factor, trans = matrix.T.numpy().T, 0  # (C, K) Fortran: factor @ factor.T
+    else:
+        factor, trans = matrix.contiguous().numpy().T, 1  # (K, C) Fortran: factor.T @ factor
+    total = out.numpy().T
+    result = _SYRK[out.dtype](alpha, factor, beta=1.0, c=total, trans=trans, lower=1,
+                              overwrite_c=1)  # fmt: skip
+    if result.ctypes.data != total.ctypes.data:  # not updated in place: copy back
+        total[...] = result
+
+
+def _gemm(out: Tensor, left: Tensor, right: Tensor, alpha: float) -> None:
+    """``out += alpha * left @ right.T`` for contiguous ``out``, ``left`` and ``right``."""
+    total = out.numpy().T  # Fortran: out.T += alpha * right @ left.T
+    result = _GEMM[out.dtype](alpha, right.numpy().T, left.numpy().T, beta=1.0, c=total,
+                              trans_a=1, overwrite_c=1)  # fmt: skip
+    if result.ctypes.data != total.ctypes.data:
+        total[...] = result
+
+
+_workers: ThreadPoolExecutor | None = None
+
+
+def _side_by_side(jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` on up to ``torch.get_num_threads()`` threads (this one among them)."""
+    global _workers
+    threads = min(len(jobs), torch.get_num_threads())
+    if threads == 1:
+        for job in jobs:
+            job()
+        return
+    if _workers is None or _workers._max_workers < threads - 1:
+        _workers = ThreadPoolExecutor(threads - 1, thread_name_prefix="eigenarch-syrk")
+    futures = [_workers.submit(job) for job in jobs[1:]]
+    jobs[0]()
+    for future in futures:
+        future.result()
+
+
+def _forget_workers() -> None:
+    global _workers
+    _workers = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 @dataclass
@@ -121,7 +196,7 @@ class _Map:
     channels: int
     spatial: bool  # a conv map (N, C, H, W); otherwise a Linear's (..., C) rows
     rows_only: bool  # inside a detector's RoI heads: every row is one sample
-    total: _Triangle | None = None  # float64 running sum
+    total: Tensor | None = None  # float64 running sum (upper triangle)
     buffer: _Triangle | None = None  # float32 products not yet added into ``total``
     pending: int = 0  # hook calls in ``buffer``
     samples: int = 0
@@ -134,7 +209,8 @@ class _Map:
 
     def new_buffer(self, like: Tensor) -> _Triangle:
         exact = like.dtype == torch.float64 or self.channels < NARROW or self.float64
-        return _Triangle(self.channels, torch.float64 if exact else torch.float32, like.device)
+        dtype = torch.float64 if exact else torch.float32
+        return _Triangle(self.channels, dtype, like.device, torch.get_num_threads())
 
     def product_buffer(self, like: Tensor) -> _Triangle:
         """A zeroed buffer for a product to keep: a spare one if any (no new allocation)."""
@@ -154,8 +230,8 @@ class _Map:
         if self.pending == 0:
             return
         if self.total is None:
-            self.total = _Triangle(self.channels, torch.float64, self.buffer.tensor.device)
-        self.total.add_(self.buffer)
+            self.total = _zeros(self.channels, self.buffer.device)
+        self.buffer.add_to(self.total)
         self.buffer.zero_()
         self.pending = 0
 
@@ -165,7 +241,7 @@ class _Map:
         if self.derivation is not None and self.derivation.active:  # no product of its own yet
             return self.derivation.running_sum()
         self.flush()
-        return (_symmetric(self.total.tensor) if self.total is not None else None), self.samples
+        return (_symmetric(self.total) if self.total is not None else None), self.samples
 
 
 @dataclass
@@ -183,13 +259,14 @@ class _Derivation:
     Decided on the module's first call: float32 / float64 maps and weight, samples in it,
     the collector's hook the module's first forward hook (no other hook can change what it
     sees), the output within :data:`DERIVE_TOLERANCE` of an exact (float64) ``conv2d(x, W)``,
-    and the final product no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' products.
+    and the final product no dearer than ``payback`` samples' products.
     The weight is copied then. Every later call checks the module (its weight against the
     copy, ``.data`` writes included; bias, stride, hooks) and the maps' layout; on any
     difference the derived sum so far is made permanent and products take over.
     """
 
     source: _Map  # the same conv's ``:in`` map
+    payback: int = DERIVE_PAYBACK_SAMPLES  # samples whose products may cost the final one
     hook_id: int | None = None  # the collector's forward hook on the module, while attached
     active: bool | None = None  # None until the first call
     weight: Tensor | None = None  # exact copy of the weight the derived sum uses
@@ -207,7 +284,7 @@ class _Derivation:
         ):
             self._end(target)
         elif self.active is None:
-            pays = _derivation_pays(module, output)
+            pays = _derivation_pays(module, output, self.payback)
             self.active = pays and _output_is_conv(module, inputs, output)
             if self.active:
                 self.weight = module.weight.detach().clone()
@@ -230,8 +307,8 @@ class _Derivation:
             derived, samples = self.running_sum()
             if derived is not None:
                 if target.total is None:
-                    target.total = _Triangle(target.channels, torch.float64, derived.device)
-                target.total.tensor.add_(derived)
+                    target.total = _zeros(target.channels, derived.device)
+                target.total.add_(derived)
             target.samples += samples
         self.active, self.weight = False, None
 
@@ -278,6 +355,9 @@ class SpectrumCollector:
         derive: compute the ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
             whose ``:in`` map is collected as ``W S_in W^T`` where that is cheaper (see
             :class:`_Derivation`); ``False`` multiplies every map's own tensors.
+        images: how many samples (images) each process will stream, if known (e.g.
+            ``--images``): a derivation is taken where its cost per read pays back within
+            them; ``None`` assumes :data:`DERIVE_PAYBACK_SAMPLES`.
     """
 
     def __init__(
@@ -287,10 +367,14 @@ class SpectrumCollector:
         sides: Iterable[str] = ("in", "out"),
         max_channels: int | None = 4096,
         derive: bool = True,
+        images: int | None = None,
     ) -> None:
         sides = tuple(sides)
         if not sides or any(s not in MAP_SIDES for s in sides):
             raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
+        if images is not None and images < 1:
+            raise EigenarchError(f"images {images}: expected >= 1 (or None when not known)")
+        self.payback = DERIVE_PAYBACK_SAMPLES if images is None else images
         self.model = model
         self.include = [include] if isinstance(include, str) else include
         self.sides = sides
@@ -353,7 +437,7 @@ class SpectrumCollector:
                     self._maps[name] = state
                 pair.append(state)
             if pair[0] and pair[1] and self.derive and _derivable_module(module):
-                pair[1].derivation = _Derivation(pair[0])
+                pair[1].derivation = _Derivation(pair[0], self.payback)
             if pair[0] or pair[1]:
                 self._layers.append((module, pair[0], pair[1]))
         if not self._maps:
@@ -386,8 +470,8 @@ class SpectrumCollector:
             self._handles.append(handle)
             if map_out is not None and map_out.derivation is not None:
                 map_out.derivation.hook_id = handle.id
-        if torch.get_num_threads() == 1:  # our syrk products then run: one BLAS thread too
-            self._blas_threads = threadpool_limits(1, user_api="blas")
+        # Our products are single-thread BLAS calls, side by side on our own threads.
+        self._blas_threads = threadpool_limits(1, user_api="blas")
         self._precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # our float32 products never TF32 / bf16
         return self
@@ -560,7 +644,14 @@ def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | N
 def _can_reuse(first: _Map, state: _Map) -> bool:
     """Can ``state`` take ``first``'s product of a tensor: same layout, no less precise?"""
     same_layout = (first.spatial, first.rows_only) == (state.spatial, state.rows_only)
-    return same_layout and first.buffer.tensor.dtype.itemsize >= state.buffer.tensor.dtype.itemsize
+    same_panels = first.buffer.bounds == state.buffer.bounds
+    precise = first.buffer.dtype.itemsize >= state.buffer.dtype.itemsize
+    return same_layout and same_panels and precise
+
+
+def _zeros(channels: int, device: torch.device) -> Tensor:
+    """A float64 running sum of ``channels`` channels, empty."""
+    return torch.zeros(channels, channels, dtype=torch.float64, device=device)
 
 
 def _symmetric(total: Tensor) -> Tensor:
@@ -616,12 +707,12 @@ def _linear_layout(module: nn.Conv2d, inputs: Tensor | None, output: object) -> 
     )
 
 
-def _derivation_pays(module: nn.Conv2d, output: Tensor) -> bool:
-    """Is ``W S W^T`` per read no dearer than :data:`DERIVE_PAYBACK_SAMPLES` samples' syrk?"""
+def _derivation_pays(module: nn.Conv2d, output: Tensor, payback: int) -> bool:
+    """Is ``W S W^T`` per read no dearer than ``payback`` samples' syrk?"""
     c_out, c_in = module.weight.shape[:2]
     final = 2 * c_out * c_in * (c_in + c_out)  # float64: about twice a float32 multiply-add
     positions = output.shape[2] * output.shape[3]
-    return final <= DERIVE_PAYBACK_SAMPLES * c_out * c_out * positions / 2
+    return final <= payback * c_out * c_out * positions / 2
 
 
 def _output_is_conv(module: nn.Conv2d, inputs: Tensor, output: Tensor) -> bool:
@@ -641,5 +732,5 @@ def _reduce_device(states: list[_Map]) -> torch.device:
     """Where to all-reduce: this rank's GPU for NCCL (where its sums are), else the CPU."""
     if dist.get_backend() != "nccl":
         return torch.device("cpu")
-    held = [s.total.tensor.device for s in states if s.total is not None]
+    held = [s.total.device for s in states if s.total is not None]
     return held[0] if held else torch.device("cuda", torch.cuda.current_device())

@@ -226,7 +226,8 @@ def stream_spectra(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        collector = SpectrumCollector(net, include, sides, max_channels or None)
+        collector = SpectrumCollector(net, include, sides, max_channels or None,
+                                      images=max(1, len(loader.dataset)))  # fmt: skip
     if collector.skipped and rank == 0:
         console.print(f"skipping {len(collector.skipped)} map(s) wider than {max_channels} "
                       f"channels: {', '.join(collector.skipped)}", highlight=False)  # fmt: skip

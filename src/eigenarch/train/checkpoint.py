@@ -117,7 +117,12 @@ def restore_checkpoint(
 ) -> dict[str, Any]:
     """Load the checkpoint ``path`` (of format ``expect``) into ``model`` and ``optimizer``
     to resume its run; returns the checkpoint."""
-    state = load_checkpoint(path, expect=expect)
+    return restore_state(load_checkpoint(path, expect=expect), path, model, optimizer)
+
+
+def restore_state(state: dict[str, Any], path: object, model, optimizer) -> dict[str, Any]:
+    """Load the checkpoint ``state`` read from ``path`` into ``model`` and ``optimizer``;
+    returns it."""
     _require(state, "optimizer", dict, path, "which --resume needs")
     _require(state, "iteration", int, path, "which --resume needs")
     load_weights(model, state["model"], path, "run's model")

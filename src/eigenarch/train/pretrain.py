@@ -34,7 +34,7 @@ from eigenarch.progress import console
 from eigenarch.train.checkpoint import (
     CLASSIFIER_FORMAT,
     load_checkpoint,
-    restore_checkpoint,
+    restore_state,
     save_checkpoint,
 )
 from eigenarch.train.hooks import Hook, LRScheduler, MetricsLogger, PeriodicCheckpointer
@@ -166,36 +166,49 @@ def resume_path(out: str | Path) -> Path:
     return Path(str(out) + ".resume")
 
 
-def load_pretrain_config(out: str | Path) -> PretrainConfig:
-    """The settings of the unfinished pre-training run writing ``out`` (for ``--resume``
-    without the other options)."""
+@dataclass
+class Resume:
+    """The unfinished pre-training run writing ``out``, as its ``OUT.resume`` holds it (read
+    once: pass this on rather than reading the file again)."""
+
+    path: Path
+    state: dict[str, Any]  # the checkpoint
+    config: PretrainConfig  # its settings (for ``--resume`` without the other options)
+
+
+def load_resume(out: str | Path) -> Resume:
+    """Read ``OUT.resume`` of the unfinished pre-training run writing ``out``."""
     path = resume_path(out)
     if not path.is_file():
         raise EigenarchError(f"--resume: {path} not found (no unfinished run writes {out})")
-    saved = load_checkpoint(path, expect=CLASSIFIER_FORMAT).get("pretrain")
+    state = load_checkpoint(path, expect=CLASSIFIER_FORMAT)
+    saved = state.get("pretrain")
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     if not isinstance(saved, dict) or not {"data", "out"} <= saved.keys() <= names:
         raise EigenarchError(f"{path}: lacks its run's 'pretrain' settings (an edited file?)")
-    return PretrainConfig(**{**saved, "out": str(out)})
+    return Resume(path, state, PretrainConfig(**{**saved, "out": str(out)}))
 
 
 @holds_output(folder=False)
 @own_rng
 def pretrain_classifier(
     cfg: PretrainConfig,
-    resume: bool = False,
+    resume: bool | Resume = False,
     trainer_class: type[Trainer] = ClassifierTrainer,
     **trainer_options: Any,
 ) -> dict[str, Any]:
     """Pre-train ``cfg.backbone`` as a classifier (with ``resume``, continue the unfinished
-    run writing ``cfg.out``, with its saved settings); writes ``cfg.out``; returns its summary
+    run writing ``cfg.out``, with its saved settings: ``True`` reads them, a :class:`Resume`
+    has them); writes ``cfg.out``; returns its summary
     (``history`` per epoch, the last ``val_accuracy`` (top-1) and ``val_top5``).
 
     ``trainer_class`` (a :class:`ClassifierTrainer`) with ``trainer_options`` runs the
     steps (a DetNAS supernet samples a path per step).
     """
+    if resume is True:
+        resume = load_resume(cfg.out)
     if resume:  # the saved settings win, as for a detector run
-        cfg = load_pretrain_config(cfg.out)
+        cfg = resume.config
     elif cfg.data is None:
         raise EigenarchError("--data: required (an ImageFolder root), unless --resume")
     device = local_device(cfg.device)
@@ -209,7 +222,7 @@ def pretrain_classifier(
     history = payload["history"]  # the same list the evaluator appends to
     start = 0
     if resume:
-        state = restore_checkpoint(resume_path(cfg.out), model, optimizer, CLASSIFIER_FORMAT)
+        state = restore_state(resume.state, resume.path, model, optimizer)
         start, history[:] = state["iteration"], state["history"]
     batches = IterationBatches(
         train_set, cfg.batch_size, cfg.seed, start, iterations, _hflip, default_collate
