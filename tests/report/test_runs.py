@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import runpy
 import shutil
 from collections.abc import Callable
@@ -234,8 +235,9 @@ def test_dynamics_compare_and_report_over_reference_runs(
     again = _dynamics(run_cli, runs["I"], spec, "--json", "--threshold", "1e-2")
     assert json.loads(again.stdout)["spectra"] == result["spectra"]
     monkeypatch.undo()
-    _dynamics(run_cli, runs["S"], spec)
+    shown = _dynamics(run_cli, runs["S"], spec).stdout
     assert not any(m.events for m in load_dynamics(runs["S"]).maps)
+    assert "at epochs 2 3 10 11" in " ".join(shown.split()) and "iteration" not in shown
 
     r = run_cli("compare", runs["I"], runs["S"], "--json", "--top", "2")
     assert r.code == 0, r.stderr
@@ -245,6 +247,8 @@ def test_dynamics_compare_and_report_over_reference_runs(
     }
 
     assert run_config(runs["I"])["args"]["lr_steps"] == [10, 14]  # the report's run settings
+    final = {"bbox": {"AP": 0.25, "AP_small": -1.0, "AR_large": 0.5}}  # -1: no small object
+    (runs["I"] / "metrics.json").write_text(json.dumps(final))
     r = run_cli("report", runs["I"], runs["S"], "--out", tmp_path / "rep")
     assert r.code == 0, r.stderr
     page = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -253,6 +257,12 @@ def test_dynamics_compare_and_report_over_reference_runs(
     assert "search" not in page["runs"]["I"]  # a factory's widths are not known
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "eigenarch dynamics --checkpoints" in html and "eigenarch train" not in html
+    tables = dict(re.findall(r'<table id="([^"]+)">(.*?)</table>', html))
+    assert "<th>epoch</th>" in tables["I-events"] and "iteration" not in tables["I-events"]
+    assert "I: training settings (the checkpoints&#x27; args)" in tables["I-settings"]
+    assert re.findall(r"<td>([^<]*)</td>", tables["I-metrics"]) == [
+        "bbox", "AP", "0.25", "bbox", "AP_small", "n/a", "bbox", "AR_large", "0.5"
+    ]  # fmt: skip
     claims = paper_claims({}, None, {"I": load_dynamics(runs["I"]), "S": load_dynamics(runs["S"])})
     rebound = next(c for c in claims if c.key == "f")
     assert rebound.verdict == AGREES and "decay at 10" in rebound.ours

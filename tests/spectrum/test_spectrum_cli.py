@@ -231,3 +231,14 @@ def test_a_full_disk_at_the_end_keeps_the_previous_spectra(run_cli, shapes, tmp_
     )
     assert (out.read_bytes(), (tmp_path / "s.safetensors.json").read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
+
+
+def test_swin_t_attention_layers_are_in_the_spectra(run_cli, shapes, tmp_path):
+    # torchvision's Swin calls F.linear with attn.qkv / attn.proj's weights, never the layers.
+    out = tmp_path / "swin.safetensors"
+    r = collect(run_cli, shapes, out, "--model", "swin_t", "--include", "features.1.0.attn.*")
+    assert r.code == 0, r.stderr
+    assert Spectra.load(out).names == [
+        f"features.1.0.attn.{layer}:{side}" for layer in ("qkv", "proj") for side in ("in", "out")
+    ]
+    assert "not collected" not in r.stderr and "saw no sample" not in r.stderr

@@ -194,10 +194,10 @@ def dynamics_table(result: RunDynamics, flagged: bool) -> Table:
     table = Table(
         "map",
         "channels",
-        "dims over iterations",
+        f"dims over {result.unit}s",
         "dropping",
         "rebounding",
-        title=f"intrinsic dimensionality (T = {result.threshold:g}) at iterations "
+        title=f"intrinsic dimensionality (T = {result.threshold:g}) at {result.unit}s "
         f"{iters}; lr decays at {decays}",
     )
     table.columns[0].overflow = "fold"

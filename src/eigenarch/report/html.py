@@ -125,6 +125,10 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _ident(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
@@ -198,7 +202,7 @@ def _events_section(page: Page, run: _Run) -> None:
     )
     page.table(
         f"{_ident(run.label)}-events",
-        ["map", "channels", "event", "iteration", "since", "before", "after", "change", "lr decay"],
+        ["map", "channels", "event", dyn.unit, "since", "before", "after", "change", "lr decay"],
         rows,
         f"{run.label}: events of the intrinsic dimensionality",
     )
@@ -219,7 +223,7 @@ def _spectra_figure(page: Page, run: _Run, chosen: Sequence[str], checkpoints: i
             curves[name].append((iteration, spectra.eigenvalues(name).numpy()))
     page.figure(
         f"{_ident(run.label)}-spectra",
-        eigenspectra_figure(curves, dyn.threshold),
+        eigenspectra_figure(curves, dyn.threshold, dyn.unit),
         f"{run.label}: normalised eigenspectra of {', '.join(curves)} at {len(picks)} "
         "checkpoints, threshold dashed (cf. paper Figure 3)",
     )
@@ -237,13 +241,15 @@ def _dynamics_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints:
             dyn.milestones,
             events,
             dyn.threshold,
+            dyn.unit,
         ),
-        f"{run.label}: intrinsic dimensionality over iterations of {', '.join(chosen)}; "
+        f"{run.label}: intrinsic dimensionality over {dyn.unit}s of {', '.join(chosen)}; "
         "learning-rate decays dashed, droppings and reboundings marked (cf. paper "
         "Figure 4)",
     )
     _spectra_figure(page, run, chosen, checkpoints)
-    names = (f"iter {dyn.iterations[0]}", f"iter {dyn.iterations[-1]}")
+    short = "iter" if dyn.unit == "iteration" else dyn.unit
+    names = (f"{short} {dyn.iterations[0]}", f"{short} {dyn.iterations[-1]}")
     maps = [MapComparison(m.name, m.channels, m.dims[0], m.dims[-1]) for m in dyn.maps]
     change = Comparison(names, dyn.threshold, maps)
     _group_tables(page, change, f"{key}-stages", f"{run.label}: first vs last checkpoint")
@@ -559,18 +565,19 @@ def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int)
     # Another's run (torchvision references' checkpoints) was not trained by eigenarch train.
     made = [] if run.dyn.trained is not None else [train_command(run.config)]
     page.code("\n".join([*made, run.dyn.command]))
+    settings = "config.json" if run.dyn.trained is None else "the checkpoints' args"
     page.table(
         f"{_ident(run.label)}-settings",
         ["setting", "value"],
         [(k, json.dumps(v)) for k, v in run.config.items()],
-        f"{run.label}: training settings (config.json)",
+        f"{run.label}: training settings ({settings})",
     )
     metrics_file = run.path / "metrics.json"
     if metrics_file.is_file():
         final = json.loads(metrics_file.read_text(encoding="utf-8"))
         page.summary["runs"][run.label]["metrics"] = final
         rows = [
-            (t, k, v)
+            (t, k, "n/a" if _is_number(v) and v < 0 else v)  # pycocotools' -1: no such object
             for t, values in final.items()
             if isinstance(values, dict)
             for k, v in values.items()

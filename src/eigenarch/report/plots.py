@@ -51,11 +51,14 @@ def short_name(name: str) -> str:
 
 
 def eigenspectra_figure(
-    curves: Mapping[str, Sequence[tuple[int, np.ndarray]]], threshold: float
+    curves: Mapping[str, Sequence[tuple[int, np.ndarray]]],
+    threshold: float,
+    unit: str = "iteration",
 ) -> Figure:
     """Figure 3: per map, normalised eigenvalues (log scale) by index at each checkpoint.
 
-    ``curves`` maps a map name to ``[(iteration, descending normalised eigenvalues), ...]``;
+    ``curves`` maps a map name to ``[(iteration, descending normalised eigenvalues), ...]``
+    (iterations or epochs: ``unit``);
     zero eigenvalues are left out (log scale), the axis stops 5 decades below the threshold
     (the dashed line).
     """
@@ -72,7 +75,7 @@ def eigenspectra_figure(
                 shown,
                 color=color,
                 lw=1.4,
-                label=f"iter {iteration:,}",
+                label=f"{'iter' if unit == 'iteration' else unit} {iteration:,}",
             )
         ax.axhline(threshold, color="#c0392b", ls="--", lw=1, label=f"T = {threshold:.3g}")
         ax.set_yscale("log")
@@ -92,8 +95,10 @@ def dims_figure(
     milestones: Sequence[int] = (),
     events: Mapping[str, Sequence[Event]] | None = None,
     threshold: float = 1e-3,
+    unit: str = "iteration",
 ) -> Figure:
-    """Figure 4: intrinsic dimensionality of each map over iterations, decays dashed,
+    """Figure 4: intrinsic dimensionality of each map over iterations (or epochs: ``unit``),
+    decays dashed,
     droppings (down triangles) and reboundings (up triangles) marked; a log scale when the
     maps' largest counts differ by more than 20 times."""
     fig = Figure(figsize=(8.5, 4.6))
@@ -117,7 +122,7 @@ def dims_figure(
     if peaks and max(peaks) >= 20 * max(1, min(peaks)):  # maps of very different widths
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(0, 1.5 * max(peaks))
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(unit)
     ax.set_ylabel(f"# eigenvalues > {threshold:.3g}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -11,7 +11,8 @@ the buffer is added into the float64 running sum after :data:`FLUSH_EVERY` hook 
 whenever spectra are read. The ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
 is ``y = W x`` at every position, so its sum is ``W S_in W^T``: when its ``:in`` map is
 collected too and that is cheaper, it is derived from the (then float64) ``:in`` sum instead
-of multiplied (:class:`_Derivation`).
+of multiplied (:class:`_Derivation`). Layers used through their weight rather than called
+are seen by :mod:`eigenarch.spectrum.functional`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from eigenarch.errors import EigenarchError
 from eigenarch.options import MAP_SIDES
+from eigenarch.spectrum.functional import (
+    LayerCall,
+    UncollectedMapsWarning,
+    WeightUses,
+    missed_note,
+)
 from eigenarch.spectrum.spectra import Spectra
 
 #: Module types whose input and output maps are collected (and their subclasses).
@@ -342,8 +349,13 @@ class SpectrumCollector:
     matmuls run at full precision (``torch.set_float32_matmul_precision("highest")``, so
     that no product is TF32 / bf16; the model's own matmuls too), and the caller's setting
     is back on exit; no hook changes it. torchvision detectors' padding is found from their
-    ``GeneralizedRCNNTransform``; padded positions never enter the sums. Read the result
-    with :meth:`spectra` (inside or after the ``with``).
+    ``GeneralizedRCNNTransform``; padded positions never enter the sums. A layer whose
+    weight the model passes to ``F.linear`` / ``F.conv2d`` / ``F.conv_transpose2d`` itself
+    (torchvision's Swin attention) counts those calls as its own; any other use of its weight
+    without calling it is named in :attr:`missed` and one warning on exit (torch functions
+    pass through a ``TorchFunctionMode`` inside the ``with``:
+    :class:`~eigenarch.spectrum.functional.WeightUses`). Read the result with
+    :meth:`spectra` (inside or after the ``with``).
 
     Args:
         model: any ``nn.Module``.
@@ -385,6 +397,12 @@ class SpectrumCollector:
         #: Maps selected but left out because their module is never called (see
         #: :func:`unhookable_modules`), in module order.
         self.unhooked: list[str] = []
+        #: Maps whose layer's weight the model used other than by calling the layer or its
+        #: ``F.linear`` / ``F.conv2d`` / ``F.conv_transpose2d`` (see
+        #: :class:`~eigenarch.spectrum.functional.WeightUses`): name -> the function; said
+        #: in one warning on leaving the ``with``.
+        self.missed: dict[str, str] = {}
+        self._uses: WeightUses | None = None
         self._maps: dict[str, _Map] = {}
         self._layers: list[tuple[nn.Module, _Map | None, _Map | None]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -465,11 +483,17 @@ class SpectrumCollector:
         for module in self.model.modules():
             if isinstance(module, GeneralizedRCNNTransform):
                 self._handles.append(module.register_forward_hook(self._on_transform))
+        calls = []
         for module, map_in, map_out in self._layers:
-            handle = module.register_forward_hook(self._layer_hook(map_in, map_out))
+            hook = self._layer_hook(map_in, map_out)
+            handle = module.register_forward_hook(hook)
             self._handles.append(handle)
             if map_out is not None and map_out.derivation is not None:
                 map_out.derivation.hook_id = handle.id
+            calls.append((module, _functional_call(hook, map_out)))
+        self._uses = WeightUses(self.model, calls)
+        self._handles.extend(self._uses.attach())  # after the layer hooks: those stay first
+        self._uses.__enter__()
         # Our products are single-thread BLAS calls, side by side on our own threads.
         self._blas_threads = threadpool_limits(1, user_api="blas")
         self._precision = torch.get_float32_matmul_precision()
@@ -482,6 +506,10 @@ class SpectrumCollector:
                 handle.remove()
         finally:
             self._handles.clear()
+            if self._uses is not None:
+                self._uses.__exit__(None, None, None)
+                self._note_missed(self._uses.missed)
+                self._uses = None
             if self._blas_threads is not None:
                 self._blas_threads.restore_original_limits()
                 self._blas_threads = None
@@ -490,6 +518,19 @@ class SpectrumCollector:
                 self._precision = None
             self._padding = None
             self._seen.clear()
+
+    def _note_missed(self, layers: dict[nn.Module, str]) -> None:
+        """Record (and warn of) the maps of ``layers`` the model used without calling them."""
+        found = {
+            state.name: layers[module]
+            for module, *pair in self._layers
+            if module in layers
+            for state in pair
+            if state is not None and state.name not in self.missed
+        }
+        if found:
+            self.missed.update(found)
+            warnings.warn(missed_note(found), UncollectedMapsWarning, stacklevel=3)
 
     def _on_forward(self, module: nn.Module, args: tuple) -> None:
         self._padding = None
@@ -613,6 +654,21 @@ def unhooked_note(names: Sequence[str]) -> str:
         f"cannot hook {len(names)} map(s): {listed} (torch's MultiheadAttention uses its "
         "out_proj weight without calling the module)"
     )
+
+
+def _functional_call(
+    hook: Callable[[nn.Module, tuple, object], None], map_out: _Map | None
+) -> LayerCall:
+    """What a functional call of a layer's weight (``F.linear(x, layer.weight)``) adds: as a
+    call of the layer, its ``:out`` map multiplied (the call's own stride, padding and bias
+    may differ from the layer's: no derived sum)."""
+
+    def call(module: nn.Module, inputs: Tensor, output: Tensor) -> None:
+        if map_out is not None and map_out.derivation is not None:
+            map_out.derivation._end(map_out)
+        hook(module, (inputs,), output)
+
+    return call
 
 
 def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | None) -> int:

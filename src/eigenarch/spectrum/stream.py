@@ -22,6 +22,7 @@ from eigenarch.models.factory import call_factory, is_factory
 from eigenarch.options import parse_device
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector, unhooked_note
+from eigenarch.spectrum.functional import UncollectedMapsWarning, missed_note
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT, detector_from_config, load_weights
 
@@ -233,16 +234,33 @@ def stream_spectra(
                       f"channels: {', '.join(collector.skipped)}", highlight=False)  # fmt: skip
     if collector.unhooked and rank == 0:
         console.print(unhooked_note(collector.unhooked), highlight=False)
-    with collector, torch.no_grad(), progress_bar(disable=rank != 0) as bar:
-        task = bar.add_task(description, total=len(loader.dataset), info="")
-        for batch in loader:
-            net([image.to(device) for image in batch] if detector else batch.to(device))
-            bar.update(task, advance=len(batch))
+    with progress_bar(disable=rank != 0) as bar:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncollectedMapsWarning)  # said below, on rank 0
+            with collector, torch.no_grad():
+                task = bar.add_task(description, total=len(loader.dataset), info="")
+                for batch in loader:
+                    net([image.to(device) for image in batch] if detector else batch.to(device))
+                    bar.update(task, advance=len(batch))
         spectra = collector.spectra()
         if rank == 0:  # the decompositions take a while too (29 s for convnext_tiny): shown
+            for note in uncollected_notes(collector, spectra):
+                console.print(note, highlight=False)
             task = bar.add_task("eigenvalues", total=len(spectra.names), info="")
             spectra.decompose(advance=lambda: bar.update(task, advance=1))
     return spectra
+
+
+def uncollected_notes(collector: SpectrumCollector, spectra: Spectra) -> list[str]:
+    """One line each for the selected maps the spectra lack: those of layers whose weight
+    the model used in a way that cannot be collected, and those that saw no sample."""
+    notes = [missed_note(collector.missed)] if collector.missed else []
+    unseen = [n for n in collector.names if n not in spectra.names and n not in collector.missed]
+    if unseen:
+        listed = ", ".join(unseen[:3]) + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else "")
+        notes.append(f"{len(unseen)} map(s) saw no sample on these images (their layer never "
+                     f"ran, or on nothing) and are left out: {listed}")  # fmt: skip
+    return notes
 
 
 def sample_images(total: int, images: int, seed: int) -> list[int]:
