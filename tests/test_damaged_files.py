@@ -76,8 +76,8 @@ def _edit_checkpoint(path):
 
 #: (file kind, damage, what the one line says)
 CASES = [
-    ("spectra", "half", "contents do not match s.safetensors.json"),
-    ("spectra", "flip", "contents do not match s.safetensors.json"),
+    ("spectra", "half", "s.safetensors: damaged spectra file"),
+    ("spectra", "flip", "s.safetensors: damaged spectra file (Error while deserializing header"),
     ("spectra", "empty", "not a spectra file"),
     ("sidecar", "half", "s.safetensors.json: not valid JSON"),
     ("sidecar", "flip", "s.safetensors.json: not valid JSON"),

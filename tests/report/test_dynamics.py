@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -173,12 +175,15 @@ def test_cli_reuses_spectra_and_recomputes_on_new_settings(
     with pytest.raises(AssertionError, match="recomputed"):
         run_cli("dynamics", "--run", run, "--images", "2", "--workers", "0")
     # So does a file of an older spectra format, as the same settings computed it.
-    first = files[0].with_name(files[0].name + ".json")
-    old = json.loads(first.read_text())
-    first.write_text(json.dumps({**old, "version": 1}))
+    kept = files[0].read_bytes()
+    with safetensors.safe_open(files[0], framework="pt") as f:
+        header = {**json.loads(f.metadata()["eigenarch-spectra"]), "version": 2}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    metadata = {"eigenarch-spectra": json.dumps(header)}
+    files[0].write_bytes(safetensors.torch.save(tensors, metadata=metadata))
     with pytest.raises(AssertionError, match="recomputed"):
         run_cli("dynamics", "--run", run, "--images", known.images, "--workers", "0")
-    first.write_text(json.dumps(old))
+    files[0].write_bytes(kept)
     monkeypatch.undo()
     monkeypatch.setenv("COLUMNS", "250")  # table rows on one line each
     r = run_cli(

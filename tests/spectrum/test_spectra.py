@@ -111,37 +111,55 @@ def test_save_load_round_trip(spectra, tmp_path):
 def test_corrupted_file_is_refused(spectra, tmp_path):
     path = spectra.save(tmp_path / "s.safetensors")
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[-4] ^= 0xFF  # in the tensors; a flipped header byte fails its parse or its checksum
     path.write_bytes(bytes(data))
-    with pytest.raises(EigenarchError, match="do not match"):
+    with pytest.raises(EigenarchError, match=r"damaged spectra file \(fails its SHA-256 check\)"):
         Spectra.load(path)
 
 
 def test_truncated_file_is_refused(spectra, tmp_path):
     path = spectra.save(tmp_path / "s.safetensors")
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(EigenarchError, match="corrupted"):
+    with pytest.raises(EigenarchError, match="s.safetensors: damaged spectra file"):
         Spectra.load(path)
 
 
 def test_foreign_files_are_refused(spectra, tmp_path):
     foreign = tmp_path / "model.safetensors"
     safetensors.torch.save_file({"weight": torch.zeros(3)}, foreign)
-    with pytest.raises(EigenarchError, match="sidecar model.safetensors.json is missing"):
+    with pytest.raises(EigenarchError, match="model.safetensors: not a spectra file \\(a safet"):
         Spectra.load(foreign)
-    sidecar(foreign).write_text('{"format": "something-else"}')
+    path = spectra.save(tmp_path / "s.safetensors")
+    sidecar(path).write_text('{"format": "something-else"}')
     with pytest.raises(EigenarchError, match="not an eigenarch spectra sidecar"):
-        Spectra.load(foreign)
-    sidecar(foreign).write_text("{not json")
+        Spectra.load(path)
+    sidecar(path).write_text("{not json")
     with pytest.raises(EigenarchError, match="not valid JSON"):
-        Spectra.load(foreign)
+        Spectra.load(path)
     with pytest.raises(EigenarchError, match="not found"):
         Spectra.load(tmp_path / "missing.safetensors")
     torch.save({"w": torch.zeros(3)}, tmp_path / "model.pt")
-    (tmp_path / "s.safetensors.json").write_text('{"format": 1}')
     for name in ("model.pt", "s.safetensors.json"):
         with pytest.raises(EigenarchError, match="not a spectra file"):
             Spectra.load(tmp_path / name)
+
+
+def _rewrite_header(path, change) -> None:
+    """Rewrite the ``eigenarch-spectra`` header of ``path`` with ``change(fields)``."""
+    with safetensors.safe_open(path, framework="pt") as f:
+        info = json.loads(f.metadata()["eigenarch-spectra"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    change(info)
+    metadata = {"eigenarch-spectra": json.dumps(info)}
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def test_an_edited_header_fails_its_sha256_check(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    sidecar(path).unlink()  # the tensor file alone: its header is checked by itself
+    _rewrite_header(path, lambda info: info["maps"][0].update(samples=11))
+    with pytest.raises(EigenarchError, match=r"s.safetensors: damaged spectra file \(fails"):
+        Spectra.load(path)
 
 
 def _edit(field: str, value):
@@ -182,11 +200,11 @@ def test_an_edited_sidecar_is_refused_naming_the_field(spectra, tmp_path, field,
     assert str(error.value).endswith("(an edited sidecar?)")
 
 
-def test_an_older_format_is_refused_in_one_line(spectra, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_format_is_refused_in_one_line(spectra, tmp_path, version):
     path = spectra.save(tmp_path / "s.safetensors")
-    info = json.loads(sidecar(path).read_text())
-    sidecar(path).write_text(json.dumps({**info, "version": 1}))
-    with pytest.raises(EigenarchError, match="version 1, expected 2 \\(an older eigenarch's"):
+    _rewrite_header(path, lambda info: info.update(version=version))
+    with pytest.raises(EigenarchError, match=f"version {version}, expected 3 \\(an older eigen"):
         Spectra.load(path)
 
 
@@ -230,3 +248,37 @@ def test_failed_save_leaves_previous_file(spectra, tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
     assert Spectra.load(path).names == spectra.names
+
+
+def test_a_failure_between_the_two_writes_leaves_the_previous_pair(spectra, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    path = spectra.save(tmp_path / "s.safetensors")
+    before = path.read_bytes(), sidecar(path).read_bytes()
+
+    def full(self, *args, **kwargs):  # the tensor file is written; its sidecar is not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spectra_module.Path, "write_text", full)
+    spectra.meta = {"model": "another"}
+    with pytest.raises(EigenarchError, match="s.safetensors.json: cannot write .* is intact$"):
+        spectra.save(path)
+    assert (path.read_bytes(), sidecar(path).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "s.safetensors.json"]
+    assert Spectra.load(path).meta == {"model": "toy"}
+
+
+def test_a_write_stopped_between_the_two_renames_loads_the_tensor_file(spectra, tmp_path):
+    path = spectra.save(tmp_path / "s.safetensors")
+    old_sidecar = sidecar(path).read_bytes()
+    spectra.meta = {"model": "new"}
+    spectra.save(path)
+    new_sidecar = sidecar(path).read_bytes()
+    sidecar(path).write_bytes(old_sidecar)  # the tensor file renamed, its sidecar not yet
+    assert Spectra.load(path).meta == {"model": "new"}
+    old = Spectra({"a:in": torch.eye(2, dtype=torch.float64)}, {"a:in": 1}, {"model": "old"}).save(
+        tmp_path / "o.safetensors"
+    )
+    sidecar(old).write_bytes(new_sidecar)  # the sidecar renamed, its tensor file not yet
+    assert Spectra.load(old).meta == {"model": "old"}
+    sidecar(old).unlink()  # the tensor file copied alone
+    assert Spectra.load(old).names == ["a:in"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torchvision
 
 from eigenarch.data.shapes import ShapesConfig, generate_shapes
+from eigenarch.io import output_lock
 from eigenarch.models.detector import build_detector
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import DETECTOR_FORMAT
@@ -242,3 +244,14 @@ def test_swin_t_attention_layers_are_in_the_spectra(run_cli, shapes, tmp_path):
         f"features.1.0.attn.{layer}:{side}" for layer in ("qkv", "proj") for side in ("in", "out")
     ]
     assert "not collected" not in r.stderr and "saw no sample" not in r.stderr
+
+
+def test_an_out_in_use_by_another_process_is_refused(run_cli, shapes, tmp_path):
+    out = tmp_path / "s.safetensors"
+    with output_lock(out, folder=False):  # what a second ``spectrum --out`` finds meanwhile
+        r = collect(run_cli, shapes, out, "--model", "resnet18", "--include", "fc")
+    lines = r.stderr.strip().splitlines()
+    assert r.code == 2 and len(lines) == 1, r.stderr
+    assert lines[0] == f"error: --out {out}: in use by another process (pid {os.getpid()}); " \
+                       "wait for it to end"  # fmt: skip
+    assert not out.exists()

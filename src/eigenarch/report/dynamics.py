@@ -33,8 +33,7 @@ from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.report.runs import TrainingRun, train_config, training_run
 from eigenarch.spectrum import Spectra
-from eigenarch.spectrum.spectra import VERSION as SPECTRA_VERSION
-from eigenarch.spectrum.spectra import sidecar
+from eigenarch.spectrum.spectra import read_info
 from eigenarch.spectrum.stream import sample_images, stream_spectra
 
 SPECTRA_DIR = "spectra"
@@ -304,12 +303,10 @@ def _cached(path: Path, key: Mapping[str, Any]) -> bool:
     """Whether the spectra file ``path`` was computed with exactly ``key``, in this
     version's format (an older file is computed again)."""
     try:
-        info = json.loads(sidecar(path).read_text(encoding="utf-8"))
-        meta = info.get("meta", {})
-    except (OSError, ValueError, AttributeError):
+        meta = read_info(path).get("meta")
+    except (EigenarchError, OSError):  # missing, damaged or of an older version
         return False
-    current = info.get("version") == SPECTRA_VERSION
-    return current and path.is_file() and meta.get("dynamics") == key
+    return isinstance(meta, dict) and meta.get("dynamics") == key
 
 
 def _checkpoint_spectra(

@@ -24,10 +24,10 @@ from safetensors.torch import save
 from torch import Tensor
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_path, atomic_write_json
+from eigenarch.io import atomic_path
 
 FORMAT = "eigenarch-spectra"
-VERSION = 2
+VERSION = 3
 #: Default threshold T on normalised eigenvalues (the paper's 1e-3).
 THRESHOLD = 1e-3
 
@@ -165,10 +165,13 @@ class Spectra:
         return rows
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (safetensors) and ``path.json`` (sidecar), each atomically.
+        """Write ``path`` (safetensors), whose header holds every field and the SHA-256 of
+        them and of the tensors, and its readable copy ``path.json`` (the sidecar).
 
-        The tensor file's header holds a copy of the sidecar's fields (which loading compares
-        with the sidecar); the same spectra give byte-identical files."""
+        Both are written to temporary files before either is renamed, so a failed write
+        (a full disk) leaves the previous pair as it was; the tensor file is the one that
+        counts, so a process stopped between the two renames leaves a file that loads. The
+        same spectra give byte-identical files."""
         path = Path(path)
         self.decompose()
         tensors = {}
@@ -179,31 +182,23 @@ class Spectra:
         maps = [{"name": n, "channels": self.channels(n), "samples": self._samples[n]}
                 for n in self.names]  # fmt: skip
         info = {"format": FORMAT, "version": VERSION, "maps": maps, "meta": self.meta}
+        info["sha256"] = _digest(info, tensors)
         # one metadata entry: safetensors writes several in a random (hash) order
         data = save(tensors, metadata={FORMAT: json.dumps(info, separators=(",", ":"))})
+        copy = json.dumps({**info, "tensors_sha256": hashlib.sha256(data).hexdigest()}, indent=2)
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
-        digest = hashlib.sha256(data).hexdigest()
-        atomic_write_json(sidecar(path), {**info, "tensors_sha256": digest})
+            with atomic_path(sidecar(path)) as side_tmp:
+                side_tmp.write_text(copy + "\n", encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Spectra:
-        """Read a file written by :meth:`save`; refuses corrupted, foreign, mismatched or
-        edited files (tensors, or any field of the sidecar) in one line naming the file."""
+        """Read a file written by :meth:`save`; refuses corrupted, foreign, truncated or
+        older files, and an edited sidecar, in one line naming the file."""
         path = Path(path)
-        side, info = _read_sidecar(path)
-        try:
-            with safe_open(path, framework="pt") as f:
-                stored = json.loads((f.metadata() or {})[FORMAT])
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        except (SafetensorError, KeyError, ValueError) as exc:
-            raise EigenarchError(f"{path}: not a readable spectra file ({exc})") from None
-        edited = _difference({**info, "tensors_sha256": None}, {**stored, "tensors_sha256": None})
-        if edited:
-            field, found, expected = edited
-            raise EigenarchError(f"{side}: field {field!r} is {found}, but {path.name} holds "
-                                 f"{expected} (an edited sidecar?)")  # fmt: skip
+        stored, tensors = _read(path)
+        _check_sidecar(path, stored)
         covariances, samples, eigenvalues = {}, {}, {}
         for entry in stored["maps"]:
             name, channels = entry["name"], entry["channels"]
@@ -226,9 +221,19 @@ class Spectra:
         return spectra
 
 
-def _read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
-    """``path``'s sidecar and its fields, after checking that ``path`` is a spectra file
-    whose SHA-256 the sidecar holds; one-line errors otherwise."""
+def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The fields (format, version, maps, meta, sha256) of the spectra file ``path``, read
+    from its header without loading or checking its tensors; one-line errors as :meth:`load`."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            return _info(path, f.metadata())
+    except SafetensorError as exc:
+        raise EigenarchError(f"{path}: damaged spectra file ({exc})") from None
+
+
+def _check_file(path: Path) -> None:
     if not path.is_file():
         folder = path.is_dir()
         what = "is a folder; expected a spectra file" if folder else "spectra file not found"
@@ -236,25 +241,82 @@ def _read_sidecar(path: Path) -> tuple[Path, dict[str, Any]]:
     if not _looks_like_safetensors(path):
         raise EigenarchError(f"{path}: not a spectra file (expected the safetensors file "
                              "that eigenarch spectrum writes)")  # fmt: skip
+
+
+def _info(path: Path, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+    """The fields in a spectra file's header ``metadata``, format and version checked."""
+    try:
+        info = json.loads((metadata or {})[FORMAT])
+    except (KeyError, ValueError):
+        raise EigenarchError(f"{path}: not a spectra file (a safetensors file without "
+                             f"eigenarch's {FORMAT!r} header)") from None  # fmt: skip
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise EigenarchError(f"{path}: damaged spectra file (its {FORMAT!r} header is altered)")
+    if info.get("version") != VERSION:
+        older = " (an older eigenarch's: compute it again)" if info.get("version") in (1, 2) else ""
+        raise EigenarchError(
+            f"{path}: spectra format version {info.get('version')!r}, expected {VERSION}{older}"
+        )
+    return info
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The fields and tensors of the spectra file ``path``, after checking the SHA-256 its
+    header holds; one-line errors otherwise."""
+    _check_file(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            info = _info(path, f.metadata())
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        raise EigenarchError(f"{path}: damaged spectra file ({exc})") from None
+    fields = {key: value for key, value in info.items() if key != "sha256"}
+    if not _well_formed(fields) or info.get("sha256") != _digest(fields, tensors):
+        raise EigenarchError(f"{path}: damaged spectra file (fails its SHA-256 check)")
+    return info, tensors
+
+
+def _well_formed(info: dict[str, Any]) -> bool:
+    maps = info.get("maps")
+    return isinstance(maps, list) and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str)
+        and type(m.get("channels")) is int and type(m.get("samples")) is int
+        for m in maps
+    )  # fmt: skip
+
+
+def _digest(info: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of the fields ``info`` (canonical JSON) and of every tensor's name, dtype,
+    shape and little-endian bytes, in name order: what a spectra file's header holds."""
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(f"\n{key}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
+        digest.update(memoryview(tensor.numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def _check_sidecar(path: Path, stored: dict[str, Any]) -> None:
+    """Refuse a damaged sidecar, or one of this very file (its ``tensors_sha256``) that
+    differs from the header; a sidecar of another write is left aside: the tensor file,
+    checked by itself, is what counts (its sidecar may be older where a write was stopped
+    between its two renames, or missing where only the tensor file was copied)."""
     side = sidecar(path)
     if not side.is_file():
-        raise EigenarchError(f"{path}: its JSON sidecar {side.name} is missing")
+        return
     try:
         info = json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EigenarchError(f"{side}: not valid JSON (corrupted sidecar?)") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise EigenarchError(f"{side}: not an eigenarch spectra sidecar")
-    if info.get("version") != VERSION:
-        older = " (an older eigenarch's: compute it again)" if info.get("version") == 1 else ""
-        raise EigenarchError(
-            f"{side}: spectra format version {info.get('version')!r}, expected {VERSION}{older}"
-        )
-    if _sha256(path) != info.get("tensors_sha256"):
-        raise EigenarchError(
-            f"{path}: contents do not match {side.name} (corrupted or replaced file)"
-        )
-    return side, info
+    if info.get("tensors_sha256") != _sha256(path):
+        return
+    edited = _difference({**info, "tensors_sha256": None}, {**stored, "tensors_sha256": None})
+    if edited:
+        field, found, expected = edited
+        raise EigenarchError(f"{side}: field {field!r} is {found}, but {path.name} holds "
+                             f"{expected} (an edited sidecar?)")  # fmt: skip
 
 
 def _difference(found: Any, expected: Any, field: str = "") -> tuple[str, str, str] | None:

@@ -5,6 +5,7 @@ every map hooked: the data pass of ``eigenarch spectrum`` (:func:`collect_spectr
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoDetection
 from eigenarch.distributed import local_device, world_size
 from eigenarch.distributed import rank as dist_rank
 from eigenarch.errors import EigenarchError
-from eigenarch.io import check_writable, load_torch
+from eigenarch.io import check_writable, load_torch, output_lock
 from eigenarch.models.builders import TIMM, classifier_by_name
 from eigenarch.models.factory import call_factory, is_factory
 from eigenarch.options import parse_device
@@ -297,27 +298,29 @@ def collect_spectra(
     if min_size is not None and min_size < 1:
         raise EigenarchError(f"--min-size {min_size}: expected a positive number of pixels")
     check_writable(out)  # a folder or a read-only place fails now, not after the data pass
-    device = parse_device(device)
-    dataset = CocoDetection.from_root(data, split=split, masks=False)
-    if len(dataset) == 0:
-        raise EigenarchError(f"{data} {split}: no images to collect spectra from")
-    device = str(local_device(device))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)  # NCCL reduces on the current device
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        torch.manual_seed(seed)
-        net, detector = build_model(model, dataset.num_classes, min_size, weights)
-        net.eval().to(device)
-        if images > len(dataset) and dist_rank() == 0:
-            console.print(f"{data} {split}: {len(dataset)} images, using all of them")
-        chosen = sample_images(len(dataset), images, seed)
-        spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
-                                 workers=workers, device=device, include=include,
-                                 sides=sides, max_channels=max_channels)  # fmt: skip
-    spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
-                    "seed": seed, "processes": world_size()}  # fmt: skip
-    if weights is not None:
-        spectra.meta["weights"] = str(weights)
-    if dist_rank() == 0:
-        spectra.save(out)
-    return spectra
+    # a second process given the same --out is refused while this one works (rank 0 holds)
+    with output_lock(out, folder=False) if dist_rank() == 0 else nullcontext():
+        device = parse_device(device)
+        dataset = CocoDetection.from_root(data, split=split, masks=False)
+        if len(dataset) == 0:
+            raise EigenarchError(f"{data} {split}: no images to collect spectra from")
+        device = str(local_device(device))
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # NCCL reduces on the current device
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(seed)
+            net, detector = build_model(model, dataset.num_classes, min_size, weights)
+            net.eval().to(device)
+            if images > len(dataset) and dist_rank() == 0:
+                console.print(f"{data} {split}: {len(dataset)} images, using all of them")
+            chosen = sample_images(len(dataset), images, seed)
+            spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
+                                     workers=workers, device=device, include=include,
+                                     sides=sides, max_channels=max_channels)  # fmt: skip
+        spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
+                        "seed": seed, "processes": world_size()}  # fmt: skip
+        if weights is not None:
+            spectra.meta["weights"] = str(weights)
+        if dist_rank() == 0:
+            spectra.save(out)
+        return spectra
