@@ -223,8 +223,9 @@ def test_greedy_fill_ranks_relative_not_absolute_shortfalls():
 
 
 def test_greedy_fill_equal_relative_shortfalls_go_to_the_earlier_group():
-    # ideal 12 and 24 round to 10 and 20 (cost 40, budget 50): relative shortfalls 1/6 and 1/6, exactly equal in
-    # floats (24 omega = 2 x 12 omega); the absolute ones (2 < 4) would grow the second
+    # ideal 12 and 24 round to 10 and 20 (cost 40, budget 50): relative shortfalls 1/6 and
+    # 1/6, exactly equal in floats (24 omega = 2 x 12 omega); the absolute ones (2 < 4) and
+    # a tie to the later group would grow the second
     widths, _ = expand_widths([12.0, 24.0, 15.0], 50, walled, 10)
     assert widths == (20, 20, 10)
 
