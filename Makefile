@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean browser
+.PHONY: install test demo lint clean browser mutation
 
 install: $(STAMP)
 
@@ -28,6 +28,33 @@ test: install browser
 
 demo: install
 	$(BIN)/eigenarch demo
+
+# Mutation testing of the rule functions (SPEC sections 3-6, the claims, the schedule) against
+# their tests ([tool.mutmut] in pyproject.toml). Slow (about 1 h on 2 cores): not in CI.
+# Results: docs/testing.md.
+MUTANTS := \
+  'eigenarch.spectrum.spectra.xǁSpectraǁeigenvalues__mutmut_*' \
+  'eigenarch.spectrum.spectra.xǁSpectraǁdecompose__mutmut_*' \
+  'eigenarch.spectrum.spectra.xǁSpectraǁintrinsic_dim__mutmut_*' \
+  'eigenarch.spectrum.spectra.xǁSpectraǁdegrees_of_freedom__mutmut_*' \
+  'eigenarch.spectrum.spectra.xǁSpectraǁeffective_rank__mutmut_*' \
+  'eigenarch.spectrum.collector.x__multiply__mutmut_*' \
+  'eigenarch.widths.search.x_adjusted_widths__mutmut_*' \
+  'eigenarch.widths.search.x_expand_widths__mutmut_*' \
+  'eigenarch.widths.search.x__unit_maps__mutmut_*' \
+  'eigenarch.widths.search.x_intrinsic_per_layer__mutmut_*' \
+  'eigenarch.widths.ties.*' \
+  'eigenarch.widths.cost.x_round_width__mutmut_*' \
+  'eigenarch.widths.cost.x_uniform_widths__mutmut_*' \
+  'eigenarch.widths.cost.x__layer_cost__mutmut_*' \
+  'eigenarch.widths.cost.x_graph_cost__mutmut_*' \
+  'eigenarch.report.claims.*' \
+  'eigenarch.train.schedule.*'
+
+mutation: install
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -44,9 +44,12 @@ def _model(family: str) -> tuple[torch.nn.Module, tuple[str, ...] | None]:
 
 
 def _images(family: str) -> list[torch.Tensor]:
+    """Two images whose long sides (25/16 of the short) do not divide the deeper strides:
+    their valid regions end inside a feature-map cell (``ceil`` and ``floor`` differ)."""
     side = FAMILIES[family][1].get("min_size", 64)  # SSD / SSDlite: any (resized)
+    long = side * 25 // 16
     g = torch.Generator().manual_seed(1)
-    return [torch.rand(3, side, 2 * side, generator=g), torch.rand(3, 2 * side, side, generator=g)]
+    return [torch.rand(3, side, long, generator=g), torch.rand(3, long, side, generator=g)]
 
 
 def _collect(model, include, batches, reference=False):
@@ -92,6 +95,7 @@ def test_padded_positions_never_enter(family):
         _assert_same(_collect(model, include, [images]), alone, alone.names)
         return
     assert all(s != padded for s in sizes)  # both images really are padded
+    assert any(x % 32 for s in sizes for x in s)  # a region ends inside a stride-32 cell
     batched, reference = _collect(model, include, [images], reference=True)
     assert sorted(batched.names) == sorted(reference)
     for name, (expected, samples) in reference.items():

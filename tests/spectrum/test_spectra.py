@@ -53,6 +53,17 @@ def test_eigenvalues_and_measures(spectra):
     assert spectra.names == ["a:in", "a:out", "dead:out"]
 
 
+def test_intrinsic_dim_counts_ratios_strictly_above_the_threshold():
+    """Powers of two are exact in eigvalsh of a diagonal matrix: ratio 2**-10 is exactly T."""
+    diagonal = torch.diag(torch.tensor([8.0, 4.0, 8 * 2.0**-10, 2.0**-10], dtype=torch.float64))
+    s = Spectra({"m": diagonal}, {"m": 1})
+    assert s.eigenvalues("m")[2].item() == 2.0**-10
+    assert s.intrinsic_dim("m", threshold=2.0**-10) == 2  # a ratio equal to T is not counted
+    assert s.intrinsic_dim("m", threshold=2.0**-10 * (1 - 1e-12)) == 3
+    assert s.intrinsic_dim("m", threshold=2.0**-10 * (1 + 1e-12)) == 2
+    assert s.intrinsic_dim("m", threshold=2.0**-13 * (1 - 1e-12)) == 4
+
+
 def test_dead_map(spectra):
     assert not spectra.eigenvalues("dead:out").any()
     assert spectra.intrinsic_dim("dead:out") == 0

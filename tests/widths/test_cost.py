@@ -7,11 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models import resianet
 from eigenarch.widths import (
     RESNET50_WIDTHS,
+    model_cost,
     resnet_cost,
     round_width,
     uniform_widths,
@@ -139,3 +141,34 @@ def test_uniform_multiplier_baseline():
 def test_bad_shapes(widths, depths, match):
     with pytest.raises(EigenarchError, match=match):
         resnet_cost(widths, depths)
+
+
+class GroupedNet(nn.Module):
+    """A stem, a grouped conv (4 groups), a depthwise and a pointwise conv, and an fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.grouped = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pointwise = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pointwise(self.depthwise(self.grouped(self.stem(x)).relu()).relu())
+        return self.fc(x.mean((2, 3)))
+
+
+def test_grouped_and_depthwise_convs_divide_by_their_groups():
+    # at 32 px every conv after the stem has 16 x 16 outputs; params = O * I/g * K * K
+    params = {"stem": 16 * 3 * 9, "grouped": 32 * (16 // 4) * 9, "depthwise": 32 * 1 * 9,
+              "pointwise": 8 * 32, "fc": 10 * 8}  # fmt: skip
+    cost = model_cost(GroupedNet(), image_size=32)
+    assert {layer.name: layer.params for layer in cost.layers} == params
+    assert {layer.name: layer.macs for layer in cost.layers} == {
+        name: p * (1 if name == "fc" else 256) for name, p in params.items()
+    }
+    assert (cost.macs, cost.params) == (544_848, 2_208)
+    with FlopCounterMode(display=False) as flops:
+        GroupedNet()(torch.zeros(1, 3, 32, 32))
+    assert flops.get_total_flops() == 2 * cost.macs  # conv + fc: 2 FLOPs per MAC, no biases

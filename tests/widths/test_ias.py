@@ -208,6 +208,28 @@ def test_greedy_fill_ties_go_to_the_earlier_group():
     assert 10.5 - 1e-6 < omega * 10 < 10.5
 
 
+def walled(widths: tuple[int, ...]) -> int:
+    """Sum of widths, and a wall when the last grows past 10: that group pins omega < 1."""
+    return sum(widths) + (1000 if widths[-1] > 10 else 0)
+
+
+def test_greedy_fill_ranks_relative_not_absolute_shortfalls():
+    # omega just below 1 (15 * omega must round to 10): ideal 13 and 104 round to 10 and
+    # 100, cost 120, budget 130: one group may grow by 10. Relative shortfalls 3/13 > 4/104
+    # grow the first; the absolute ones (3 < 4) would grow the second.
+    widths, omega = expand_widths([13.0, 104.0, 15.0], 130, walled, 10)
+    assert widths == (20, 100, 10)
+    assert omega == pytest.approx(1.0, rel=1e-8) and omega < 1.0
+
+
+def test_greedy_fill_equal_relative_shortfalls_go_to_the_earlier_group():
+    # ideal 12 and 24 round to 10 and 20 (cost 40, budget 50): relative shortfalls 1/6 and
+    # 1/6, exactly equal in floats (24 omega = 2 x 12 omega); the absolute ones (2 < 4) and
+    # a tie to the later group would grow the second
+    widths, _ = expand_widths([12.0, 24.0, 15.0], 50, walled, 10)
+    assert widths == (20, 20, 10)
+
+
 def test_greedy_fill_prefers_the_largest_relative_shortfall():
     # just below omega = 1.05 the ideal widths are 31.5 and 10.5, rounded to 31 and 10;
     # one unit of budget is left and 0.5 / 10.5 > 0.5 / 31.5: the last group grows
