@@ -39,10 +39,10 @@ MUTANTS := \
   'eigenarch.spectrum.spectra.xǁSpectraǁdegrees_of_freedom__mutmut_*' \
   'eigenarch.spectrum.spectra.xǁSpectraǁeffective_rank__mutmut_*' \
   'eigenarch.spectrum.collector.x__multiply__mutmut_*' \
-  'eigenarch.widths.search.x_adjusted_widths__mutmut_*' \
-  'eigenarch.widths.search.x_expand_widths__mutmut_*' \
-  'eigenarch.widths.search.x__unit_maps__mutmut_*' \
-  'eigenarch.widths.search.x_intrinsic_per_layer__mutmut_*' \
+  'eigenarch.widths.ias.x_adjusted_widths__mutmut_*' \
+  'eigenarch.widths.ias.x_expand_widths__mutmut_*' \
+  'eigenarch.widths.ias.x__unit_maps__mutmut_*' \
+  'eigenarch.widths.ias.x_intrinsic_per_layer__mutmut_*' \
   'eigenarch.widths.ties.*' \
   'eigenarch.widths.cost.x_round_width__mutmut_*' \
   'eigenarch.widths.cost.x_uniform_widths__mutmut_*' \

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 
 import torch
-from eigenarch.models.backbones import classifier_by_name
 
+from eigenarch.models.builders import classifier_by_name
 from eigenarch.spectrum.collector import SpectrumCollector
 from eigenarch.widths import trace_model
 from eigenarch.widths.inherit import inherit_resize

@@ -2,7 +2,7 @@
 
 A backbone is a classifier (ImageNet layout: 3 x 224 x 224 in, 1000 classes out) built by
 name, with GroupNorm, BatchNorm or frozen BatchNorm as asked, every channel group at the
-width its :class:`~eigenarch.widths.spec.BackboneSpec` gives (:func:`eigenarch.widths.resize`)
+width its :class:`BuilderBackbone` gives (:func:`eigenarch.widths.resize`)
 and freshly initialised. Its feature levels (the last module at each of the last four
 strides, or a model's own ``stage_names``) feed a detector's FPN.
 """
