@@ -67,6 +67,7 @@ def test_the_fpn_levels_are_timm_feature_info_modules():
         ("timm:res2net50_26w_4s", "(a concatenation); its widths cannot be searched"),
         ("timm:cspresnet50", "are split into parts that different layers read (a chunk"),
         ("timm:no_such_model", "timm has no model 'no_such_model'"),
+        ("timm:vit_tiny_patch16_224", "is a transformer, not resizable: its attention (blocks.0"),
     ],
 )
 def test_timm_backbones_the_graph_cannot_resize_are_refused_in_one_line(text, message):

@@ -139,7 +139,15 @@ def classifier_by_name(
     if name.startswith(TIMM):  # never downloads: weights come through --weights / --init
         import timm
 
-        return timm.create_model(name[len(TIMM) :], pretrained=False, num_classes=num_classes)
+        model = timm.create_model(name[len(TIMM) :], pretrained=False, num_classes=num_classes)
+        attention = next((n for n, m in model.named_modules()
+                          if type(m).__name__.endswith("Attention")), None)  # fmt: skip
+        if attention is not None:  # ViT, Swin, ConvFormer, MaxViT, ...: tokens, not channels
+            raise EigenarchError(
+                f"backbone {name!r} is a transformer, not resizable: its attention "
+                f"({attention}) couples widths that channel groups of a CNN do not describe"
+            )
+        return model
     if name == "detnet59":
         return detnet59(norm or "gn", gn_groups, num_classes)
     try:
