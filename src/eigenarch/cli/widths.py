@@ -22,6 +22,7 @@ from eigenarch.widths.cost import (
     resnet_cost,
     uniform_widths,
 )
+from eigenarch.widths.inflation import inflated_widths, inflation_note
 from eigenarch.widths.search import WidthSearchResult
 from eigenarch.widths.spec import WidthSpec, load_width_spec
 
@@ -250,6 +251,8 @@ def search(
         f"reduction {100 * (1 - found.found.macs / found.base.macs):.1f}%; wrote {out}",
         highlight=False,
     )
+    if note := inflation_note(inflated_widths(found.result)):
+        Console(stderr=True).print(note, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
