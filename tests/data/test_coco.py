@@ -128,7 +128,7 @@ def test_boxes_outside_the_image_are_clipped_or_dropped_and_reported(root, capsy
     result = run_cli("data", "check", root, "--split", "train")
     assert result.code == 0 and "clipped 1 box(es)" in result.stderr
     row = next(line for line in result.stderr.splitlines() if "│ train" in line)
-    assert row.split("│")[-3:-1] == [" 1             ", " 1             "]  # dropped, clipped
+    assert [cell.strip() for cell in row.split("│")[-3:-1]] == ["1", "1"]  # dropped, clipped
 
 
 BAD_JSON = {
@@ -199,6 +199,28 @@ def test_unreadable_image_is_named(root, run_cli):
         dataset[3]
     result = run_cli("data", "check", root, "--split", "val")
     assert result.code == 2 and "000003.jpg: unreadable image" in result.stderr
+
+
+def test_check_counts_crowd_annotations_and_images_without_annotations(root, run_cli):
+    def change(data):
+        first, second = data["images"][0]["id"], data["images"][1]["id"]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != first]
+        crowd = [a for a in data["annotations"] if a["image_id"] == second][:2]
+        for ann in crowd:
+            ann["iscrowd"] = 1
+
+    annotations = json.loads((root / "annotations" / "instances_val.json").read_text())
+    path = _edit(root, "val", change)
+    left = len(json.loads(path.read_text())["annotations"])
+    dataset = CocoDetection.from_root(root, "val")
+    assert (dataset.crowd_annotations, dataset.images_without_annotations) == (2, 1)
+    assert 0 < left < len(annotations["annotations"])
+    result = run_cli("data", "check", root, "--split", "val")
+    assert result.code == 0, result.stderr
+    row = next(line for line in result.stderr.splitlines() if "│ val" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    images = str(len(annotations["images"]))
+    assert cells[:5] == ["val", images, "1", str(left), "2"]  # without annotations, crowd
 
 
 def test_check_command_reports_counts(shapes_root, run_cli):

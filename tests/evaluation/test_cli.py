@@ -39,3 +39,16 @@ def test_an_out_of_the_wrong_kind_is_refused_before_evaluating(
     result = run_cli("evaluate", "--run", tiny_run, "--out", out)
     assert result.code == 2 and result.stderr.startswith("error:") and message in result.stderr
     assert "evaluate" not in result.stderr.split("error:")[0]  # before the pass over the images
+
+
+def test_metrics_table_says_n_a_for_an_absent_area():
+    from rich.console import Console
+
+    from eigenarch.cli.evaluation import metrics_table
+
+    console = Console(record=True, width=120)
+    values = {"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "APs": -1.0, "APm": 0.125, "APl": 0.0}
+    console.print(metrics_table({"bbox": values}))
+    row = next(line for line in console.export_text().splitlines() if "bbox" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["bbox", "50.0", "75.0", "25.0", "n/a", "12.5", "0.0"]  # 0 is a value

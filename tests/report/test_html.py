@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 import shlex
 import shutil
@@ -109,6 +110,20 @@ def test_report_files_and_summary(report, analysed_runs):
         assert row in page and f"{cost.macs / 1e9:.3f}" in page
     assert "<td>spec.json</td>" in page
     assert summary["comparisons"][0]["names"] == ["A", "B"]
+    # The widths the greedy fill grew past 2 x R(omega x adjusted), named in the last column.
+    (table,) = re.findall(r'<table id="A-widths">(.*?)</table>', page)
+    assert "<th>past 2 x ideal width</th>" in table
+    for metric, result in search.items():
+        q = result["multiple"]
+        ideal = [max(q, q * math.floor(result["omega"] * a / q + 0.5)) for a in result["adjusted"]]
+        expected = [
+            f"{tie} {width} (ideal {i})"
+            for tie, width, i in zip(result["ties"], result["widths"], ideal, strict=True)
+            if tie not in result["fixed"] and width > 2 * i
+        ]
+        assert result["inflated"] == expected
+        (row,) = re.findall(rf"<tr><td>searched \({metric} of base\)</td>(.*?)</tr>", table)
+        assert row.endswith(f"<td>{html.escape(', '.join(expected))}</td>")
 
 
 def test_report_search_commands_reproduce_its_widths(report, run_cli, tmp_path):

@@ -69,7 +69,8 @@ def check(
     masks: bool = typer.Option(False, help="Also rasterise every mask."),
 ) -> None:
     """Load every image and target of a COCO-format data set as training would; report counts."""
-    table = Table("split", "images", "annotations", "classes", "dropped boxes", "clipped boxes")
+    table = Table("split", "images", "without annotations", "annotations", "crowd", "classes",
+                  "dropped boxes", "clipped boxes")  # fmt: skip
     with progress_bar() as bar:
         for name in split:
             dataset = CocoDetection.from_root(data, name, masks=masks)
@@ -78,7 +79,9 @@ def check(
             table.add_row(
                 name,
                 str(len(dataset)),
+                str(dataset.images_without_annotations),
                 str(len(dataset.coco.anns)),
+                str(dataset.crowd_annotations),
                 str(dataset.num_classes - 1),
                 str(dataset.dropped_boxes),
                 str(dataset.clipped_boxes),

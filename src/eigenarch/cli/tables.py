@@ -13,7 +13,7 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
     """The COCO summary as a rich table: one row per IoU type, one column per metric."""
     table = Table("type", *COCO_METRICS)
     for iou_type, values in metrics.items():
-        cells = (f"{100 * values[m]:.1f}" if values[m] >= 0 else "-" for m in COCO_METRICS)
+        cells = (f"{100 * values[m]:.1f}" if values[m] >= 0 else "n/a" for m in COCO_METRICS)
         table.add_row(iou_type, *cells)
     return table
 

@@ -18,6 +18,7 @@ from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.options import parse_ints, parse_threshold
 from eigenarch.report.width_search import search_to_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS, ModelCost
+from eigenarch.widths.inflation import inflated_widths, inflation_note
 
 
 class Side(str, Enum):
@@ -154,6 +155,8 @@ def search(
         f"reduction {100 * (1 - found.found.macs / found.base.macs):.1f}%; wrote {out}",
         highlight=False,
     )
+    if note := inflation_note(inflated_widths(found.result)):
+        Console(stderr=True).print(note, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

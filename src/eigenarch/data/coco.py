@@ -168,13 +168,16 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _count_boxes(self, verbose: bool) -> None:
         """Count (and report once) the boxes left out of the targets or clipped to their
-        image, as the image sizes of the annotation file give them."""
-        degenerate = outside = clipped = 0
+        image, as the image sizes of the annotation file give them; count the crowd
+        annotations (never targets) and the images without any annotation."""
+        degenerate = outside = clipped = crowd = empty = 0
         for i in self.image_ids:
             info = self.coco.imgs[i]
             size = (info["width"], info["height"])
+            empty += not self.coco.imgToAnns[i]
             for ann in self.coco.imgToAnns[i]:
                 if ann.get("iscrowd", 0):
+                    crowd += 1
                     continue
                 if not _valid_box(ann["bbox"]):
                     degenerate += 1
@@ -184,6 +187,8 @@ class CocoDetection(torch.utils.data.Dataset):
                     clipped += box is not None and box != _xyxy(ann["bbox"])
         self.dropped_boxes = degenerate + outside
         self.clipped_boxes = clipped
+        self.crowd_annotations = crowd
+        self.images_without_annotations = empty
         if not verbose:
             return
         for count, what in (

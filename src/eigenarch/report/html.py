@@ -42,6 +42,7 @@ from eigenarch.report.plots import (
 )
 from eigenarch.spectrum import Spectra
 from eigenarch.train.loop import train_command
+from eigenarch.widths.inflation import INFLATION, inflated_widths
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
@@ -299,6 +300,9 @@ def _widths_row(
     ]
 
 
+_INFLATED = f"past {INFLATION:g} x ideal width"
+
+
 def _intrinsic_layers(intrinsic: dict[str, float], base: list) -> list[tuple[str, float, int]]:
     """The intrinsic widths of the base diagram's layers, in its order (0 where unmeasured)."""
     return [(name, intrinsic.get(name, 0.0), kernel) for name, _, kernel in base]
@@ -337,7 +341,7 @@ def _widths_section(
     base_cost = base.cost()
     columns = _width_columns([base])
     dims = run.final.intrinsic_dims(dyn.threshold)
-    rows = [_widths_row("base", base, base.searched_widths(), columns)]
+    rows = [[*_widths_row("base", base, base.searched_widths(), columns), ""]]
     layers = diagram_layers(base_cost)
     diagrams = [("base", layers)]
     found, commands = {}, []
@@ -348,8 +352,10 @@ def _widths_section(
             if not found:
                 diagrams.append(("intrinsic", _intrinsic_layers(result.intrinsic, layers)))
             found[metric] = result.to_dict()
-            rows.append(_widths_row(f"searched ({metric} of base)", spec, result.widths,
-                                    columns, result.omega))  # fmt: skip
+            inflated = [str(i) for i in inflated_widths(result)]
+            found[metric]["inflated"] = inflated
+            rows.append([*_widths_row(f"searched ({metric} of base)", spec, result.widths,
+                                      columns, result.omega), ", ".join(inflated)])  # fmt: skip
             diagrams.append((f"searched ({metric})", diagram_layers(spec.cost())))
             found[metric]["command"] = _search_command(
                 dyn.spectra_path(dyn.iterations[-1]), model, base, dyn.threshold,
@@ -366,9 +372,11 @@ def _widths_section(
     what = "stem, bottleneck/output per stage" if len(columns) > 1 else "one per searched width"
     page.table(
         f"{key}-widths",
-        ["architecture", *columns, "MACs (G)", "params (M)", "omega"],
+        ["architecture", *columns, "MACs (G)", "params (M)", "omega", _INFLATED],
         rows,
-        f"{run.label}: widths ({what}) and cost at 224x224 (conv + fc weights)",
+        f"{run.label}: widths ({what}) and cost at 224x224 (conv + fc weights); the last "
+        f"column names the widths the greedy fill grew past {INFLATION:g} x R(omega x "
+        "adjusted)",
     )
     page.figure(
         f"{key}-width-diagram",
