@@ -102,7 +102,10 @@ class _Triangle:
 
     def add_gram(self, matrix: Tensor, alpha: float) -> None:
         """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
-        matrix = matrix.detach().to(self.dtype)
+        if matrix.requires_grad:
+            matrix = matrix.detach()
+        if matrix.dtype != self.dtype:
+            matrix = matrix.to(self.dtype)
         if self.device.type != "cpu":
             self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
         elif len(self.diagonal) == 1:
@@ -687,12 +690,14 @@ def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | N
         if batch:
             out.add_gram(tensor.movedim(1, -1).reshape(-1, channels).T, 1.0 / (height * width))
         return batch
-    for i in range(batch):
-        h, w = height, width
-        if padding is not None:  # the valid, top-left region of image i
-            image_h, image_w = padding.sizes[i]
-            h = min(height, math.ceil(image_h * height / padding.height))
-            w = min(width, math.ceil(image_w * width / padding.width))
+    if padding is None:  # whole images: one (C, H W) view each, one reshape for the batch
+        for image in tensor.reshape(batch, channels, height * width).unbind(0):
+            out.add_gram(image, 1.0 / (height * width))
+        return batch
+    for i in range(batch):  # the valid, top-left region of image i
+        image_h, image_w = padding.sizes[i]
+        h = min(height, math.ceil(image_h * height / padding.height))
+        w = min(width, math.ceil(image_w * width / padding.width))
         out.add_gram(tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w))
     return batch
 
