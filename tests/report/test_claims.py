@@ -1,19 +1,31 @@
-"""The claims' verdicts follow their rules on constructed numbers; Welch's test is SciPy's."""
+"""The claims' verdicts follow their rules on constructed numbers, at each rule's edge; the
+tests behind them (Welch's test, its confidence interval) are SciPy's."""
 
 from __future__ import annotations
 
+import math
+import statistics
 import warnings
 
 import pytest
-from scipy.stats import ttest_ind
+from scipy.stats import norm, ttest_ind
 
 from eigenarch.report.claims import (
     AGREES,
     DISAGREES,
+    DROPPING_MAPS,
+    INCONCLUSIVE,
     NOT_MEASURED,
+    ONE_SEED,
     claim_line,
+    decay_rises,
+    difference_interval,
+    differs,
+    not_lower,
     paper_claims,
     paper_name,
+    seeds_to_detect,
+    similar,
     welch_p,
 )
 from eigenarch.report.compare import Comparison, MapComparison
@@ -22,6 +34,10 @@ from eigenarch.report.dynamics import Criteria, Event, MapDynamics, RunDynamics
 BODY = "backbone.body."
 #: Claims on rows the demo makes only with an option: two schedules, Table 2, Mask R-CNN.
 UNMEASURED = dict.fromkeys("ikl", NOT_MEASURED)
+#: Checkpoints of the constructed runs (length 100, decays at 60 and 90, default criteria:
+#: early phase up to 25, window 10): intervals 30-40 and 40-50 are the placebo, 50-70 holds
+#: the first decay, 0-10 and 10-30 are early, 70-100 holds the second decay.
+ITERATIONS = [0, 10, 30, 40, 50, 70, 100]
 
 
 def comparison(
@@ -37,15 +53,24 @@ def comparison(
     return Comparison(("I", "S"), 1e-3, maps)
 
 
+def series(drop: bool, rebound: int) -> list[int]:
+    """Dims at ITERATIONS: 40, then 20 at 10 if ``drop``; small placebo wiggles; +``rebound``
+    across the first decay (50 -> 70)."""
+    early = 20 if drop else 40
+    return [40, early, early, early + 1, early, early + rebound, early + rebound]
+
+
 def dynamics(drops: int, rebound: bool) -> dict[str, RunDynamics]:
-    names = ["layer4.0.conv3:out", "layer4.1.conv3:out", "layer4.2.conv3:out"]
-    maps = [
-        MapDynamics(BODY + n, 64, [40, 20], [Event("dropping", 10, 40, 20, 0)] if k < drops else [])
-        for k, n in enumerate(names)
-    ]
-    if rebound:
-        maps[0].events.append(Event("rebounding", 80, 20, 30, 60, milestone=60))
-    run = RunDynamics("I", [0, 10, 80], [60, 90], 100, 1e-3, Criteria(), maps, [])
+    """Run I: the four stage-5 maps of DROPPING_MAPS, ``drops`` of them dropping; each rises
+    across the first decay (by 8-11 of 20-40 dims) if ``rebound``, else wiggles by 1."""
+    maps = []
+    for k, name in enumerate(DROPPING_MAPS):
+        dims = series(k < drops, 8 + k if rebound else (-1) ** k)
+        events = [Event("dropping", 10, 40, 20, 0)] if k < drops else []
+        if rebound and k == 0:
+            events.append(Event("rebounding", 70, dims[4], dims[5], 50, milestone=60))
+        maps.append(MapDynamics(BODY + name, 64, dims, events))
+    run = RunDynamics("I", ITERATIONS, [60, 90], 100, 1e-3, Criteria(), maps, [])
     return {"I": run, "S": replace_run(run, "S")}
 
 
@@ -60,23 +85,31 @@ def row(
 ) -> dict:
     """A table row as the demo's ``results_table`` makes it, for one value ``key``."""
     p = welch_p(ap, base) if base is not None else None
-    return {"backbone": label, "params": params, key: sum(ap) / len(ap), f"{key}_std": None,
+    std = statistics.stdev(ap) if len(ap) > 1 else None
+    return {"backbone": label, "params": params, key: sum(ap) / len(ap), f"{key}_std": std,
             f"{key}_values": ap, f"{key}_p": p}  # fmt: skip
 
 
+BASE = [10.0, 10.5, 11.0]
+
+
 def table(s_ap: list[float], i_ap: list[float], uniform_ap: list[float]) -> list[dict]:
-    base = [10.0, 10.5, 11.0]
     return [
-        row("base", 2e6, base, None),
-        row("ResiaNet S (MACs)", 0.6e6, s_ap, base),
-        row("ResiaNet I (MACs)", 0.7e6, i_ap, base),
-        row("ResiaNet I (params)", 2e6, base, base),
-        row("uniform x0.50", 0.6e6, uniform_ap, base),
+        row("base", 2e6, BASE, None),
+        row("ResiaNet S (MACs)", 0.6e6, s_ap, BASE),
+        row("ResiaNet I (MACs)", 0.7e6, i_ap, BASE),
+        row("ResiaNet I (params)", 2e6, BASE, BASE),
+        row("uniform x0.50", 0.6e6, uniform_ap, BASE),
     ]
 
 
 def verdicts(claims) -> dict[str, str]:
     return {c.key: c.verdict for c in claims}
+
+
+def claim(key: str, *args, **kwargs):
+    (found,) = [c for c in paper_claims(*args, **kwargs) if c.key == key]
+    return found
 
 
 def test_paper_naming_of_maps():
@@ -103,6 +136,59 @@ def test_welch_p_is_scipys_two_sided_unequal_variance_test():
     assert one == pytest.approx(expected, rel=1e-12)
 
 
+def test_difference_interval_is_scipys_welch_interval():
+    a, b = [31.2, 30.8, 31.9, 30.5, 31.1], [30.1, 29.7, 30.9, 30.3]
+    diff, lo, hi = difference_interval(a, b)
+    expected = ttest_ind(a, b, equal_var=False).confidence_interval(0.90)
+    assert diff == pytest.approx(statistics.fmean(a) - statistics.fmean(b), rel=1e-12)
+    assert (lo, hi) == (pytest.approx(expected.low, rel=1e-12), pytest.approx(expected.high))
+    assert difference_interval([1.0], b) is None
+    assert difference_interval([2.0, 2.0], [1.0, 1.0]) == (1.0, 1.0, 1.0)  # no spread
+
+
+def test_equivalence_needs_the_whole_interval_strictly_inside_the_margin():
+    a, b = [10.4, 10.6, 10.5], BASE
+    _, lo, hi = difference_interval(a, b)
+    edge = max(-lo, hi)  # the interval's farther end: a margin exactly there is not enough
+    assert similar(a, b, edge * (1 + 1e-9)).verdict == AGREES
+    at_edge = similar(a, b, edge)
+    assert at_edge.verdict == INCONCLUSIVE
+    assert at_edge.reason.startswith("the 90% CI is not inside the margin: about ")
+    far = [7.0, 7.2, 7.1]  # 90% CI of the difference about [-4.2, -2.6]
+    _, far_lo, far_hi = difference_interval(far, b)
+    assert similar(far, b, -far_hi).verdict == DISAGREES  # wholly outside, touching
+    assert similar(far, b, -far_hi * (1 + 1e-9)).verdict == INCONCLUSIVE
+    assert not_lower(far, b, 1.0).verdict == DISAGREES
+    assert not_lower([20.0, 21.0, 19.0], b, 1.0).verdict == AGREES  # far higher: not lower
+    assert similar([20.0, 21.0, 19.0], b, 1.0).verdict == DISAGREES  # ... but not similar
+    assert similar([1.0], b, 1.0).reason == ONE_SEED
+
+
+def test_seeds_needed_follow_the_normal_approximation():
+    a, b = [10.0, 11.0, 12.0], [10.0, 10.5, 11.0]
+    spread = math.sqrt((1.0 + 0.25) / 2)
+    z = norm.ppf(0.975) + norm.ppf(0.8)
+    assert seeds_to_detect(a, b, 0.6) == math.ceil(2 * (z * spread / 0.6) ** 2) == 28
+    assert seeds_to_detect([1.0, 1.0], [2.0, 2.0], 0.6) is None
+
+
+def test_higher_or_lower_needs_a_significant_difference_of_that_sign():
+    a, b = [31.2, 30.8, 31.9, 30.5, 31.1], [30.1, 29.7, 30.9, 30.3]  # Welch p 0.0437
+    assert differs(a, b, +1, 1.0).verdict == AGREES
+    assert differs(a, b, -1, 1.0).verdict == DISAGREES  # significant, the other way
+    close = [30.6, 30.2, 31.4, 29.9, 30.5]  # p > 0.05; 90% CI about [-0.3, +0.9]
+    assert welch_p(close, b) > 0.05
+    assert differs(close, b, +1, 1.0).verdict == DISAGREES  # rules out a rise of 1.0
+    undecided = differs(close, b, +1, 0.5)
+    assert undecided.verdict == INCONCLUSIVE
+    assert undecided.reason == (
+        f"p {welch_p(close, b):.3f} >= 0.05 at 5 vs 4 seeds: about "
+        f"{seeds_to_detect(close, b, 0.5)} seeds per side would detect a difference of 0.5 "
+        "at this spread"
+    )
+    assert differs([1.0], b, +1, 1.0).reason == ONE_SEED
+
+
 def test_claims_agree_with_numbers_like_the_papers():
     claims = paper_claims(
         {"table1": table([10.4, 10.6, 10.5], [10.2, 10.9, 10.7], [8.0, 8.2, 8.1])},
@@ -116,32 +202,77 @@ def test_claims_agree_with_numbers_like_the_papers():
         "before conv2_1.1 = layer1.0.conv1:in" in a.paper and a.ours == "I 30, S 32 of 64 channels"
     )
     assert "conv5_2.1 = layer4.1.conv1:in" in claims[2].paper
-    for claim in claims:  # every row filled
-        assert all(v for k, v in claim.to_dict().items() if k != "reason")
-        assert claim_line(claim.to_dict()).startswith(f"({claim.key}) {claim.source}: ")
+    assert claims[4].ours.startswith("2 of 4 drop in I (")  # (e): exactly half
+    assert claims[5].ours.startswith(
+        "decay at 60: mean rise +0.344 over 4 maps vs +0.001 over 8 placebo rises (+0.34, p 0.004)"
+    )
+    assert claims[6].ours.startswith(
+        "ResiaNet S (MACs) AP 10.5 ± 0.1 (vs base +0.00, 90% CI [-0.82, +0.82]), 0.60 M params"
+    )
+    assert claims[9].ours.endswith("(uniform - base -2.40, p 0.012)")
+    for c in claims:  # every row filled
+        assert all(v for k, v in c.to_dict().items() if k != "reason")
+        assert claim_line(c.to_dict()).startswith(f"({c.key}) {c.source}: ")
 
 
 def test_claims_disagree_with_numbers_unlike_the_papers():
     claims = paper_claims(
-        {"table1": table([7.0, 7.2, 7.1], [10.2, 10.9, 10.7], [10.4, 10.6, 10.9])},
+        {"table1": table([7.0, 7.2, 7.1], [10.2, 10.9, 10.7], [12.0, 12.2, 12.1])},
         comparison((30, 50), (50, 50), (52, 50), 70),
         dynamics(drops=1, rebound=False),
     )
     assert verdicts(claims) == {**dict.fromkeys("abcdefgj", DISAGREES), "h": AGREES, **UNMEASURED}
-    claims = paper_claims(
-        {
-            "table1": [
-                {**r, "params": 3e6} if r["backbone"] == "ResiaNet S (MACs)" else r
-                for r in table([10.4, 10.6, 10.5], [10.2, 10.9, 10.7], [8.0, 8.2, 8.1])
-            ]
-        },
-        None,
-        {},
-    )
+    more_params = [
+        {**r, "params": 3e6} if r["backbone"] == "ResiaNet S (MACs)" else r
+        for r in table([10.4, 10.6, 10.5], [10.2, 10.9, 10.7], [8.0, 8.2, 8.1])
+    ]
+    claims = paper_claims({"table1": more_params}, None, {})
     assert verdicts(claims)["g"] == verdicts(claims)["h"] == DISAGREES  # S has more params
 
 
-def test_claims_not_measured_say_why():
+def test_noisy_seeds_are_inconclusive_and_say_what_would_decide():
+    noisy = [8.0, 10.5, 13.0]  # the same mean as the base, three times its spread
+    claims = {c.key: c for c in paper_claims({"table1": table(noisy, noisy, noisy)}, None, {})}
+    assert claims["g"].verdict == INCONCLUSIVE  # the interval reaches below -1 AP
+    assert "seeds per side would bring it inside" in claims["g"].reason
+    assert claims["j"].verdict == INCONCLUSIVE  # neither a loss nor ruling one out
+    assert "seeds per side would detect a difference of 0.6" in claims["j"].reason
+
+
+def test_stage_claim_needs_a_ratio_above_one_point_o_five():
+    def ratio_claim(i_dims: int):
+        found = comparison((30, 32), (i_dims, 50), (60, 20), 40)  # two maps: 2 x i vs 100
+        return claim("d", {}, found, {})
+
+    assert ratio_claim(52).verdict == DISAGREES  # 104 / 100: larger, but within the margin
+    assert ratio_claim(52).ours == "I 104, S 100 over 2 maps (I/S 1.04)"
+    five = comparison((30, 32), (60, 50), (60, 20), 40)
+    five.maps[1:3] = [MapComparison(BODY + "layer2.0.conv1:in", 100, 55, 50),
+                      MapComparison(BODY + "layer3.0.conv1:in", 100, 50, 50)]  # fmt: skip
+    assert claim("d", {}, five, {}).verdict == DISAGREES  # 105 / 100: exactly 1.05
+    five.maps[2] = MapComparison(BODY + "layer3.0.conv1:in", 100, 51, 50)
+    assert claim("d", {}, five, {}).verdict == AGREES  # 106 / 100
+
+
+@pytest.mark.parametrize("drops, verdict", [(1, DISAGREES), (2, AGREES), (3, AGREES)])
+def test_dropping_claim_needs_at_least_half_of_an_even_list(drops, verdict):
+    found = claim("e", {}, None, dynamics(drops=drops, rebound=False))
+    assert found.verdict == verdict and found.ours.startswith(f"{drops} of 4 drop in I")
+
+
+def test_rebound_placebo_intervals_skip_the_early_phase_and_the_decays():
+    run = dynamics(drops=0, rebound=True)["I"]
+    at_decay, away = decay_rises(run)
+    # 50 -> 70 holds the decay at 60; placebo: 30 -> 40 and 40 -> 50, not 0-30 nor 70-100
+    assert at_decay == pytest.approx([8 / 40, 9 / 40, 10 / 40, 11 / 40])
+    assert away == pytest.approx([1 / 40] * 4 + [-1 / 41] * 4)
+    maps = [MapDynamics(m.name, m.channels, [40, *m.dims[4:6]], []) for m in run.maps]
+    no_placebo = RunDynamics("I", [0, 50, 70], [60], 100, 1e-3, Criteria(), maps, [])
+    found = claim("f", {}, None, {"I": no_placebo})
+    assert found.verdict == NOT_MEASURED and "away from any decay" in found.reason
+
+
+def test_claims_not_measured_or_one_seed_say_why():
     one_seed = [
         row("base", 2e6, [10.0], None),
         row("ResiaNet S (MACs)", 0.6e6, [11.0], [10.0]),
@@ -149,22 +280,23 @@ def test_claims_not_measured_say_why():
     ]
     hints = {"table1_2x": "run the demo with --long-schedule", "table2": "with --table2"}
     claims = {c.key: c for c in paper_claims({"table1": one_seed}, None, {}, hints=hints)}
-    for key in "abcdefgjikl":
+    for key in "abcdefikl":
         assert claims[key].verdict == NOT_MEASURED and claims[key].reason, key
-    assert "one seed gives no Welch p-value" in claims["g"].reason
-    assert "--seeds" in claims["j"].reason
+    for key in "gj":
+        assert claims[key].verdict == INCONCLUSIVE and claims[key].reason == ONE_SEED, key
+    assert "--seeds 2" in ONE_SEED
     assert claims["k"].ours == "not run by this demo" and "Table 2" in claims["k"].reason
     assert "(with --table2)" in claims["k"].reason
     assert "Mask R-CNN" in claims["l"].reason and "has not made" in claims["l"].reason
     assert claims["i"].shown_verdict == (
-        "not measured here: needs every Table 1 row at 2x the iterations (the paper's 2x "
+        "not measured: needs every Table 1 row at 2x the iterations (the paper's 2x "
         "beside its 1x) (run the demo with --long-schedule)"
     )
-    assert claims["h"].verdict == AGREES  # a cost claim needs no p-value
-    assert claims["a"].shown_verdict == "not measured here: no I-vs-S comparison"
+    assert claims["h"].verdict == AGREES  # a cost claim needs no test
+    assert claims["a"].shown_verdict == "not measured: no I-vs-S comparison"
 
 
-def test_the_shorter_schedule_claim_needs_a_significant_lead_that_shrinks():
+def test_the_shorter_schedule_claim_needs_a_significant_lead_then_similar_aps():
     def tables(i_1x, s_1x, i_2x, s_2x) -> dict:
         return {
             name: [row("base", 2e6, [9.0, 9.5], None), row("ResiaNet S (MACs)", 0.6e6, s, None),
@@ -172,23 +304,22 @@ def test_the_shorter_schedule_claim_needs_a_significant_lead_that_shrinks():
             for name, i, s in (("table1", i_1x, s_1x), ("table1_2x", i_2x, s_2x))
         }  # fmt: skip
 
-    def claim(*aps):
-        (found,) = [c for c in paper_claims(tables(*aps), None, {}) if c.key == "i"]
-        return found
-
     s_1x, s_2x = [10.0, 10.1, 10.2], [13.9, 14.0, 14.1]
-    agrees = claim([12.0, 12.2, 12.1], s_1x, [14.0, 14.1, 14.2], s_2x)
-    assert agrees.verdict == AGREES and "(I - S +2.0, p 0.000" in agrees.ours
-    assert "2x: 14.1 vs 14.0 (I - S +0.1)" in agrees.ours
-    grows = claim([12.0, 12.2, 12.1], s_1x, [16.0, 16.1, 16.2], s_2x)
-    noise = claim([10.0, 10.9, 10.5], s_1x, [14.0, 14.1, 14.2], s_2x)  # p > 0.05
-    assert grows.verdict == noise.verdict == DISAGREES
-    one_seed = claim([12.0], [10.0], [14.1], [14.0])
-    assert one_seed.verdict == NOT_MEASURED and "--seeds 2" in one_seed.reason
+    agrees = claim("i", tables([12.0, 12.2, 12.1], s_1x, [14.0, 14.1, 14.2], s_2x), None, {})
+    assert agrees.verdict == AGREES and "(I - S +2.00, p 0.000)" in agrees.ours
+    assert "2x: 14.1 ± 0.1 vs 14.0 ± 0.1 (I - S +0.10, 90% CI [-0.07, +0.27])" in agrees.ours
+    grows = claim("i", tables([12.0, 12.2, 12.1], s_1x, [16.0, 16.1, 16.2], s_2x), None, {})
+    assert grows.verdict == DISAGREES  # 2x: a 2 AP lead is not similar
+    behind = claim("i", tables([8.0, 8.2, 8.1], s_1x, [14.0, 14.1, 14.2], s_2x), None, {})
+    assert behind.verdict == DISAGREES  # 1x: significantly lower
+    noisy_2x = claim("i", tables([12.0, 12.2, 12.1], s_1x, [13.0, 15.1, 14.2], s_2x), None, {})
+    assert noisy_2x.verdict == INCONCLUSIVE and "90% CI is not inside" in noisy_2x.reason
+    one_seed = claim("i", tables([12.0], [10.0], [14.1], [14.0]), None, {})
+    assert one_seed.verdict == INCONCLUSIVE and one_seed.reason == ONE_SEED
 
 
 def test_the_classification_transfer_claim_follows_table2():
-    def claim(s_err, i_err, i_params=0.7e6):
+    def transfer(s_err, i_err, i_params=0.7e6):
         def t2(label, params, err, base):
             top1 = row(label, params, err, base, "top1_err")
             return {**top1, **row(label, params, [e / 4 for e in err], None, "top5_err")}
@@ -196,47 +327,43 @@ def test_the_classification_transfer_claim_follows_table2():
         base = [20.0, 20.5, 21.0]
         rows = [t2("base", 2e6, base, None), t2("ResiaNet S (MACs)", 0.6e6, s_err, base),
                 t2("ResiaNet I (MACs)", i_params, i_err, base)]  # fmt: skip
-        (found,) = [c for c in paper_claims({"table2": rows}, None, {}) if c.key == "k"]
-        return found
+        return claim("k", {"table2": rows}, None, {})
 
-    agrees = claim([25.0, 25.5, 26.0], [20.2, 20.8, 20.4])
+    agrees = transfer([25.0, 25.5, 26.0], [20.4, 20.6, 20.5])
     assert agrees.verdict == AGREES
-    assert agrees.ours.startswith("top-1 / top-5 error (%): base 20.5 / 5.1, 2.00 M params; ")
-    assert "; ResiaNet S (MACs) 25.5 / 6.4 (p 0.00" in agrees.ours
-    assert claim([19.0, 19.5, 19.2], [20.2, 20.8, 20.4]).verdict == DISAGREES  # S better
-    assert claim([25.0, 25.5, 26.0], [30.0, 30.5, 31.0]).verdict == DISAGREES  # I worse
-    assert claim([25.0, 25.5, 26.0], [20.2, 20.8, 20.4], 3e6).verdict == DISAGREES  # I bigger
-    one_seed = paper_claims(
-        {"table2": [row("base", 2e6, [20.0], None, "top1_err"),
-                    row("ResiaNet S (MACs)", 0.6e6, [25.0], [20.0], "top1_err"),
-                    row("ResiaNet I (MACs)", 0.7e6, [20.0], [20.0], "top1_err")]},
-        None, {},
-    )  # fmt: skip
-    assert one_seed[10].key == "k" and one_seed[10].verdict == NOT_MEASURED
-    assert "--seeds 2" in one_seed[10].reason
+    assert agrees.ours.startswith("top-1 / top-5 error (%): base 20.5 ± 0.5 / 5.1 ± 0.1, 2.00 M")
+    assert "; ResiaNet S (MACs) 25.5 ± 0.5 / 6.4 ± 0.1 (top-1 vs base +5.00, p 0.00" in agrees.ours
+    assert transfer([19.0, 19.5, 19.2], [20.4, 20.6, 20.5]).verdict == DISAGREES  # S better
+    assert transfer([25.0, 25.5, 26.0], [30.0, 30.5, 31.0]).verdict == DISAGREES  # I worse
+    assert transfer([25.0, 25.5, 26.0], [20.4, 20.6, 20.5], 3e6).verdict == DISAGREES  # bigger
+    noisy = transfer([25.0, 25.5, 26.0], [18.0, 22.0, 20.5])  # I's interval wider than ±1
+    assert noisy.verdict == INCONCLUSIVE and "90% CI is not inside" in noisy.reason
 
 
 def test_the_mask_rcnn_claim_compares_the_cut_with_faster_rcnns():
-    def claim(s_mask, tables_given=True):
+    def mask_claim(s_mask, tables_given=True):
         def mask(label, box, segm):
             return {
                 **row(label, 1e6, box, None, "AP_bbox"),
                 **row(label, 1e6, segm, None, "AP_mask"),
             }
 
-        rows = [mask("base", [12.0], [8.0]), mask("ResiaNet S (MACs)", [11.9], s_mask)]
+        rows = [
+            mask("base", [12.0, 12.1], [8.0, 8.1]),
+            mask("ResiaNet S (MACs)", [11.9, 12.0], s_mask),
+        ]
         tables = {"table1": table([10.4, 10.6, 10.5], [10.2, 10.9, 10.7], [8.0, 8.2, 8.1])}
         if tables_given:
             tables["mask"] = rows
-        hints = {"mask": "run the demo with --mask"}
-        return paper_claims(tables, None, {}, hints=hints)[11]
+        return claim("l", tables, None, {}, hints={"mask": "run the demo with --mask"})
 
-    agrees = claim([7.5])  # the cut: 0.5 AP mask, 0.0 AP on Faster R-CNN
-    assert agrees.key == "l" and agrees.verdict == AGREES
+    agrees = mask_claim([7.5, 7.6])  # the cut: 0.5 AP mask; 0.0 AP on Faster R-CNN
+    assert agrees.verdict == AGREES
     assert agrees.ours == (
-        "Mask R-CNN AP bbox / mask: base 12.0 / 8.0; ResiaNet S (MACs) 11.9 / 7.5 (S (MACs) "
-        "-0.5 AP mask); Faster R-CNN: S (MACs) +0.0 AP"
+        "Mask R-CNN AP bbox / mask: base 12.1 ± 0.1 / 8.1 ± 0.1; ResiaNet S (MACs) 11.9 ± 0.1 / "
+        "7.5 ± 0.1 (S (MACs) AP mask -0.50, p 0.019); Faster R-CNN: S (MACs) +0.0 AP"
     )
-    assert claim([8.2]).verdict == DISAGREES
-    missing = claim([7.5], tables_given=False)
+    assert mask_claim([8.2, 8.3]).verdict == DISAGREES  # higher
+    assert mask_claim([8.0, 8.1]).verdict == DISAGREES  # equal: rules out a 0.2 loss
+    missing = mask_claim([7.5, 7.6], tables_given=False)
     assert missing.verdict == NOT_MEASURED and missing.reason.endswith("(run the demo with --mask)")

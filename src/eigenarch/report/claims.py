@@ -1,13 +1,19 @@
 """The paper's findings (sections 4.2-4.7, Tables 1-2, Figures 2-5) beside one run's numbers.
 
 :func:`paper_claims` gives one :class:`Claim` per finding (a)-(l): the paper's statement and
-where it is, this run's figure, the rule that decides, and the verdict -- ``agrees``,
-``disagrees`` or ``not measured here`` with the reason -- always computed from the numbers.
-AP claims use a two-sided Welch's t-test over seeds (:func:`welch_p`), as the paper does.
+where it is, this run's figure, the rule that decides, and one of four verdicts, always
+computed from the numbers: ``agrees``, ``disagrees``, ``inconclusive`` (the data cannot tell
+at this number of seeds; the reason says what would) or ``not measured`` (the run has not
+made the rows; the reason says how to). Over seeds, "higher" / "lower" claims use the
+two-sided Welch's t-test (:func:`welch_p`) with the sign of the difference, "similar" /
+"reaches" claims an equivalence (non-inferiority) test: the 90 % Welch confidence interval of
+the difference inside the margin (:func:`difference_interval`), i.e. two one-sided tests at
+5 %. The rules are in docs/report.md.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import warnings
@@ -15,21 +21,34 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scipy.stats import ttest_ind
+from scipy.stats import norm, t, ttest_ind
 
 from eigenarch.report.compare import Comparison, MapComparison, map_part, map_stage
 from eigenarch.report.dynamics import RunDynamics
 
-AGREES, DISAGREES, NOT_MEASURED = "agrees", "disagrees", "not measured here"
-#: Significance level of the AP tests (the paper's).
+AGREES, DISAGREES, INCONCLUSIVE, NOT_MEASURED = (
+    "agrees", "disagrees", "inconclusive", "not measured"
+)  # fmt: skip
+VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE, NOT_MEASURED)
+#: Significance level of the tests (the paper's); the equivalence tests use the 1 - 2 x ALPHA
+#: (90 %) confidence interval.
 ALPHA = 0.05
+#: Power assumed when saying how many seeds would detect a difference.
+POWER = 0.8
+#: Equivalence margins: two APs (COCO %) / two top-1 errors (%) closer than this are similar.
+AP_MARGIN = 1.0
+ERROR_MARGIN = 1.0
+#: The paper's AP losses that (j) and (l) test: the uniform width multiplier's (sec. 4.5) and
+#: the searched widths' AP mask on Mask R-CNN (sec. 4.6: 33.0 -> 32.8).
+UNIFORM_LOSS = 0.6
+MASK_LOSS = 0.2
 #: Two dimensionalities of one map are similar when they differ by at most this fraction
 #: of its channels.
 SIMILAR = 0.1
 #: "Larger" summed dimensionalities: a ratio above 1 + this.
 LARGER = 0.05
 NOT_RUN = "not run by this demo"
-ONE_SEED = "one seed gives no Welch p-value (run the demo with --seeds 2 or more)"
+ONE_SEED = "one seed gives no spread to test (run the demo with --seeds 2 or more)"
 _CONV = re.compile(r"layer(\d+)\.(\d+)\.(conv(\d+)|downsample\.0)")
 
 
@@ -62,6 +81,126 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
         return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def difference_interval(
+    a: Sequence[float], b: Sequence[float], level: float = 1 - 2 * ALPHA
+) -> tuple[float, float, float] | None:
+    """``(mean(a) - mean(b), low, high)``: the difference and its Welch confidence interval
+    at ``level`` (Welch-Satterthwaite degrees of freedom); ``None`` with fewer than two values
+    in either. Values are rounded to 9 decimals first; no spread at all gives ``(d, d, d)``."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    a, b = [round(v, 9) for v in a], [round(v, 9) for v in b]
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(t.ppf((1 + level) / 2, df)) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One rule's outcome: verdict, the figures shown, what would decide it."""
+
+    verdict: str
+    shown: str
+    reason: str = ""
+
+
+def _spread(a: Sequence[float], b: Sequence[float]) -> float:
+    return math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+
+
+def seeds_to_detect(a: Sequence[float], b: Sequence[float], effect: float) -> int | None:
+    """Seeds per row for a two-sided test at ALPHA to detect ``effect`` with POWER at the
+    seeds' pooled spread (normal approximation); ``None`` without spread."""
+    spread = _spread(a, b)
+    if spread == 0:
+        return None
+    z = norm.ppf(1 - ALPHA / 2) + norm.ppf(POWER)
+    return max(2, math.ceil(2 * (z * spread / effect) ** 2))
+
+
+def differs(
+    a: Sequence[float], b: Sequence[float], sign: int, effect: float, unit: str = "seeds"
+) -> Outcome:
+    """Whether ``a`` is higher (``sign`` +1) / lower (-1) than ``b`` by about ``effect`` (the
+    difference the claim means): Welch p < ALPHA agrees if the difference has that sign and
+    disagrees if not; otherwise a 90 % confidence interval that rules out a difference of
+    ``effect`` in that direction disagrees, and anything else is inconclusive, saying how
+    many values (``unit``) per side would detect ``effect``."""
+    p, found = welch_p(a, b), difference_interval(a, b)
+    if p is None or found is None:
+        return Outcome(INCONCLUSIVE, "one seed", ONE_SEED)
+    diff, lo, hi = found
+    shown = f"{_signed(diff, 2)}, p {p:.3f}"
+    if p < ALPHA:
+        return Outcome(AGREES if diff * sign > 0 else DISAGREES, shown)
+    shown += f", 90% CI [{_signed(lo, 2)}, {_signed(hi, 2)}]"
+    if (hi < effect) if sign > 0 else (lo > -effect):
+        return Outcome(DISAGREES, shown)
+    needed = seeds_to_detect(a, b, effect)
+    more = (
+        f"about {needed} {unit} per side would detect a difference of {effect:g} at this spread"
+        if needed is not None
+        else "the values do not vary"
+    )
+    why = f"p {p:.3f} >= {ALPHA:g} at {len(a)} vs {len(b)} {unit}: {more}"
+    return Outcome(INCONCLUSIVE, shown, why)
+
+
+def within(a: Sequence[float], b: Sequence[float], low: float, high: float) -> Outcome:
+    """Whether ``mean(a) - mean(b)`` lies in ``(low, high)``: agrees when its 90 % confidence
+    interval does (two one-sided tests at ALPHA), disagrees when the interval lies wholly
+    outside, else inconclusive, saying about how many seeds would narrow it enough."""
+    found = difference_interval(a, b)
+    if found is None:
+        return Outcome(INCONCLUSIVE, "one seed", ONE_SEED)
+    diff, lo, hi = found
+    shown = f"{_signed(diff, 2)}, 90% CI [{_signed(lo, 2)}, {_signed(hi, 2)}]"
+    if low < lo and hi < high:
+        return Outcome(AGREES, shown)
+    if hi <= low or lo >= high:
+        return Outcome(DISAGREES, shown)
+    room = min(diff - low, high - diff)
+    if room <= 0:
+        more = "the difference itself is at the margin: more seeds would tell which side"
+    else:
+        seeds = min(len(a), len(b))
+        more = (
+            f"about {math.ceil(seeds * ((hi - lo) / 2 / room) ** 2)} seeds per side would "
+            "bring it inside at this spread"
+        )
+    return Outcome(INCONCLUSIVE, shown, f"the 90% CI is not inside the margin: {more}")
+
+
+def similar(a: Sequence[float], b: Sequence[float], margin: float) -> Outcome:
+    """Equivalence: the difference within ``±margin``."""
+    return within(a, b, -margin, margin)
+
+
+def not_lower(a: Sequence[float], b: Sequence[float], margin: float) -> Outcome:
+    """Non-inferiority: ``a`` not lower than ``b`` by ``margin`` or more."""
+    return within(a, b, -margin, math.inf)
+
+
+def fact(holds: bool) -> Outcome:
+    """A rule on exact figures (costs, means): no test."""
+    return Outcome(AGREES if holds else DISAGREES, "")
+
+
+def combined(tests: Sequence[Outcome]) -> tuple[str, str]:
+    """A claim of several parts: disagrees if one part does, agrees if all do, else
+    inconclusive; the reasons of the undecided parts."""
+    verdicts = {x.verdict for x in tests}
+    if DISAGREES in verdicts:
+        return DISAGREES, ""
+    if verdicts == {AGREES}:
+        return AGREES, ""
+    return INCONCLUSIVE, "; ".join(dict.fromkeys(x.reason for x in tests if x.reason))
+
+
 @dataclass(frozen=True)
 class Claim:
     """One finding: the paper's statement and source, this run's figure, rule and verdict."""
@@ -72,7 +211,7 @@ class Claim:
     ours: str
     rule: str
     verdict: str
-    reason: str = ""  # why not measured
+    reason: str = ""  # why not measured, or what would decide an inconclusive one
 
     @property
     def shown_verdict(self) -> str:
@@ -189,25 +328,62 @@ def _dropping_claim(dynamics: Mapping[str, RunDynamics]) -> Claim:
     return Claim("e", paper, source, ours, rule, verdict)
 
 
+def decay_rises(run: RunDynamics) -> tuple[list[float], list[float]] | None:
+    """Each map's relative rise ``after / before - 1`` (``before`` at least 1) across the
+    checkpoint interval holding the first learning-rate decay, and across every placebo
+    interval: past the early phase (``criteria.early`` x the run), holding no decay and not
+    starting within ``criteria.window`` x the run after one. ``None`` without a checkpoint on
+    each side of the first decay."""
+    its, first = run.iterations, min(run.milestones)
+    before = [k for k, it in enumerate(its) if it <= first]
+    if not before or before[-1] + 1 >= len(its):
+        return None
+    window, early = run.criteria.window * run.length, run.criteria.early * run.length
+
+    def placebo(k: int) -> bool:
+        near = any(its[k] - window < m <= its[k + 1] for m in run.milestones)
+        return its[k] >= early and not near
+
+    def rises(k: int) -> list[float]:
+        return [m.dims[k + 1] / max(m.dims[k], 1) - 1 for m in run.maps]
+
+    away = [r for k in range(len(its) - 1) if placebo(k) for r in rises(k)]
+    return rises(before[-1]), away
+
+
 def _rebound_claim(dynamics: Mapping[str, RunDynamics]) -> Claim:
     paper = "some maps' dimensionalities rebound right after the first learning-rate decay"
     source = "sec. 4.2, Figure 4"
-    rule = "at least one map of run I rebounds at the first decay (dynamics' criterion)"
+    rule = (
+        f"run I: maps' relative rises across the first decay higher than across checkpoint "
+        f"intervals away from any decay (a placebo), Welch p < {ALPHA:g}"
+    )
     run = dynamics.get("I")
     if run is None or not run.milestones:
         reason = "no dynamics of run I" if run is None else "run I has no learning-rate decay"
         return Claim("f", paper, source, NOT_RUN, rule, NOT_MEASURED, reason)
     first = min(run.milestones)
+    found = decay_rises(run)
+    if found is None or not found[1]:
+        why = "checkpoints on both sides of the first decay" if found is None else (
+            "checkpoint intervals away from any decay (a placebo): checkpoint more often"
+        )  # fmt: skip
+        return Claim("f", paper, source, "no such checkpoints", rule, NOT_MEASURED, f"needs {why}")
+    at_decay, away = found
 
     def count(r: RunDynamics) -> int:
         return sum(
             1 for m in r.maps for e in m.events if e.kind == "rebounding" and e.milestone == first
         )
 
-    ours = "; ".join(f"{name}: {count(r)} of {len(r.maps)} maps" for name, r in dynamics.items())
-    return Claim(
-        "f", paper, source, f"decay at {first}; {ours}", rule, AGREES if count(run) else DISAGREES
+    test = differs(at_decay, away, +1, run.criteria.rise, "maps' rises")
+    flagged = "; ".join(f"{name}: {count(r)} of {len(r.maps)}" for name, r in dynamics.items())
+    ours = (
+        f"decay at {first}: mean rise {statistics.fmean(at_decay):+.3f} over {len(at_decay)} "
+        f"maps vs {statistics.fmean(away):+.3f} over {len(away)} placebo rises ({test.shown}); "
+        f"maps flagged rebounding: {flagged}"
     )
+    return Claim("f", paper, source, ours, rule, test.verdict, test.reason)
 
 
 def mean_std(row: Mapping[str, Any], key: str) -> str:
@@ -218,21 +394,13 @@ def mean_std(row: Mapping[str, Any], key: str) -> str:
     return f"{row[key]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
 
-def _signed(change: float) -> str:
+def _signed(change: float, digits: int = 1) -> str:
     """``+0.3``, ``-1.2``; a change that rounds to zero is ``+0.0``."""
-    return f"{round(change, 1) + 0.0:+.1f}"
+    return f"{round(change, digits) + 0.0:+.{digits}f}"
 
 
 def _ap(row: Mapping[str, Any]) -> str:
-    p = row.get("AP_p")
-    return f"{row['backbone']} AP {mean_std(row, 'AP')}" + (
-        f" (p {p:.3f})" if p is not None else ""
-    )
-
-
-def _no_p(rows: Sequence[Mapping[str, Any]], key: str = "AP") -> str | None:
-    """Why these rows' ``key`` cannot be tested against the base, or None."""
-    return ONE_SEED if any(r.get(f"{key}_p") is None for r in rows) else None
+    return f"{row['backbone']} AP {mean_std(row, 'AP')}"
 
 
 Rows = Sequence[Mapping[str, Any]]
@@ -260,24 +428,25 @@ def _no_rows(key: str, paper: str, source: str, rule: str) -> Claim:
 def _macs_claim(table: Rows, family: str) -> Claim:
     paper = f"{family}s at the base's MACs reach the base's AP with fewer parameters"
     source = "sec. 4.5, Table 1"
-    rule = f"each (MACs) row: fewer params than the base and AP not lower at p < {ALPHA} (Welch)"
+    rule = (
+        f"each (MACs) row: fewer params than the base, and AP not lower by {AP_MARGIN:g} or "
+        "more (90% Welch CI of row - base above -margin)"
+    )
     base = _pick(table, "base")
     at_macs = [r for r in table if r["backbone"].startswith(f"{family} ")
                and r["backbone"].endswith("(MACs)")]  # fmt: skip
     if base is None or not at_macs:
         return _no_rows("g", paper, source, rule)
     (base,) = base
-    ours = "; ".join(f"{_ap(r)}, {r['params'] / 1e6:.2f} M params" for r in at_macs)
-    ours += f"; base AP {base['AP']:.1f}, {base['params'] / 1e6:.2f} M"
-    fewer = all(r["params"] < base["params"] for r in at_macs)
-    lower = [
-        r
-        for r in at_macs
-        if r.get("AP_p") is not None and r["AP"] < base["AP"] and r["AP_p"] < ALPHA
-    ]
-    reason = None if not fewer or lower else _no_p(at_macs)
-    verdict = NOT_MEASURED if reason else AGREES if fewer and not lower else DISAGREES
-    return Claim("g", paper, source, ours, rule, verdict, reason or "")
+    tests = [fact(all(r["params"] < base["params"] for r in at_macs))]
+    tests += [not_lower(r["AP_values"], base["AP_values"], AP_MARGIN) for r in at_macs]
+    ours = "; ".join(
+        f"{_ap(r)} (vs base {x.shown}), {r['params'] / 1e6:.2f} M params"
+        for r, x in zip(at_macs, tests[1:], strict=True)
+    )
+    ours += f"; base AP {mean_std(base, 'AP')}, {base['params'] / 1e6:.2f} M"
+    verdict, reason = combined(tests)
+    return Claim("g", paper, source, ours, rule, verdict, reason)
 
 
 def _fewest_claim(table: Rows, family: str) -> Claim:
@@ -300,8 +469,8 @@ def _schedule_claim(short: Rows, long: Rows | None, family: str, hint: str | Non
     paper = f"{i} converges faster: higher AP than {s} at the shorter (1x) schedule, similar at 2x"
     source = "sec. 4.5, Table 1 (COCO 1x and 2x columns)"
     rule = (
-        f"1x: I (MACs) AP above S (MACs) at p < {ALPHA} (Welch, I vs S); 2x (twice the "
-        "iterations): the gap I - S smaller than at 1x"
+        f"1x: I (MACs) AP above S (MACs) at Welch p < {ALPHA:g}; 2x (twice the iterations): "
+        f"I - S within ±{AP_MARGIN:g} AP (90% Welch CI)"
     )
     if not long:
         needs = "every Table 1 row at 2x the iterations (the paper's 2x beside its 1x)"
@@ -310,34 +479,31 @@ def _schedule_claim(short: Rows, long: Rows | None, family: str, hint: str | Non
     if None in pairs:
         return _no_rows("i", paper, source, rule)
     (i1, s1), (i2, s2) = pairs
-    gaps = [a["AP"] - b["AP"] for a, b in pairs]
-    p = welch_p(i1["AP_values"], s1["AP_values"])
+    faster = differs(i1["AP_values"], s1["AP_values"], +1, AP_MARGIN)
+    close = similar(i2["AP_values"], s2["AP_values"], AP_MARGIN)
     ours = (
         f"1x: I (MACs) AP {mean_std(i1, 'AP')} vs S (MACs) {mean_std(s1, 'AP')} (I - S "
-        f"{_signed(gaps[0])}" + (f", p {p:.3f}" if p is not None else "") + f"); 2x: "
-        f"{mean_std(i2, 'AP')} vs {mean_std(s2, 'AP')} (I - S {_signed(gaps[1])})"
+        f"{faster.shown}); 2x: {mean_std(i2, 'AP')} vs {mean_std(s2, 'AP')} (I - S {close.shown})"
     )
-    if gaps[0] <= 0 or gaps[1] >= gaps[0]:
-        return Claim("i", paper, source, ours, rule, DISAGREES)
-    if p is None:
-        return Claim("i", paper, source, ours, rule, NOT_MEASURED, ONE_SEED)
-    return Claim("i", paper, source, ours, rule, AGREES if p < ALPHA else DISAGREES)
+    verdict, reason = combined([faster, close])
+    return Claim("i", paper, source, ours, rule, verdict, reason)
 
 
 def _uniform_claim(table: Rows) -> Claim:
     paper = "a uniform width multiplier with the same parameter cut loses AP (~0.6 for -27%)"
     source = "sec. 4.5 (note on width multipliers)"
-    rule = f"uniform row's AP below the base's at p < {ALPHA} (Welch)"
+    rule = f"uniform row's AP below the base's at Welch p < {ALPHA:g}"
     base = _pick(table, "base")
     uniform = [r for r in table if r["backbone"].startswith("uniform")]
     if base is None or not uniform:
         return _no_rows("j", paper, source, rule)
-    row = uniform[0]
-    ours = f"{_ap(row)}, {row['params'] / 1e6:.2f} M params; base AP {base[0]['AP']:.1f}"
-    reason = _no_p([row])
-    loses = not reason and row["AP"] < base[0]["AP"] and row["AP_p"] < ALPHA
-    verdict = NOT_MEASURED if reason else AGREES if loses else DISAGREES
-    return Claim("j", paper, source, ours, rule, verdict, reason or "")
+    row, (base,) = uniform[0], base
+    test = differs(row["AP_values"], base["AP_values"], -1, UNIFORM_LOSS)
+    ours = (
+        f"{row['backbone']} AP {mean_std(row, 'AP')}, {row['params'] / 1e6:.2f} M params; base "
+        f"AP {mean_std(base, 'AP')} (uniform - base {test.shown})"
+    )
+    return Claim("j", paper, source, ours, rule, test.verdict, test.reason)
 
 
 def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
@@ -347,8 +513,8 @@ def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
     )
     source = "sec. 4.7, Table 2"
     rule = (
-        f"top-1 error: S (MACs) above the base's at p < {ALPHA}, I (MACs) not different at "
-        f"p < {ALPHA} (Welch) and fewer params than the base"
+        f"top-1 error: S (MACs) above the base's at Welch p < {ALPHA:g}; I (MACs) within "
+        f"±{ERROR_MARGIN:g} of the base's (90% Welch CI) with fewer params"
     )
     if not table:
         needs = f"the base and every {family} trained as classifiers (Table 2)"
@@ -357,19 +523,16 @@ def _table2_claim(table: Rows | None, family: str, hint: str | None) -> Claim:
     if found is None:
         return _no_rows("k", paper, source, rule)
     base, s, i = found
+    worse = differs(s["top1_err_values"], base["top1_err_values"], +1, ERROR_MARGIN)
+    close = similar(i["top1_err_values"], base["top1_err_values"], ERROR_MARGIN)
     ours = "top-1 / top-5 error (%): " + "; ".join(
         f"{r['backbone']} {mean_std(r, 'top1_err')} / {mean_std(r, 'top5_err')}"
-        + (f" (p {r['top1_err_p']:.3f})" if r.get("top1_err_p") is not None else "")
+        + (f" (top-1 vs base {x.shown})" if x else "")
         + f", {r['params'] / 1e6:.2f} M params"
-        for r in found
+        for r, x in ((base, None), (s, worse), (i, close))
     )
-    if s["top1_err"] <= base["top1_err"] or i["params"] >= base["params"]:
-        return Claim("k", paper, source, ours, rule, DISAGREES)
-    reason = _no_p([s, i], "top1_err")
-    if reason:
-        return Claim("k", paper, source, ours, rule, NOT_MEASURED, reason)
-    holds = s["top1_err_p"] < ALPHA and i["top1_err_p"] >= ALPHA
-    return Claim("k", paper, source, ours, rule, AGREES if holds else DISAGREES)
+    verdict, reason = combined([worse, close, fact(i["params"] < base["params"])])
+    return Claim("k", paper, source, ours, rule, verdict, reason)
 
 
 def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -> Claim:
@@ -379,8 +542,8 @@ def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -
     )
     source = "sec. 4.6 (vs Table 1)"
     rule = (
-        "S (MACs)'s AP mask below the base's, by more than its Faster R-CNN AP (Table 1) is "
-        "below the base's (means over seeds)"
+        f"S (MACs)'s AP mask below the base's at Welch p < {ALPHA:g}, and by more than its "
+        "Faster R-CNN AP (Table 1) is below the base's (means over seeds)"
     )
     if not mask:
         needs = f"the base and every {family} trained as Mask R-CNN"
@@ -392,16 +555,16 @@ def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -
         return _no_rows("l", paper, source, rule)
     mask_change = masks[1]["AP_mask"] - masks[0]["AP_mask"]
     box_change = boxes[1]["AP"] - boxes[0]["AP"]
+    lower = differs(masks[1]["AP_mask_values"], masks[0]["AP_mask_values"], -1, MASK_LOSS)
     ours = (
         "Mask R-CNN AP bbox / mask: "
         + "; ".join(
             f"{r['backbone']} {mean_std(r, 'AP_bbox')} / {mean_std(r, 'AP_mask')}" for r in masks
         )  # fmt: skip
-        + f" (S (MACs) {_signed(mask_change)} AP mask); Faster R-CNN: S (MACs) "
-        f"{_signed(box_change)} AP"
+        + f" (S (MACs) AP mask {lower.shown}); Faster R-CNN: S (MACs) {_signed(box_change)} AP"
     )
-    holds = mask_change < 0 and mask_change < box_change
-    return Claim("l", paper, source, ours, rule, AGREES if holds else DISAGREES)
+    verdict, reason = combined([lower, fact(mask_change < box_change)])
+    return Claim("l", paper, source, ours, rule, verdict, reason)
 
 
 #: Claims (a)-(c) on one map each: key, statement, source, map, rule, test of the map.
