@@ -29,6 +29,7 @@ from eigenarch.cli import train as train_cli
 from eigenarch.cli import widths as widths_cli
 from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError, Terminated
+from eigenarch.io import UNWRITABLE
 from eigenarch.progress import console
 
 #: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(TERMINATED)
         except EigenarchError as exc:
             _fail(str(exc))
+        except OSError as exc:  # one the library did not name: a read-only folder on the way
+            if exc.errno not in UNWRITABLE or exc.filename is None:
+                raise
+            _fail(f"{exc.filename}: {exc.strerror or exc}")
         except TyperException as exc:  # a missing or unknown option, a bad value
             if not exc.format_message():  # no arguments at all: the help was shown
                 sys.exit(exc.exit_code)

@@ -117,7 +117,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise EigenarchError(f"{path}: unreadable image ({exc})") from None
 
 
