@@ -30,6 +30,7 @@ from eigenarch.cli import widths as widths_cli
 from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError, Terminated
 from eigenarch.io import UNWRITABLE
+from eigenarch.limits import DEFAULTS, ENV, parse_limits
 from eigenarch.progress import console
 
 #: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
@@ -44,6 +45,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+_LIMIT_HELP = (
+    "Raise a bound on numbers read from files, for a real extreme (repeat for several): "
+    + ", ".join(f"{name}={value}" for name, value in DEFAULTS.items())
+    + " by default."
+)
+
+
+@app.callback()
+def _options(
+    limit: list[str] = typer.Option(
+        [],
+        "--limit",
+        metavar="NAME=N",
+        help=_LIMIT_HELP,
+    ),
+) -> None:
+    """Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors."""
+    if limit:  # in the environment, so that torchrun's ranks and the demo's workers see it
+        raised = {**parse_limits(os.environ.get(ENV, "").split(","), ENV), **parse_limits(limit)}
+        os.environ[ENV] = ",".join(f"{name}={value}" for name, value in raised.items())
+
 
 data_cli.register(app)
 nas_cli.register(app)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from pycocotools.coco import COCO
 from torchvision.transforms.functional import pil_to_tensor
 
 from eigenarch.errors import EigenarchError
+from eigenarch.limits import check_limit
 from eigenarch.progress import console
 
 _REQUIRED = {
@@ -79,9 +82,9 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
             missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
             if missing:
                 raise EigenarchError(f"{path}: {section}[{index}] lacks key {missing[0]!r}")
-        ids = [entry["id"] for entry in entries]
-        if len(set(ids)) != len(ids):
-            duplicate = next(i for i in ids if ids.count(i) > 1)
+        counts = Counter(entry["id"] for entry in entries)
+        if len(counts) != len(entries):  # the first repeated, in one pass (not n^2 counts)
+            duplicate = next(i for i, n in counts.items() if n > 1)
             raise EigenarchError(f"{path}: {section} id {duplicate} appears more than once")
     image_ids = {image["id"] for image in data["images"]}
     category_ids = {category["id"] for category in data["categories"]}
@@ -96,10 +99,12 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
                 f"{path}: annotation {ann['id']} has unknown image_id {ann['image_id']}"
             )
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite, bbox))):
             raise EigenarchError(
-                f"{path}: annotation {ann['id']} bbox {bbox!r} (expected [x, y, width, height])"
+                f"{path}: annotation {ann['id']} bbox {bbox!r} (expected [x, y, width, height], "
+                "finite numbers)"
             )
+    _check_sizes(path, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -107,15 +112,35 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
     return coco
 
 
+def _check_sizes(path: Path, data: dict[str, Any]) -> None:
+    """Bound what sizes allocations later (:mod:`eigenarch.limits`): each image's declared
+    width and height (masks are drawn at that size), and its number of annotations (the
+    box matching of training is boxes x anchors)."""
+    for image in data["images"]:
+        for side in ("width", "height"):
+            if _is_number(image[side]):
+                check_limit("image_side", image[side], f"{path}: image {image['id']} {side}")
+    counts = Counter(ann["image_id"] for ann in data["annotations"])
+    if counts:
+        image_id, most = counts.most_common(1)[0]
+        check_limit("boxes_per_image", most, f"{path}: image {image_id}: annotations")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """The image file ``path`` decoded as RGB; an unreadable, corrupt or truncated file is a
     one-line error naming it (also from a DataLoader worker, see :class:`EigenarchError`)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # the header only, so far: bound it before decoding
+            for side, pixels in zip(("width", "height"), image.size, strict=True):
+                check_limit("image_side", pixels, f"{path}: {side}")
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise EigenarchError(f"{path}: unreadable image ({exc})") from None
@@ -267,13 +292,18 @@ class CocoDetection(torch.utils.data.Dataset):
                 "(needed for masks)"
             )
         info = self.coco.imgs[ann["image_id"]]
-        mask = self.coco.annToMask(ann)
-        if mask.shape != (height, width):
+        if (info.get("height"), info.get("width")) != (height, width):  # before any mask is drawn
             raise EigenarchError(
                 f"{self.annotation_file}: image {info['file_name']} is {width}x{height} on "
                 f"disk but {info.get('width')}x{info.get('height')} in the annotations"
             )
-        return mask
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, dict) and segmentation.get("size") != [height, width]:
+            raise EigenarchError(
+                f"{self.annotation_file}: annotation {ann['id']} RLE size "
+                f"{segmentation.get('size')!r} (expected its image's [{height}, {width}])"
+            )
+        return self.coco.annToMask(ann)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = self.load_image(index)
