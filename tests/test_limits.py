@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eigenarch.data.coco import CocoDetection, load_coco_json
+from eigenarch.data.coco import OUTSIDE_ENV, CocoDetection, load_coco_json
 from eigenarch.errors import EigenarchError
 from eigenarch.limits import DEFAULTS, ENV, check_limit, limits, parse_limits
 from eigenarch.widths.cost import (
@@ -188,3 +188,32 @@ def test_an_rle_of_another_size_is_refused_before_it_is_decoded(root):
     index = dataset.image_ids.index(ann["image_id"])
     with pytest.raises(EigenarchError, match=r"RLE size \[1000000, 1000000\] \(expected its"):
         dataset[index]
+
+
+@pytest.mark.parametrize("kind", ["parent", "absolute", "link out", "loop"])
+def test_a_file_name_outside_the_image_folder_is_refused(root, tmp_path, run_cli, monkeypatch,
+                                                         kind):  # fmt: skip
+    monkeypatch.setenv(OUTSIDE_ENV, "")  # restored after the test, as the option sets it
+    outside = tmp_path / "outside.jpg"
+    first = json.loads((root / "annotations" / "instances_val.json").read_text())["images"][0]
+    shutil.copy(root / "val" / first["file_name"], outside)
+    name = {"parent": "../../outside.jpg", "absolute": str(outside), "link out": "out.jpg",
+            "loop": "loop.jpg"}[kind]  # fmt: skip
+    if kind == "link out":
+        (root / "val" / "out.jpg").symlink_to(outside)
+    if kind == "loop":
+        (root / "val" / "loop.jpg").symlink_to(root / "val" / "loop2.jpg")
+        (root / "val" / "loop2.jpg").symlink_to(root / "val" / "loop.jpg")
+    path = _edit(root, lambda d: d["images"][0].update(file_name=name))
+    r = run_cli("data", "check", root, "--split", "val")
+    lines = r.stderr.strip().splitlines()
+    assert r.code == 2 and len(lines) == 1, r.stderr
+    where = f"error: {path}: image {first['id']} file_name {name!r}: "
+    expected = {"parent": f"outside the image folder {root / 'val'}",
+                "absolute": f"outside the image folder {root / 'val'}",
+                "link out": f"a symbolic link out of the image folder {root / 'val'}, to {outside}",
+                "loop": "a symbolic link loop"}[kind]  # fmt: skip
+    assert lines[0].startswith(where + expected), lines[0]
+    if kind != "loop":
+        assert lines[0].endswith(f"(eigenarch --allow-outside-data reads it: {OUTSIDE_ENV}=1)")
+        assert run_cli("--allow-outside-data", "data", "check", root, "--split", "val").code == 0

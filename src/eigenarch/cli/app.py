@@ -27,6 +27,7 @@ from eigenarch.cli import report as report_cli
 from eigenarch.cli import spectrum as spectrum_cli
 from eigenarch.cli import train as train_cli
 from eigenarch.cli import widths as widths_cli
+from eigenarch.data.coco import OUTSIDE_ENV
 from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError, Terminated
 from eigenarch.io import UNWRITABLE
@@ -62,8 +63,16 @@ def _options(
         metavar="NAME=N",
         help=_LIMIT_HELP,
     ),
+    allow_outside_data: bool = typer.Option(
+        False,
+        "--allow-outside-data",
+        help="Read image files outside a data set's image folder (absolute file_name "
+        "values, '..', symbolic links leading out); refused by default.",
+    ),
 ) -> None:
     """Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors."""
+    if allow_outside_data:  # in the environment, as --limit
+        os.environ[OUTSIDE_ENV] = "1"
     if limit:  # in the environment, so that torchrun's ranks and the demo's workers see it
         raised = {**parse_limits(os.environ.get(ENV, "").split(","), ENV), **parse_limits(limit)}
         os.environ[ENV] = ",".join(f"{name}={value}" for name, value in raised.items())

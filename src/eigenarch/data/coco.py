@@ -34,6 +34,10 @@ _REQUIRED = {
     "categories": ("id", "name"),
 }
 
+#: Set to ``1`` (by ``eigenarch --allow-outside-data``), image files may lie outside the
+#: image folder (absolute ``file_name`` values, ``..``, symbolic links leading out).
+OUTSIDE_ENV = "EIGENARCH_ALLOW_OUTSIDE_DATA"
+
 #: ImageNet statistics, as torchvision's classification weights normalise their inputs.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -235,6 +239,9 @@ class CocoDetection(torch.utils.data.Dataset):
     def _check_image_files(self) -> None:
         if not self.image_dir.is_dir():
             raise EigenarchError(f"{self.image_dir}: image folder not found")
+        if os.environ.get(OUTSIDE_ENV) != "1":
+            for i in self.image_ids:
+                self._check_inside(self.coco.imgs[i])
         missing = [
             self.coco.imgs[i]["file_name"]
             for i in self.image_ids
@@ -246,6 +253,24 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{self.image_dir}: {len(missing)} image file(s) listed in "
                 f"{self.annotation_file.name} are missing: {shown}"
             )
+
+    def _check_inside(self, info: dict[str, Any]) -> None:
+        """A one-line error unless image ``info``'s ``file_name`` names a file inside the
+        image folder: not absolute, no ``..``, no symbolic link leading out or looping."""
+        name = info["file_name"]
+        where = f"{self.annotation_file}: image {info['id']} file_name {name!r}"
+        allow = f"(eigenarch --allow-outside-data reads it: {OUTSIDE_ENV}=1)"
+        if not isinstance(name, str) or not name:
+            raise EigenarchError(f"{where}: expected a path relative to {self.image_dir}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EigenarchError(f"{where}: outside the image folder {self.image_dir} {allow}")
+        try:
+            real = (self.image_dir / name).resolve()
+        except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop
+            raise EigenarchError(f"{where}: a symbolic link loop") from None
+        if not real.is_relative_to(self.image_dir.resolve()):
+            raise EigenarchError(f"{where}: a symbolic link out of the image folder "
+                                 f"{self.image_dir}, to {real} {allow}")  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.image_ids)
