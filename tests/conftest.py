@@ -153,3 +153,53 @@ def read_only(monkeypatch):
     yield make
     for folder in folders:
         folder.chmod(0o755)
+
+
+class SmallDisk:
+    """Real small file systems for fault tests: tmpfs mounts (root only; elsewhere the test
+    is skipped, saying why), unmounted after the test."""
+
+    def __init__(self, base) -> None:
+        self.base, self.mounted = base, []
+
+    def mount(self, kilobytes: int, name: str = "disk"):
+        """A new folder ``name`` holding a file system of ``kilobytes`` KiB."""
+        import shutil
+        import subprocess
+
+        folder = self.base / name
+        folder.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("a real small disk needs root to mount a tmpfs; not root here")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs",
+                               str(folder)], capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        self.mounted.append(folder)
+        return folder
+
+    def freeze(self, folder) -> None:
+        """Remount ``folder``'s file system read-only."""
+        import subprocess
+
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    def fill(self, folder, leave: int = 0) -> None:
+        """Fill ``folder``'s file system but for ``leave`` bytes."""
+        free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+        with open(os.path.join(folder, "filler"), "wb") as f:
+            f.write(b"\0" * max(free - leave, 0))
+
+    def unmount_all(self) -> None:
+        import subprocess
+
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """:class:`SmallDisk` in ``tmp_path``."""
+    disk = SmallDisk(tmp_path)
+    yield disk
+    disk.unmount_all()

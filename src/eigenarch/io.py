@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -33,8 +34,10 @@ HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
 
 
-#: Why a write fails that the user can fix: a full disk or quota, a read-only or foreign folder.
-UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+#: Why a write fails that the user can fix: a full disk or quota, a read-only or foreign
+#: folder, a symbolic link loop or a file where a folder should be on the way.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                        errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG})  # fmt: skip
 
 
 @contextmanager
@@ -48,7 +51,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = output_file(path)
     with unwritable_as_error(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent)
         remove_stale_temps(target.parent)
         prefix = f".{target.name}.{HOST}-{os.getpid()}."
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
@@ -79,17 +82,19 @@ def unwritable_as_error(target: Path) -> Iterator[None]:
         raise EigenarchError(f"{target}: cannot write ({reason}){kept}") from None
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
-    """``path`` as :func:`output_file` checks it, and a temporary file created and removed in
-    its folder (or the nearest folder above that exists, where the folder will be made):
-    a one-line error now for a read-only or full output, not after hours of work."""
-    target = output_file(path)
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+def check_writable(path: str | os.PathLike[str], folder: bool = False) -> Path:
+    """``path`` as :func:`output_file` checks it (a ``folder`` to write into: as
+    :func:`make_folder` does, without making it), and a temporary file created and removed
+    in it (or the nearest folder above that exists, where the folder will be made): a
+    one-line error now for a read-only or full output, not after hours of work."""
+    target = Path(path) if folder else output_file(path)
+    place = target if folder else target.parent
+    _check_on_the_way(place)
+    while not place.exists() and place != place.parent:
+        place = place.parent
     with unwritable_as_error(target):
         prefix = f".{target.name}.{HOST}-{os.getpid()}."
-        with tempfile.TemporaryFile(prefix=prefix, suffix=".tmp", dir=folder):
+        with tempfile.TemporaryFile(prefix=prefix, suffix=".tmp", dir=place):
             pass
     return target
 
@@ -134,8 +139,9 @@ def output_lock(
         yield path
         return
     made = not lock.parent.exists()
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = _acquire(lock, f"{option} {path}")
+    with unwritable_as_error(path):
+        make_folder(lock.parent)
+        handle = _acquire(lock, f"{option} {path}")
     try:
         if folder:
             remove_stale_temps(path, recursive=True)
@@ -172,6 +178,26 @@ def _acquire(lock: Path, what: str) -> Any:
             handle.flush()
             return handle
         handle.close()
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p path``; a one-line error where ``path`` (or a folder above it) is a file or
+    a symbolic link that leads nowhere (a loop, a missing target)."""
+    path = Path(path)
+    _check_on_the_way(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_on_the_way(path: Path) -> None:
+    """A one-line error where ``path`` or a folder above it is a file or a symbolic link
+    that leads nowhere."""
+    for folder in (path, *path.parents):
+        if folder.is_symlink() and not folder.exists():
+            raise EigenarchError(f"{folder}: a symbolic link that leads nowhere (a loop or a "
+                                 "missing target); expected a folder")  # fmt: skip
+        if folder.exists() and not folder.is_dir():
+            raise EigenarchError(f"{folder}: is a file; expected a folder")
 
 
 def output_file(path: str | os.PathLike[str]) -> Path:
@@ -223,10 +249,15 @@ def load_torch(path: str | os.PathLike[str], what: str = "torch file") -> Any:
     if damaged:
         raise EigenarchError(f"{path}: not a readable {what} (damaged torch.save file: {damaged})")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a pickle of another protocol (a foreign or hostile file) is refused, not warned of
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise EigenarchError(f"{path}: not a readable {what} ({_unreadable(data, exc)})") from None
+        reason = _unreadable(data, exc)
+        if reason.startswith("refused"):
+            raise EigenarchError(f"{path}: {reason}") from None
+        raise EigenarchError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def load_torch_fields(path: str | os.PathLike[str], what: str = "torch file") -> Any:
@@ -269,18 +300,37 @@ def _zip_damage(path: Path | BytesIO) -> str | None:
     return f"record {bad.split('/', 1)[-1]} fails its CRC check" if bad else None
 
 
+#: Modules and builtins whose functions in a pickle would run code (torch's loader refuses
+#: them, as every global not allowed; these are named as what they are).
+_CODE_MODULES = frozenset(
+    "os posix nt sys subprocess shutil importlib runpy pty socket code ctypes pickle".split()
+)
+_CODE_BUILTINS = frozenset("eval exec compile __import__ getattr setattr open breakpoint".split())
+
+
 def _unreadable(data: bytes, exc: Exception) -> str:
     """Why ``torch.load`` failed on a file of ``data``, in a few words."""
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    blocked = re.search(r"GLOBAL ([\w.]+) whose module [\w.]+ is blocked", str(exc))
+    refused = blocked or re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if refused:
-        return f"it holds a {refused.group(1)} object; only tensors and plain data are loaded"
+        name = refused.group(1)
+        module, _, attribute = name.rpartition(".")
+        if (
+            blocked
+            or module.split(".")[0] in _CODE_MODULES
+            or (module in ("", "builtins") and attribute in _CODE_BUILTINS)
+        ):
+            return f"refused: the file asks to run code ({name})"
+        return f"it holds a {name} object; only tensors and plain data are loaded"
     head = data[:64].lstrip()
     if not head:
         return "empty file"
     if head[:1] in (b"{", b"["):
         return "a JSON file, not a torch.save file"
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x01", b"\x02")):
         return "truncated or damaged torch.save file"
+    if head[:1] == b"\x80":
+        return "a plain pickle, not a torch.save file"
     return "not a torch.save file"
 
 

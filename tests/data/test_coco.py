@@ -223,6 +223,15 @@ def test_check_counts_crowd_annotations_and_images_without_annotations(root, run
     assert cells[:5] == ["val", images, "1", str(left), "2"]  # without annotations, crowd
 
 
+def test_a_decompression_bomb_is_an_unreadable_image(root, run_cli, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 128 * 128 // 2 - 1)  # PIL refuses > 2x this
+    dataset = CocoDetection.from_root(root, "val")
+    with pytest.raises(EigenarchError, match=r"000003.jpg: unreadable image \(Image size"):
+        dataset[3]
+
+
 def test_check_command_reports_counts(shapes_root, run_cli):
     result = run_cli("data", "check", shapes_root, "--masks")
     assert result.code == 0, result.stderr

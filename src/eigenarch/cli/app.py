@@ -27,8 +27,11 @@ from eigenarch.cli import report as report_cli
 from eigenarch.cli import spectrum as spectrum_cli
 from eigenarch.cli import train as train_cli
 from eigenarch.cli import widths as widths_cli
+from eigenarch.data.coco import OUTSIDE_ENV
 from eigenarch.distributed import shutdown_distributed
 from eigenarch.errors import EigenarchError, Terminated
+from eigenarch.io import UNWRITABLE
+from eigenarch.limits import DEFAULTS, ENV, parse_limits
 from eigenarch.progress import console
 
 #: The exit status after Ctrl-C / SIGINT (128 + SIGINT), as typer and shells use it.
@@ -43,6 +46,37 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+_LIMIT_HELP = (
+    "Raise a bound on numbers read from files, for a real extreme (repeat for several): "
+    + ", ".join(f"{name}={value}" for name, value in DEFAULTS.items())
+    + " by default."
+)
+
+
+@app.callback()
+def _options(
+    limit: list[str] = typer.Option(
+        [],
+        "--limit",
+        metavar="NAME=N",
+        help=_LIMIT_HELP,
+    ),
+    allow_outside_data: bool = typer.Option(
+        False,
+        "--allow-outside-data",
+        help="Read image files outside a data set's image folder (absolute file_name "
+        "values, '..', symbolic links leading out); refused by default.",
+    ),
+) -> None:
+    """Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors."""
+    if allow_outside_data:  # in the environment, as --limit
+        os.environ[OUTSIDE_ENV] = "1"
+    if limit:  # in the environment, so that torchrun's ranks and the demo's workers see it
+        raised = {**parse_limits(os.environ.get(ENV, "").split(","), ENV), **parse_limits(limit)}
+        os.environ[ENV] = ",".join(f"{name}={value}" for name, value in raised.items())
+
 
 data_cli.register(app)
 nas_cli.register(app)
@@ -70,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(TERMINATED)
         except EigenarchError as exc:
             _fail(str(exc))
+        except OSError as exc:  # one the library did not name: a read-only folder on the way
+            if exc.errno not in UNWRITABLE or exc.filename is None:
+                raise
+            _fail(f"{exc.filename}: {exc.strerror or exc}")
         except TyperException as exc:  # a missing or unknown option, a bad value
             if not exc.format_message():  # no arguments at all: the help was shown
                 sys.exit(exc.exit_code)

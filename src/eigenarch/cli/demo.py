@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from eigenarch.demo import run_demo
+from eigenarch.io import check_writable
 from eigenarch.progress import console
 from eigenarch.report.claims import claim_line
 
@@ -73,6 +74,7 @@ def demo(
 
     --long-schedule, --table2 and --mask add rows (to an earlier demo in OUT too, reusing it).
     """
+    check_writable(out, folder=True)  # a read-only or full place fails now, in one line
     chosen = [("long", long_schedule), ("table2", table2), ("mask", mask)]
     extras = [name for name, wanted in chosen if wanted]
     _print_summary(run_demo(out, quick, scale, seed, force, device, jobs, backbone, seeds, extras))

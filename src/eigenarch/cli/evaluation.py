@@ -12,7 +12,7 @@ from eigenarch.data.coco import CocoDetection, find_split
 from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import evaluate_detections
-from eigenarch.io import atomic_write_json, output_file
+from eigenarch.io import atomic_write_json, check_writable, output_file
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
 from eigenarch.train.evaluate import evaluate_model
@@ -37,6 +37,7 @@ def _model_metrics(
         raise EigenarchError(f"{data}: categories differ from those {checkpoint} was trained on")
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or checkpoint.parent) / "eval" / f"{checkpoint.stem}-{split}"
+    check_writable(out, folder=not _is_file(out))  # before the pass over the data
     iou_types = ("bbox", "segm") if masks else ("bbox",)
     device_ = local_device(device)
     folder = None if _is_file(out) else out

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from pycocotools.coco import COCO
 from torchvision.transforms.functional import pil_to_tensor
 
 from eigenarch.errors import EigenarchError
+from eigenarch.limits import check_limit
 from eigenarch.progress import console
 
 _REQUIRED = {
@@ -30,6 +33,10 @@ _REQUIRED = {
     "annotations": ("id", "image_id", "category_id", "bbox"),
     "categories": ("id", "name"),
 }
+
+#: Set to ``1`` (by ``eigenarch --allow-outside-data``), image files may lie outside the
+#: image folder (absolute ``file_name`` values, ``..``, symbolic links leading out).
+OUTSIDE_ENV = "EIGENARCH_ALLOW_OUTSIDE_DATA"
 
 #: ImageNet statistics, as torchvision's classification weights normalise their inputs.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -79,9 +86,9 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
             missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
             if missing:
                 raise EigenarchError(f"{path}: {section}[{index}] lacks key {missing[0]!r}")
-        ids = [entry["id"] for entry in entries]
-        if len(set(ids)) != len(ids):
-            duplicate = next(i for i in ids if ids.count(i) > 1)
+        counts = Counter(entry["id"] for entry in entries)
+        if len(counts) != len(entries):  # the first repeated, in one pass (not n^2 counts)
+            duplicate = next(i for i, n in counts.items() if n > 1)
             raise EigenarchError(f"{path}: {section} id {duplicate} appears more than once")
     image_ids = {image["id"] for image in data["images"]}
     category_ids = {category["id"] for category in data["categories"]}
@@ -96,10 +103,12 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
                 f"{path}: annotation {ann['id']} has unknown image_id {ann['image_id']}"
             )
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_finite, bbox))):
             raise EigenarchError(
-                f"{path}: annotation {ann['id']} bbox {bbox!r} (expected [x, y, width, height])"
+                f"{path}: annotation {ann['id']} bbox {bbox!r} (expected [x, y, width, height], "
+                "finite numbers)"
             )
+    _check_sizes(path, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -107,17 +116,37 @@ def load_coco_json(path: str | os.PathLike[str]) -> COCO:
     return coco
 
 
+def _check_sizes(path: Path, data: dict[str, Any]) -> None:
+    """Bound what sizes allocations later (:mod:`eigenarch.limits`): each image's declared
+    width and height (masks are drawn at that size), and its number of annotations (the
+    box matching of training is boxes x anchors)."""
+    for image in data["images"]:
+        for side in ("width", "height"):
+            if _is_number(image[side]):
+                check_limit("image_side", image[side], f"{path}: image {image['id']} {side}")
+    counts = Counter(ann["image_id"] for ann in data["annotations"])
+    if counts:
+        image_id, most = counts.most_common(1)[0]
+        check_limit("boxes_per_image", most, f"{path}: image {image_id}: annotations")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """The image file ``path`` decoded as RGB; an unreadable, corrupt or truncated file is a
     one-line error naming it (also from a DataLoader worker, see :class:`EigenarchError`)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # the header only, so far: bound it before decoding
+            for side, pixels in zip(("width", "height"), image.size, strict=True):
+                check_limit("image_side", pixels, f"{path}: {side}")
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise EigenarchError(f"{path}: unreadable image ({exc})") from None
 
 
@@ -215,6 +244,9 @@ class CocoDetection(torch.utils.data.Dataset):
     def _check_image_files(self) -> None:
         if not self.image_dir.is_dir():
             raise EigenarchError(f"{self.image_dir}: image folder not found")
+        if os.environ.get(OUTSIDE_ENV) != "1":
+            for i in self.image_ids:
+                self._check_inside(self.coco.imgs[i])
         missing = [
             self.coco.imgs[i]["file_name"]
             for i in self.image_ids
@@ -226,6 +258,24 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{self.image_dir}: {len(missing)} image file(s) listed in "
                 f"{self.annotation_file.name} are missing: {shown}"
             )
+
+    def _check_inside(self, info: dict[str, Any]) -> None:
+        """A one-line error unless image ``info``'s ``file_name`` names a file inside the
+        image folder: not absolute, no ``..``, no symbolic link leading out or looping."""
+        name = info["file_name"]
+        where = f"{self.annotation_file}: image {info['id']} file_name {name!r}"
+        allow = f"(eigenarch --allow-outside-data reads it: {OUTSIDE_ENV}=1)"
+        if not isinstance(name, str) or not name:
+            raise EigenarchError(f"{where}: expected a path relative to {self.image_dir}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EigenarchError(f"{where}: outside the image folder {self.image_dir} {allow}")
+        try:
+            real = (self.image_dir / name).resolve()
+        except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop
+            raise EigenarchError(f"{where}: a symbolic link loop") from None
+        if not real.is_relative_to(self.image_dir.resolve()):
+            raise EigenarchError(f"{where}: a symbolic link out of the image folder "
+                                 f"{self.image_dir}, to {real} {allow}")  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -272,13 +322,18 @@ class CocoDetection(torch.utils.data.Dataset):
                 "(needed for masks)"
             )
         info = self.coco.imgs[ann["image_id"]]
-        mask = self.coco.annToMask(ann)
-        if mask.shape != (height, width):
+        if (info.get("height"), info.get("width")) != (height, width):  # before any mask is drawn
             raise EigenarchError(
                 f"{self.annotation_file}: image {info['file_name']} is {width}x{height} on "
                 f"disk but {info.get('width')}x{info.get('height')} in the annotations"
             )
-        return mask
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, dict) and segmentation.get("size") != [height, width]:
+            raise EigenarchError(
+                f"{self.annotation_file}: annotation {ann['id']} RLE size "
+                f"{segmentation.get('size')!r} (expected its image's [{height}, {width}])"
+            )
+        return self.coco.annToMask(ann)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = self.load_image(index)

@@ -28,7 +28,7 @@ from typing import Any
 from eigenarch.data.coco import CocoDetection
 from eigenarch.distributed import barrier, is_main, local_device
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json
+from eigenarch.io import atomic_write_json, check_writable
 from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.report.runs import TrainingRun, train_config, training_run
@@ -406,6 +406,8 @@ def compute_dynamics(
                 "max_channels": max_channels, "batch_size": batch_size}  # fmt: skip
     if training.model is not None:  # what the spectra of another's checkpoints depend on too
         settings.update(model=training.model, min_size=min_size)
+    if is_main():  # a read-only or full run folder fails now, not after the data passes
+        check_writable(training.out / "spectra", folder=True)
     found = list(_checkpoint_spectra(training, settings, workers, device))
     dims, channels = _dimension_series([spectra for _, spectra in found], threshold)
     files = [str(target.relative_to(training.out)) for target, _ in found]

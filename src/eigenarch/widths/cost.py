@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from eigenarch.errors import EigenarchError
+from eigenarch.limits import check_limit
 from eigenarch.widths.graph import LayerShape, ModelGraph, trace_model
 from eigenarch.widths.ties import WidthTie, width_ties
 
@@ -61,9 +62,10 @@ class ModelCost:
     def stage_of(self, layer: str) -> str:
         """The stage a layer is counted in: its top-level module ("stem" for a ResNet's
         ``conv1``), or its first two path components where one top-level module holds most
-        layers (``features.4`` of a MobileNet)."""
+        layers (``features.4`` of a MobileNet; never for a ResNet, whose ``layer3`` holds
+        most layers at depths 3,4,23,3)."""
         heads = Counter(x.name.split(".")[0] for x in self.layers)
-        deep = heads.most_common(1)[0][1] > len(self.layers) / 2
+        deep = not self.depths and heads.most_common(1)[0][1] > len(self.layers) / 2
         parts = layer.split(".")
         key = ".".join(parts[:2]) if deep and len(parts) > 2 else parts[0]
         return "stem" if key == "conv1" else key
@@ -82,22 +84,51 @@ class ModelCost:
         return self.macs if name == "macs" else self.params
 
 
-def check_depths(depths: Sequence[int]) -> tuple[int, ...]:
-    """Validate four positive depths (blocks per stage); return them as a tuple."""
+def check_depths(depths: Sequence[int], where: str = "depths") -> tuple[int, ...]:
+    """Validate four positive depths (blocks per stage, at most the ``depth`` limit of
+    :mod:`eigenarch.limits`); return them as a tuple."""
     if len(depths) != 4:
         raise EigenarchError(
             f"depths {list(depths)} has {len(depths)} numbers; expected 4 (blocks per stage)"
         )
-    return _positive_ints("depth", depths)
+    depths = _positive_ints("depth", depths)
+    for stage, depth in enumerate(depths, 2):  # conv2..conv5
+        check_limit("depth", depth, f"{where}: stage {stage}")
+    return depths
 
 
-def check_widths(widths: Sequence[int], depths: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    """Validate nine positive widths and four positive depths; return them as tuples."""
+def check_widths(
+    widths: Sequence[int], depths: Sequence[int], where: str = "widths"
+) -> tuple[tuple[int, ...], ...]:
+    """Validate nine positive widths and four positive depths, each within the limits of
+    :mod:`eigenarch.limits`, and the network's parameters (:func:`resnet_params`, counted
+    before anything is built) within the ``params`` limit; return them as tuples."""
     if len(widths) != 9:
         raise EigenarchError(
             f"widths {list(widths)} has {len(widths)} numbers; expected 9: " + ",".join(WIDTH_NAMES)
         )
-    return _positive_ints("width", widths), check_depths(depths)
+    widths = _positive_ints("width", widths)
+    for name, width in zip(WIDTH_NAMES, widths, strict=True):
+        check_limit("width", width, f"{where}: {name}")
+    depths = check_depths(depths)
+    params = resnet_params(widths, depths)
+    shape = f"{','.join(map(str, widths))} / depths {','.join(map(str, depths))}"
+    check_limit("params", params, f"{where} {shape}: parameters")
+    return widths, depths
+
+
+def resnet_params(widths: Sequence[int], depths: Sequence[int], num_classes: int = 1000) -> int:
+    """Conv and fc weights of a bottleneck ResNet of nine ``widths`` and four ``depths``, by
+    formula (no model built, no trace): what :func:`resnet_cost` counts as ``params``."""
+    stem, *stages = widths
+    params, inputs = 3 * stem * 7 * 7, stem
+    pairs = zip(stages[::2], stages[1::2], strict=True)
+    for (bottleneck, out), depth in zip(pairs, depths, strict=True):
+        block = bottleneck * bottleneck * 9 + bottleneck * out  # conv2, conv3
+        params += inputs * bottleneck + inputs * out + block  # block 0: conv1, downsample
+        params += (depth - 1) * (out * bottleneck + block)
+        inputs = out
+    return params + inputs * num_classes
 
 
 def _positive_ints(kind: str, values: Sequence[int]) -> tuple[int, ...]:

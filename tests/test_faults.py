@@ -1,0 +1,86 @@
+"""Faults met for real: a read-only or full file system (tmpfs mounts, see ``small_disk``),
+a symbolic link loop, hostile files. Each is one line and exit 2, and loses nothing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from .train.conftest import TINY_ARGS
+
+
+def _error(result) -> str:
+    """The one line a failed command printed last (no traceback before it)."""
+    assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last.removeprefix("error: ")
+
+
+def _files(folder) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_read_only_out_is_one_line(small_disk, run_cli, tiny_run, shapes_root):
+    disk = small_disk.mount(16 * 1024)
+    run = shutil.copytree(tiny_run, disk / "run")
+    before = _files(run)
+    small_disk.freeze(disk)
+    refused = "cannot write (Read-only file system)"
+    new = disk / "new"
+    train = ["train", "--data", shapes_root, "--out", new, *TINY_ARGS, "--iters", "1"]
+    assert _error(run_cli(*train)) == f"{new}: {refused}"
+    assert _error(run_cli("train", "--out", run, "--resume")) == f"{run}: {refused}"
+    assert (
+        _error(run_cli("demo", "--quick", "--out", disk / "demo")) == f"{disk / 'demo'}: {refused}"
+    )
+    dynamics = ["dynamics", "--run", run, "--images", "2", "--workers", "0"]
+    assert _error(run_cli(*dynamics)) == f"{run / 'spectra'}: {refused}"
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("where", ["loop", "loop/deeper"])
+def test_a_symbolic_link_loop_in_out_is_one_line(tmp_path, run_cli, shapes_root, where):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    out = tmp_path / where
+    expected = (f"{tmp_path / 'loop'}: a symbolic link that leads nowhere (a loop or a missing "
+                "target); expected a folder")  # fmt: skip
+    train = ["train", "--data", shapes_root, "--out", out, *TINY_ARGS, "--iters", "1"]
+    assert _error(run_cli(*train)) == expected
+    assert _error(run_cli("demo", "--quick", "--out", out)) == expected
+    spectrum = ["spectrum", "--model", "resnet18", "--data", shapes_root, "--images", "1",
+                "--out", out / "s.safetensors"]  # fmt: skip
+    assert _error(run_cli(*spectrum)) == expected
+
+
+class _RunsCode:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_asks_to_run_code_is_refused_naming_it(tmp_path, run_cli, shapes_root):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "eigenarch-detector", "model": _RunsCode(marker)}, evil)
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"model": _RunsCode(marker)}, protocol=4))
+    evaluate = ["evaluate", "--checkpoint", evil, "--data", shapes_root]
+    assert (
+        _error(run_cli(*evaluate)) == f"{evil}: refused: the file asks to run code (posix.system)"
+    )
+    spectrum = ["spectrum", "--model", evil, "--data", shapes_root, "--out", tmp_path / "s"]
+    assert (
+        _error(run_cli(*spectrum)) == f"{evil}: refused: the file asks to run code (posix.system)"
+    )
+    evaluate[2] = plain
+    message = _error(run_cli(*evaluate))
+    assert message == f"{plain}: not a readable checkpoint (a plain pickle, not a torch.save file)"
+    assert not marker.exists()
