@@ -26,7 +26,7 @@ from torch import nn
 import eigenarch.io
 from eigenarch.errors import EigenarchError
 from eigenarch.report import dynamics as dynamics_module
-from eigenarch.report.claims import AGREES, paper_claims
+from eigenarch.report.claims import NOT_MEASURED, paper_claims
 from eigenarch.report.dynamics import load_dynamics, run_config
 from eigenarch.report.runs import reference_run, training_run
 from eigenarch.spectrum import Spectra
@@ -265,7 +265,9 @@ def test_dynamics_compare_and_report_over_reference_runs(
     ]  # fmt: skip
     claims = paper_claims({}, None, {"I": load_dynamics(runs["I"]), "S": load_dynamics(runs["S"])})
     rebound = next(c for c in claims if c.key == "f")
-    assert rebound.verdict == AGREES and "decay at 10" in rebound.ours
+    # (f) compares the rises after the decay with a placebo of rises away from any decay
+    # (issue 22.4); these runs hold no checkpoint interval away from it: not measured, and why
+    assert rebound.verdict == NOT_MEASURED and "placebo" in rebound.reason
 
 
 def test_dynamics_of_a_torchvision_builder(run_cli, shapes_root, tmp_path):
