@@ -84,3 +84,58 @@ def test_a_checkpoint_that_asks_to_run_code_is_refused_naming_it(tmp_path, run_c
     message = _error(run_cli(*evaluate))
     assert message == f"{plain}: not a readable checkpoint (a plain pickle, not a torch.save file)"
     assert not marker.exists()
+
+
+FULL = "cannot write (No space left on device)"
+
+
+def _no_temps(folder) -> None:
+    assert sorted(folder.rglob(".*.tmp")) == []
+
+
+def test_a_full_disk_during_training_keeps_the_earlier_checkpoints(small_disk, run_cli,
+                                                                  shapes_root):  # fmt: skip
+    disk = small_disk.mount(6 * 1024)  # iter 0 (1.5 MB) and 1 (2.9 MB) fit, not iter 2
+    run = disk / "run"
+    train = ["train", "--data", shapes_root, "--out", run, *TINY_ARGS, "--iters", "2",
+             "--checkpoint-every", "1"]  # fmt: skip
+    assert _error(run_cli(*train)) == f"{run / 'checkpoints' / 'iter_0000002.pt'}: {FULL}"
+    _no_temps(disk)
+    from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+
+    assert [i for i, _ in list_checkpoints(run)] == [0, 1]
+    detector_from_checkpoint(run / "checkpoints" / "iter_0000001.pt")
+
+
+def test_a_full_disk_keeps_the_previous_spectra(small_disk, run_cli, shapes_root):
+    disk = small_disk.mount(4 * 1024)
+    out = disk / "s.safetensors"
+    spectrum = ["spectrum", "--model", "resnet18", "--data", shapes_root, "--images", "2",
+                "--workers", "0", "--include", "layer1.*", "--out", out]  # fmt: skip
+    assert run_cli(*spectrum).code == 0
+    before = _files(disk)
+    small_disk.fill(disk, leave=4096)
+    assert _error(run_cli(*spectrum, "--seed", "1")).startswith(f"{out}")
+    assert FULL in _error(run_cli(*spectrum, "--seed", "1"))
+    (disk / "filler").unlink()
+    assert _files(disk) == before
+    _no_temps(disk)
+
+
+def test_a_full_disk_during_the_report_and_the_demo_is_one_line(small_disk, run_cli, tiny_run):
+    disk = small_disk.mount(32 * 1024)
+    run = shutil.copytree(tiny_run, disk / "run")
+    dynamics = ["dynamics", "--run", run, "--images", "2", "--workers", "0"]
+    assert run_cli(*dynamics).code == 0
+    before = _files(run)
+    small_disk.fill(disk, leave=60_000)
+    message = _error(run_cli("report", run, "--out", disk / "report"))
+    assert message.startswith(f"{disk / 'report'}") and message.endswith(FULL)
+    message = _error(run_cli(*dynamics, "--images", "1"))  # new spectra: no room for them
+    assert message.endswith(f"iter_0000000.safetensors: {FULL}; the previous file is intact")
+    (disk / "filler").unlink()
+    small_disk.fill(disk, leave=2 * 1024 * 1024)
+    message = _error(run_cli("demo", "--quick", "--out", disk / "demo"))
+    assert message.startswith(f"{disk / 'demo'}") and message.endswith(FULL)
+    assert _files(run) == before
+    _no_temps(disk)
