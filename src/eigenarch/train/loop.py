@@ -28,6 +28,7 @@ from eigenarch.distributed import (
     is_main,
     launch_rank,
     local_device,
+    lost_rank_as_error,
     rank,
     world_size,
 )
@@ -515,5 +516,13 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         atomic_write_json(
             run_dir / "init.json", {k: v for k, v in init_info.items() if k != "unmatched"}
         )
-    trainer.train(cfg.workers)
-    return evaluate(schedule.iterations)
+    with lost_rank_as_error(lambda: _resume_hint(run_dir)):
+        trainer.train(cfg.workers)
+        return evaluate(schedule.iterations)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """Where a stopped run resumes from, as an error message's tail."""
+    found = list_checkpoints(run_dir)
+    last = f"the last complete checkpoint is {found[-1][1].name}" if found else "no checkpoint"
+    return f"; {last}; resume with --resume"
