@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +142,45 @@ def test_a_full_disk_during_the_report_and_the_demo_is_one_line(small_disk, run_
     assert message.startswith(f"{disk / 'demo'}") and message.endswith(FULL)
     assert _files(run) == before
     _no_temps(disk)
+
+
+def _eigenarch(*args, cwd=None, **env) -> subprocess.CompletedProcess:
+    """``python -m eigenarch ARGS`` in a fresh process with ``env`` over this one's."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    environ = {**os.environ, "PYTHONPATH": str(src), **env}
+    return subprocess.run([sys.executable, "-m", "eigenarch", *map(str, args)], cwd=cwd,
+                          env=environ, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "many"])
+def test_a_bad_omp_num_threads_is_one_note_and_the_command_works(threads):
+    done = _eigenarch("count", "--backbone", "resnet50", OMP_NUM_THREADS=threads)
+    assert done.returncode == 0, done.stderr
+    note = (f"note: OMP_NUM_THREADS={threads!r} ignored (expected a positive integer); torch "
+            "uses its default thread count")  # fmt: skip
+    assert done.stderr.splitlines() == [note]
+
+
+def test_an_unwritable_home_a_missing_tmpdir_and_a_read_only_cwd(small_disk, shapes_root):
+    home = small_disk.mount(1024)
+    small_disk.freeze(home)
+    # the CLI imports matplotlib, whose cache would go to HOME: no two-line warning about it
+    done = _eigenarch("count", "--backbone", "resnet50", HOME=str(home), TMPDIR="/absent")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    spectrum = ["spectrum", "--model", "resnet18", "--data", shapes_root, "--images", "1",
+                "--workers", "0", "--include", "fc"]  # fmt: skip
+    done = _eigenarch(*spectrum, cwd=home)  # the default --out is in the current folder
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: spectra.safetensors: cannot write (Read-only file system)"
+    )
+
+
+def test_non_ascii_paths_under_the_c_locale(shapes_root, tmp_path):
+    data = shutil.copytree(shapes_root, tmp_path / "dätä ünïcode")
+    out = tmp_path / "spéctra.safetensors"
+    spectrum = ["spectrum", "--model", "resnet18", "--data", data, "--images", "1",
+                "--workers", "0", "--include", "fc", "--out", out]  # fmt: skip
+    done = _eigenarch(*spectrum, LC_ALL="C", LANG="C")
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and str(out) in done.stderr + done.stdout
