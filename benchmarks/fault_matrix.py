@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -447,11 +448,10 @@ def fault_rows(work: Path, data: Path, cls: Path) -> list[list[str]]:
         bad = work / "bad"
         shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(data, bad)
-        for split in ("train", "val"):
-            path = bad / "annotations" / f"instances_{split}.json"
-            obj = json.loads(path.read_text())
-            change(obj)
-            path.write_text(json.dumps(obj))
+        # edited in a child process: this one stays small, and so do the commands it forks
+        editor = multiprocessing.get_context("fork").Process(target=_edit, args=(bad, change))
+        editor.start()
+        editor.join()
         case(f"data: {name} (train)", ["train", "--data", bad, *train[3:], "--out", work / "h"])
         shutil.rmtree(work / "h", ignore_errors=True)
     evil = work / "evil.pt"
@@ -466,6 +466,14 @@ def fault_rows(work: Path, data: Path, cls: Path) -> list[list[str]]:
         rows.append(lost_rank(work, data, how, sig))
         print(" | ".join(rows[-1]), flush=True)
     return rows
+
+
+def _edit(root: Path, change: Callable[[dict], object]) -> None:
+    for split in ("train", "val"):
+        path = root / "annotations" / f"instances_{split}.json"
+        obj = json.loads(path.read_text())
+        change(obj)
+        path.write_text(json.dumps(obj))
 
 
 def lost_rank(work: Path, data: Path, how: str, sig: signal.Signals) -> list[str]:

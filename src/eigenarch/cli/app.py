@@ -17,6 +17,7 @@ from functools import partial
 from typing import NoReturn
 
 import typer
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from eigenarch.cli import data as data_cli
@@ -185,5 +186,5 @@ def _quiet_lost_receiver(
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[x, y]" kept
     sys.exit(2)
