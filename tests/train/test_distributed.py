@@ -147,3 +147,17 @@ def test_a_lost_rank_is_one_line_and_resume_equals_an_uninterrupted_run(shapes_r
     last = "checkpoints/iter_0000004.pt"
     a, b = (torch.load(run / last, weights_only=True)["model"] for run in (tmp_path / "whole", out))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_torchrun_on_a_locked_out_is_one_line_on_every_rank(shapes_root, tmp_path):
+    from eigenarch.io import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out):  # as a first training holds it
+        launcher = _torchrun("train", "--data", shapes_root, "--out", out, "--iters", "1",
+                             *TINY_ARGS)  # fmt: skip
+        stderr = _finish(launcher)
+    refused = f"--out {out}: in use by another process (pid {os.getpid()}); wait for it to end"
+    ours = sorted(line for line in stderr.splitlines() if line.startswith("error: "))
+    assert ours == [f"error: {refused}", f"error: rank 1: {refused}"], stderr[-3000:]
+    assert launcher.returncode != 0 and not re.search(r'File ".*/eigenarch/', stderr)
