@@ -17,12 +17,23 @@ checks:
   element ids are left out.
 
     python benchmarks/fault_matrix.py [--only train,spectrum] [--keep DIR]
+
+With ``--faults`` it runs the second matrix instead (issues 25 and 27; root, for tmpfs
+mounts): each command against a read-only or full file system, a symbolic link loop, hostile
+files (huge sizes, NaN boxes, paths out of the data folder, a pickle that runs code) and a
+rank killed or stopped under ``torchrun``; per case the exit status, the last line, whether
+a traceback of ours was printed, the seconds and peak memory it took, and whether the files
+already in the folder were left exactly as they were.
+
+    python benchmarks/fault_matrix.py --faults [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -323,10 +334,191 @@ def trial(case: Case, sig: signal.Signals, out: Path, ref: Path, wall: float, ki
     ]
 
 
+def measured(argv: list, env: dict | None = None) -> tuple[int, str, float, float]:
+    """``(exit status, stderr, seconds, peak resident GB)`` of ``ARGV`` (``eigenarch`` argv,
+    or a full command line starting with the Python executable)."""
+    command = argv if argv and argv[0] == sys.executable else [sys.executable, "-m",
+                                                                "eigenarch", *argv]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", **(env or {})}
+    start = time.perf_counter()
+    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, stderr, time.perf_counter() - start, usage.ru_maxrss / 2**20
+
+
+def mount(folder: Path, kilobytes: int, read_only: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(folder)],
+                   check=True)  # fmt: skip
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "filler"}
+
+
+def fill(folder: Path, leave: int) -> None:
+    stat = os.statvfs(folder)
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
+
+
+def fault_rows(work: Path, data: Path, cls: Path) -> list[list[str]]:
+    """Every case of the second matrix, run; one table row each."""
+    train = ["train", "--data", data, *TINY, "--iters", "2", "--checkpoint-every", "1",
+             "--workers", "0"]  # fmt: skip
+    run = work / "refs-run"
+    if not run.exists():
+        assert measured([*train[:3], "--out", run, *train[3:]])[0] == 0
+        assert measured(["dynamics", "--run", run, "--images", "2", "--workers", "0"])[0] == 0
+    rows = []
+
+    def case(name: str, argv: list, keep: Path | None = None, env: dict | None = None) -> None:
+        before = snapshot(keep) if keep is not None else None
+        code, stderr, seconds, peak = measured(argv, env)
+        ours = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        last = (ours or stderr.strip().splitlines() or [""])[-1]
+        trace = "yes" if re.search(r'File ".*/eigenarch/', stderr) else "no"
+        after = snapshot(keep) if keep is not None else {}
+        kept = "-" if before is None else "yes" if all(after.get(p) == b for p, b in
+                                                       before.items()) else "NO"  # fmt: skip
+        last = re.sub(re.escape(str(work)) + "/?", "", last)[:150].replace("|", "\\|")
+        rows.append([name, str(code), f"`{last}`", trace, f"{seconds:.1f} s", f"{peak:.2f}",
+                     kept])  # fmt: skip
+        print(" | ".join(rows[-1]), flush=True)
+
+    # a read-only file system
+    ro = mount(work / "ro", 64 * 1024)
+    shutil.copytree(run, ro / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    case("read-only: train", [*train[:3], "--out", ro / "new", *train[3:]], ro / "run")
+    case("read-only: train --resume", ["train", "--out", ro / "run", "--resume"], ro / "run")
+    case("read-only: demo", ["demo", "--quick", "--out", ro / "demo"], ro / "run")
+    case("read-only: dynamics", ["dynamics", "--run", ro / "run", "--images", "1",
+                                 "--workers", "0"], ro / "run")  # fmt: skip
+    case("read-only: evaluate", ["evaluate", "--run", ro / "run"], ro / "run")
+    # a full disk
+    small = mount(work / "small", 3 * 1024)
+    case("3 MB disk: train", [*train[:3], "--out", small / "run", *train[3:]])
+    case("3 MB disk: pretrain", ["pretrain", "--data", cls, "--out", small / "p.pt", "--backbone",
+                                 TINY[1], "--gn-groups", "8", "--size", "32", "--epochs", "2",
+                                 "--workers", "0"], small)  # fmt: skip
+    case("3 MB disk: demo", ["demo", "--quick", "--out", small / "demo"])
+    full = mount(work / "full", 64 * 1024)
+    shutil.copytree(run, full / "run")
+    spectrum = ["spectrum", "--model", "resnet18", "--data", data, "--images", "2",
+                "--workers", "0", "--out", full / "s.safetensors"]  # fmt: skip
+    assert measured(spectrum)[0] == 0
+    fill(full, 60_000)
+    case("full disk: spectrum (over an earlier one)", [*spectrum, "--seed", "1"], full)
+    case("full disk: dynamics (new spectra)", ["dynamics", "--run", full / "run", "--images",
+                                               "1", "--workers", "0"], full)  # fmt: skip
+    case("full disk: report", ["report", full / "run", "--out", full / "report"], full)
+    # a symbolic link loop
+    loop = work / "loop"
+    if not loop.is_symlink():
+        loop.symlink_to(work / "loop2")
+        (work / "loop2").symlink_to(loop)
+    case("link loop: train --out", [*train[:3], "--out", loop / "run", *train[3:]])
+    case("link loop: demo --out", ["demo", "--quick", "--out", loop])
+    # hostile files
+    spec = work / "deep.json"
+    spec.write_text(json.dumps({"widths": [64, 64, 256, 128, 512, 256, 1024, 512, 2048],
+                                "depths": [3, 4, 6, 1000000]}))  # fmt: skip
+    case("width spec: depths 3,4,6,1000000 (count)", ["count", "--spec", spec])
+    spec = work / "wide.json"
+    spec.write_text(json.dumps({"widths": [64, 64, 256, 128, 512, 256, 1024, 512, 10**9]}))
+    case("width spec: a width of 10^9 (train)", [*train[:3], "--out", work / "w",
+                                                  "--backbone", spec, *train[5:]])  # fmt: skip
+    hostile = {
+        "a million boxes in one image": lambda d: d["annotations"].extend(
+            {**d["annotations"][0], "id": 10**7 + k} for k in range(10**6)),
+        "a declared image of 20000x20000": lambda d: d["images"][0].update(width=20000,
+                                                                            height=20000),
+        "a NaN box": lambda d: d["annotations"][0]["bbox"].__setitem__(0, float("nan")),
+        "file_name ../x.jpg": lambda d: d["images"][0].update(file_name="../x.jpg"),
+        "file_name an absolute path": lambda d: d["images"][0].update(
+            file_name=str(data / "val" / d["images"][0]["file_name"])),
+    }  # fmt: skip
+    for name, change in hostile.items():
+        bad = work / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(data, bad)
+        # edited in a child process: this one stays small, and so do the commands it forks
+        editor = multiprocessing.get_context("fork").Process(target=_edit, args=(bad, change))
+        editor.start()
+        editor.join()
+        case(f"data: {name} (train)", ["train", "--data", bad, *train[3:], "--out", work / "h"])
+        shutil.rmtree(work / "h", ignore_errors=True)
+    evil = work / "evil.pt"
+    subprocess.run([sys.executable, "-c", "import os, torch\nclass E:\n def __reduce__(self): "
+                    f"return (os.system, ('touch {work}/ran',))\ntorch.save({{'model': E()}}, "
+                    f"'{evil}')"], check=True)  # fmt: skip
+    case("a checkpoint whose pickle runs os.system (evaluate)", ["evaluate", "--checkpoint", evil,
+                                                                 "--data", data])  # fmt: skip
+    assert not (work / "ran").exists()
+    # a lost rank under torchrun
+    for how, sig in (("kill -9", signal.SIGKILL), ("SIGSTOP", signal.SIGSTOP)):
+        rows.append(lost_rank(work, data, how, sig))
+        print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def _edit(root: Path, change: Callable[[dict], object]) -> None:
+    for split in ("train", "val"):
+        path = root / "annotations" / f"instances_{split}.json"
+        obj = json.loads(path.read_text())
+        change(obj)
+        path.write_text(json.dumps(obj))
+
+
+def lost_rank(work: Path, data: Path, how: str, sig: signal.Signals) -> list[str]:
+    """torchrun, 2 gloo ranks training; rank 1 gets ``sig`` once iteration 4 is saved."""
+    out = work / f"ddp-{sig.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+               "eigenarch", "--collective-timeout", "20", "train", "--data", data, "--out", out,
+               *TINY, "--iters", "30", "--batch-size", "2", "--checkpoint-every", "2",
+               "--workers", "0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)  # fmt: skip
+    while not (out / "checkpoints" / "iter_0000004.pt").exists() and launcher.poll() is None:
+        time.sleep(0.1)
+    victim = next(int(p.name) for p in Path("/proc").glob("[0-9]*")
+                  if _worker_of(p, launcher.pid, b"RANK=1"))  # fmt: skip
+    start = time.perf_counter()
+    os.kill(victim, sig)
+    stderr = launcher.communicate(timeout=600)[1]
+    ours = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    ended = time.perf_counter() - start
+    if sig == signal.SIGSTOP:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    trace = "yes" if re.search(r'File ".*/eigenarch/', stderr) else "no"
+    last = (ours or [""])[-1][:150].replace("|", "\\|")
+    return [f"torchrun: rank 1 {how} at iter 4", str(launcher.returncode), f"`{last}`", trace,
+            f"{ended:.1f} s to end", "-", "-"]  # fmt: skip
+
+
+def _worker_of(proc: Path, parent: int, marker: bytes) -> bool:
+    try:
+        ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        return ppid == parent and marker in (proc / "environ").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="Comma-separated command names.")
     parser.add_argument("--keep", type=Path, help="Work folder to keep (default: temporary).")
+    parser.add_argument("--faults", action="store_true", help="The second matrix (root).")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="fault-matrix-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -335,6 +527,20 @@ def main() -> None:
     if not data.exists():
         generate_shapes(data, ShapesConfig(train=12, val=6, size=128, seed=0), workers=1)
         generate_shapes_cls(cls, ShapesClsConfig(4, 1, size=32), workers=1)
+    if args.faults:
+        try:
+            rows = fault_rows(work, data, cls)
+        finally:
+            for name in ("ro", "small", "full"):
+                subprocess.run(["umount", "-l", str(work / name)], capture_output=True)
+        header = ["case", "exit", "last line", "traceback of ours", "time", "peak GB",
+                  "earlier files kept"]  # fmt: skip
+        print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d')}\n")  # fmt: skip
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
     chosen = [c for c in cases(data, cls, refs) if not args.only or c.name in args.only.split(",")]
     rows = []
     for case in chosen:

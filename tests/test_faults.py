@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +87,100 @@ def test_a_checkpoint_that_asks_to_run_code_is_refused_naming_it(tmp_path, run_c
     message = _error(run_cli(*evaluate))
     assert message == f"{plain}: not a readable checkpoint (a plain pickle, not a torch.save file)"
     assert not marker.exists()
+
+
+FULL = "cannot write (No space left on device)"
+
+
+def _no_temps(folder) -> None:
+    assert sorted(folder.rglob(".*.tmp")) == []
+
+
+def test_a_full_disk_during_training_keeps_the_earlier_checkpoints(small_disk, run_cli,
+                                                                  shapes_root):  # fmt: skip
+    disk = small_disk.mount(6 * 1024)  # iter 0 (1.5 MB) and 1 (2.9 MB) fit, not iter 2
+    run = disk / "run"
+    train = ["train", "--data", shapes_root, "--out", run, *TINY_ARGS, "--iters", "2",
+             "--checkpoint-every", "1"]  # fmt: skip
+    assert _error(run_cli(*train)) == f"{run / 'checkpoints' / 'iter_0000002.pt'}: {FULL}"
+    _no_temps(disk)
+    from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+
+    assert [i for i, _ in list_checkpoints(run)] == [0, 1]
+    detector_from_checkpoint(run / "checkpoints" / "iter_0000001.pt")
+
+
+def test_a_full_disk_keeps_the_previous_spectra(small_disk, run_cli, shapes_root):
+    disk = small_disk.mount(4 * 1024)
+    out = disk / "s.safetensors"
+    spectrum = ["spectrum", "--model", "resnet18", "--data", shapes_root, "--images", "2",
+                "--workers", "0", "--include", "layer1.*", "--out", out]  # fmt: skip
+    assert run_cli(*spectrum).code == 0
+    before = _files(disk)
+    small_disk.fill(disk, leave=4096)
+    assert _error(run_cli(*spectrum, "--seed", "1")).startswith(f"{out}")
+    assert FULL in _error(run_cli(*spectrum, "--seed", "1"))
+    (disk / "filler").unlink()
+    assert _files(disk) == before
+    _no_temps(disk)
+
+
+def test_a_full_disk_during_the_report_and_the_demo_is_one_line(small_disk, run_cli, tiny_run):
+    disk = small_disk.mount(32 * 1024)
+    run = shutil.copytree(tiny_run, disk / "run")
+    dynamics = ["dynamics", "--run", run, "--images", "2", "--workers", "0"]
+    assert run_cli(*dynamics).code == 0
+    before = _files(run)
+    small_disk.fill(disk, leave=60_000)
+    message = _error(run_cli("report", run, "--out", disk / "report"))
+    assert message.startswith(f"{disk / 'report'}") and message.endswith(FULL)
+    message = _error(run_cli(*dynamics, "--images", "1"))  # new spectra: no room for them
+    assert message.endswith(f"iter_0000000.safetensors: {FULL}; the previous file is intact")
+    (disk / "filler").unlink()
+    small_disk.fill(disk, leave=2 * 1024 * 1024)
+    message = _error(run_cli("demo", "--quick", "--out", disk / "demo"))
+    assert message.startswith(f"{disk / 'demo'}") and message.endswith(FULL)
+    assert _files(run) == before
+    _no_temps(disk)
+
+
+def _eigenarch(*args, cwd=None, **env) -> subprocess.CompletedProcess:
+    """``python -m eigenarch ARGS`` in a fresh process with ``env`` over this one's."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    environ = {**os.environ, "PYTHONPATH": str(src), **env}
+    return subprocess.run([sys.executable, "-m", "eigenarch", *map(str, args)], cwd=cwd,
+                          env=environ, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "many"])
+def test_a_bad_omp_num_threads_is_one_note_and_the_command_works(threads):
+    done = _eigenarch("count", "--backbone", "resnet50", OMP_NUM_THREADS=threads)
+    assert done.returncode == 0, done.stderr
+    note = (f"note: OMP_NUM_THREADS={threads!r} ignored (expected a positive integer); torch "
+            "uses its default thread count")  # fmt: skip
+    assert done.stderr.splitlines() == [note]
+
+
+def test_an_unwritable_home_a_missing_tmpdir_and_a_read_only_cwd(small_disk, shapes_root):
+    home = small_disk.mount(1024)
+    small_disk.freeze(home)
+    # the CLI imports matplotlib, whose cache would go to HOME: no two-line warning about it
+    done = _eigenarch("count", "--backbone", "resnet50", HOME=str(home), TMPDIR="/absent")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    spectrum = ["spectrum", "--model", "resnet18", "--data", shapes_root, "--images", "1",
+                "--workers", "0", "--include", "fc"]  # fmt: skip
+    done = _eigenarch(*spectrum, cwd=home)  # the default --out is in the current folder
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: spectra.safetensors: cannot write (Read-only file system)"
+    )
+
+
+def test_non_ascii_paths_under_the_c_locale(shapes_root, tmp_path):
+    data = shutil.copytree(shapes_root, tmp_path / "dätä ünïcode")
+    out = tmp_path / "spéctra.safetensors"
+    spectrum = ["spectrum", "--model", "resnet18", "--data", data, "--images", "1",
+                "--workers", "0", "--include", "fc", "--out", out]  # fmt: skip
+    done = _eigenarch(*spectrum, LC_ALL="C", LANG="C")
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and str(out) in done.stderr + done.stdout

@@ -171,11 +171,16 @@ def test_declared_and_decoded_image_sizes_are_bounded(root, monkeypatch):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_boxes_are_refused(root, value):
+def test_non_finite_boxes_are_refused(root, value, run_cli):
     path = _edit(root, lambda d: d["annotations"][2]["bbox"].__setitem__(1, value))
-    ann = json.loads(path.read_text())["annotations"][2]["id"]
-    with pytest.raises(EigenarchError, match=f"annotation {ann} bbox .* finite numbers"):
+    ann = json.loads(path.read_text())["annotations"][2]
+    with pytest.raises(EigenarchError, match=f"annotation {ann['id']} bbox .* finite numbers"):
         load_coco_json(path)
+    r = run_cli("data", "check", root, "--split", "val")
+    assert r.code == 2 and r.stderr.strip().splitlines()[-1] == (  # brackets kept as they are
+        f"error: {path}: annotation {ann['id']} bbox {ann['bbox']!r} (expected [x, y, width, "
+        "height], finite numbers)"
+    )
 
 
 def test_an_rle_of_another_size_is_refused_before_it_is_decoded(root):

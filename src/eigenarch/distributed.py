@@ -7,22 +7,68 @@ process group (NCCL for CUDA, gloo for CPU); alone, every helper is a no-op.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from eigenarch.errors import EigenarchError
+
+#: The environment variable (set by ``eigenarch --collective-timeout``) holding how many
+#: seconds a rank waits in a collective for the others before it gives up.
+TIMEOUT_ENV = "EIGENARCH_COLLECTIVE_TIMEOUT"
+#: Its default: a rank killed or stopped ends the others within 5 minutes, not torch's 30.
+DEFAULT_TIMEOUT = 300
+#: How gloo and the store word a lost or stopped peer.
+_LOST = re.compile(r"Connection reset by peer|Connection closed by peer|Broken pipe|"
+                   r"Timed out|timed out|Socket Timeout|Connection refused|EOF")  # fmt: skip
+
+
+def collective_timeout() -> timedelta:
+    """The collective timeout: :data:`TIMEOUT_ENV` seconds, else :data:`DEFAULT_TIMEOUT`."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip() or str(DEFAULT_TIMEOUT)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise EigenarchError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
 
 def init_distributed(device: str = "cpu") -> tuple[int, int]:
-    """Join the process group if launched by torchrun; returns ``(rank, world size)``. On
-    CUDA the process's current device becomes ``cuda:LOCAL_RANK`` first (as torchvision's
-    ``init_distributed_mode``), so NCCL collectives of every rank run on its own GPU."""
+    """Join the process group if launched by torchrun, with :func:`collective_timeout`;
+    returns ``(rank, world size)``. On CUDA the process's current device becomes
+    ``cuda:LOCAL_RANK`` first (as torchvision's ``init_distributed_mode``), so NCCL
+    collectives of every rank run on its own GPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         cuda = str(device).startswith("cuda")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
     return rank(), world_size()
+
+
+@contextmanager
+def lost_rank_as_error(hint: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """Under ``torch.distributed``, a collective that failed because another rank was
+    killed, or stopped past the collective timeout, becomes one line naming this rank and
+    the reason (plus ``hint()``, e.g. where to resume from); other errors pass."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo's errors, and torch's DistError, are RuntimeErrors
+        found = _LOST.search(str(exc))
+        if not is_distributed() or found is None:
+            raise
+        timeout = int(collective_timeout().total_seconds())
+        raise EigenarchError(
+            f"rank {rank()}: another rank was lost or stopped ({found.group(0).lower()}; "
+            f"collective timeout {timeout} s){hint()}"
+        ) from None
 
 
 def shutdown_distributed() -> None:

@@ -154,6 +154,22 @@ def output_lock(
                 lock.parent.rmdir()
 
 
+def lock_holder(path: str | os.PathLike[str], wait: bool = False) -> int | None:
+    """The pid holding the lock of the output folder ``path`` (:func:`output_lock`), or
+    None where no process holds it; with ``wait``, first wait until none does."""
+    lock = Path(path) / ".lock"
+    if fcntl is None or not lock.is_file():
+        return None
+    with lock.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = handle.read().strip()
+            return int(holder) if holder.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def _acquire(lock: Path, what: str) -> Any:
     """``lock`` opened and ``flock``-ed, holding this process's id; a one-line error if
     another process holds it."""

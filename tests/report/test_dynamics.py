@@ -256,3 +256,36 @@ def test_two_processes_equal_one(analysed_runs, known, copy_run, tmp_path):
             expected = one.covariance(name)
             # float32 forward passes of other batches: equal to float32 round-off
             assert (two.covariance(name) - expected).norm() <= 1e-5 * expected.norm()
+
+
+def test_a_run_still_training_is_said_so_and_marked_partial(analysed_runs, known, copy_run,
+                                                             run_cli):  # fmt: skip
+    import os
+    import threading
+    import time
+
+    from eigenarch.io import output_lock
+
+    run = copy_run(analysed_runs["A"])
+    args = ["dynamics", "--run", run, "--images", known.images, "--workers", "0"]
+    with output_lock(run):  # as the training process holds it
+        r = run_cli(*args)
+    assert r.code == 0, r.stderr
+    assert (f"{run}: still training (pid {os.getpid()}); these dynamics cover its checkpoints "
+            "so far and are marked partial (--wait waits for it)") in r.stderr  # fmt: skip
+    assert json.loads((run / "dynamics.json").read_text())["partial"] is True
+    assert load_dynamics(run).partial is True
+    lock = output_lock(run)
+    lock.__enter__()
+    released = []
+
+    def release() -> None:
+        time.sleep(1.0)
+        released.append(time.monotonic())
+        lock.__exit__(None, None, None)
+
+    threading.Thread(target=release).start()
+    r = run_cli(*args, "--wait")
+    assert r.code == 0 and released and time.monotonic() >= released[0], r.stderr
+    assert f"{run}: still training; waiting for it to end" in r.stderr
+    assert json.loads((run / "dynamics.json").read_text())["partial"] is False

@@ -293,3 +293,17 @@ def test_a_write_stopped_between_the_two_renames_loads_the_tensor_file(spectra, 
     assert Spectra.load(old).meta == {"model": "old"}
     sidecar(old).unlink()  # the tensor file copied alone
     assert Spectra.load(old).names == ["a:in"]
+
+
+def test_a_header_declaring_huge_sizes_is_refused_without_allocating(tmp_path):
+    import struct
+
+    declared = tmp_path / "declared.safetensors"  # a 2 GiB header, in a 109-byte file
+    declared.write_bytes(struct.pack("<Q", 2**31) + b"{" + b" " * 100)
+    header = json.dumps({"covariance/a": {"dtype": "F64", "shape": [10**6, 10**6],
+                                          "data_offsets": [0, 8 * 10**12]}}).encode()  # fmt: skip
+    tensor = tmp_path / "tensor.safetensors"  # an 8 TB tensor, in a 200-byte file
+    tensor.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 64)
+    for path, reason in ((declared, "header too large"), (tensor, "not fully covered")):
+        with pytest.raises(EigenarchError, match=f"{path.name}: damaged spectra file .*{reason}"):
+            Spectra.load(path)

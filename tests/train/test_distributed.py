@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +84,80 @@ def test_two_process_training_and_sharded_evaluation(shapes_root, tmp_path, run_
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         assert a["bbox"] == pytest.approx(b["bbox"], abs=0.02)
         assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def _torchrun(*args) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", "-m", "eigenarch", *map(str, args)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+def _finish(launcher: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        return launcher.communicate(timeout=timeout)[1]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the worker of ``rank`` that the torchrun ``launcher`` started."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == launcher.pid and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+def test_a_lost_rank_is_one_line_and_resume_equals_an_uninterrupted_run(shapes_root, tmp_path):
+    import torch
+
+    def train(out):
+        return ["--collective-timeout", "30", "train", "--data", shapes_root, "--out", out,
+                "--iters", "4", "--batch-size", "2", "--checkpoint-every", "2",
+                *TINY_ARGS]  # fmt: skip
+
+    whole = _torchrun(*train(tmp_path / "whole"))
+    assert whole.wait(timeout=300) == 0, _finish(whole)
+    out = tmp_path / "cut"
+    launcher = _torchrun(*train(out))
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "iter_0000002.pt").exists() and launcher.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(_rank_pid(launcher, 1), signal.SIGKILL)
+    start = time.monotonic()
+    stderr = _finish(launcher)
+    assert launcher.returncode != 0 and time.monotonic() - start < 30, stderr[-2000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, stderr[-3000:]
+    assert re.fullmatch(r"error: rank 0: another rank was lost or stopped \(.+; collective "
+                        r"timeout 30 s\); the last complete checkpoint is iter_000000[24]\.pt; "
+                        r"resume with --resume", ours[0])  # fmt: skip
+    # no traceback of the ranks' (torchrun's launcher prints its own ChildFailedError block)
+    assert not re.search(r'File ".*/eigenarch/', stderr), stderr[-3000:]
+    resumed = _torchrun("train", "--out", out, "--resume")
+    assert resumed.wait(timeout=300) == 0, _finish(resumed)
+    last = "checkpoints/iter_0000004.pt"
+    a, b = (torch.load(run / last, weights_only=True)["model"] for run in (tmp_path / "whole", out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_torchrun_on_a_locked_out_is_one_line_on_every_rank(shapes_root, tmp_path):
+    from eigenarch.io import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out):  # as a first training holds it
+        launcher = _torchrun("train", "--data", shapes_root, "--out", out, "--iters", "1",
+                             *TINY_ARGS)  # fmt: skip
+        stderr = _finish(launcher)
+    refused = f"--out {out}: in use by another process (pid {os.getpid()}); wait for it to end"
+    ours = sorted(line for line in stderr.splitlines() if line.startswith("error: "))
+    assert ours == [f"error: {refused}", f"error: rank 1: {refused}"], stderr[-3000:]
+    assert launcher.returncode != 0 and not re.search(r'File ".*/eigenarch/', stderr)

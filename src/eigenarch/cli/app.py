@@ -17,6 +17,7 @@ from functools import partial
 from typing import NoReturn
 
 import typer
+from rich.markup import escape
 from typer.exceptions import TyperException
 
 from eigenarch.cli import data as data_cli
@@ -28,7 +29,13 @@ from eigenarch.cli import spectrum as spectrum_cli
 from eigenarch.cli import train as train_cli
 from eigenarch.cli import widths as widths_cli
 from eigenarch.data.coco import OUTSIDE_ENV
-from eigenarch.distributed import shutdown_distributed
+from eigenarch.distributed import (
+    DEFAULT_TIMEOUT,
+    TIMEOUT_ENV,
+    lost_rank_as_error,
+    shutdown_distributed,
+)
+from eigenarch.distributed import collective_timeout as timeout_of_distributed
 from eigenarch.errors import EigenarchError, Terminated
 from eigenarch.io import UNWRITABLE
 from eigenarch.limits import DEFAULTS, ENV, parse_limits
@@ -63,6 +70,13 @@ def _options(
         metavar="NAME=N",
         help=_LIMIT_HELP,
     ),
+    collective_timeout: float | None = typer.Option(
+        None,
+        "--collective-timeout",
+        metavar="SECONDS",
+        help=f"Under torchrun: how long a rank waits for the others in a collective before "
+        f"it ends in one line (a rank killed or stopped) [default: {DEFAULT_TIMEOUT}].",
+    ),
     allow_outside_data: bool = typer.Option(
         False,
         "--allow-outside-data",
@@ -71,6 +85,9 @@ def _options(
     ),
 ) -> None:
     """Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors."""
+    if collective_timeout is not None:  # in the environment, for every rank, as --limit
+        os.environ[TIMEOUT_ENV] = str(collective_timeout)
+        timeout_of_distributed()  # a bad value: one line now
     if allow_outside_data:  # in the environment, as --limit
         os.environ[OUTSIDE_ENV] = "1"
     if limit:  # in the environment, so that torchrun's ranks and the demo's workers see it
@@ -96,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     ``torch.distributed`` group, if any."""
     with _signals_raise():
         try:
-            code = typer.main.get_command(app).main(
-                args=argv, prog_name="eigenarch", standalone_mode=False
-            )
+            with lost_rank_as_error():
+                code = typer.main.get_command(app).main(
+                    args=argv, prog_name="eigenarch", standalone_mode=False
+                )
         except Terminated:
             console.print("terminated", highlight=False)
             sys.exit(TERMINATED)
@@ -168,5 +186,5 @@ def _quiet_lost_receiver(
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[x, y]" kept
     sys.exit(2)

@@ -237,6 +237,9 @@ def dynamics(
     window: Window = 0.1,
     flagged: Flagged = False,
     as_json: AsJson = False,
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait for a run still training to end (else: marked partial)."
+    ),
 ) -> None:
     """Intrinsic dimensionality of every map over a run's checkpoints; dropping, rebounding.
 
@@ -253,7 +256,7 @@ def dynamics(
         batch_size, workers, device, parse_threshold(threshold),
         Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
         lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
-        epochs=epochs, min_size=min_size,
+        epochs=epochs, min_size=min_size, wait=wait,
     )  # fmt: skip
     if not is_main():
         return

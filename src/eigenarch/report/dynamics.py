@@ -28,7 +28,7 @@ from typing import Any
 from eigenarch.data.coco import CocoDetection
 from eigenarch.distributed import barrier, is_main, local_device
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json, check_writable
+from eigenarch.io import atomic_write_json, check_writable, lock_holder
 from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.report.runs import TrainingRun, train_config, training_run
@@ -148,6 +148,7 @@ class RunDynamics:
     backbone: dict[str, Any] | None = None  # the run's width spec (widths, depths, ...)
     unit: str = "iteration"  # of ``iterations``, ``milestones``, ``length``: or "epoch"
     trained: dict[str, Any] | None = None  # another's training: what its checkpoints hold
+    partial: bool = False  # the run was still training: its later checkpoints are not in
 
     def map(self, name: str) -> MapDynamics:
         for m in self.maps:
@@ -173,6 +174,7 @@ class RunDynamics:
             "backbone": self.backbone,
             "unit": self.unit,
             "trained": self.trained,
+            "partial": self.partial,
             "maps": [
                 {
                     "name": m.name,
@@ -259,6 +261,7 @@ def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
             backbone=obj.get("backbone"),
             unit=str(obj.get("unit", "iteration")),
             trained=obj.get("trained"),
+            partial=bool(obj.get("partial", False)),
         )
     except (
         json.JSONDecodeError,
@@ -384,6 +387,7 @@ def compute_dynamics(
     lr_steps: Sequence[int] | None = None,
     epochs: int | None = None,
     min_size: int | None = None,
+    wait: bool = False,
 ) -> RunDynamics:
     """Spectra of every checkpoint of a run (reused when already computed with the same
     settings), their dimensionalities at ``threshold`` and events; saved under the run.
@@ -392,8 +396,20 @@ def compute_dynamics(
     ``checkpoints`` (a glob) of ``model`` (a builder or factory), with ``out``, ``lr_steps``
     and ``epochs`` (:func:`~eigenarch.report.runs.reference_run`) and ``min_size`` (the
     detector's resize). ``data`` defaults to the run's training data. Under ``torchrun``
-    each rank streams its share of the images; rank 0 writes the files.
+    each rank streams its share of the images; rank 0 writes the files. A run still training
+    (its lock held) is said so, and its dynamics marked ``partial``; with ``wait``, it is
+    waited for first.
     """
+    holder = None
+    if run_dir is not None and is_main():
+        if wait and lock_holder(run_dir) is not None:
+            console.print(f"{run_dir}: still training; waiting for it to end", highlight=False)
+        holder = lock_holder(run_dir, wait=wait)
+        if holder is not None:
+            by = f" (pid {holder})" if holder > 0 else ""
+            note = "these dynamics cover its checkpoints so far and are marked partial"
+            console.print(f"{run_dir}: still training{by}; {note} (--wait waits for it)",
+                          highlight=False)  # fmt: skip
     training = training_run(run_dir, checkpoints, model, out, lr_steps, epochs, min_size)
     if images < 1 or batch_size < 1 or (min_size is not None and min_size < 1):
         raise EigenarchError(f"--images {images} / --batch-size {batch_size} / --min-size "
@@ -417,6 +433,7 @@ def compute_dynamics(
     backbone = training.backbone()
     result.settings, result.backbone = settings, backbone and backbone.to_dict()
     result.unit, result.trained = training.unit, training.trained
+    result.partial = holder is not None
     options = {**settings, "threshold": threshold, **asdict(criteria)}
     result.command = dynamics_command(training.source, options)
     if is_main():

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -42,13 +42,41 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write ``payload`` with ``torch.save`` to a temporary file, then rename it.
 
-    Written through a Python file, so that a full disk is an ``OSError`` (a one-line error
-    of :func:`eigenarch.io.atomic_path`), not torch's ``enforce fail``, and the archive's
-    records are named ``archive/...`` whatever the temporary file's name: the same payload
-    gives the same bytes."""
+    Written through a Python file, so that the archive's records are named ``archive/...``
+    whatever the temporary file's name (the same payload gives the same bytes), and so that
+    a full disk is the ``OSError`` the file raised (a one-line error of
+    :func:`eigenarch.io.atomic_path`), not the ``RuntimeError`` torch's zip writer makes of
+    it (``enforce fail ... unexpected pos``)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
+        recording = _KeepsWriteErrors(f)
+        try:
+            torch.save(payload, recording)
+        except RuntimeError:
+            if recording.error is not None:
+                raise recording.error from None
+            raise
     return Path(path)
+
+
+class _KeepsWriteErrors:
+    """A binary file's ``write`` and ``flush`` that keep the ``OSError`` they raise."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
 
 
 #: What every checkpoint of a format holds, and of which type (those ``train`` writes add

@@ -8,11 +8,11 @@ losses exactly, and under ``torchrun`` each rank takes its slice of every global
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,11 +23,13 @@ from torch import nn
 
 from eigenarch.data.coco import CocoDetection, collate_detection, hflip
 from eigenarch.distributed import (
+    all_gather_objects,
     barrier,
     is_distributed,
     is_main,
     launch_rank,
     local_device,
+    lost_rank_as_error,
     rank,
     world_size,
 )
@@ -191,8 +193,17 @@ def holds_output(folder: bool = True) -> Callable[[Callable[..., T]], Callable[.
     def hold(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
         def run(cfg: Any, *args: Any, **kwargs: Any) -> T:
-            lock = output_lock(cfg.out, folder=folder) if launch_rank() == 0 else nullcontext()
-            with lock:
+            with contextlib.ExitStack() as stack:
+                refused = None
+                if launch_rank() == 0:
+                    try:
+                        stack.enter_context(output_lock(cfg.out, folder=folder))
+                    except EigenarchError as exc:
+                        refused = str(exc)
+                if is_distributed():  # every rank ends with the first one's refusal
+                    refused = all_gather_objects(refused)[0]
+                if refused is not None:
+                    raise EigenarchError(refused if rank() == 0 else f"rank {rank()}: {refused}")
                 return fn(cfg, *args, **kwargs)
 
         return run
@@ -519,5 +530,13 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         atomic_write_json(
             run_dir / "init.json", {k: v for k, v in init_info.items() if k != "unmatched"}
         )
-    trainer.train(cfg.workers)
-    return evaluate(schedule.iterations)
+    with lost_rank_as_error(lambda: _resume_hint(run_dir)):
+        trainer.train(cfg.workers)
+        return evaluate(schedule.iterations)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """Where a stopped run resumes from, as an error message's tail."""
+    found = list_checkpoints(run_dir)
+    last = f"the last complete checkpoint is {found[-1][1].name}" if found else "no checkpoint"
+    return f"; {last}; resume with --resume"
