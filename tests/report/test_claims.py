@@ -430,3 +430,40 @@ def test_stage_claim_not_measured_says_why():
     assert (found.ours, found.verdict) == ("no stage 3-4 maps", NOT_MEASURED)
     assert (found.paper, found.rule) == (paper, rule)
     assert found.reason == "no layer2 / layer3 maps with dimensions in S"
+
+
+DROPPING_PAPER = (
+    "stage-5 maps drop early in fine-tuning of I (after conv5_1_3 = layer4.0.conv3:out, after "
+    "conv5_2_3 = layer4.1.conv3:out, after conv5_3_3 = layer4.2.conv3:out, after the "
+    "projection shortcut in conv5_1 = layer4.0.downsample.0:out)"
+)
+DROPPING_RULE = "at least half of these maps of run I have a dropping event"
+
+
+@pytest.mark.parametrize(
+    "runs, ours, verdict, reason",
+    [
+        ({}, "not run by this demo", NOT_MEASURED, "no dynamics of run I"),
+        ({"I": RunDynamics("I", [0], [], 1, 1e-3, Criteria(), [], [])}, "no such maps",
+         NOT_MEASURED, "run I has none of these maps"),
+        (dynamics(drops=1, rebound=False), "1 of 4 drop in I (layer4.0.conv3:out 40->20)",
+         DISAGREES, ""),
+        (dynamics(drops=0, rebound=False), "0 of 4 drop in I", DISAGREES, ""),
+    ],
+)  # fmt: skip
+def test_dropping_claim_in_full(runs, ours, verdict, reason):
+    expected = Claim("e", DROPPING_PAPER, "sec. 4.2, Figure 3", ours, DROPPING_RULE, verdict,
+                     reason)  # fmt: skip
+    assert claim("e", {}, None, runs) == expected
+
+
+def test_stage_claim_in_full():
+    found = claim("d", {}, comparison((30, 32), (60, 50), (60, 20), 40), {})
+    assert found == Claim(
+        "d",
+        "I's intrinsic widths in stages 3-4 (conv3_x, conv4_x = layer2, layer3) larger than S's",
+        "sec. 4.3-4.4, Figure 2 (b) vs (f)",
+        "I 120, S 100 over 2 maps (I/S 1.20)",
+        "summed dims of layer2+layer3 backbone maps: I/S > 1.05",
+        AGREES,
+    )
