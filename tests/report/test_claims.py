@@ -467,3 +467,13 @@ def test_stage_claim_in_full():
         "summed dims of layer2+layer3 backbone maps: I/S > 1.05",
         AGREES,
     )
+
+
+def test_a_lower_claim_is_ruled_out_by_an_interval_above_minus_its_size():
+    b = [30.1, 29.7, 30.9, 30.3]
+    close = [30.6, 30.2, 31.4, 29.9, 30.5]  # higher by +0.27, p 0.47
+    p, (_, lo, hi) = welch_p(close, b), difference_interval(close, b)
+    shown = f"+0.27, p {p:.3f}, 90% CI [{lo:+.2f}, {hi:+.2f}]"
+    assert differs(close, b, -1, 1.0) == Outcome(DISAGREES, shown)  # lo > -1: no 1.0 loss
+    assert differs(close, b, -1, -lo).verdict == INCONCLUSIVE  # lo exactly at -size
+    assert differs([1.0, 1.0], [1.0, 1.0], +1, 1.0).verdict == DISAGREES  # equal, no spread
