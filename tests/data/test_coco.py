@@ -235,7 +235,10 @@ def test_a_decompression_bomb_is_an_unreadable_image(root, run_cli, monkeypatch)
 def test_check_command_reports_counts(shapes_root, run_cli):
     result = run_cli("data", "check", shapes_root, "--masks")
     assert result.code == 0, result.stderr
-    assert "train" in result.stderr and "12" in result.stderr
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]]
+            for line in result.stderr.splitlines() if line.startswith("│")]  # fmt: skip
+    # split, images, annotations, classes, dropped boxes, clipped boxes
+    assert rows == [["train", "12", "46", "8", "0", "0"], ["val", "6", "28", "8", "0", "0"]]
 
 
 def test_flip_and_collate(shapes_root):

@@ -159,13 +159,19 @@ def test_gn_groups():
 
 
 def test_default_pytorch_init_is_kept():
-    """No He-normal re-init: every conv stays inside PyTorch's default uniform bound."""
+    """No He-normal re-init: every conv is PyTorch's default, uniform on +-1/sqrt(fan_in):
+    inside the bound, reaching it, with the uniform's std bound/sqrt(3) (He normal's is
+    sqrt(2) x bound; an all-zero init has none)."""
     torch.manual_seed(0)
     model = detnet59()
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            assert m.weight.abs().max() <= 1 / math.sqrt(fan_in), name
+            bound = 1 / math.sqrt(fan_in)
+            weight = m.weight.detach()
+            assert weight.abs().max() <= bound, name
+            assert weight.abs().max() >= 0.99 * bound, name  # every conv has >= 4,096 weights
+            assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
 
 
 def test_resnet50_names_for_stem_and_stages_2_to_4():

@@ -17,16 +17,21 @@ from eigenarch.report.claims import (
     INCONCLUSIVE,
     NOT_MEASURED,
     ONE_SEED,
+    Claim,
+    Outcome,
     claim_line,
+    combined,
     decay_rises,
     difference_interval,
     differs,
+    fact,
     not_lower,
     paper_claims,
     paper_name,
     seeds_to_detect,
     similar,
     welch_p,
+    within,
 )
 from eigenarch.report.compare import Comparison, MapComparison
 from eigenarch.report.dynamics import Criteria, Event, MapDynamics, RunDynamics
@@ -367,3 +372,108 @@ def test_the_mask_rcnn_claim_compares_the_cut_with_faster_rcnns():
     assert mask_claim([8.0, 8.1]).verdict == DISAGREES  # equal: rules out a 0.2 loss
     missing = mask_claim([7.5, 7.6], tables_given=False)
     assert missing.verdict == NOT_MEASURED and missing.reason.endswith("(run the demo with --mask)")
+
+
+def test_interval_rules_at_each_end_and_what_they_say():
+    a, b = [10.6, 10.8, 10.7], BASE  # difference +0.2: the interval is not symmetric about 0
+    diff, lo, hi = difference_interval(a, b)
+    shown = f"+0.20, 90% CI [{lo:+.2f}, {hi:+.2f}]"
+    assert not_lower(a, b, -lo).verdict == INCONCLUSIVE  # lower end exactly at -margin
+    assert not_lower(a, b, -lo * (1 + 1e-9)) == Outcome(AGREES, shown)
+    assert within(a, b, -10.0, hi).verdict == INCONCLUSIVE  # upper end exactly at the top
+    assert within(a, b, -10.0, lo) == Outcome(DISAGREES, shown)  # touching from above
+    assert within(a, b, hi, 10.0) == Outcome(DISAGREES, shown)  # touching from below
+    half, room = (hi - lo) / 2, min(diff + 0.5, 0.6 - diff)  # margins -0.5 and +0.6
+    assert within(a, b, -0.5, 0.6) == Outcome(
+        INCONCLUSIVE, shown,
+        f"the 90% CI is not inside the margin: about {math.ceil(3 * (half / room) ** 2)} seeds "
+        "per side would bring it inside at this spread",
+    )  # fmt: skip
+    at_margin = within(a, b, -10.0, diff)  # the difference itself at the margin
+    assert at_margin.reason.endswith("at the margin: more seeds would tell which side")
+    assert similar([1.0], b, 1.0) == Outcome(INCONCLUSIVE, "one seed", ONE_SEED)
+    assert differs([1.0], b, +1, 1.0) == Outcome(INCONCLUSIVE, "one seed", ONE_SEED)
+
+
+def test_parts_combine_and_exact_figures_need_no_test():
+    assert fact(True) == Outcome(AGREES, "") and fact(False) == Outcome(DISAGREES, "")
+    undecided = [Outcome(INCONCLUSIVE, "", "x"), Outcome(INCONCLUSIVE, "", "y")]
+    assert combined([fact(True), *undecided, undecided[0]]) == (INCONCLUSIVE, "x; y")
+    assert combined([fact(False), *undecided]) == (DISAGREES, "")
+    assert combined([fact(True), fact(True)]) == (AGREES, "")
+    assert seeds_to_detect([10.0, 10.1], [10.0, 10.1], 5.0) == 2  # at least two
+
+
+def test_decay_and_placebo_intervals_at_their_edges():
+    # length 100, early 25, window 10, decay at 60 on a checkpoint: the decay's interval is
+    # 60 -> 65; placebo: 25 -> 30 (starts at the early end), 70 -> 75 (starts at decay +
+    # window), 75 -> 80 (the last); not 30 -> 60 (ends on the decay), 65 -> 70 (too near)
+    dims = [10, 1, 3, 5, 8, 9, 12, 18]
+    maps = [MapDynamics(BODY + "m:out", 64, dims, [])]
+    its = [0, 25, 30, 60, 65, 70, 75, 80]
+    at_decay, away = decay_rises(RunDynamics("I", its, [60], 100, 1e-3, Criteria(), maps, []))
+    assert at_decay == pytest.approx([8 / 5 - 1])
+    assert away == pytest.approx([3 / 1 - 1, 12 / 9 - 1, 18 / 12 - 1])  # from 1: 3 / max(1, 1)
+    for its in ([0, 50], [0, 60]):  # no checkpoint after the decay
+        run = RunDynamics("I", its, [60], 100, 1e-3, Criteria(), [], [])
+        assert decay_rises(run) is None
+
+
+def test_stage_claim_not_measured_says_why():
+    paper = "I's intrinsic widths in stages 3-4 (conv3_x, conv4_x = layer2, layer3) larger than S's"
+    rule = "summed dims of layer2+layer3 backbone maps: I/S > 1.05"
+    expected = Claim("d", paper, "sec. 4.3-4.4, Figure 2 (b) vs (f)", "not run by this demo",
+                     rule, NOT_MEASURED, "no I-vs-S comparison")  # fmt: skip
+    assert claim("d", {}, None, {}) == expected
+    zero = comparison((30, 32), (60, 0), (60, 20), 40)  # S's layer2 / layer3 dims all 0
+    found = claim("d", {}, zero, {})
+    assert (found.ours, found.verdict) == ("no stage 3-4 maps", NOT_MEASURED)
+    assert (found.paper, found.rule) == (paper, rule)
+    assert found.reason == "no layer2 / layer3 maps with dimensions in S"
+
+
+DROPPING_PAPER = (
+    "stage-5 maps drop early in fine-tuning of I (after conv5_1_3 = layer4.0.conv3:out, after "
+    "conv5_2_3 = layer4.1.conv3:out, after conv5_3_3 = layer4.2.conv3:out, after the "
+    "projection shortcut in conv5_1 = layer4.0.downsample.0:out)"
+)
+DROPPING_RULE = "at least half of these maps of run I have a dropping event"
+
+
+@pytest.mark.parametrize(
+    "runs, ours, verdict, reason",
+    [
+        ({}, "not run by this demo", NOT_MEASURED, "no dynamics of run I"),
+        ({"I": RunDynamics("I", [0], [], 1, 1e-3, Criteria(), [], [])}, "no such maps",
+         NOT_MEASURED, "run I has none of these maps"),
+        (dynamics(drops=1, rebound=False), "1 of 4 drop in I (layer4.0.conv3:out 40->20)",
+         DISAGREES, ""),
+        (dynamics(drops=0, rebound=False), "0 of 4 drop in I", DISAGREES, ""),
+    ],
+)  # fmt: skip
+def test_dropping_claim_in_full(runs, ours, verdict, reason):
+    expected = Claim("e", DROPPING_PAPER, "sec. 4.2, Figure 3", ours, DROPPING_RULE, verdict,
+                     reason)  # fmt: skip
+    assert claim("e", {}, None, runs) == expected
+
+
+def test_stage_claim_in_full():
+    found = claim("d", {}, comparison((30, 32), (60, 50), (60, 20), 40), {})
+    assert found == Claim(
+        "d",
+        "I's intrinsic widths in stages 3-4 (conv3_x, conv4_x = layer2, layer3) larger than S's",
+        "sec. 4.3-4.4, Figure 2 (b) vs (f)",
+        "I 120, S 100 over 2 maps (I/S 1.20)",
+        "summed dims of layer2+layer3 backbone maps: I/S > 1.05",
+        AGREES,
+    )
+
+
+def test_a_lower_claim_is_ruled_out_by_an_interval_above_minus_its_size():
+    b = [30.1, 29.7, 30.9, 30.3]
+    close = [30.6, 30.2, 31.4, 29.9, 30.5]  # higher by +0.27, p 0.47
+    p, (_, lo, hi) = welch_p(close, b), difference_interval(close, b)
+    shown = f"+0.27, p {p:.3f}, 90% CI [{lo:+.2f}, {hi:+.2f}]"
+    assert differs(close, b, -1, 1.0) == Outcome(DISAGREES, shown)  # lo > -1: no 1.0 loss
+    assert differs(close, b, -1, -lo).verdict == INCONCLUSIVE  # lo exactly at -size
+    assert differs([1.0, 1.0], [1.0, 1.0], +1, 1.0).verdict == DISAGREES  # equal, no spread

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from eigenarch.spectrum import Spectra, SpectrumCollector
+from eigenarch.spectrum.stream import rank_share
 
 
 def make_model() -> nn.Module:
@@ -60,3 +62,13 @@ def test_two_processes_equal_one(tmp_path):
     assert all(spectra.names == single.names for spectra in ranks)
     assert single.samples("7:in") == 10 and single.samples("0:in") == 10
     assert single.samples("2:out") == 10
+
+
+@pytest.mark.parametrize("images, batch, world", [(10, 2, 2), (11, 3, 2), (7, 2, 3), (3, 2, 4)])
+def test_each_rank_takes_whole_batches_of_the_one_process_order(images, batch, world):
+    indices = [100 + i for i in range(images)]
+    batches = [indices[i : i + batch] for i in range(0, images, batch)]  # one process
+    shares = [rank_share(indices, batch, r, world) for r in range(world)]
+    for r, share in enumerate(shares):  # the rank's own batches are the one-process ones
+        assert [share[i : i + batch] for i in range(0, len(share), batch)] == batches[r::world]
+    assert sorted(i for share in shares for i in share) == indices

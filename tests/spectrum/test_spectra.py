@@ -64,6 +64,11 @@ def test_intrinsic_dim_counts_ratios_strictly_above_the_threshold():
     assert s.intrinsic_dim("m", threshold=2.0**-13 * (1 - 1e-12)) == 4
 
 
+def test_a_rank_one_map_has_effective_rank_one():
+    s = Spectra({"m": psd([3.0, 0.0, 0.0])}, {"m": 1})  # normalised eigenvalues sum to 1
+    assert s.effective_rank("m") == pytest.approx(1.0) and s.intrinsic_dim("m") == 1
+
+
 def test_dead_map(spectra):
     assert not spectra.eigenvalues("dead:out").any()
     assert spectra.intrinsic_dim("dead:out") == 0

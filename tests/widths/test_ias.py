@@ -297,3 +297,52 @@ def test_multiplier_grows_with_budget(p, more):
     big = search_widths(dims, int(budget * more) + 1, *args)
     assert small.omega <= big.omega
     assert getattr(small, p["metric"]) <= getattr(big, p["metric"])
+
+
+# ------------------------------------------------------------------- the rules' exact edges
+
+
+def test_layers_come_in_network_order_and_a_bad_side_is_named():
+    dims = {"layer1.0.conv1:out": 30, "conv1:out": 50}  # given in reverse order
+    assert list(intrinsic_widths(dims, "out")) == ["conv1", "layer1.0.conv1"]
+    with pytest.raises(EigenarchError) as error:
+        intrinsic_widths(dims, "sideways")
+    assert str(error.value) == "side 'sideways' is not one of in, out, both"
+
+
+@pytest.mark.parametrize(
+    "dropped, side, message",
+    [
+        (("layer1.0.conv1:in", "layer1.0.downsample.0:in"), "in",
+         "'conv1' of bottleneck ResNet 3,4,6,3 on side 'in'; expected one of "
+         "layer1.0.conv1:in, layer1.0.downsample.0:in"),
+        (("layer1.0.conv1:in", "layer1.0.downsample.0:in", "layer1.0.conv2:in"), "in",
+         "'conv1' (and 1 more groups) of bottleneck ResNet 3,4,6,3 on side 'in'; expected one "
+         "of layer1.0.conv1:in, layer1.0.downsample.0:in"),
+        (("conv1:out", "layer1.0.conv1:in", "layer1.0.downsample.0:in"), "both",
+         "'conv1' of bottleneck ResNet 3,4,6,3 on side 'both'; expected one of conv1:out, "
+         "layer1.0.conv1:in, layer1.0.downsample.0:in"),
+    ],
+)  # fmt: skip
+def test_a_group_without_maps_is_named_with_the_maps_it_needs(dropped, side, message):
+    dims = {k: v for k, v in dims_for(RESNET50_WIDTHS).items() if k not in dropped}
+    with pytest.raises(EigenarchError) as error:
+        search_widths(dims, "resnet50", side=side)
+    assert str(error.value) == "no intrinsic dimensionality for width group " + message
+
+
+def test_a_budget_equal_to_the_smallest_cost_is_reachable_and_below_it_is_not():
+    assert expand_widths([10.0, 10.0], 20, sum, 10) == ((10, 10), pytest.approx(1.5, rel=1e-8))
+    with pytest.raises(EigenarchError) as error:
+        expand_widths([10.0], 9, sum, 10)
+    assert str(error.value) == (
+        "budget 9 cost is below the smallest reachable 10 (every width 10); raise the target "
+        "or lower the multiple"
+    )
+
+
+def test_omega_is_found_to_relative_precision_however_small():
+    # R(omega * 1e6) <= 100 holds below omega = 100.5e-6: found to 1e-9 of itself
+    widths, omega = expand_widths([1e6], 100, sum, 1)
+    assert widths == (100,)
+    assert omega == pytest.approx(100.5e-6, rel=1e-8) and omega < 100.5e-6

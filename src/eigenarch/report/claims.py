@@ -140,13 +140,12 @@ def differs(
     shown += f", 90% CI [{_signed(lo, 2)}, {_signed(hi, 2)}]"
     if (hi < effect) if sign > 0 else (lo > -effect):
         return Outcome(DISAGREES, shown)
+    # here the values vary: without spread p is 0 or 1, and p = 1 (equal means) disagrees
     needed = seeds_to_detect(a, b, effect)
-    more = (
-        f"about {needed} {unit} per side would detect a difference of {effect:g} at this spread"
-        if needed is not None
-        else "the values do not vary"
+    why = (
+        f"p {p:.3f} >= {ALPHA:g} at {len(a)} vs {len(b)} {unit}: about {needed} {unit} per "
+        f"side would detect a difference of {effect:g} at this spread"
     )
-    why = f"p {p:.3f} >= {ALPHA:g} at {len(a)} vs {len(b)} {unit}: {more}"
     return Outcome(INCONCLUSIVE, shown, why)
 
 

@@ -193,6 +193,14 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.dataset.load_image(self.indices[i]))
 
 
+def rank_share(indices: list[int], batch_size: int, rank: int, world: int) -> list[int]:
+    """The images one rank of ``world`` takes: whole batches of the one-process order,
+    batch ``k`` to rank ``k % world``. Each batch holds the images one process would pad
+    together, so per-image maps (GroupNorm statistics include the padding) are the same."""
+    starts = range(rank * batch_size, len(indices), world * batch_size)
+    return [i for start in starts for i in indices[start : start + batch_size]]
+
+
 def stream_spectra(
     net: torch.nn.Module,
     detector: bool,
@@ -209,8 +217,8 @@ def stream_spectra(
 ) -> Spectra:
     """The spectra of ``net`` (in eval mode, on ``device``) over the images ``indices``.
 
-    Under ``torch.distributed`` each rank takes every world-size-th image; the result is
-    summed over the ranks (identical on every rank).
+    Under ``torch.distributed`` each rank takes whole batches of the one-process order
+    (:func:`rank_share`); the result is summed over the ranks (identical on every rank).
     """
     rank, world = dist_rank(), world_size()
     transform = (
@@ -221,7 +229,7 @@ def stream_spectra(
         )
     )
     loader = torch.utils.data.DataLoader(
-        _Images(dataset, indices[rank::world], transform),
+        _Images(dataset, rank_share(indices, batch_size, rank, world), transform),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list if detector else torch.stack,

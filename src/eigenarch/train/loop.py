@@ -2,8 +2,9 @@
 
 Everything random is a function of ``(seed, iteration)``: the images of each iteration come
 from a per-epoch permutation and flip mask, and the model's own sampling (RPN / RoI) is
-seeded per iteration. So a run resumed from a checkpoint repeats an uninterrupted run's
-losses exactly, and under ``torchrun`` each rank takes its slice of every global batch.
+seeded per iteration and image (:mod:`eigenarch.train.sampling`). So a run resumed from a
+checkpoint repeats an uninterrupted run's losses exactly, and under ``torchrun`` each rank
+takes its slice of every global batch and samples as one process would.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from eigenarch.train.hooks import (
     PeriodicCheckpointer,
     PeriodicEvaluator,
 )
+from eigenarch.train.sampling import image_seeded_samplers
 from eigenarch.train.schedule import Schedule, make_schedule
 
 MOMENTUM = 0.9
@@ -251,6 +253,7 @@ class Trainer:
         self.payload, self.checkpoint_file = payload or {}, checkpoint_file
         self.iter = batches.start
         self.losses: dict[str, float] = {}
+        self.samplers = image_seeded_samplers(model)
         resumed = checkpoint_file(batches.start) if checkpoint_file and batches.start else None
         self.last_checkpoint = resumed if resumed is not None and resumed.is_file() else None
 
@@ -290,7 +293,10 @@ class Trainer:
 
     def run_step(self, images: Any, targets: Any) -> None:
         """One SGD step: seed the model's sampling, forward, check, backward, update."""
-        # The model's own sampling (RPN / RoI, dropout) draws from the global generator.
+        # RPN / RoI sampling: seeded per image of the global batch; anything else random in
+        # the model (dropout) draws from the global generator, seeded per iteration and rank.
+        for sampler in self.samplers:
+            sampler.start(self.seed, self.iter, rank() * len(images))
         torch.manual_seed(self.seed * 1_000_003 + self.iter * world_size() + rank())
         losses = self.compute_losses(images, targets)
         total = sum(losses.values())
