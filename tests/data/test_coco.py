@@ -237,8 +237,11 @@ def test_check_command_reports_counts(shapes_root, run_cli):
     assert result.code == 0, result.stderr
     rows = [[cell.strip() for cell in line.split("│")[1:-1]]
             for line in result.stderr.splitlines() if line.startswith("│")]  # fmt: skip
-    # split, images, annotations, classes, dropped boxes, clipped boxes
-    assert rows == [["train", "12", "46", "8", "0", "0"], ["val", "6", "28", "8", "0", "0"]]
+    # split, images, without annotations, annotations, crowd, classes, dropped, clipped boxes
+    assert rows == [
+        ["train", "12", "0", "46", "0", "8", "0", "0"],
+        ["val", "6", "0", "28", "0", "8", "0", "0"],
+    ]
 
 
 def test_flip_and_collate(shapes_root):
