@@ -141,7 +141,7 @@ def test_evaluate_command(shapes_root, tmp_path, run_cli):
         det["segmentation"]["counts"] = det["segmentation"]["counts"].decode()
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
-    args = ["--iou-type", "bbox", "--iou-type", "segm", "--out", tmp_path / "ev"]
+    args = ["--iou-type", "bbox,segm", "--out", tmp_path / "ev"]
     result = run_cli("evaluate", "--data", shapes_root, "--detections", path, *args)
     assert result.code == 0, result.stderr
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

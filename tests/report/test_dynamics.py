@@ -194,7 +194,7 @@ def test_cli_reuses_spectra_and_recomputes_on_new_settings(
         "2",
         "--workers",
         "0",
-        "--layers",
+        "--include",
         "backbone.body.layer1.*",
         "--flagged",
     )

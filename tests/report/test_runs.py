@@ -280,7 +280,7 @@ def test_dynamics_of_a_torchvision_builder(run_cli, shapes_root, tmp_path):
     write_reference_run(tmp_path / "run", model, args, False, epochs=(0, 1))
     r = run_cli("dynamics", "--checkpoints", tmp_path / "run" / "model_*.pth", "--model",
                 "fasterrcnn_mobilenet_v3_large_320_fpn", "--min-size", "128", "--images", "2",
-                "--workers", "0", "--device", "cpu", "--layers", "backbone.body.0.*",
+                "--workers", "0", "--device", "cpu", "--include", "backbone.body.0.*",
                 "--out", tmp_path / "out")  # fmt: skip
     assert r.code == 0, r.stderr
     result = load_dynamics(tmp_path / "out")

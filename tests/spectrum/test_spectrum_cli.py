@@ -72,7 +72,7 @@ def test_same_seed_same_file(run_cli, shapes, tmp_path):
 def test_detector_with_random_weights(run_cli, shapes, tmp_path):
     out = tmp_path / "frcnn.safetensors"
     r = collect(run_cli, shapes, out, "--model", "fasterrcnn_resnet50_fpn", "--min-size", "64",
-                "--include", "rpn.*", "--include", "roi_heads.box_head.*")  # fmt: skip
+                "--include", "rpn.*,roi_heads.box_head.*")  # fmt: skip
     assert r.code == 0, r.stderr
     spectra = Spectra.load(out)
     assert spectra.samples("rpn.head.conv.0.0:in") == 5 * 3  # 5 FPN levels, 3 images

@@ -28,6 +28,7 @@ from eigenarch.cli import report as report_cli
 from eigenarch.cli import spectrum as spectrum_cli
 from eigenarch.cli import train as train_cli
 from eigenarch.cli import widths as widths_cli
+from eigenarch.cli.options import App, comma_list
 from eigenarch.data.coco import OUTSIDE_ENV
 from eigenarch.distributed import (
     DEFAULT_TIMEOUT,
@@ -46,7 +47,7 @@ INTERRUPTED = 130
 #: The exit status after SIGTERM (128 + SIGTERM).
 TERMINATED = 143
 
-app = typer.Typer(
+app = App(
     name="eigenarch",
     help="Eigenspectrum analysis, Intrinsic Architecture Search and DetNAS for detectors.",
     no_args_is_help=True,
@@ -56,7 +57,7 @@ app = typer.Typer(
 
 
 _LIMIT_HELP = (
-    "Raise a bound on numbers read from files, for a real extreme (repeat for several): "
+    "Raise bounds on numbers read from files, for a real extreme (comma-separated): "
     + ", ".join(f"{name}={value}" for name, value in DEFAULTS.items())
     + " by default."
 )
@@ -64,10 +65,10 @@ _LIMIT_HELP = (
 
 @app.callback()
 def _options(
-    limit: list[str] = typer.Option(
-        [],
+    limit: str | None = typer.Option(
+        None,
         "--limit",
-        metavar="NAME=N",
+        metavar="NAME=N,...",
         help=_LIMIT_HELP,
     ),
     collective_timeout: float | None = typer.Option(
@@ -91,7 +92,10 @@ def _options(
     if allow_outside_data:  # in the environment, as --limit
         os.environ[OUTSIDE_ENV] = "1"
     if limit:  # in the environment, so that torchrun's ranks and the demo's workers see it
-        raised = {**parse_limits(os.environ.get(ENV, "").split(","), ENV), **parse_limits(limit)}
+        raised = {
+            **parse_limits(os.environ.get(ENV, "").split(","), ENV),
+            **parse_limits(comma_list(limit) or []),
+        }
         os.environ[ENV] = ",".join(f"{name}={value}" for name, value in raised.items())
 
 

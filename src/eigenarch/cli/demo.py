@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
+from eigenarch.cli.options import Device
 from eigenarch.demo import run_demo
 from eigenarch.io import check_writable
+from eigenarch.options import parse_device
 from eigenarch.progress import console
 from eigenarch.report.claims import claim_line
 
@@ -55,7 +57,7 @@ def demo(
         help="Add the Mask R-CNN rows: the base and the searched backbones trained as Mask "
         "R-CNN (AP bbox / AP mask), for claim (l).",
     ),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: Device = None,
     force: bool = typer.Option(
         False,
         help="Delete the folder's earlier demo and start over (also needed when its "
@@ -77,7 +79,11 @@ def demo(
     check_writable(out, folder=True)  # a read-only or full place fails now, in one line
     chosen = [("long", long_schedule), ("table2", table2), ("mask", mask)]
     extras = [name for name, wanted in chosen if wanted]
-    _print_summary(run_demo(out, quick, scale, seed, force, device, jobs, backbone, seeds, extras))
+    _print_summary(
+        run_demo(
+            out, quick, scale, seed, force, parse_device(device), jobs, backbone, seeds, extras
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:

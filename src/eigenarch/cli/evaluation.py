@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
-from eigenarch.cli.options import trusting
+from eigenarch.cli.options import Device, comma_list, trusting
 from eigenarch.cli.tables import metrics_table
 from eigenarch.data.coco import CocoDetection, find_split
 from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import evaluate_detections
 from eigenarch.io import atomic_write_json, check_writable, output_file
+from eigenarch.options import parse_device
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
 from eigenarch.train.evaluate import evaluate_model
@@ -69,13 +70,15 @@ def evaluate(
     detections: Path | None = typer.Option(None, help="A COCO results JSON to evaluate."),
     data: Path | None = typer.Option(None, help="COCO-layout folder (default: the run's data)."),
     split: str = typer.Option("val", help="Split whose annotations are the ground truth."),
-    iou_type: list[str] = typer.Option(["bbox"], help="For --detections: bbox and/or segm."),
+    iou_type: str = typer.Option(
+        "bbox", metavar="TYPE,...", help="For --detections: bbox, segm or bbox,segm."
+    ),
     out: Path | None = typer.Option(
         None,
         help="A .json file for the metrics, or a folder for metrics.json (and, for a model, "
         "detections.json).",
     ),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: Device = None,
     batch_size: int = typer.Option(2, help="Images per forward pass."),
 ) -> None:
     """Print COCO AP, AP50, AP75, APs, APm, APl (bbox, and segm for Mask R-CNN)."""
@@ -86,14 +89,16 @@ def evaluate(
         if data is None:
             raise EigenarchError("--detections needs --data (the ground truth's folder)")
         annotation_file, _ = find_split(data, split)
-        metrics = evaluate_detections(annotation_file, detections, iou_types=iou_type)
+        metrics = evaluate_detections(annotation_file, detections, iou_types=comma_list(iou_type))
     else:
         if run is not None:
             found = list_checkpoints(run)
             if not found:
                 raise EigenarchError(f"--run {run}: no checkpoints/iter_*.pt in it")
             checkpoint = found[-1][1]
-        metrics, out = _model_metrics(checkpoint, data, split, out, device, batch_size)
+        metrics, out = _model_metrics(
+            checkpoint, data, split, out, parse_device(device), batch_size
+        )
     if is_main():
         console.print(metrics_table(metrics))
         if out is not None:

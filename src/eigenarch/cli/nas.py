@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from eigenarch.cli import train as train_cli
+from eigenarch.cli.options import App, AsJson, Device, taking_options_of
 from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
@@ -34,21 +35,22 @@ from eigenarch.nas.supernet import (
     search_supernet,
     train_supernet,
 )
-from eigenarch.options import parse_ints, parse_number
+from eigenarch.options import parse_device, parse_ints, parse_number
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
 from eigenarch.train.pretrain import PretrainConfig, load_resume
 
-detnas = typer.Typer(
+detnas = App(
     help="DetNAS: ShuffleNetV2 supernet trained on detection, evolutionary search, retraining.",
     no_args_is_help=True,
 )
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 SPACE = typer.Option(1, help="Search space 1 (20 blocks, ~300M) or 2 (40 blocks, ~1.3G).")
 STEM = typer.Option(None, help="Replace the space's stem width (e.g. narrow test nets).")
-CHANNELS = typer.Option(None, help="Replace the four stage widths, e.g. 32,64,128,256.")
-DEPTHS = typer.Option(None, help="Replace the four stage depths, e.g. 1,1,2,1.")
+CHANNELS = typer.Option(
+    None, metavar="N,...", help="Replace the four stage widths, e.g. 32,64,128,256."
+)
+DEPTHS = typer.Option(None, metavar="N,...", help="Replace the four stage depths, e.g. 1,1,2,1.")
 
 
 def _space(space: int, stem: int | None, channels: str | None, depths: str | None):
@@ -87,31 +89,16 @@ def resolve_path(text: str, space: SearchSpace) -> dict[str, Any]:
     return detnas_config(space, parse_ints(text, "--path"))
 
 
-def _parse_as(ctx: typer.Context, command: str, args: list[str]) -> tuple[dict[str, Any], bool]:
-    """Parse ``args`` as the app's own ``eigenarch COMMAND`` parses them (the same options,
-    types and errors); returns (options, --resume)."""
-    root = ctx.find_root()
-    parsed = root.command.get_command(root, command).make_context(f"eigenarch {command}", args)
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in parsed.params.items()}
-    return params, bool(params.pop("resume", False))
-
-
-def train_options(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], bool]:
-    """``args`` parsed as ``eigenarch train`` parses them: TrainConfig fields and --resume."""
-    if "--backbone" in args:
-        raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
-    params, resume = _parse_as(ctx, "train", args)
-    return train_cli.train_fields(params), resume
-
-
 @detnas.command("count")
 def count(
-    path: str | None = typer.Option(None, help="Choices 0..3 per block, comma-separated."),
+    path: str | None = typer.Option(
+        None, metavar="N,...", help="Choices 0..3 per block, comma-separated."
+    ),
     space: int = SPACE,
     stem: int | None = STEM,
     channels: str | None = CHANNELS,
     depths: str | None = DEPTHS,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    as_json: AsJson = False,
 ) -> None:
     """MACs and params (224 px classifier, SPEC section 4) of a path, or the space's range."""
     search_space = _space(space, stem, channels, depths)
@@ -139,11 +126,10 @@ def count(
     console.print(table)
 
 
-@detnas.command("supernet", context_settings=_PASS_THROUGH)
+@detnas.command("supernet")
+@taking_options_of(train_cli.train, exclude=("backbone",))
 def supernet(
-    ctx: typer.Context,
-    data: Path = typer.Option(..., help="COCO-layout folder (its train split is used)."),
-    out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics, holdout."),
+    options: dict[str, Any],
     space: int = SPACE,
     stem: int | None = STEM,
     channels: str | None = CHANNELS,
@@ -155,13 +141,13 @@ def supernet(
 ) -> None:
     """Train the supernet on detection, one uniformly sampled path per iteration.
 
-    Also takes the options of `eigenarch train` (--kind, --init, --iters, --batch-size,
-    --schedule, --min-size, --gn-groups, --device, --resume, ...), except --backbone;
+    Takes the options of `eigenarch train` but --backbone (the space's options build it);
     --init may be a supernet pre-trained by `eigenarch detnas pretrain`.
     """
-    options, resume = train_options(ctx, [*ctx.args, "--data", str(data), "--out", str(out)])
+    fields, resume = train_cli.train_options(options)
     backbone = detnas_config(_space(space, stem, channels, depths), None)
-    cfg = SupernetConfig(**{**options, "backbone": backbone}, holdout=holdout, sync_bn=sync_bn)
+    cfg = SupernetConfig(**{**fields, "backbone": backbone}, holdout=holdout, sync_bn=sync_bn)
+    out = cfg.out
     init_distributed(run_device(out, resume, cfg.device))
     summary = train_supernet(cfg, resume=resume)
     if is_main():
@@ -189,9 +175,9 @@ def search(
     bn_images: int = typer.Option(500, help="Training images for BatchNorm recalibration."),
     batch_size: int = typer.Option(2, help="Images per forward pass."),
     seed: int = typer.Option(0, help="Random seed: same seed, same search."),
-    device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
+    device: Device = None,
     resume: bool = typer.Option(False, help="Continue OUT's search with its saved settings."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    as_json: AsJson = False,
 ) -> None:
     """Evolutionary (or random) search of a trained supernet under a FLOPs limit.
 
@@ -216,9 +202,9 @@ def search(
         data=str(data) if data is not None else None,
         bn_images=bn_images,
         batch_size=batch_size,
-        device=device,
+        device=parse_device(device),
     )
-    init_distributed(device)
+    init_distributed(settings.device)
     result = search_supernet(settings, resume=resume)
     if is_main():
         _print_search(result, out, as_json)
@@ -249,9 +235,10 @@ def _print_search(result: dict[str, Any], out: Path, as_json: bool) -> None:
     console.print("choices: " + ", ".join(f"{k}={name}" for k, name in enumerate(CHOICES)))
 
 
-@detnas.command("retrain", context_settings=_PASS_THROUGH)
+@detnas.command("retrain")
+@taking_options_of(train_cli.train, exclude=("backbone",))
 def retrain(
-    ctx: typer.Context,
+    options: dict[str, Any],
     path: str | None = typer.Option(
         None, help="A search folder, its best_path.json, or choices 0..3 comma-separated."
     ),
@@ -262,25 +249,26 @@ def retrain(
 ) -> None:
     """Train a detector on the stand-alone network of a path, as `eigenarch train` does.
 
-    Takes every option of `eigenarch train` except --backbone (--data, --out, --init, --iters,
+    Takes every option of `eigenarch train` but --backbone (--data, --out, --init, --iters,
     --resume, ...). For ImageNet-style pre-training first, run `eigenarch pretrain --backbone
     SEARCH/best_path.json` and pass its output as --init.
     """
-    options, resume = train_options(ctx, list(ctx.args))
+    fields, resume = train_cli.train_options(options)
     if not resume:
         if path is None:
             raise EigenarchError("--path: required (a search folder, a path file or choices)")
-        options["backbone"] = resolve_path(path, _space(space, stem, channels, depths))
-    init_distributed(run_device(options["out"], resume, options["device"]))
-    metrics = train_detector(TrainConfig(**options), resume=resume)
+        fields["backbone"] = resolve_path(path, _space(space, stem, channels, depths))
+    init_distributed(run_device(fields["out"], resume, fields["device"]))
+    metrics = train_detector(TrainConfig(**fields), resume=resume)
     if is_main():
         console.print(metrics_table(metrics))
-        console.print(f"run written to {options['out']}", highlight=False)
+        console.print(f"run written to {fields['out']}", highlight=False)
 
 
-@detnas.command("pretrain", context_settings=_PASS_THROUGH)
+@detnas.command("pretrain")
+@taking_options_of(train_cli.pretrain, exclude=("backbone",))
 def pretrain(
-    ctx: typer.Context,
+    options: dict[str, Any],
     space: int = SPACE,
     stem: int | None = STEM,
     channels: str | None = CHANNELS,
@@ -288,13 +276,10 @@ def pretrain(
 ) -> None:
     """ImageNet-style pre-training of the supernet on an ImageFolder, a sampled path per step.
 
-    Takes the options of `eigenarch pretrain` except --backbone (--data, --out, --epochs,
+    Takes the options of `eigenarch pretrain` but --backbone (--data, --out, --epochs,
     --batch-size, --size, --resume, ...); the output initialises `detnas supernet --init`.
     """
-    if "--backbone" in ctx.args:
-        raise EigenarchError("--backbone: the DetNAS commands build the backbone themselves")
-    options, resume = _parse_as(ctx, "pretrain", list(ctx.args))
-    options = train_cli.pretrain_fields(options)
+    options, resume = train_cli.pretrain_options(options)
     options["backbone"] = detnas_config(_space(space, stem, channels, depths), None)
     out = Path(options["out"])
     saved = load_resume(out) if resume else None  # OUT.resume, read once

@@ -11,9 +11,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperCommand
 
-from eigenarch.cli.options import trusting
+from eigenarch.cli.options import (
+    AsJson,
+    Device,
+    Include,
+    MaxChannels,
+    OnceCommand,
+    Sides,
+    Threshold,
+    Workers,
+    comma_list,
+    trusting,
+)
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_device, parse_ints, parse_sides, parse_threshold
@@ -29,13 +39,12 @@ class Side(str, Enum):
     out = "out"
 
 
-#: The options of the three commands, each declared once (``--names``, ``--stages``,
-#: ``--threshold``, ``--json`` are shared).
-Threshold = Annotated[str, typer.Option(help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+#: The options of the three commands, each declared once (``--names``, ``--stages`` are
+#: shared; those of every command are in :mod:`eigenarch.cli.options`).
 Names = Annotated[
     str,
     typer.Option(
+        metavar="NAME,...",
         help="Labels, one per input: --names I,S or --names I S.",
         show_default="the file or folder names",
     ),
@@ -43,6 +52,7 @@ Names = Annotated[
 Stages = Annotated[
     str,
     typer.Option(
+        metavar="STAGE,...",
         help="Comma-separated backbone stages of the comparison plot, e.g. layer1,layer4.",
         show_default="every backbone stage",
     ),
@@ -74,6 +84,7 @@ Out = Annotated[
 LrSteps = Annotated[
     str,
     typer.Option(
+        metavar="N,...",
         help="With --checkpoints: epochs after which the learning rate decays, e.g. 16,22.",
         show_default="the checkpoints' args.lr_steps",
     ),
@@ -108,20 +119,7 @@ Images = Annotated[
     ),
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the image sample.")]
-Layers = Annotated[
-    list[str],
-    typer.Option(
-        help="fnmatch pattern over module paths or map names (repeatable), e.g. "
-        "'backbone.body.layer4.*'."
-    ),
-]
-Sides = Annotated[str, typer.Option(help="Maps to collect: in, out or in,out.")]
-MaxChannels = Annotated[int, typer.Option(help="Skip maps wider than this (0: no limit).")]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass (per process).")]
-Workers = Annotated[
-    int, typer.Option(min=0, help="Data-loading worker processes (0: load in the main process).")
-]
-Device = Annotated[str, typer.Option(help="cpu or cuda (default: cuda if available).")]
 Drop = Annotated[
     float,
     typer.Option(help="Dropping: the count falls by more than this fraction of its first value..."),
@@ -162,9 +160,10 @@ Runs = Annotated[
 ]
 ReportOut = Annotated[Path, typer.Option(help="Folder for report.html, report.json and plots/.")]
 Maps = Annotated[
-    list[str],
+    str | None,
     typer.Option(
-        help="fnmatch pattern of maps to plot over iterations (repeatable).",
+        metavar="PATTERN,...",
+        help="fnmatch patterns of maps to plot over iterations, comma-separated.",
         show_default="those that drop or rebound most",
     ),
 ]
@@ -173,12 +172,18 @@ MaxMaps = Annotated[
     typer.Option(help="Maps in the dimensionality plot (the first 3 get an eigenspectrum plot)."),
 ]
 PlotCheckpoints = Annotated[int, typer.Option(help="Checkpoints in the eigenspectrum plot.")]
-Metrics = Annotated[str, typer.Option(help="Search budgets: the base backbone's macs, params.")]
+Metrics = Annotated[
+    str,
+    typer.Option(metavar="METRIC,...", help="Search budgets: the base backbone's macs, params."),
+]
 Multiple = Annotated[int, typer.Option(help="Searched widths are multiples of this.")]
 SearchSide = Annotated[Side, typer.Option(help="Maps the search and comparison plot use.")]
 Widths = Annotated[
-    list[Path],
-    typer.Option(help="Width spec JSON (e.g. from `eigenarch search`) to show too (repeatable)."),
+    str | None,
+    typer.Option(
+        metavar="FILE,...",
+        help="Width spec JSON files (e.g. from `eigenarch search`) to show too, comma-separated.",
+    ),
 ]
 ReportTop = Annotated[int, typer.Option(help="Most different maps listed per comparison.")]
 
@@ -224,7 +229,7 @@ def dynamics(
     split: Split = "train",
     images: Images = 1000,
     seed: Seed = 0,
-    layers: Layers = None,
+    include: Include = None,
     sides: Sides = "in,out",
     max_channels: MaxChannels = 4096,
     batch_size: BatchSize = 2,
@@ -252,7 +257,7 @@ def dynamics(
     device = parse_device(device)
     init_distributed(device)
     result = compute_dynamics(
-        run, data, split, images, seed, layers or None, parse_sides(sides), max_channels,
+        run, data, split, images, seed, comma_list(include), parse_sides(sides), max_channels,
         batch_size, workers, device, parse_threshold(threshold),
         Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
         lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
@@ -334,7 +339,7 @@ def compare(
     """
     if top < 1:
         raise EigenarchError(f"--top {top}: expected >= 1")
-    labels, chosen = _listed(names), _listed(stages)
+    labels, chosen = comma_list(names), comma_list(stages)
     comparison, written = compare_files(
         a, b, labels, parse_threshold(threshold), plot, chosen, side.value
     )
@@ -345,11 +350,6 @@ def compare(
         return
     for table in comparison_tables(comparison, top):
         Console().print(table)
-
-
-def _listed(text: str | None) -> list[str] | None:
-    """A comma-separated option's items; ``None`` when it is not given."""
-    return text.split(",") if text else None
 
 
 def report(
@@ -375,9 +375,10 @@ def report(
     chosen = metrics.split(",")
     if not chosen or any(m not in ("macs", "params") for m in chosen):
         raise EigenarchError(f"--metrics {metrics}: expected macs, params or macs,params")
+    spec_files = [Path(w) for w in comma_list(widths) or ()]
     path = write_report(
-        runs, out, _listed(names), maps or None, max_maps, checkpoints, _listed(stages), chosen,
-        multiple, side.value, widths or (), top, command_line(ctx),
+        runs, out, comma_list(names), comma_list(maps), max_maps, checkpoints,
+        comma_list(stages), chosen, multiple, side.value, spec_files, top, command_line(ctx),
     )  # fmt: skip
     console.print(f"wrote {path} (open it in a browser) and {out / 'report.json'}", highlight=False)
 
@@ -423,7 +424,7 @@ def joined_names(args: list[str], valued: set[str], count: int | None) -> list[s
     return [*args[: i + 1], ",".join(following[:count]), *following[count:], *args[end:]]
 
 
-class _NamesCommand(TyperCommand):
+class _NamesCommand(OnceCommand):
     """A command whose ``--names`` takes ``A,B`` or ``A B`` alike (:func:`joined_names`)."""
 
     count: int | None = None

@@ -9,7 +9,18 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from eigenarch.cli.options import trusting
+from eigenarch.cli.options import (
+    App,
+    AsJson,
+    Device,
+    Include,
+    MaxChannels,
+    Sides,
+    Threshold,
+    Workers,
+    comma_list,
+    trusting,
+)
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.options import parse_device, parse_sides, parse_threshold
@@ -17,7 +28,7 @@ from eigenarch.progress import console
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.spectrum.stream import collect_spectra
 
-spectrum_app = typer.Typer(
+spectrum_app = App(
     help="Eigenspectra of every conv / linear map of a model, and their intrinsic dimensions.",
     no_args_is_help=True,
 )
@@ -61,27 +72,18 @@ def collect(
         Path("spectra.safetensors"), help="Spectra file to write (and <out>.json beside it)."
     ),
     batch_size: int = typer.Option(2, help="Images per forward pass (per process)."),
-    threshold: str = typer.Option(
-        "1e-3", help="Eigenvalue threshold T of the table; 1e-3.5 means 10^-3.5."
-    ),
-    sides: str = typer.Option("in,out", help="Maps to collect: in, out or in,out."),
-    include: list[str] = typer.Option(
-        None,
-        help="fnmatch pattern over module paths or map names (repeatable), e.g. 'backbone.body.*'.",
-    ),
-    max_channels: int = typer.Option(
-        4096, help="Skip maps wider than this unless --include names them exactly (0: no limit)."
-    ),
+    threshold: Threshold = "1e-3",
+    sides: Sides = "in,out",
+    include: Include = None,
+    max_channels: MaxChannels = 4096,
     min_size: int = typer.Option(
         None,
         help="Detectors: shorter side the model's transform "
         "resizes images to (default: the model's own, 800).",
     ),
-    device: str = typer.Option(None, help="cpu or cuda (default: cuda if available)."),
-    workers: int = typer.Option(
-        2, min=0, help="Data-loading worker processes (0: load in the main process)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    device: Device = None,
+    workers: Workers = 2,
+    as_json: AsJson = False,
 ) -> None:
     """Collect eigenspectra: random images of a data set through a model, every map hooked.
 
@@ -95,7 +97,7 @@ def collect(
     cut, device = parse_threshold(threshold), parse_device(device)
     init_distributed(device)
     spectra = collect_spectra(model, data, out, weights=weights, split=split, images=images,
-                              seed=seed, batch_size=batch_size, include=include or None,
+                              seed=seed, batch_size=batch_size, include=comma_list(include),
                               sides=parse_sides(sides), max_channels=max_channels,
                               min_size=min_size, device=device, workers=workers)  # fmt: skip
     if is_main():
@@ -107,8 +109,8 @@ def collect(
 @spectrum_app.command("show")
 def show(
     file: Path = typer.Argument(..., help="Spectra file written by `eigenarch spectrum`."),
-    threshold: str = typer.Option("1e-3", help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    threshold: Threshold = "1e-3",
+    as_json: AsJson = False,
 ) -> None:
     """Re-threshold a saved spectra file (no data needed): intrinsic dimension of every map."""
     _report(Spectra.load(file), parse_threshold(threshold), as_json)

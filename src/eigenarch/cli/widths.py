@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from eigenarch.cli.options import trusting
+from eigenarch.cli.options import AsJson, Threshold, trusting
 from eigenarch.cli.tables import comparison_table, cost_table, tie_table
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import BackboneOptions, load_backbone, parse_backbone
@@ -41,15 +41,20 @@ def count(
         None, help="What `eigenarch train --backbone` takes: a name, nine widths or a spec file."
     ),
     widths: str = typer.Option(
-        None, help="Nine widths stem,b2,o2,b3,o3,b4,o4,b5,o5.", show_default="ResNet-50's"
+        None,
+        metavar="N,...",
+        help="Nine widths stem,b2,o2,b3,o3,b4,o4,b5,o5.",
+        show_default="ResNet-50's",
     ),
-    depths: str = typer.Option(None, help="Blocks per stage.", show_default="3,4,6,3"),
+    depths: str = typer.Option(
+        None, metavar="N,...", help="Blocks per stage.", show_default="3,4,6,3"
+    ),
     spec: Path = typer.Option(None, help="Width spec JSON (e.g. from `eigenarch search`)."),
     multiplier: float = typer.Option(
         None, help="Uniform width multiplier applied to the widths, each rounded to --multiple."
     ),
     multiple: int = typer.Option(32, help="Rounding multiple for --multiplier."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    as_json: AsJson = False,
 ) -> None:
     """Analytic MACs and params (conv + fc weights, 224x224 input, 1000 classes) of a backbone."""
     chosen = [o for o, v in (("--model", model), ("--backbone", backbone), ("--spec", spec))
@@ -116,11 +121,7 @@ def search(
     ),
     spectra: Path = typer.Option(None, help="Saved spectra (eigenarch.spectrum.Spectra)."),
     dims: Path = typer.Option(None, help="JSON object {map name: intrinsic dimensionality}."),
-    threshold: str = typer.Option(
-        None,
-        help="Eigenvalue threshold T for --spectra; 1e-3.5 means 10^-3.5.",
-        show_default="1e-3",
-    ),
+    threshold: Threshold = None,
     multiple: int = typer.Option(32, help="Widths are multiples of this."),
     side: Side = typer.Option(
         Side.in_,
@@ -128,7 +129,9 @@ def search(
         "a layer (out), or the larger of the two (both).",
     ),
     depths: str = typer.Option(
-        "3,4,6,3", help="Blocks per stage of the analysed ResNet (without --model)."
+        "3,4,6,3",
+        metavar="N,...",
+        help="Blocks per stage of the analysed ResNet (without --model).",
     ),
     norm: Norm = typer.Option(
         None,
