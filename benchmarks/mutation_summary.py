@@ -33,8 +33,12 @@ def main(patterns: list[str]) -> None:
     for module, c in counts.items():
         total = sum(c.values())
         ran = total - c["no tests"]
-        print(f"| `{module}` | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | "
-              f"{c['no tests']} | {100 * c['killed'] / ran:.0f} % |" if ran else "")
+        print(
+            f"| `{module}` | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | "
+            f"{c['no tests']} | {100 * c['killed'] / ran:.0f} % |"
+            if ran
+            else ""
+        )
     print(*survivors, sep="\n")
 
 

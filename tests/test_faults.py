@@ -104,9 +104,10 @@ def test_a_full_disk_during_training_keeps_the_earlier_checkpoints(small_disk, r
              "--checkpoint-every", "1"]  # fmt: skip
     assert _error(run_cli(*train)) == f"{run / 'checkpoints' / 'iter_0000002.pt'}: {FULL}"
     _no_temps(disk)
-    from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+    from eigenarch.train.checkpoint import detector_from_checkpoint
+    from eigenarch.train.rundir import RunDir
 
-    assert [i for i, _ in list_checkpoints(run)] == [0, 1]
+    assert [i for i, _ in RunDir(run).checkpoints()] == [0, 1]
     detector_from_checkpoint(run / "checkpoints" / "iter_0000001.pt")
 
 

@@ -40,12 +40,13 @@ from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
 from eigenarch.report.claims import mean_std, paper_claims, welch_p
 from eigenarch.report.compare import Comparison, compare_spectra, final_spectra
-from eigenarch.report.dynamics import compute_dynamics, load_dynamics, spectra_file
+from eigenarch.report.dynamics import compute_dynamics, load_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.spectrum import Spectra
-from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, list_checkpoints, load_checkpoint
+from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint
 from eigenarch.train.loop import TrainConfig, train_detector
 from eigenarch.train.pretrain import PretrainConfig, pretrain_classifier, resume_path
+from eigenarch.train.rundir import RunDir
 from eigenarch.widths.cost import DEFAULT_DEPTHS
 
 #: The ResNet base network: ResNet-50's depths at a quarter of its widths.
@@ -267,17 +268,15 @@ def _run_pending(
 
 
 def _trained(cfg: TrainConfig) -> dict | None:
-    path = Path(cfg.out) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunDir(cfg.out).read_metrics()
 
 
 def _train_one(cfg: TrainConfig) -> dict:
-    return train_detector(cfg, resume=bool(list_checkpoints(cfg.out)))
+    return train_detector(cfg, resume=bool(RunDir(cfg.out).checkpoints()))
 
 
 def _train_progress(cfg: TrainConfig) -> tuple[int, int]:
-    log = Path(cfg.out) / "metrics.jsonl"
-    return (len(log.read_text().splitlines()) if log.is_file() else 0), cfg.iters
+    return RunDir(cfg.out).logged_iterations(), cfg.iters
 
 
 def train_runs(configs: dict[str, TrainConfig], jobs: int = 1) -> dict[str, dict]:
@@ -341,8 +340,9 @@ def _step_analyse(demo: Demo) -> dict:
     runs = {name: demo.run(name) for name in ("I", "S")}
 
     def progress(name: str) -> tuple[int, int]:
-        found = list_checkpoints(runs[name])
-        return sum(spectra_file(runs[name], it).is_file() for it, _ in found), len(found)
+        run = RunDir(runs[name])
+        found = run.checkpoints()
+        return sum(run.spectra(it).is_file() for it, _ in found), len(found)
 
     calls = {
         name: partial(_events, run, demo.sizes.spectrum_images, demo.seed, demo.device)

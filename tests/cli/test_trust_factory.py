@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from eigenarch.train.checkpoint import list_checkpoints, save_checkpoint
+from eigenarch.train.checkpoint import save_checkpoint
+from eigenarch.train.rundir import RunDir
 
 EVIL = """
 from pathlib import Path
@@ -27,7 +28,7 @@ def poisoned(tiny_run, tmp_path, monkeypatch):
     (tmp_path / "evil.py").write_text(EVIL)
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    for _, path in list_checkpoints(run):
+    for _, path in RunDir(run).checkpoints():
         payload = torch.load(path, weights_only=True)
         payload["config"]["backbone"] = {"format": "eigenarch.backbone", "builder": "evil.py:net",
                                          "groups": {}, "norm": None}  # fmt: skip
@@ -38,7 +39,7 @@ def poisoned(tiny_run, tmp_path, monkeypatch):
 
 
 def test_a_file_naming_a_factory_runs_no_code(run_cli, poisoned, shapes_root, tmp_path):
-    checkpoint = str(list_checkpoints(poisoned)[-1][1])
+    checkpoint = str(RunDir(poisoned).checkpoints()[-1][1])
     commands = {
         "evaluate": ("evaluate", "--checkpoint", checkpoint, "--data", shapes_root),
         "spectrum": ("spectrum", "--model", checkpoint, "--data", shapes_root, "--images", "2",

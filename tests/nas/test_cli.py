@@ -11,7 +11,8 @@ import torch
 from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
 from eigenarch.nas.shufflenet import make_space, path_macs
 from eigenarch.nas.supernet import DetectionFitness
-from eigenarch.train.checkpoint import list_checkpoints, load_checkpoint
+from eigenarch.train.checkpoint import load_checkpoint
+from eigenarch.train.rundir import RunDir
 
 from .conftest import DETECTOR_ARGS, SPACE_ARGS
 
@@ -27,7 +28,7 @@ def test_supernet_search_retrain_end_to_end(shapes_root, tmp_path, run_cli, monk
     r = run_cli("detnas", "supernet", "--data", shapes_root, "--out", supernet,
                 *SPACE_ARGS, *DETECTOR_ARGS, "--iters", "2", "--holdout", "3")  # fmt: skip
     assert r.code == 0, r.stderr
-    assert [it for it, _ in list_checkpoints(supernet)] == [0, 2]
+    assert [it for it, _ in RunDir(supernet).checkpoints()] == [0, 2]
     held = json.loads((supernet / "holdout.json").read_text())["holdout"]
     assert len(held) == 3
 

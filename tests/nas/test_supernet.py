@@ -24,9 +24,10 @@ from eigenarch.nas.supernet import (
     subset,
     train_supernet,
 )
-from eigenarch.train.checkpoint import list_checkpoints, load_checkpoint
+from eigenarch.train.checkpoint import load_checkpoint
 from eigenarch.train.hooks import Hook
 from eigenarch.train.loop import IterationBatches
+from eigenarch.train.rundir import RunDir
 
 from .conftest import DETECTOR_KWARGS, TINY_SPACE
 
@@ -55,7 +56,7 @@ def test_paths_are_uniform_and_depend_on_seed_and_iteration_only():
 def test_only_the_sampled_path_is_updated(supernet_config, tmp_path):
     train_supernet(supernet_config(iters=4))
     run = tmp_path / "supernet"
-    states = {it: load_checkpoint(path) for it, path in list_checkpoints(run)}
+    states = {it: load_checkpoint(path) for it, path in RunDir(run).checkpoints()}
     assert sorted(states) == [0, 1, 2, 3, 4]
     config = states[4]["config"]
     names = [name for name, _ in build_detector(**config).named_parameters()]

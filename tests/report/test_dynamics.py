@@ -22,9 +22,9 @@ from eigenarch.report.dynamics import (
     compute_dynamics,
     find_events,
     load_dynamics,
-    spectra_file,
 )
 from eigenarch.spectrum import Spectra
+from eigenarch.train.rundir import RunDir
 
 MILESTONES = (60_000, 80_000)  # the 1x schedule: 90k iterations
 ITERS = list(range(0, 90_001, 10_000))
@@ -124,13 +124,13 @@ def test_dynamics_of_a_run_with_known_events(analysed_runs, known):
     kinds = [(e.kind, e.iteration, e.milestone) for e in target.events]
     assert kinds == [("dropping", 10, None), ("rebounding", 30, 27)]
     # The stored spectra are those of each checkpoint: knocked-out channels are zero.
-    spectra = Spectra.load(spectra_file(analysed_runs["A"], 10))
+    spectra = Spectra.load(RunDir(analysed_runs["A"]).spectra(10))
     cov = spectra.covariance(known.target + ":out")
     assert not cov[4:].any() and cov[:4].diagonal().gt(0).all()
     assert spectra.samples(known.target + ":out") == known.images
     assert all(
         target.dims[k]
-        == Spectra.load(spectra_file(analysed_runs["A"], it)).intrinsic_dim(known.target + ":out")
+        == Spectra.load(RunDir(analysed_runs["A"]).spectra(it)).intrinsic_dim(known.target + ":out")
         for k, it in enumerate(known.iterations)
     )
     unchanged = load_dynamics(analysed_runs["B"])
@@ -248,8 +248,8 @@ def test_two_processes_equal_one(analysed_runs, known, copy_run, tmp_path):
     for m in double.maps:
         assert (m.dims, m.events) == (single.map(m.name).dims, single.map(m.name).events)
     for iteration in known.iterations:
-        one = Spectra.load(spectra_file(analysed_runs["A"], iteration))
-        two = Spectra.load(spectra_file(run, iteration))
+        one = Spectra.load(RunDir(analysed_runs["A"]).spectra(iteration))
+        two = Spectra.load(RunDir(run).spectra(iteration))
         assert two.meta["images"] == known.images
         for name in two.names:
             assert two.samples(name) == one.samples(name)

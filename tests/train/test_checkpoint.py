@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from eigenarch.errors import EigenarchError
-from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
+from eigenarch.train.checkpoint import detector_from_checkpoint, load_checkpoint
+from eigenarch.train.rundir import RunDir
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def run(tiny_run, tmp_path):
 
 
 def _last(run):
-    return list_checkpoints(run)[-1][1]
+    return RunDir(run).checkpoints()[-1][1]
 
 
 def _one_line(result, *parts: str) -> str:

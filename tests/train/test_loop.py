@@ -11,8 +11,9 @@ import torchvision.models.detection.roi_heads as roi_heads
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import output_lock
-from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+from eigenarch.train.checkpoint import detector_from_checkpoint
 from eigenarch.train.loop import Trainer, train_detector
+from eigenarch.train.rundir import RunDir
 
 from .conftest import TINY_ARGS
 
@@ -22,7 +23,7 @@ def test_training_lowers_the_loss_and_keeps_checkpoints(tiny_config, tmp_path, l
     run = tmp_path / "run"
     losses = [entry["loss"] for entry in logged_steps(run)]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    assert [it for it, _ in list_checkpoints(run)] == [0, 3, 6]
+    assert [it for it, _ in RunDir(run).checkpoints()] == [0, 3, 6]
     assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert json.loads((run / "metrics.json").read_text()) == metrics
     model, payload = detector_from_checkpoint(run / "checkpoints" / "iter_0000006.pt")
@@ -47,7 +48,7 @@ def test_resume_after_a_kill_repeats_the_uninterrupted_run(
         train_detector(tiny_config("killed"))
     monkeypatch.setattr(Trainer, "run_step", original)
     killed = tmp_path / "killed"
-    assert [it for it, _ in list_checkpoints(killed)] == [0, 2]
+    assert [it for it, _ in RunDir(killed).checkpoints()] == [0, 2]
     train_detector(tiny_config("killed", seed=123), resume=True)  # saved settings win
     assert logged_steps(killed) == logged_steps(tmp_path / "whole")
     a = torch.load(killed / "checkpoints" / "iter_0000004.pt", weights_only=True)["model"]
@@ -68,7 +69,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tiny_config, tmp_pa
     monkeypatch.setattr(roi_heads, "fastrcnn_loss", poisoned)
     with pytest.raises(EigenarchError, match="non-finite loss at iteration 3.*iter_0000002.pt"):
         train_detector(tiny_config("nan"))
-    assert [it for it, _ in list_checkpoints(tmp_path / "nan")] == [0, 2]
+    assert [it for it, _ in RunDir(tmp_path / "nan").checkpoints()] == [0, 2]
 
 
 def test_mask_rcnn_trains_and_reports_segm(tiny_config):

@@ -15,8 +15,9 @@ from eigenarch.evaluation.coco import evaluate_detections
 from eigenarch.io import atomic_write_json, check_writable, output_file
 from eigenarch.options import parse_device
 from eigenarch.progress import console
-from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints
+from eigenarch.train.checkpoint import detector_from_checkpoint
 from eigenarch.train.evaluate import evaluate_model
+from eigenarch.train.rundir import RunDir
 
 
 def _model_metrics(
@@ -36,8 +37,8 @@ def _model_metrics(
     dataset = CocoDetection.from_root(data, split, masks=masks)
     if dataset.category_ids != payload["data"].get("category_ids"):
         raise EigenarchError(f"{data}: categories differ from those {checkpoint} was trained on")
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-    out = out or (run_dir or checkpoint.parent) / "eval" / f"{checkpoint.stem}-{split}"
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == RunDir.CHECKPOINTS else None
+    out = out or (run_dir or checkpoint.parent) / RunDir.EVAL / f"{checkpoint.stem}-{split}"
     check_writable(out, folder=not _is_file(out))  # before the pass over the data
     iou_types = ("bbox", "segm") if masks else ("bbox",)
     device_ = local_device(device)
@@ -92,7 +93,7 @@ def evaluate(
         metrics = evaluate_detections(annotation_file, detections, iou_types=comma_list(iou_type))
     else:
         if run is not None:
-            found = list_checkpoints(run)
+            found = RunDir(run).checkpoints()
             if not found:
                 raise EigenarchError(f"--run {run}: no checkpoints/iter_*.pt in it")
             checkpoint = found[-1][1]
@@ -102,7 +103,7 @@ def evaluate(
     if is_main():
         console.print(metrics_table(metrics))
         if out is not None:
-            target = out if _is_file(out) else out / "metrics.json"
+            target = out if _is_file(out) else out / RunDir.METRICS
             if detections is not None or _is_file(out):  # else evaluate_model wrote it
                 atomic_write_json(target, metrics)
             console.print(f"metrics written to {target}", highlight=False)

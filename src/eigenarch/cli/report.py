@@ -32,6 +32,7 @@ from eigenarch.report.compare import Comparison
 from eigenarch.report.dynamics import Criteria, RunDynamics, compute_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.report.pairs import compare_files
+from eigenarch.train.rundir import RunDir
 
 
 class Side(str, Enum):
@@ -57,7 +58,7 @@ Stages = Annotated[
         show_default="every backbone stage",
     ),
 ]
-RunDir = Annotated[Path, typer.Option(help="Run folder of `eigenarch train` (with checkpoints/).")]
+RunFolder = Annotated[Path, typer.Option(help="Run folder of `eigenarch train` (with checkpoints/).")]
 Checkpoints = Annotated[
     str,
     typer.Option(
@@ -218,7 +219,7 @@ def dynamics_table(result: RunDynamics, flagged: bool) -> Table:
 
 
 def dynamics(
-    run: RunDir = None,
+    run: RunFolder = None,
     checkpoints: Checkpoints = None,
     model: Model = None,
     out: Out = None,
@@ -272,7 +273,7 @@ def dynamics(
     events = sum(len(m.events) for m in result.maps)
     console.print(
         f"{len(result.maps)} maps, {len(result.iterations)} checkpoints, {events} event(s); "
-        f"wrote {Path(result.run) / 'dynamics.json'}",
+        f"wrote {RunDir(result.run).dynamics_file}",
         highlight=False,
     )
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import os
 import random
@@ -65,7 +64,7 @@ from eigenarch.nas.shufflenet import (
 )
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.stream import sample_images
-from eigenarch.train.checkpoint import checkpoint_path, load_checkpoint
+from eigenarch.train.checkpoint import load_checkpoint
 from eigenarch.train.evaluate import predict
 from eigenarch.train.hooks import Hook
 from eigenarch.train.loop import (
@@ -87,6 +86,7 @@ from eigenarch.train.pretrain import (
     Resume,
     pretrain_classifier,
 )
+from eigenarch.train.rundir import RunDir
 
 
 def sample_path(space: SearchSpace, seed: int, iteration: int) -> tuple[int, ...]:
@@ -185,7 +185,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     space, path = read_detnas_config(cfg.backbone)
     if path is not None:
         raise EigenarchError("supernet training needs a supernet description (path null)")
-    run_dir, device, schedule = Path(cfg.out), local_device(cfg.device), run_schedule(cfg)
+    run, device, schedule = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg)
     full = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     train_ids, held_ids = holdout_split(full.image_ids, cfg.holdout, cfg.seed)
 
@@ -193,8 +193,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
         cfg, full.num_classes, schedule, device, resume
     )
     if not resume and is_main():
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        atomic_write_json(run_dir / "holdout.json", {"train": train_ids, "holdout": held_ids})
+        atomic_write_json(run.config_file, cfg.to_dict())
+        atomic_write_json(run.holdout_file, {"train": train_ids, "holdout": held_ids})
     payload = run_payload(config, cfg, full, holdout_ids=held_ids)
     ddp_model: nn.Module = model
     if is_distributed() and device.type == "cuda" and cfg.sync_bn:
@@ -214,7 +214,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
         device,
         cfg.seed,
         payload,
-        functools.partial(checkpoint_path, run_dir),
+        run.checkpoint,
         space=space,
     )
     if start == 0:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from eigenarch.errors import EigenarchError
-from eigenarch.report.dynamics import DYNAMICS_FILE, load_dynamics, spectra_file
+from eigenarch.report.dynamics import load_dynamics
 from eigenarch.spectrum import Spectra
-from eigenarch.train.checkpoint import list_checkpoints
+from eigenarch.train.rundir import RunDir
 
 PARTS = ("backbone", "FPN", "RPN", "heads")
 _STAGE = re.compile(r"(?:^|\.)(layer\d+)(?:\.|$)")
@@ -242,14 +242,15 @@ def final_spectra(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    found = list_checkpoints(path)
-    if not found and (path / DYNAMICS_FILE).is_file():
+    run = RunDir(path)
+    found = run.checkpoints()
+    if not found and run.dynamics_file.is_file():
         dynamics = load_dynamics(path)
         return dynamics.spectra_path(dynamics.iterations[-1])
     if not found:
         raise EigenarchError(f"{path}: neither a spectra file nor a run folder with checkpoints")
     iteration = found[-1][0]
-    target = spectra_file(path, iteration)
+    target = run.spectra(iteration)
     if not target.is_file():
         raise EigenarchError(
             f"{path}: no spectra of its last checkpoint (iteration {iteration}); compute them "

@@ -31,13 +31,12 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, check_writable, lock_holder
 from eigenarch.options import command_line
 from eigenarch.progress import console
-from eigenarch.report.runs import TrainingRun, train_config, training_run
+from eigenarch.report.runs import TrainingRun, training_run
 from eigenarch.spectrum import Spectra
 from eigenarch.spectrum.spectra import read_info
 from eigenarch.spectrum.stream import sample_images, stream_spectra
+from eigenarch.train.rundir import RunDir
 
-SPECTRA_DIR = "spectra"
-DYNAMICS_FILE = "dynamics.json"
 FORMAT = "eigenarch-dynamics"
 
 
@@ -191,7 +190,7 @@ class RunDynamics:
 
     def save(self) -> Path:
         """Write ``RUN_DIR/dynamics.json`` atomically."""
-        return atomic_write_json(Path(self.run) / DYNAMICS_FILE, self.to_dict())
+        return atomic_write_json(RunDir(self.run).dynamics_file, self.to_dict())
 
 
 def analyse(
@@ -229,10 +228,10 @@ def analyse(
 
 def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
     """Read ``RUN_DIR/dynamics.json`` written by ``eigenarch dynamics``."""
-    path = Path(run_dir) / DYNAMICS_FILE
+    path = RunDir(run_dir).dynamics_file
     if not path.is_file():
         raise EigenarchError(
-            f"{run_dir}: no {DYNAMICS_FILE}; compute it with `eigenarch dynamics --run {run_dir}`"
+            f"{run_dir}: no {path.name}; compute it with `eigenarch dynamics --run {run_dir}`"
         )
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -281,19 +280,15 @@ def dynamics_command(source: Mapping[str, Any], settings: Mapping[str, Any]) -> 
     return command_line(["eigenarch", "dynamics"], options, repeat=("layers",))
 
 
-def spectra_file(run_dir: str | os.PathLike[str], iteration: int) -> Path:
-    """``RUN_DIR/spectra/iter_XXXXXXX.safetensors``: the spectra of one checkpoint."""
-    return Path(run_dir) / SPECTRA_DIR / f"iter_{iteration:07d}.safetensors"
-
-
 def run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's settings: the ``config.json`` of a run of ``eigenarch train``, or, for another's
     training analysed by ``eigenarch dynamics --checkpoints``, what its checkpoints hold."""
-    if not (Path(run_dir) / "config.json").is_file() and (Path(run_dir) / DYNAMICS_FILE).is_file():
+    run = RunDir(run_dir)
+    if not run.has_config() and run.dynamics_file.is_file():
         trained = load_dynamics(run_dir).trained
         if trained is not None:
             return trained
-    return train_config(run_dir)
+    return run.read_config()
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -319,7 +314,7 @@ def _checkpoint_spectra(
     same settings, else streamed and saved (rank 0)."""
     dataset, chosen = None, []
     for k, (iteration, path) in enumerate(training.checkpoints):
-        target = spectra_file(training.out, iteration)
+        target = RunDir(training.out).spectra(iteration)
         key = {**settings, "checkpoint": _stamp(path)}
         if _cached(target, key):
             yield target, Spectra.load(target)
@@ -423,7 +418,7 @@ def compute_dynamics(
     if training.model is not None:  # what the spectra of another's checkpoints depend on too
         settings.update(model=training.model, min_size=min_size)
     if is_main():  # a read-only or full run folder fails now, not after the data passes
-        check_writable(training.out / "spectra", folder=True)
+        check_writable(training.out / RunDir.SPECTRA, folder=True)
     found = list(_checkpoint_spectra(training, settings, workers, device))
     dims, channels = _dimension_series([spectra for _, spectra in found], threshold)
     files = [str(target.relative_to(training.out)) for target, _ in found]

@@ -42,6 +42,7 @@ from eigenarch.report.plots import (
 )
 from eigenarch.spectrum import Spectra
 from eigenarch.train.loop import train_command
+from eigenarch.train.rundir import RunDir
 from eigenarch.widths.inflation import INFLATION, inflated_widths
 
 STYLE = """
@@ -573,16 +574,15 @@ def _run_section(page: Page, run: _Run, chosen: Sequence[str], checkpoints: int)
     # Another's run (torchvision references' checkpoints) was not trained by eigenarch train.
     made = [] if run.dyn.trained is not None else [train_command(run.config)]
     page.code("\n".join([*made, run.dyn.command]))
-    settings = "config.json" if run.dyn.trained is None else "the checkpoints' args"
+    settings = RunDir.CONFIG if run.dyn.trained is None else "the checkpoints' args"
     page.table(
         f"{_ident(run.label)}-settings",
         ["setting", "value"],
         [(k, json.dumps(v)) for k, v in run.config.items()],
         f"{run.label}: training settings ({settings})",
     )
-    metrics_file = run.path / "metrics.json"
-    if metrics_file.is_file():
-        final = json.loads(metrics_file.read_text(encoding="utf-8"))
+    final = RunDir(run.path).read_metrics()
+    if final is not None:
         page.summary["runs"][run.label]["metrics"] = final
         rows = [
             (t, k, "n/a" if _is_number(v) and v < 0 else v)  # pycocotools' -1: no such object

@@ -30,7 +30,8 @@ from eigenarch.io import load_torch_fields
 from eigenarch.models.backbone import Backbone, backbone_from_dict
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.spectrum.stream import build_model
-from eigenarch.train.checkpoint import detector_from_checkpoint, list_checkpoints, load_checkpoint
+from eigenarch.train.checkpoint import detector_from_checkpoint, load_checkpoint
+from eigenarch.train.rundir import RunDir
 from eigenarch.train.schedule import make_schedule
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
 
@@ -75,20 +76,6 @@ class TrainingRun:
         return ResiaNetBackbone(RESNET50_WIDTHS, DEFAULT_DEPTHS, norm, 32, {"name": self.model})
 
 
-def train_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run's ``config.json`` (the settings of ``eigenarch train``)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise EigenarchError(f"{run_dir}: no config.json (not a run folder of `eigenarch train`)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EigenarchError(f"{path}: not valid JSON") from None
-    if not isinstance(config, dict):
-        raise EigenarchError(f"{path}: expected a JSON object")
-    return config
-
-
 def run_schedule(config: Mapping[str, Any]) -> tuple[int, list[int]]:
     """``(iterations, learning-rate decay iterations)`` of a run's schedule."""
     try:
@@ -106,13 +93,13 @@ def run_schedule(config: Mapping[str, Any]) -> tuple[int, list[int]]:
 
 def our_run(run_dir: str | os.PathLike[str]) -> TrainingRun:
     """A run folder of ``eigenarch train``: its checkpoints and schedule, in iterations."""
-    run = Path(run_dir)
-    config = train_config(run)
-    checkpoints = list_checkpoints(run)
+    run = RunDir(run_dir)
+    config = run.read_config()
+    checkpoints = run.checkpoints()
     if not checkpoints:
-        raise EigenarchError(f"{run}: no checkpoints/iter_XXXXXXX.pt files")
+        raise EigenarchError(f"{run.path}: no checkpoints/iter_XXXXXXX.pt files")
     length, milestones = run_schedule(config)
-    return TrainingRun(run, checkpoints, length, milestones, {"run": str(run)},
+    return TrainingRun(run.path, checkpoints, length, milestones, {"run": str(run.path)},
                        data=config.get("data"))  # fmt: skip
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,26 +16,10 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_path, load_torch
 from eigenarch.models.detector import build_detector
 from eigenarch.progress import console
+from eigenarch.train.rundir import RunDir
 
 DETECTOR_FORMAT = "eigenarch.detector"
 CLASSIFIER_FORMAT = "eigenarch.classifier"
-_ITER_FILE = re.compile(r"^iter_(\d{7})\.pt$")
-
-
-def checkpoint_path(run_dir: str | os.PathLike[str], iteration: int) -> Path:
-    """``RUN_DIR/checkpoints/iter_XXXXXXX.pt``."""
-    return Path(run_dir) / "checkpoints" / f"iter_{iteration:07d}.pt"
-
-
-def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """A run's checkpoints as ``(iteration, path)``, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    found = []
-    for path in folder.glob("iter_*.pt") if folder.is_dir() else []:
-        match = _ITER_FILE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
@@ -131,9 +114,10 @@ def _shape(value: Any) -> str:
 
 def restore_latest(run_dir: str | os.PathLike[str], model, optimizer) -> int:
     """Load a run's last checkpoint into ``model`` and ``optimizer``; returns its iteration."""
-    found = list_checkpoints(run_dir)
+    run = RunDir(run_dir)
+    found = run.checkpoints()
     if not found:
-        raise EigenarchError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+        raise EigenarchError(f"--resume: no checkpoint in {run.path / run.CHECKPOINTS}")
     state = restore_checkpoint(found[-1][1], model, optimizer)
     if is_main():
         console.print(f"resuming {run_dir} from iteration {state['iteration']}", highlight=False)

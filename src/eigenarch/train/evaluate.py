@@ -14,6 +14,7 @@ from eigenarch.distributed import all_gather_objects, is_main, rank, world_size
 from eigenarch.evaluation import evaluate_detections, predictions_to_coco
 from eigenarch.io import atomic_write_json
 from eigenarch.progress import progress_bar
+from eigenarch.train.rundir import RunDir
 
 
 @torch.no_grad()
@@ -75,5 +76,5 @@ def evaluate_model(
             out=out / "detections.json" if out else None,
         )
         if out is not None:
-            atomic_write_json(out / "metrics.json", metrics)
+            atomic_write_json(out / RunDir.METRICS, metrics)
     return all_gather_objects(metrics)[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,15 +34,13 @@ from eigenarch.distributed import (
     world_size,
 )
 from eigenarch.errors import EigenarchError
-from eigenarch.io import atomic_write_json, output_lock, read_json_object
+from eigenarch.io import atomic_write_json, output_lock
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
 from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
 from eigenarch.options import command_line
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
-    checkpoint_path,
-    list_checkpoints,
     restore_latest,
     save_checkpoint,
 )
@@ -55,6 +52,7 @@ from eigenarch.train.hooks import (
     PeriodicCheckpointer,
     PeriodicEvaluator,
 )
+from eigenarch.train.rundir import RunDir
 from eigenarch.train.sampling import image_seeded_samplers
 from eigenarch.train.schedule import Schedule, make_schedule
 
@@ -199,7 +197,9 @@ def holds_output(folder: bool = True) -> Callable[[Callable[..., T]], Callable[.
                 refused = None
                 if launch_rank() == 0:
                     try:
-                        stack.enter_context(output_lock(cfg.out, folder=folder))
+                        stack.enter_context(
+                            RunDir(cfg.out).lock() if folder else output_lock(cfg.out, folder=False)
+                        )
                     except EigenarchError as exc:
                         refused = str(exc)
                 if is_distributed():  # every rank ends with the first one's refusal
@@ -412,13 +412,11 @@ def train_command(config: dict[str, Any]) -> str:
 def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str = "training"):
     """The ``config_class`` saved in ``run_dir/config.json``, with ``out=run_dir`` (for
     ``--resume``)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise EigenarchError(f"--resume: {path} not found (is {run_dir} a {what} run?)")
-    saved = read_json_object(path, f"{what} settings")
+    run = RunDir(run_dir)
+    saved = run.read_config(what)
     backbone = saved.get("backbone")
     if isinstance(backbone, str) and is_factory(backbone):  # a data file runs no code
-        check_trusted(backbone, str(path))
+        check_trusted(backbone, str(run.config_file))
     tuples = {k: tuple(saved[k]) for k in ("anchor_sizes", "proposals") if k in saved}
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
@@ -426,13 +424,7 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
 def run_device(out: str | Path, resume: bool, device: str) -> str:
     """The device a run trains on: ``device``, or with ``resume`` the one its
     ``config.json`` saved (``device`` if it cannot be read: the run's own checks say why)."""
-    path = Path(out) / "config.json"
-    if resume and path.is_file():
-        try:
-            return str(json.loads(path.read_text()).get("device", device))
-        except (ValueError, AttributeError):
-            pass
-    return device
+    return RunDir(out).saved_device(device) if resume else device
 
 
 def start_run(
@@ -443,7 +435,7 @@ def start_run(
     run_dir = Path(cfg.out)
     if resume:
         cfg = load_run_config(run_dir, config_class, what)
-    elif list_checkpoints(run_dir):
+    elif RunDir(run_dir).checkpoints():
         raise EigenarchError(
             f"--out {run_dir}: already holds a run; use --resume or another folder"
         )
@@ -481,7 +473,7 @@ def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") 
     """The hooks of every training run: LR schedule, metrics log and bar, checkpoints."""
     return [
         LRScheduler(schedule),
-        MetricsLogger(Path(cfg.out) / "metrics.jsonl", description=description),
+        MetricsLogger(RunDir(cfg.out).log_file, description=description),
         PeriodicCheckpointer(cfg.checkpoint_every),
     ]
 
@@ -496,7 +488,7 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
     """
     cfg = start_run(cfg, resume)
-    run_dir, device, schedule = Path(cfg.out), local_device(cfg.device), run_schedule(cfg)
+    run, device, schedule = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg)
     train_set = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     val_set = CocoDetection.from_root(cfg.data, "val", masks=cfg.masks, verbose=is_main())
     if val_set.category_ids != train_set.category_ids:
@@ -506,17 +498,13 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg, train_set.num_classes, schedule, device, resume
     )
     if not resume and is_main():
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        atomic_write_json(run.config_file, cfg.to_dict())
     payload = run_payload(config, cfg, train_set)
     ddp_model = distributed_model(model, device)
     iou_types = ("bbox", "segm") if cfg.masks else ("bbox",)
 
     def evaluate(iteration: int) -> dict:
-        out = (
-            run_dir
-            if iteration == schedule.iterations
-            else run_dir / "eval" / f"iter_{iteration:07d}"
-        )
+        out = run.path if iteration == schedule.iterations else run.evaluation(iteration)
         return evaluate_model(model, val_set, device, iou_types, out_dir=out)
 
     trainer = Trainer(
@@ -528,21 +516,12 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         device,
         cfg.seed,
         payload,
-        functools.partial(checkpoint_path, run_dir),
+        run.checkpoint,
     )
     if start == 0:
         trainer.save_checkpoint(0)
     if init_info is not None and is_main():
-        atomic_write_json(
-            run_dir / "init.json", {k: v for k, v in init_info.items() if k != "unmatched"}
-        )
-    with lost_rank_as_error(lambda: _resume_hint(run_dir)):
+        atomic_write_json(run.init_file, {k: v for k, v in init_info.items() if k != "unmatched"})
+    with lost_rank_as_error(run.resume_hint):
         trainer.train(cfg.workers)
         return evaluate(schedule.iterations)
-
-
-def _resume_hint(run_dir: Path) -> str:
-    """Where a stopped run resumes from, as an error message's tail."""
-    found = list_checkpoints(run_dir)
-    last = f"the last complete checkpoint is {found[-1][1].name}" if found else "no checkpoint"
-    return f"; {last}; resume with --resume"
