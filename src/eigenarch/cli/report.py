@@ -58,7 +58,9 @@ Stages = Annotated[
         show_default="every backbone stage",
     ),
 ]
-RunFolder = Annotated[Path, typer.Option(help="Run folder of `eigenarch train` (with checkpoints/).")]
+RunFolder = Annotated[
+    Path, typer.Option(help="Run folder of `eigenarch train` (with checkpoints/).")
+]
 Checkpoints = Annotated[
     str,
     typer.Option(
