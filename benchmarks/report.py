@@ -28,11 +28,11 @@ from eigenarch.report.dynamics import compute_dynamics
 from eigenarch.report.html import write_report
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
-    checkpoint_path,
     detector_from_config,
     save_checkpoint,
 )
 from eigenarch.train.loop import TrainConfig, model_config
+from eigenarch.train.rundir import RunDir
 
 
 def make_run(root: Path, checkpoints: int, size: int) -> Path:
@@ -51,7 +51,7 @@ def make_run(root: Path, checkpoints: int, size: int) -> Path:
     for k in range(checkpoints):
         payload = {"format": DETECTOR_FORMAT, "config": config, "train": cfg.to_dict(),
                    "data": {}, "model": state, "iteration": 1000 * k}  # fmt: skip
-        save_checkpoint(checkpoint_path(run, 1000 * k), payload)
+        save_checkpoint(RunDir(run).checkpoint(1000 * k), payload)
         state = {n: v + 0.02 * v.std() * torch.randn_like(v) if v.is_floating_point()
                  and v.numel() > 1 else v for n, v in state.items()}  # fmt: skip
     return run

@@ -21,11 +21,11 @@ from eigenarch.data.coco import CocoDetection
 from eigenarch.report.dynamics import Criteria, compute_dynamics
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
-    checkpoint_path,
     detector_from_config,
     save_checkpoint,
 )
 from eigenarch.train.loop import TrainConfig, model_config
+from eigenarch.train.rundir import RunDir
 
 TARGET = "backbone.body.layer1.0.conv3"
 ITERATIONS = (0, 10, 20, 30, 40)
@@ -67,7 +67,7 @@ def make_run(out, data, seed: int, knock_out: bool):
             "model": state,
             "iteration": iteration,
         }
-        save_checkpoint(checkpoint_path(out, iteration), payload)
+        save_checkpoint(RunDir(out).checkpoint(iteration), payload)
     return out
 
 
