@@ -23,8 +23,9 @@ import torch
 from eigenarch.data.coco import CocoDetection, collate_detection
 from eigenarch.data.shapes import ShapesConfig, generate_shapes
 from eigenarch.models.detector import build_detector
-from eigenarch.train.hooks import LRScheduler, MetricsLogger, PeriodicCheckpointer
-from eigenarch.train.loop import IterationBatches, Trainer
+from eigenarch.train.engine import Trainer
+from eigenarch.train.hooks import LRScheduler, MetricsWriter, PeriodicCheckpointer, ProgressBar
+from eigenarch.train.loop import IterationBatches
 from eigenarch.train.schedule import make_schedule
 
 MODEL = dict(
@@ -74,7 +75,8 @@ def ours(dataset, state, iters, batch_size, workers, folder: Path) -> float:
     schedule = make_schedule("1x", batch_size, iterations=iters)
     hooks = [
         LRScheduler(schedule),
-        MetricsLogger(folder / "metrics.jsonl"),
+        MetricsWriter(folder / "metrics.jsonl"),
+        ProgressBar(),
         PeriodicCheckpointer(0),
     ]
     trainer = Trainer(

@@ -16,8 +16,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.detector import build_detector
 from eigenarch.nas.shufflenet import ShuffleNetV2, choice_blocks, detnas_config, set_path
 from eigenarch.nas.supernet import (
-    SupernetClassifierTrainer,
-    SupernetTrainer,
+    PathSampling,
     holdout_split,
     recalibrate_bn,
     sample_path,
@@ -25,8 +24,9 @@ from eigenarch.nas.supernet import (
     train_supernet,
 )
 from eigenarch.train.checkpoint import load_checkpoint
-from eigenarch.train.hooks import Hook
+from eigenarch.train.engine import Hook, Trainer
 from eigenarch.train.loop import IterationBatches
+from eigenarch.train.pretrain import ClassifierTrainer
 from eigenarch.train.rundir import RunDir
 
 from .conftest import DETECTOR_KWARGS, TINY_SPACE
@@ -144,9 +144,8 @@ def test_sampled_paths_continue_after_a_resume():
             paths.append(tuple(b.active for b in choice_blocks(supernet)))
 
     optimizer = torch.optim.SGD(supernet.parameters(), lr=0.01)
-    trainer = SupernetClassifierTrainer(
-        supernet, optimizer, batches, 12, [Paths()], torch.device("cpu"), 2, space=TINY_SPACE
-    )
+    hooks = [PathSampling(TINY_SPACE), Paths()]
+    trainer = ClassifierTrainer(supernet, optimizer, batches, 12, hooks, torch.device("cpu"), 2)
     trainer.train()
     assert paths == [sample_path(TINY_SPACE, 2, step) for step in (10, 11)]
 
@@ -160,17 +159,17 @@ def test_supernet_training_refuses_a_single_path(supernet_config):
 
 def test_a_killed_supernet_run_resumes_exactly(supernet_config, tmp_path, monkeypatch):
     train_supernet(supernet_config("whole", iters=4))
-    original = SupernetTrainer.run_step
+    original = Trainer.run_step
 
     def killed_at_iteration_3(self, images, targets):
         if self.iter == 2:
             raise KeyboardInterrupt
         original(self, images, targets)
 
-    monkeypatch.setattr(SupernetTrainer, "run_step", killed_at_iteration_3)
+    monkeypatch.setattr(Trainer, "run_step", killed_at_iteration_3)
     with pytest.raises(KeyboardInterrupt):
         train_supernet(supernet_config("killed", iters=4))
-    monkeypatch.setattr(SupernetTrainer, "run_step", original)
+    monkeypatch.setattr(Trainer, "run_step", original)
     train_supernet(supernet_config("killed", seed=9), resume=True)  # saved settings win
     losses = [
         [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").open()]

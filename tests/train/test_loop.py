@@ -12,7 +12,8 @@ import torchvision.models.detection.roi_heads as roi_heads
 from eigenarch.errors import EigenarchError
 from eigenarch.io import output_lock
 from eigenarch.train.checkpoint import detector_from_checkpoint
-from eigenarch.train.loop import Trainer, train_detector
+from eigenarch.train.engine import Trainer
+from eigenarch.train.loop import train_detector
 from eigenarch.train.rundir import RunDir
 
 from .conftest import TINY_ARGS

@@ -32,9 +32,9 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from eigenarch.data.coco import CocoDetection, collate_detection
 from eigenarch.distributed import (
     all_gather_objects,
-    is_distributed,
     is_main,
     local_device,
+    lost_rank_as_error,
     rank,
     world_size,
 )
@@ -62,30 +62,13 @@ from eigenarch.nas.shufflenet import (
     read_detnas_config,
     set_path,
 )
-from eigenarch.progress import console, progress_bar
+from eigenarch.progress import progress_bar
 from eigenarch.spectrum.stream import sample_images
 from eigenarch.train.checkpoint import load_checkpoint
+from eigenarch.train.engine import Hook, Trainer
 from eigenarch.train.evaluate import predict
-from eigenarch.train.hooks import Hook
-from eigenarch.train.loop import (
-    TrainConfig,
-    Trainer,
-    distributed_model,
-    holds_output,
-    own_rng,
-    prepare_model,
-    run_batches,
-    run_hooks,
-    run_payload,
-    run_schedule,
-    start_run,
-)
-from eigenarch.train.pretrain import (
-    ClassifierTrainer,
-    PretrainConfig,
-    Resume,
-    pretrain_classifier,
-)
+from eigenarch.train.loop import TrainConfig, detector_trainer, holds_output, own_rng, start_run
+from eigenarch.train.pretrain import PretrainConfig, Resume, pretrain_classifier
 from eigenarch.train.rundir import RunDir
 
 
@@ -119,40 +102,22 @@ def subset(dataset: CocoDetection, image_ids: Sequence[int]) -> CocoDetection:
     return part
 
 
-class PathSampling:
-    """A :class:`Trainer` mix-in: each step trains one sampled path of the supernet.
-
-    Step ``k`` runs ``sample_path(space, seed, k)``, so a resumed run samples what an
-    uninterrupted one would, the same path on every rank. After the backward pass the
-    gradients of the parameters off the path are set to ``None``: SGD then skips them (no
-    weight decay, no momentum).
-    """
+class PathSampling(Hook):
+    """Each step trains one sampled path of the supernet: step ``k`` runs
+    ``sample_path(space, seed, k)``, so a resumed run samples what an uninterrupted one
+    would, the same path on every rank. After the backward pass the gradients of the
+    parameters off the path are set to ``None``: SGD then skips them (no weight decay, no
+    momentum)."""
 
     unused_parameters = True
 
-    def __init__(self, *args: Any, space: SearchSpace, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, space: SearchSpace) -> None:
         self.space = space
         self.path: tuple[int, ...] | None = None
-        self.hooks.append(OffPathGradients())
 
-    def run_step(self, images: Any, targets: Any) -> None:
-        self.path = sample_path(self.space, self.seed, self.iter)
-        set_path(self.model, self.path)
-        super().run_step(images, targets)
-
-
-class SupernetTrainer(PathSampling, Trainer):
-    """Trains a supernet detector, one sampled path per step."""
-
-
-class SupernetClassifierTrainer(PathSampling, ClassifierTrainer):
-    """Pre-trains a supernet classifier, one sampled path per step."""
-
-
-class OffPathGradients(Hook):
-    """After the backward pass, drops the gradients of the modules off the sampled path:
-    SGD then skips them (no weight decay, no momentum)."""
+    def before_step(self, trainer: Trainer) -> None:
+        self.path = sample_path(self.space, trainer.seed, trainer.iter)
+        set_path(trainer.model, self.path)
 
     def after_backward(self, trainer: Trainer) -> None:
         for parameter in off_path_parameters(trainer.model):
@@ -185,43 +150,17 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     space, path = read_detnas_config(cfg.backbone)
     if path is not None:
         raise EigenarchError("supernet training needs a supernet description (path null)")
-    run, device, schedule = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg)
     full = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     train_ids, held_ids = holdout_split(full.image_ids, cfg.holdout, cfg.seed)
-
-    config, model, optimizer, start, _ = prepare_model(
-        cfg, full.num_classes, schedule, device, resume
-    )
-    if not resume and is_main():
-        atomic_write_json(run.config_file, cfg.to_dict())
-        atomic_write_json(run.holdout_file, {"train": train_ids, "holdout": held_ids})
-    payload = run_payload(config, cfg, full, holdout_ids=held_ids)
-    ddp_model: nn.Module = model
-    if is_distributed() and device.type == "cuda" and cfg.sync_bn:
-        ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif is_distributed() and is_main():
-        console.print("SyncBN needs GPUs: each process keeps its own BatchNorm statistics")
-    # find_unused_parameters: the choices off the sampled path get no gradient
-    ddp_model = distributed_model(
-        ddp_model, device, find_unused_parameters=SupernetTrainer.unused_parameters
-    )
-    trainer = SupernetTrainer(
-        ddp_model,
-        optimizer,
-        run_batches(subset(full, train_ids), cfg, start, schedule.iterations),
-        schedule.iterations,
-        run_hooks(cfg, schedule, "supernet"),
-        device,
-        cfg.seed,
-        payload,
-        run.checkpoint,
-        space=space,
-    )
-    if start == 0:
-        trainer.save_checkpoint(0)
-    trainer.train(cfg.workers)
+    held = {RunDir(cfg.out).holdout_file: {"train": train_ids, "holdout": held_ids}}
+    trainer = detector_trainer(
+        cfg, resume, subset(full, train_ids), [PathSampling(space)], held, "supernet",
+        cfg.sync_bn, holdout_ids=held_ids,
+    )  # fmt: skip
+    with lost_rank_as_error(RunDir(cfg.out).resume_hint):
+        trainer.train(cfg.workers)
     return {
-        "iterations": schedule.iterations,
+        "iterations": trainer.max_iter,
         "train_images": len(train_ids),
         "holdout_images": len(held_ids),
         "loss": trainer.losses.get("loss"),
@@ -442,4 +381,4 @@ def pretrain_supernet(cfg: PretrainConfig, resume: bool | Resume = False) -> dic
     space, path = read_detnas_config(cfg.backbone)
     if path is not None:
         raise EigenarchError("supernet pre-training needs a supernet description (path null)")
-    return pretrain_classifier(cfg, resume, SupernetClassifierTrainer, space=space)
+    return pretrain_classifier(cfg, resume, hooks=[PathSampling(space)])

@@ -1,10 +1,6 @@
-"""Hooks of the training loop (detectron2 style).
-
-A hook overrides any of ``before_train``, ``before_step``, ``after_backward``,
-``after_step`` and ``after_train``; each receives the :class:`~eigenarch.train.loop.Trainer`,
-whose ``iter`` is the iteration being run (0-based), ``max_iter`` the run's length and
-``losses`` the last step's losses. ``after_train`` runs also when training stops on an error
-or an interruption: close files and bars there, do no work that needs a finished run.
+"""The standard hooks of :class:`~eigenarch.train.engine.Trainer` (see
+:mod:`eigenarch.train.engine` for what a hook may override): the learning-rate schedule,
+the metrics file, the progress bar, periodic checkpoints and evaluations.
 """
 
 from __future__ import annotations
@@ -13,34 +9,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from eigenarch.distributed import is_main, mean_over_ranks
 from eigenarch.io import atomic_write_text
 from eigenarch.progress import progress_bar
+from eigenarch.train.engine import Hook, Trainer
 from eigenarch.train.schedule import Schedule
-
-if TYPE_CHECKING:
-    from eigenarch.train.loop import Trainer
-
-
-class Hook:
-    """Base hook: every method does nothing; override the ones you need."""
-
-    def before_train(self, trainer: Trainer) -> None:
-        """Called once before the first iteration (also after a resume)."""
-
-    def before_step(self, trainer: Trainer) -> None:
-        """Called before each iteration."""
-
-    def after_backward(self, trainer: Trainer) -> None:
-        """Called after each backward pass, before the optimizer step (change gradients)."""
-
-    def after_step(self, trainer: Trainer) -> None:
-        """Called after each iteration, with ``trainer.losses`` set."""
-
-    def after_train(self, trainer: Trainer) -> None:
-        """Called once when training ends: after the last iteration, or on a failure."""
 
 
 class LRScheduler(Hook):
@@ -55,55 +29,69 @@ class LRScheduler(Hook):
             group["lr"] = lr
 
 
-class MetricsLogger(Hook):
-    """Appends losses (averaged over ranks) to ``metrics.jsonl`` (unless ``path`` is None)
-    and drives the progress bar.
+class MetricsWriter(Hook):
+    """Appends the losses (averaged over ranks), the learning rate and the time every
+    ``every`` iterations (and after the last) to ``path``, one JSON line each (rank 0).
 
     On a resume, lines past the starting iteration are dropped so none is repeated.
     """
 
-    def __init__(self, path: str | Path | None, every: int = 1, description: str = "train") -> None:
-        self.path = Path(path) if path is not None else None
+    def __init__(self, path: str | Path, every: int = 1) -> None:
+        self.path = Path(path)
         self.every = every
-        self.description = description
 
     def before_train(self, trainer: Trainer) -> None:
-        if is_main() and self.path is not None:
+        self._file = None
+        if is_main():
             kept = []
             if self.path.is_file():
                 lines = self.path.read_text().splitlines()
                 kept = [ln for ln in lines if json.loads(ln).get("iteration", 0) <= trainer.iter]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self._file = self.path.open("a") if is_main() and self.path is not None else None
-        self._bar = progress_bar(disable=not is_main())
-        self._bar.start()
-        self._task = self._bar.add_task(
-            self.description, total=trainer.max_iter, completed=trainer.iter
-        )
+            self._file = self.path.open("a")
         self._start = time.perf_counter()
 
     def after_step(self, trainer: Trainer) -> None:
         done = trainer.iter + 1
         if done % self.every and done != trainer.max_iter:
-            self._bar.update(self._task, completed=done)
             return
-        losses = mean_over_ranks(trainer.losses, trainer.device)
-        lr = trainer.optimizer.param_groups[0]["lr"]
+        losses = mean_over_ranks(trainer.losses, trainer.device)  # every rank takes part
         if self._file is not None:
             record = {
                 "iteration": done,
                 **losses,
-                "lr": lr,
+                "lr": trainer.optimizer.param_groups[0]["lr"],
                 "time": round(time.perf_counter() - self._start, 3),
             }
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
-        self._bar.update(self._task, completed=done, info=f"loss {losses['loss']:.3f} lr {lr:.4g}")
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class ProgressBar(Hook):
+    """A progress bar of the iterations (rank 0), with this process's loss and the
+    learning rate."""
+
+    def __init__(self, description: str = "train") -> None:
+        self.description = description
+
+    def before_train(self, trainer: Trainer) -> None:
+        self._bar = progress_bar(disable=not is_main())
+        self._bar.start()
+        self._task = self._bar.add_task(
+            self.description, total=trainer.max_iter, completed=trainer.iter
+        )
+
+    def after_step(self, trainer: Trainer) -> None:
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        info = f"loss {trainer.losses['loss']:.3f} lr {lr:.4g}"
+        self._bar.update(self._task, completed=trainer.iter + 1, info=info)
 
     def after_train(self, trainer: Trainer) -> None:
         self._bar.stop()
-        if self._file is not None:
-            self._file.close()
 
 
 class PeriodicCheckpointer(Hook):

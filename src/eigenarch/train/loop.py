@@ -24,7 +24,6 @@ from torch import nn
 from eigenarch.data.coco import CocoDetection, collate_detection, hflip
 from eigenarch.distributed import (
     all_gather_objects,
-    barrier,
     is_distributed,
     is_main,
     launch_rank,
@@ -39,21 +38,21 @@ from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_d
 from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
 from eigenarch.options import command_line
+from eigenarch.progress import console
 from eigenarch.train.checkpoint import (
     DETECTOR_FORMAT,
     restore_latest,
-    save_checkpoint,
 )
+from eigenarch.train.engine import Checkpointer, Hook, Trainer
 from eigenarch.train.evaluate import evaluate_model
 from eigenarch.train.hooks import (
-    Hook,
     LRScheduler,
-    MetricsLogger,
+    MetricsWriter,
     PeriodicCheckpointer,
     PeriodicEvaluator,
+    ProgressBar,
 )
 from eigenarch.train.rundir import RunDir
-from eigenarch.train.sampling import image_seeded_samplers
 from eigenarch.train.schedule import Schedule, make_schedule
 
 MOMENTUM = 0.9
@@ -213,130 +212,6 @@ def holds_output(folder: bool = True) -> Callable[[Callable[..., T]], Callable[.
     return hold
 
 
-def finite_on_all_ranks(loss: torch.Tensor) -> bool:
-    """Whether ``loss`` is finite on every rank (one all-reduce under ``torch.distributed``),
-    so that every rank stops together, before any weight is touched."""
-    finite = torch.isfinite(loss.detach()).to(torch.float32)
-    if is_distributed():
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return bool(finite.item())
-
-
-class Trainer:
-    """Runs SGD steps ``batches.start`` .. ``max_iter - 1`` of a model, calling hooks around
-    each step.
-
-    Override :meth:`compute_losses` for another model (a classifier's cross-entropy; a
-    detector's own loss dict here), :meth:`run_step` for another step (a supernet's path
-    sampling); add behaviour with :class:`~eigenarch.train.hooks.Hook` subclasses
-    (``after_backward`` to change gradients before the update). Checkpoints hold
-    ``payload``, the weights, the optimizer and the iteration, at ``checkpoint_file(it)``.
-    """
-
-    #: Whether a step leaves some parameters without a gradient (DDP must look for them).
-    unused_parameters = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        batches: IterationBatches,
-        max_iter: int,
-        hooks: Sequence[Hook],
-        device: torch.device,
-        seed: int,
-        payload: dict[str, Any] | None = None,
-        checkpoint_file: Callable[[int], Path] | None = None,
-    ) -> None:
-        self.model, self.optimizer, self.batches = model, optimizer, batches
-        self.max_iter, self.hooks, self.device, self.seed = max_iter, list(hooks), device, seed
-        self.payload, self.checkpoint_file = payload or {}, checkpoint_file
-        self.iter = batches.start
-        self.losses: dict[str, float] = {}
-        self.samplers = image_seeded_samplers(model)
-        resumed = checkpoint_file(batches.start) if checkpoint_file and batches.start else None
-        self.last_checkpoint = resumed if resumed is not None and resumed.is_file() else None
-
-    def train(self, workers: int = 0) -> None:
-        """Run from ``batches.start`` to ``max_iter``; every hook's ``after_train`` runs
-        however the loop ends (a finished run, an error, Ctrl-C)."""
-        loader = torch.utils.data.DataLoader(
-            self.batches,
-            batch_size=None,
-            num_workers=workers,
-            prefetch_factor=2 if workers else None,
-        )
-        self.model.train()
-        for hook in self.hooks:
-            hook.before_train(self)
-        try:
-            for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
-                self.iter = iteration
-                for hook in self.hooks:
-                    hook.before_step(self)
-                self.run_step(images, targets)
-                for hook in self.hooks:
-                    hook.after_step(self)
-        finally:
-            for hook in self.hooks:
-                hook.after_train(self)
-
-    def compute_losses(self, images: Any, targets: Any) -> dict[str, torch.Tensor]:
-        """The losses of one batch, to be summed and minimised: a detector's, from lists of
-        images and targets. Override for another model."""
-        images = [image.to(self.device) for image in images]
-        targets = [
-            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
-            for t in targets
-        ]
-        return self.model(images, targets)
-
-    def run_step(self, images: Any, targets: Any) -> None:
-        """One SGD step: seed the model's sampling, forward, check, backward, update."""
-        # RPN / RoI sampling: seeded per image of the global batch; anything else random in
-        # the model (dropout) draws from the global generator, seeded per iteration and rank.
-        for sampler in self.samplers:
-            sampler.start(self.seed, self.iter, rank() * len(images))
-        torch.manual_seed(self.seed * 1_000_003 + self.iter * world_size() + rank())
-        losses = self.compute_losses(images, targets)
-        total = sum(losses.values())
-        # Stop every rank if any rank's loss is not finite, before the weights are touched.
-        if not finite_on_all_ranks(total):
-            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise EigenarchError(
-                f"non-finite loss at iteration {self.iter + 1} ({parts}); stopped, the last "
-                f"good checkpoint is kept: {self.last_checkpoint or 'none'}"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        for hook in self.hooks:
-            hook.after_backward(self)
-        self.optimizer.step()
-        self.losses = {
-            "loss": float(total.detach()),
-            **{k: float(v.detach()) for k, v in losses.items()},
-        }
-
-    def save_checkpoint(self, iteration: int) -> None:
-        """Write the checkpoint of ``iteration`` (rank 0; all ranks wait for it)."""
-        if self.checkpoint_file is None:
-            return
-        path = self.checkpoint_file(iteration)
-        if is_main():
-            model = self.model.module if hasattr(self.model, "module") else self.model
-            save_checkpoint(
-                path,
-                {
-                    **self.payload,
-                    "model": model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "iteration": iteration,
-                },
-            )
-        self.last_checkpoint = path
-        barrier()
-
-
 def model_config(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     """The keyword arguments of :func:`build_detector` that rebuild this run's model."""
     detectron = str(cfg.init).endswith(".pkl")
@@ -470,12 +345,58 @@ def distributed_model(model: nn.Module, device: torch.device, **options: Any) ->
 
 
 def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") -> list[Hook]:
-    """The hooks of every training run: LR schedule, metrics log and bar, checkpoints."""
+    """The hooks of every training run: LR schedule, metrics file, bar, checkpoints."""
     return [
         LRScheduler(schedule),
-        MetricsLogger(RunDir(cfg.out).log_file, description=description),
+        MetricsWriter(RunDir(cfg.out).log_file),
+        ProgressBar(description),
         PeriodicCheckpointer(cfg.checkpoint_every),
     ]
+
+
+def detector_trainer(
+    cfg: TrainConfig,
+    resume: bool,
+    dataset: CocoDetection,
+    hooks: Sequence[Hook] = (),
+    files: dict[Path, Any] | None = None,
+    description: str = "train",
+    sync_bn: bool = False,
+    **data: Any,
+) -> Trainer:
+    """The :class:`Trainer` of the detector run ``cfg`` (settings as :func:`start_run`
+    returned them) on ``dataset``: the model built (or restored, with ``resume``), the
+    run's hooks plus ``hooks``, ``config.json`` and ``files`` (path -> JSON) written on a
+    new run, checkpoint 0 saved. ``data`` goes into every checkpoint's ``data``; ``sync_bn``
+    converts BatchNorm to SyncBatchNorm under torchrun on GPUs."""
+    run, device, schedule = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg)
+    config, model, optimizer, start, init_info = prepare_model(
+        cfg, dataset.num_classes, schedule, device, resume
+    )
+    if not resume and is_main():
+        for path, obj in {run.config_file: cfg.to_dict(), **(files or {})}.items():
+            atomic_write_json(path, obj)
+    if init_info is not None and is_main():
+        atomic_write_json(run.init_file, {k: v for k, v in init_info.items() if k != "unmatched"})
+    wrapped: nn.Module = model
+    if is_distributed() and device.type == "cuda" and sync_bn:
+        wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif is_distributed() and sync_bn and is_main():
+        console.print("SyncBN needs GPUs: each process keeps its own BatchNorm statistics")
+    unused = any(hook.unused_parameters for hook in hooks)  # DDP must look for them
+    trainer = Trainer(
+        distributed_model(wrapped, device, find_unused_parameters=unused),
+        optimizer,
+        run_batches(dataset, cfg, start, schedule.iterations),
+        schedule.iterations,
+        [*run_hooks(cfg, schedule, description), *hooks],
+        device,
+        cfg.seed,
+        Checkpointer(run_payload(config, cfg, dataset, **data), run.checkpoint),
+    )
+    if start == 0:
+        trainer.save_checkpoint(0)
+    return trainer
 
 
 @holds_output()
@@ -488,40 +409,21 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
     """
     cfg = start_run(cfg, resume)
-    run, device, schedule = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg)
+    run, device, length = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg).iterations
     train_set = CocoDetection.from_root(cfg.data, "train", masks=cfg.masks, verbose=is_main())
     val_set = CocoDetection.from_root(cfg.data, "val", masks=cfg.masks, verbose=is_main())
     if val_set.category_ids != train_set.category_ids:
         raise EigenarchError(f"{cfg.data}: train and val splits have different categories")
-
-    config, model, optimizer, start, init_info = prepare_model(
-        cfg, train_set.num_classes, schedule, device, resume
-    )
-    if not resume and is_main():
-        atomic_write_json(run.config_file, cfg.to_dict())
-    payload = run_payload(config, cfg, train_set)
-    ddp_model = distributed_model(model, device)
     iou_types = ("bbox", "segm") if cfg.masks else ("bbox",)
 
     def evaluate(iteration: int) -> dict:
-        out = run.path if iteration == schedule.iterations else run.evaluation(iteration)
+        out = run.path if iteration == length else run.evaluation(iteration)
+        model = getattr(trainer.model, "module", trainer.model)  # not DDP's wrapper
         return evaluate_model(model, val_set, device, iou_types, out_dir=out)
 
-    trainer = Trainer(
-        ddp_model,
-        optimizer,
-        run_batches(train_set, cfg, start, schedule.iterations),
-        schedule.iterations,
-        [*run_hooks(cfg, schedule), PeriodicEvaluator(evaluate, cfg.eval_every)],
-        device,
-        cfg.seed,
-        payload,
-        run.checkpoint,
+    trainer = detector_trainer(
+        cfg, resume, train_set, [PeriodicEvaluator(evaluate, cfg.eval_every)]
     )
-    if start == 0:
-        trainer.save_checkpoint(0)
-    if init_info is not None and is_main():
-        atomic_write_json(run.init_file, {k: v for k, v in init_info.items() if k != "unmatched"})
     with lost_rank_as_error(run.resume_hint):
         trainer.train(cfg.workers)
-        return evaluate(schedule.iterations)
+        return evaluate(length)

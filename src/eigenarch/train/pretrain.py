@@ -10,6 +10,7 @@ classifier checkpoint that ``eigenarch train --init`` reads.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ from eigenarch.train.checkpoint import (
     restore_state,
     save_checkpoint,
 )
-from eigenarch.train.hooks import Hook, LRScheduler, MetricsLogger, PeriodicCheckpointer
+from eigenarch.train.engine import Checkpointer, Hook, Trainer
+from eigenarch.train.hooks import LRScheduler, PeriodicCheckpointer, ProgressBar
 from eigenarch.train.loop import (
     MOMENTUM,
     IterationBatches,
-    Trainer,
     distributed_model,
     holds_output,
     own_rng,
@@ -194,16 +195,14 @@ def load_resume(out: str | Path) -> Resume:
 def pretrain_classifier(
     cfg: PretrainConfig,
     resume: bool | Resume = False,
-    trainer_class: type[Trainer] = ClassifierTrainer,
-    **trainer_options: Any,
+    hooks: Sequence[Hook] = (),
 ) -> dict[str, Any]:
     """Pre-train ``cfg.backbone`` as a classifier (with ``resume``, continue the unfinished
     run writing ``cfg.out``, with its saved settings: ``True`` reads them, a :class:`Resume`
     has them); writes ``cfg.out``; returns its summary
     (``history`` per epoch, the last ``val_accuracy`` (top-1) and ``val_top5``).
 
-    ``trainer_class`` (a :class:`ClassifierTrainer`) with ``trainer_options`` runs the
-    steps (a DetNAS supernet samples a path per step).
+    ``hooks`` join the run's own (a DetNAS supernet's path sampling).
     """
     if resume is True:
         resume = load_resume(cfg.out)
@@ -228,22 +227,22 @@ def pretrain_classifier(
         train_set, cfg.batch_size, cfg.seed, start, iterations, _hflip, default_collate
     )
     val_loader = _val_loader(val_set, cfg)
-    trainer = trainer_class(
-        distributed_model(model, device, find_unused_parameters=trainer_class.unused_parameters),
+    unused = any(hook.unused_parameters for hook in hooks)  # DDP must look for them
+    trainer = ClassifierTrainer(
+        distributed_model(model, device, find_unused_parameters=unused),
         optimizer,
         batches,
         iterations,
         [
             LRScheduler(schedule),
-            MetricsLogger(None, description="pretrain"),
+            ProgressBar("pretrain"),
             EpochEvaluator(model, val_loader, epoch_iters, history),
             PeriodicCheckpointer(epoch_iters),
+            *hooks,
         ],
         device,
         cfg.seed,
-        payload,
-        lambda iteration: resume_path(cfg.out),
-        **trainer_options,
+        Checkpointer(payload, lambda iteration: resume_path(cfg.out)),
     )
     trainer.train(cfg.workers)
     summary = {"epochs": cfg.epochs, "history": history, **_last(history)}

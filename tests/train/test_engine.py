@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from eigenarch.train.hooks import Hook
-from eigenarch.train.loop import Trainer
+from eigenarch.train.checkpoint import load_checkpoint
+from eigenarch.train.engine import Checkpointer, Hook, Trainer
+from eigenarch.train.hooks import MetricsWriter, PeriodicCheckpointer, ProgressBar
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -81,3 +84,35 @@ def test_after_train_runs_when_training_stops():
         _trainer(hook).train()
     assert hook.calls == ["before_train", "before_step 0", "after_backward 0", "after_step 0",
                           "before_step 1", "after_train"]  # fmt: skip
+
+
+def test_the_checkpointer_writes_payload_weights_optimizer_and_iteration(tmp_path):
+    checkpointer = Checkpointer(
+        {"format": "test", "data": {"k": 1}}, lambda i: tmp_path / f"{i}.pt"
+    )
+    checkpointer.resumed_from(2)
+    assert checkpointer.last is None  # no file of iteration 2: nothing to fall back on
+    model = _Model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.25), _Batches(), 3,
+                      [PeriodicCheckpointer(2)], torch.device("cpu"), 0, checkpointer)  # fmt: skip
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.pt", "3.pt"]  # every 2, the last
+    saved = load_checkpoint(tmp_path / "3.pt", expect="test")
+    assert saved["format"] == "test" and saved["data"] == {"k": 1} and saved["iteration"] == 3
+    assert torch.equal(saved["model"]["w"], model.w.detach())
+    assert "state" in saved["optimizer"] and trainer.last_checkpoint() == tmp_path / "3.pt"
+    resumed = Checkpointer({}, lambda i: tmp_path / f"{i}.pt")
+    resumed.resumed_from(2)
+    assert resumed.last == tmp_path / "2.pt"
+    assert _trainer(Recorder()).last_checkpoint() is None  # no checkpointer: none written
+
+
+def test_the_metrics_file_and_the_bar_are_separate_hooks(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    trainer = _trainer(MetricsWriter(log, every=2))
+    trainer.train()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [2, 3]  # every 2 and the last
+    assert set(records[0]) == {"iteration", "loss", "loss_sq", "lr", "time"}
+    _trainer(ProgressBar("bar only")).train()  # a bar writes no file
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
