@@ -1,4 +1,4 @@
-"""Options several commands share, defined once: ``--trust-factory``."""
+"""Options several commands share, defined once: ``--trust-factory``, ``--no-tensorboard``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ TrustFactory = Annotated[
         help="Let a checkpoint, config.json or width spec name this factory "
         "(file.py:factory, package.module:factory): its code runs. Repeat for several.",
         show_default=False,
+    ),
+]
+TensorBoard = Annotated[
+    bool,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="Write TensorBoard event files with the output (tensorboard --logdir FOLDER).",
     ),
 ]
 Command = TypeVar("Command", bound=Callable[..., Any])

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from eigenarch.cli.options import trusting
+from eigenarch.cli.options import TensorBoard, trusting
 from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
@@ -73,6 +73,7 @@ def train(
         2, min=0, help="Data-loading worker processes (0: load in the main process)."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)."),
+    tensorboard: TensorBoard = True,
     resume: bool = typer.Option(
         False, help="Continue OUT's run from its last checkpoint with its saved settings."
     ),
@@ -113,6 +114,7 @@ def pretrain(
         2, min=0, help="Data-loading worker processes (0: load in the main process)."
     ),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    tensorboard: TensorBoard = True,
     resume: bool = typer.Option(
         False, help="Continue the unfinished run writing OUT (OUT.resume) with its settings."
     ),

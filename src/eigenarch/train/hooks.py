@@ -57,7 +57,7 @@ class LRScheduler(Hook):
 
 class MetricsLogger(Hook):
     """Appends losses (averaged over ranks) to ``metrics.jsonl`` (unless ``path`` is None)
-    and drives the progress bar.
+    and drives the progress bar; the line logged is also ``trainer.metrics``.
 
     On a resume, lines past the starting iteration are dropped so none is repeated.
     """
@@ -89,14 +89,14 @@ class MetricsLogger(Hook):
             return
         losses = mean_over_ranks(trainer.losses, trainer.device)
         lr = trainer.optimizer.param_groups[0]["lr"]
+        trainer.metrics = {
+            "iteration": done,
+            **losses,
+            "lr": lr,
+            "time": round(time.perf_counter() - self._start, 3),
+        }
         if self._file is not None:
-            record = {
-                "iteration": done,
-                **losses,
-                "lr": lr,
-                "time": round(time.perf_counter() - self._start, 3),
-            }
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(trainer.metrics) + "\n")
             self._file.flush()
         self._bar.update(self._task, completed=done, info=f"loss {losses['loss']:.3f} lr {lr:.4g}")
 
@@ -119,8 +119,9 @@ class PeriodicCheckpointer(Hook):
 
 
 class PeriodicEvaluator(Hook):
-    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) before the last;
-    the run's final evaluation is the caller's, once :meth:`Trainer.train` has returned."""
+    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) before the last,
+    adding its metrics to ``trainer.metrics``; the run's final evaluation is the caller's,
+    once :meth:`Trainer.train` has returned."""
 
     def __init__(self, evaluate: Callable[[int], dict], every: int = 0) -> None:
         self.evaluate = evaluate
@@ -129,4 +130,4 @@ class PeriodicEvaluator(Hook):
     def after_step(self, trainer: Trainer) -> None:
         done = trainer.iter + 1
         if self.every and done % self.every == 0 and done != trainer.max_iter:
-            self.evaluate(done)
+            trainer.metrics.update(self.evaluate(done))

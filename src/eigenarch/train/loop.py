@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +58,7 @@ from eigenarch.train.hooks import (
 )
 from eigenarch.train.sampling import image_seeded_samplers
 from eigenarch.train.schedule import Schedule, make_schedule
+from eigenarch.train.tensorboard import TensorBoardWriter, append_scalars
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -99,6 +101,7 @@ class TrainConfig:
     flip: bool = True
     workers: int = 2
     device: str = "cpu"
+    tensorboard: bool = True
 
     @property
     def masks(self) -> bool:
@@ -253,6 +256,8 @@ class Trainer:
         self.payload, self.checkpoint_file = payload or {}, checkpoint_file
         self.iter = batches.start
         self.losses: dict[str, float] = {}
+        self.metrics: dict[str, Any] = {}  # the step's logged values (hooks add to them)
+        self.data_time = self.step_time = 0.0  # seconds of the step: waiting for data, run
         self.samplers = image_seeded_samplers(model)
         resumed = checkpoint_file(batches.start) if checkpoint_file and batches.start else None
         self.last_checkpoint = resumed if resumed is not None and resumed.is_file() else None
@@ -270,13 +275,17 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         try:
+            fetched = time.perf_counter()
             for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
-                self.iter = iteration
+                self.iter, self.data_time = iteration, time.perf_counter() - fetched
                 for hook in self.hooks:
                     hook.before_step(self)
+                started = time.perf_counter()
                 self.run_step(images, targets)
+                self.step_time = time.perf_counter() - started
                 for hook in self.hooks:
                     hook.after_step(self)
+                fetched = time.perf_counter()
         finally:
             for hook in self.hooks:
                 hook.after_train(self)
@@ -406,7 +415,8 @@ NOT_OPTIONS = ("flip",)
 def train_command(config: dict[str, Any]) -> str:
     """The ``eigenarch train`` command line of a run's settings (its ``config.json``)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_OPTIONS)
-    return command_line(["eigenarch", "train"], {k: v for k, v in config.items() if k in names})
+    options = {k: v for k, v in config.items() if k in names}
+    return command_line(["eigenarch", "train"], options, on_by_default=("tensorboard",))
 
 
 def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str = "training"):
@@ -477,12 +487,18 @@ def distributed_model(model: nn.Module, device: torch.device, **options: Any) ->
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, **options)
 
 
-def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") -> list[Hook]:
-    """The hooks of every training run: LR schedule, metrics log and bar, checkpoints."""
+def run_hooks(
+    cfg: TrainConfig, schedule: Schedule, *extra: Hook, description: str = "train"
+) -> list[Hook]:
+    """The hooks of every training run: LR schedule, metrics log and bar, checkpoints, the
+    ``extra`` ones (evaluators), and last the TensorBoard writer (``cfg.tensorboard``)."""
+    board = [TensorBoardWriter(cfg.out)] if cfg.tensorboard else []
     return [
         LRScheduler(schedule),
         MetricsLogger(Path(cfg.out) / "metrics.jsonl", description=description),
         PeriodicCheckpointer(cfg.checkpoint_every),
+        *extra,
+        *board,
     ]
 
 
@@ -492,8 +508,9 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.
 
     Writes ``config.json``, ``checkpoints/iter_XXXXXXX.pt`` (iteration 0 = the initial
-    weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl``, and the final
-    ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
+    weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl`` (and TensorBoard
+    events, :mod:`eigenarch.train.tensorboard`), and the final ``metrics.json`` /
+    ``detections.json`` of the val split. Only rank 0 writes.
     """
     cfg = start_run(cfg, resume)
     run_dir, device, schedule = Path(cfg.out), local_device(cfg.device), run_schedule(cfg)
@@ -524,7 +541,7 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         optimizer,
         run_batches(train_set, cfg, start, schedule.iterations),
         schedule.iterations,
-        [*run_hooks(cfg, schedule), PeriodicEvaluator(evaluate, cfg.eval_every)],
+        run_hooks(cfg, schedule, PeriodicEvaluator(evaluate, cfg.eval_every)),
         device,
         cfg.seed,
         payload,
@@ -538,7 +555,10 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
         )
     with lost_rank_as_error(lambda: _resume_hint(run_dir)):
         trainer.train(cfg.workers)
-        return evaluate(schedule.iterations)
+        metrics = evaluate(schedule.iterations)
+        if cfg.tensorboard and is_main():
+            append_scalars(run_dir, schedule.iterations, metrics)
+        return metrics
 
 
 def _resume_hint(run_dir: Path) -> str:
