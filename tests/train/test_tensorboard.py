@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import pytest
 
 from eigenarch.evaluation.coco import COCO_METRICS
 from eigenarch.train.loop import Trainer, train_command, train_detector
 from eigenarch.train.tensorboard import event_writer
 
-from .conftest import TINY_ARGS
+from .conftest import TINY_ARGS, f32
 
 EVENTS = "events.out.tfevents.*"
-
-
-def f32(value: float) -> float:
-    """``value`` as a TensorBoard scalar holds it (float32)."""
-    return float(np.float32(value))
 
 
 def jsonl(run) -> list[dict]:
