@@ -72,10 +72,11 @@ def event_writer(
         from torch.utils.tensorboard import SummaryWriter  # tensorboard loads only when used
 
         writer = SummaryWriter(str(target), purge_step=purge_step)
-    try:
-        yield writer
-    finally:
-        writer.close()
+    with unwritable_as_error(target):  # the writing thread's error comes at a write or close
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 def append_scalars(folder: str | os.PathLike[str], step: int, values: Mapping[str, Any]) -> None:
@@ -125,8 +126,9 @@ class TensorBoardWriter(Hook):
         if self._writer is None or trainer.metrics.get("iteration") != step:
             return
         timing = {"time": trainer.data_time + trainer.step_time, "data_time": trainer.data_time}
-        for tag, value in {**scalars(trainer.metrics), **timing}.items():
-            self._writer.add_scalar(tag, value, step)
+        with unwritable_as_error(self.folder):
+            for tag, value in {**scalars(trainer.metrics), **timing}.items():
+                self._writer.add_scalar(tag, value, step)
 
     def after_train(self, trainer: Trainer) -> None:
         self._writer = None
