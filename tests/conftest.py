@@ -107,6 +107,22 @@ def logged_steps():
     return _logged_steps
 
 
+@pytest.fixture
+def tensorboard_events():
+    """``folder -> ({tag: [(step, value), ...]} of its scalars, the accumulator)``, as
+    TensorBoard's own ``EventAccumulator`` reads the event files there (histograms: from
+    the accumulator)."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    def read(folder):
+        keep_all = {ea.SCALARS: 0, ea.HISTOGRAMS: 0}  # 0: every event, not a sample
+        events = ea.EventAccumulator(str(folder), size_guidance=keep_all).Reload()
+        tags = events.Tags()["scalars"]
+        return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags}, events
+
+    return read
+
+
 #: The reason a ``read_only`` folder gives: EROFS (root) or EACCES (anyone else).
 REFUSED = r"\((Read-only file system|Permission denied)\)"
 

@@ -85,20 +85,24 @@ def parse_device(text: str | None) -> str:
     return device
 
 
-def command_line(words: list[str], options: dict[str, Any], repeat: tuple[str, ...] = ()) -> str:
+def command_line(
+    words: list[str],
+    options: dict[str, Any],
+    on_by_default: tuple[str, ...] = (),
+) -> str:
     """``eigenarch VERB --name value ...`` of ``options`` (``name_x`` -> ``--name-x``;
-    ``None`` and ``False`` left out, ``True`` a bare flag, a list comma-joined, or one
-    ``--name`` per item for names in ``repeat``), quoted for a POSIX shell."""
+    ``None`` and ``False`` left out, ``True`` a bare flag, a list comma-joined; flags
+    ``on_by_default``: ``True`` left out, ``False`` as ``--no-name``), quoted for a POSIX
+    shell."""
     parts = list(words)
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
+        if key in on_by_default:
+            parts += [] if value else ["--no-" + flag[2:]]
+        elif value is None or value is False:
             continue
-        if value is True:
+        elif value is True:
             parts.append(flag)
-        elif key in repeat:
-            for item in value:
-                parts += [flag, str(item)]
         elif isinstance(value, list | tuple):
             parts += [flag, ",".join(map(str, value))]
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,11 +24,19 @@ SEARCH_ARGS = [
 CLI_SPACE = make_space(1, 8, (16, 32, 48, 64), (1, 1, 2, 1))
 
 
-def test_supernet_search_retrain_end_to_end(shapes_root, tmp_path, run_cli, monkeypatch):
+def test_supernet_search_retrain_end_to_end(
+    shapes_root, tmp_path, run_cli, monkeypatch, tensorboard_events
+):
     supernet = tmp_path / "supernet"
     r = run_cli("detnas", "supernet", "--data", shapes_root, "--out", supernet,
                 *SPACE_ARGS, *DETECTOR_ARGS, "--iters", "2", "--holdout", "3")  # fmt: skip
     assert r.code == 0, r.stderr
+    lines = [json.loads(line) for line in (supernet / "metrics.jsonl").read_text().splitlines()]
+    found, _ = tensorboard_events(supernet)  # the metrics log's losses and lr, and timings
+    losses = [key for key in lines[0] if key.startswith("loss_")]
+    assert set(found) == {*losses, "total_loss", "lr", "time", "data_time"}
+    for tag, key in [("total_loss", "loss"), ("lr", "lr"), *((k, k) for k in losses)]:
+        assert found[tag] == [(line["iteration"], float(np.float32(line[key]))) for line in lines]
     assert [it for it, _ in RunDir(supernet).checkpoints()] == [0, 2]
     held = json.loads((supernet / "holdout.json").read_text())["holdout"]
     assert len(held) == 3
@@ -73,8 +82,9 @@ def test_supernet_search_retrain_end_to_end(shapes_root, tmp_path, run_cli, monk
 
     retrain = tmp_path / "retrain"
     r = run_cli("detnas", "retrain", "--path", search, "--data", shapes_root, "--out", retrain,
-                *DETECTOR_ARGS, "--iters", "2")  # fmt: skip
+                *DETECTOR_ARGS, "--iters", "2", "--no-tensorboard")  # fmt: skip
     assert r.code == 0, r.stderr
+    assert not list(retrain.glob("events.out.tfevents.*"))
     metrics = json.loads((retrain / "metrics.json").read_text())
     assert 0 <= metrics["bbox"]["AP"] <= 1
     payload = load_checkpoint(retrain / "checkpoints" / "iter_0000002.pt")
@@ -85,19 +95,24 @@ def test_supernet_search_retrain_end_to_end(shapes_root, tmp_path, run_cli, monk
     assert r.code == 0, r.stderr
 
 
-def test_supernet_pretraining_initialises_the_detection_supernet(tmp_path, shapes_root, run_cli):
+def test_supernet_pretraining_initialises_the_detection_supernet(
+    tmp_path, shapes_root, run_cli, tensorboard_events
+):
     images = tmp_path / "cls"
     generate_shapes_cls(images, ShapesClsConfig(1, 1, size=32), workers=1)
     weights = tmp_path / "supernet-cls.pt"
     r = run_cli("detnas", "pretrain", "--data", images, "--out", weights, *SPACE_ARGS,
-                "--epochs", "1", "--batch-size", "8", "--size", "32", "--workers", "0")  # fmt: skip
+                "--epochs", "1", "--batch-size", "8", "--size", "32", "--workers", "0",
+                "--no-tensorboard")  # fmt: skip
     assert r.code == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cls", "supernet-cls.pt"]
     pretrained = load_checkpoint(weights, expect="eigenarch.classifier")["model"]
     assert any(".choices.3." in key for key in pretrained)
     r = run_cli("detnas", "supernet", "--data", shapes_root, "--out", tmp_path / "sn",
                 *SPACE_ARGS, *DETECTOR_ARGS, "--iters", "1", "--holdout", "2",
                 "--init", weights)  # fmt: skip
     assert r.code == 0, r.stderr
+    assert [step for step, _ in tensorboard_events(tmp_path / "sn")[0]["total_loss"]] == [1]
     start = load_checkpoint(tmp_path / "sn" / "checkpoints" / "iter_0000000.pt")["model"]
     key = "stage2.0.choices.1.main.0.weight"
     assert torch.equal(start["backbone.body." + key], pretrained[key])

@@ -289,3 +289,40 @@ def test_a_run_still_training_is_said_so_and_marked_partial(analysed_runs, known
     assert r.code == 0 and released and time.monotonic() >= released[0], r.stderr
     assert f"{run}: still training; waiting for it to end" in r.stderr
     assert json.loads((run / "dynamics.json").read_text())["partial"] is False
+
+
+def test_tensorboard_shows_each_maps_dims_and_eigenvalues_at_each_checkpoint(
+    analysed_runs, known, copy_run, run_cli, tensorboard_events
+):
+    run = copy_run(analysed_runs["A"])
+    result = load_dynamics(run)
+
+    def dims(result) -> dict[str, list[tuple[int, int]]]:
+        return {
+            f"spectrum/{m.name}/dim": list(zip(result.iterations, m.dims, strict=True))
+            for m in result.maps
+        }
+
+    found, events = tensorboard_events(run / "dynamics")
+    assert found == dims(result)
+    names = {f"spectrum/{m.name}/eigenvalues" for m in result.maps}
+    assert set(events.Tags()["histograms"]) == names
+    target = known.target + ":out"
+    histograms = events.Histograms(f"spectrum/{target}/eigenvalues")
+    assert [h.step for h in histograms] == list(known.iterations)
+    for h in histograms:
+        eigenvalues = Spectra.load(RunDir(run).spectra(h.step)).eigenvalues(target).numpy()
+        value = h.histogram_value
+        assert (value.num, value.min, value.max) == (16, eigenvalues.min(), 1.0)
+        assert value.sum == pytest.approx(eigenvalues.sum(), rel=1e-12)
+
+    # Another threshold writes the events anew: its dims, each checkpoint once.
+    args = ["dynamics", "--run", run, "--images", known.images, "--workers", "0"]
+    assert run_cli(*args, "--threshold", "1e-1").code == 0
+    again = load_dynamics(run)
+    assert again.threshold == 0.1 and dims(again) != dims(result)
+    assert tensorboard_events(run / "dynamics")[0] == dims(again)
+    assert len(list((run / "dynamics").iterdir())) == 1 and not list(run.glob(".dynamics*"))
+    shutil.rmtree(run / "dynamics")
+    assert run_cli(*args, "--no-tensorboard").code == 0
+    assert not (run / "dynamics").exists()

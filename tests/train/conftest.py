@@ -1,6 +1,8 @@
-"""``eigenarch train`` options of the tiny detector of the ``tiny_config`` fixture."""
+"""``eigenarch train`` options of the tiny detector of the ``tiny_config`` fixture; ``f32``."""
 
 from __future__ import annotations
+
+import numpy as np
 
 TINY_WIDTHS = "16,16,32,16,32,32,64,32,64"
 TINY_ARGS = [
@@ -27,3 +29,8 @@ TINY_ARGS = [
     "--workers",
     "0",
 ]
+
+
+def f32(value: float) -> float:
+    """``value`` as a TensorBoard scalar holds it (float32)."""
+    return float(np.float32(value))

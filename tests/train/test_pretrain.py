@@ -10,8 +10,9 @@ import eigenarch.train.pretrain as pretrain
 from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
 from eigenarch.errors import EigenarchError
 from eigenarch.models.weights import read_backbone_weights
+from eigenarch.train.schedule import classifier_schedule
 
-from .conftest import TINY_WIDTHS
+from .conftest import TINY_WIDTHS, f32
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,9 @@ def _config(cls_root, out, **overrides):
     return pretrain.PretrainConfig(**{**settings, **overrides})
 
 
-def test_pretraining_resumes_exactly_and_initialises_a_detector(cls_root, tmp_path, monkeypatch):
+def test_pretraining_resumes_exactly_and_initialises_a_detector(
+    cls_root, tmp_path, monkeypatch, tensorboard_events
+):
     whole = pretrain.pretrain_classifier(_config(cls_root, tmp_path / "whole.pt"))
     assert len(whole["history"]) == 2 and 0.0 <= whole["val_accuracy"] <= 1.0
     assert all(0.0 <= e["val_accuracy"] <= e["val_top5"] <= 1.0 for e in whole["history"])
@@ -61,6 +64,27 @@ def test_pretraining_resumes_exactly_and_initialises_a_detector(cls_root, tmp_pa
     state, info = read_backbone_weights(tmp_path / "whole.pt")
     assert info["format"] == "eigenarch.classifier" and "fc.weight" not in state
     assert torch.equal(state["conv1.weight"], a["conv1.weight"])
+
+    # TensorBoard: each step's losses and lr, each epoch's loss and accuracies; a resumed run
+    # purges the steps past its epoch's checkpoint, so each step is there once, as unbroken.
+    found, _ = tensorboard_events(pretrain.events_folder(tmp_path / "whole.pt"))
+    epochs = {"epoch_loss": "loss", "val_accuracy": "val_accuracy", "val_top5": "val_top5"}
+    assert set(found) == {"total_loss", "loss_cls", "lr", "time", "data_time", *epochs}
+    steps = [step for step, _ in found["total_loss"]]
+    epoch = len(steps) // 2
+    assert epoch >= 2 and steps == list(range(1, 2 * epoch + 1))
+    assert found["loss_cls"] == found["total_loss"]
+    schedule = classifier_schedule("cosine", 2 * epoch, 0.4 * 16 / 256)
+    assert found["lr"] == [(step, f32(schedule.lr(step - 1))) for step in steps]
+    for tag, key in epochs.items():
+        assert found[tag] == [(e["epoch"] * epoch, f32(e[key])) for e in whole["history"]], tag
+    first = [loss for step, loss in found["total_loss"][:epoch]]
+    assert whole["history"][0]["loss"] == pytest.approx(sum(first) / epoch, rel=1e-6)
+    again, _ = tensorboard_events(pretrain.events_folder(tmp_path / "killed.pt"))
+    assert {tag: [s for s, _ in v] for tag, v in again.items()} == {
+        tag: [s for s, _ in v] for tag, v in found.items()
+    }
+    assert all(again[tag] == found[tag] for tag in ("total_loss", "lr", *epochs))
 
 
 def test_pretrain_command_and_bad_input(cls_root, tmp_path, run_cli):

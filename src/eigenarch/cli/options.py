@@ -2,9 +2,9 @@
 
 A list is one comma-separated value (``--include 'rpn.*,roi_heads.*'``), its metavar ends
 in ``,...`` (``PATTERN,...``); :class:`OnceCommand` refuses a list option given twice in
-one line (other options keep click's rule: the last one counts). The
-same concept has the same name, meaning and help in every command: ``--device``,
-``--workers``, ``--sides``, ``--include`` (map selection), ``--trust-factory``.
+one line (other options keep click's rule: the last one counts). The same concept has the
+same name, meaning and help in every command: ``--device``, ``--workers``, ``--sides``,
+``--include`` (map selection), ``--trust-factory``, ``--no-tensorboard``.
 """
 
 from __future__ import annotations
@@ -146,6 +146,13 @@ TrustFactory = Annotated[
         help="Let a checkpoint, config.json or width spec name these factories "
         "(file.py:factory, package.module:factory; comma-separated): their code runs.",
         show_default=False,
+    ),
+]
+TensorBoard = Annotated[
+    bool,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="Write TensorBoard event files with the output (tensorboard --logdir FOLDER).",
     ),
 ]
 

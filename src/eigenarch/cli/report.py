@@ -19,6 +19,7 @@ from eigenarch.cli.options import (
     MaxChannels,
     OnceCommand,
     Sides,
+    TensorBoard,
     Threshold,
     Workers,
     comma_list,
@@ -248,6 +249,7 @@ def dynamics(
     wait: bool = typer.Option(
         False, "--wait", help="Wait for a run still training to end (else: marked partial)."
     ),
+    tensorboard: TensorBoard = True,
 ) -> None:
     """Intrinsic dimensionality of every map over a run's checkpoints; dropping, rebounding.
 
@@ -255,7 +257,8 @@ def dynamics(
     --model), such as the model_{epoch}.pth of torchvision's reference scripts. Spectra are
     stored under the run's folder (spectra/) and reused when already computed for the same
     checkpoint and settings (a new --threshold needs no data pass); dynamics.json gets the
-    result. Runs under `torchrun --nproc_per_node=N -m eigenarch dynamics ...` too.
+    result, and its dynamics/ folder TensorBoard events. Runs under
+    `torchrun --nproc_per_node=N -m eigenarch dynamics ...` too.
     """
     device = parse_device(device)
     init_distributed(device)
@@ -264,7 +267,7 @@ def dynamics(
         batch_size, workers, device, parse_threshold(threshold),
         Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
         lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
-        epochs=epochs, min_size=min_size, wait=wait,
+        epochs=epochs, min_size=min_size, wait=wait, tensorboard=tensorboard,
     )  # fmt: skip
     if not is_main():
         return

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from eigenarch.cli.options import Device, Workers, trusting
+from eigenarch.cli.options import Device, TensorBoard, Workers, trusting
 from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
@@ -120,6 +120,7 @@ def train(
     ),
     workers: Workers = _TRAIN.workers,
     device: Device = None,
+    tensorboard: TensorBoard = _TRAIN.tensorboard,
     resume: bool = typer.Option(
         False, help="Continue OUT's run from its last checkpoint with its saved settings."
     ),
@@ -163,6 +164,7 @@ def pretrain(
     seed: int = typer.Option(_PRETRAIN.seed, help="Random seed."),
     workers: Workers = _PRETRAIN.workers,
     device: Device = None,
+    tensorboard: TensorBoard = _PRETRAIN.tensorboard,
     resume: bool = typer.Option(
         False, help="Continue the unfinished run writing OUT (OUT.resume) with its settings."
     ),

@@ -143,8 +143,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the supernet run in ``cfg.out``.
 
     Writes what a detector run writes (``config.json``, ``checkpoints/iter_XXXXXXX.pt``,
-    ``metrics.jsonl``) plus ``holdout.json``; the checkpoints are detector checkpoints whose
-    backbone is the supernet and whose ``data`` keeps the held-out image ids.
+    ``metrics.jsonl``, TensorBoard events) plus ``holdout.json``; the checkpoints are detector
+    checkpoints whose backbone is the supernet and whose ``data`` keeps the held-out image ids.
     """
     cfg = start_run(cfg, resume, SupernetConfig, "supernet")
     space, path = read_detnas_config(cfg.backbone)

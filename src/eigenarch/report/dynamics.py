@@ -36,6 +36,7 @@ from eigenarch.spectrum import Spectra
 from eigenarch.spectrum.spectra import read_info
 from eigenarch.spectrum.stream import sample_images, stream_spectra
 from eigenarch.train.rundir import RunDir
+from eigenarch.train.tensorboard import replace_events
 
 FORMAT = "eigenarch-dynamics"
 
@@ -273,11 +274,28 @@ def load_dynamics(run_dir: str | os.PathLike[str]) -> RunDynamics:
         raise EigenarchError(f"{path}: not a dynamics file written by eigenarch") from None
 
 
+def write_events(result: RunDynamics, spectra_list: Sequence[Spectra]) -> Path:
+    """``RUN_DIR/dynamics/``, written anew: TensorBoard events of every map's intrinsic
+    dimensionality (``spectrum/<map>/dim``) and a histogram of its normalised eigenvalues
+    (``spectrum/<map>/eigenvalues``) at each checkpoint's iteration (or epoch)."""
+
+    def write(writer) -> None:
+        for m in result.maps:
+            for iteration, dim, spectra in zip(result.iterations, m.dims, spectra_list,
+                                               strict=True):  # fmt: skip
+                writer.add_scalar(f"spectrum/{m.name}/dim", dim, iteration)
+                eigenvalues = spectra.eigenvalues(m.name)
+                writer.add_histogram(f"spectrum/{m.name}/eigenvalues", eigenvalues, iteration)
+
+    return replace_events(RunDir(result.run).dynamics_events, write)
+
+
 def dynamics_command(source: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
     """The ``eigenarch dynamics`` command line that reproduces ``settings`` over the run
     ``source`` names (``{"run": ...}`` or ``{"checkpoints": ..., "model": ..., ...}``)."""
-    options = {**source, **settings, "layers": settings.get("layers") or []}
-    return command_line(["eigenarch", "dynamics"], options, repeat=("layers",))
+    chosen = {k: v for k, v in settings.items() if k != "layers"}  # its option is --include
+    options = {**source, **chosen, "include": settings.get("layers") or None}
+    return command_line(["eigenarch", "dynamics"], options)
 
 
 def run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -383,6 +401,7 @@ def compute_dynamics(
     epochs: int | None = None,
     min_size: int | None = None,
     wait: bool = False,
+    tensorboard: bool = True,
 ) -> RunDynamics:
     """Spectra of every checkpoint of a run (reused when already computed with the same
     settings), their dimensionalities at ``threshold`` and events; saved under the run.
@@ -391,7 +410,8 @@ def compute_dynamics(
     ``checkpoints`` (a glob) of ``model`` (a builder or factory), with ``out``, ``lr_steps``
     and ``epochs`` (:func:`~eigenarch.report.runs.reference_run`) and ``min_size`` (the
     detector's resize). ``data`` defaults to the run's training data. Under ``torchrun``
-    each rank streams its share of the images; rank 0 writes the files. A run still training
+    each rank streams its share of the images; rank 0 writes the files (with ``tensorboard``,
+    :func:`write_events` too). A run still training
     (its lock held) is said so, and its dynamics marked ``partial``; with ``wait``, it is
     waited for first.
     """
@@ -433,4 +453,6 @@ def compute_dynamics(
     result.command = dynamics_command(training.source, options)
     if is_main():
         result.save()
+        if tensorboard:
+            write_events(result, [spectra for _, spectra in found])
     return result

@@ -11,6 +11,7 @@ standard hooks are in :mod:`eigenarch.train.hooks`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class Trainer:
         self.checkpointer = checkpointer
         self.iter = batches.start
         self.losses: dict[str, float] = {}
+        self.metrics: dict[str, Any] = {}  # the step's logged values (hooks add to them)
+        self.data_time = self.step_time = 0.0  # seconds of the step: waiting for data, run
         self.samplers = image_seeded_samplers(model)
         if checkpointer is not None:
             checkpointer.resumed_from(batches.start)
@@ -99,13 +102,17 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         try:
+            fetched = time.perf_counter()
             for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
-                self.iter = iteration
+                self.iter, self.data_time = iteration, time.perf_counter() - fetched
                 for hook in self.hooks:
                     hook.before_step(self)
+                started = time.perf_counter()
                 self.run_step(images, targets)
+                self.step_time = time.perf_counter() - started
                 for hook in self.hooks:
                     hook.after_step(self)
+                fetched = time.perf_counter()
         finally:
             for hook in self.hooks:
                 hook.after_train(self)

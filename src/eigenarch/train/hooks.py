@@ -31,7 +31,8 @@ class LRScheduler(Hook):
 
 class MetricsWriter(Hook):
     """Appends the losses (averaged over ranks), the learning rate and the time every
-    ``every`` iterations (and after the last) to ``path``, one JSON line each (rank 0).
+    ``every`` iterations (and after the last) to ``path``, one JSON line each (rank 0); the
+    line is also ``trainer.metrics`` (what the TensorBoard writer writes).
 
     On a resume, lines past the starting iteration are dropped so none is repeated.
     """
@@ -56,14 +57,14 @@ class MetricsWriter(Hook):
         if done % self.every and done != trainer.max_iter:
             return
         losses = mean_over_ranks(trainer.losses, trainer.device)  # every rank takes part
+        trainer.metrics = {
+            "iteration": done,
+            **losses,
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "time": round(time.perf_counter() - self._start, 3),
+        }
         if self._file is not None:
-            record = {
-                "iteration": done,
-                **losses,
-                "lr": trainer.optimizer.param_groups[0]["lr"],
-                "time": round(time.perf_counter() - self._start, 3),
-            }
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(trainer.metrics) + "\n")
             self._file.flush()
 
     def after_train(self, trainer: Trainer) -> None:
@@ -107,8 +108,9 @@ class PeriodicCheckpointer(Hook):
 
 
 class PeriodicEvaluator(Hook):
-    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) before the last;
-    the run's final evaluation is the caller's, once :meth:`Trainer.train` has returned."""
+    """Runs ``evaluate(iteration)`` every ``every`` iterations (0: never) before the last,
+    adding its metrics to ``trainer.metrics``; the run's final evaluation is the caller's,
+    once :meth:`Trainer.train` has returned."""
 
     def __init__(self, evaluate: Callable[[int], dict], every: int = 0) -> None:
         self.evaluate = evaluate
@@ -117,4 +119,4 @@ class PeriodicEvaluator(Hook):
     def after_step(self, trainer: Trainer) -> None:
         done = trainer.iter + 1
         if self.every and done % self.every == 0 and done != trainer.max_iter:
-            self.evaluate(done)
+            trainer.metrics.update(self.evaluate(done))

@@ -54,6 +54,7 @@ from eigenarch.train.hooks import (
 )
 from eigenarch.train.rundir import RunDir
 from eigenarch.train.schedule import Schedule, make_schedule
+from eigenarch.train.tensorboard import TensorBoardWriter, append_scalars
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -96,6 +97,7 @@ class TrainConfig:
     flip: bool = True
     workers: int = 2
     device: str = "cpu"
+    tensorboard: bool = True
 
     @property
     def masks(self) -> bool:
@@ -281,7 +283,8 @@ NOT_OPTIONS = ("flip",)
 def train_command(config: dict[str, Any]) -> str:
     """The ``eigenarch train`` command line of a run's settings (its ``config.json``)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_OPTIONS)
-    return command_line(["eigenarch", "train"], {k: v for k, v in config.items() if k in names})
+    options = {k: v for k, v in config.items() if k in names}
+    return command_line(["eigenarch", "train"], options, on_by_default=("tensorboard",))
 
 
 def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str = "training"):
@@ -344,13 +347,19 @@ def distributed_model(model: nn.Module, device: torch.device, **options: Any) ->
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, **options)
 
 
-def run_hooks(cfg: TrainConfig, schedule: Schedule, description: str = "train") -> list[Hook]:
-    """The hooks of every training run: LR schedule, metrics file, bar, checkpoints."""
+def run_hooks(
+    cfg: TrainConfig, schedule: Schedule, *extra: Hook, description: str = "train"
+) -> list[Hook]:
+    """The hooks of every training run: LR schedule, metrics log and bar, checkpoints, the
+    ``extra`` ones (evaluators), and last the TensorBoard writer (``cfg.tensorboard``)."""
+    board = [TensorBoardWriter(cfg.out)] if cfg.tensorboard else []
     return [
         LRScheduler(schedule),
         MetricsWriter(RunDir(cfg.out).log_file),
         ProgressBar(description),
         PeriodicCheckpointer(cfg.checkpoint_every),
+        *extra,
+        *board,
     ]
 
 
@@ -389,7 +398,7 @@ def detector_trainer(
         optimizer,
         run_batches(dataset, cfg, start, schedule.iterations),
         schedule.iterations,
-        [*run_hooks(cfg, schedule, description), *hooks],
+        run_hooks(cfg, schedule, *hooks, description=description),
         device,
         cfg.seed,
         Checkpointer(run_payload(config, cfg, dataset, **data), run.checkpoint),
@@ -405,8 +414,9 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns final metrics.
 
     Writes ``config.json``, ``checkpoints/iter_XXXXXXX.pt`` (iteration 0 = the initial
-    weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl``, and the final
-    ``metrics.json`` / ``detections.json`` of the val split. Only rank 0 writes.
+    weights, then every ``checkpoint_every`` and the last), ``metrics.jsonl`` (and TensorBoard
+    events, :mod:`eigenarch.train.tensorboard`), and the final ``metrics.json`` /
+    ``detections.json`` of the val split. Only rank 0 writes.
     """
     cfg = start_run(cfg, resume)
     run, device, length = RunDir(cfg.out), local_device(cfg.device), run_schedule(cfg).iterations
@@ -426,4 +436,7 @@ def train_detector(cfg: TrainConfig, resume: bool = False) -> dict:
     )
     with lost_rank_as_error(run.resume_hint):
         trainer.train(cfg.workers)
-        return evaluate(length)
+        metrics = evaluate(length)
+        if cfg.tensorboard and is_main():
+            append_scalars(run.path, length, metrics)
+        return metrics

@@ -4,7 +4,8 @@ ImageNet-style: an ImageFolder tree ``DATA/train/<class>/*`` and ``DATA/val/<cla
 with momentum, cosine or step decay per iteration, top-1 / top-5 on val and one checkpoint
 (``OUT.resume``) per epoch for ``--resume``. It runs on the detectors' :class:`Trainer`, so
 every crop, flip and step is a function of the seed and the iteration. The final file is a
-classifier checkpoint that ``eigenarch train --init`` reads.
+classifier checkpoint that ``eigenarch train --init`` reads; TensorBoard events go to
+``OUT.tensorboard/``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from eigenarch.train.loop import (
     own_rng,
 )
 from eigenarch.train.schedule import Schedule, classifier_schedule
+from eigenarch.train.tensorboard import TensorBoardWriter
 
 
 @dataclass
@@ -69,6 +71,7 @@ class PretrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "cpu"
+    tensorboard: bool = True
 
 
 def _data_sets(cfg: PretrainConfig) -> tuple[Any, Any]:
@@ -136,8 +139,9 @@ def test_epoch(model: nn.Module, loader, device: torch.device) -> dict[str, floa
 
 class EpochEvaluator(Hook):
     """At the end of each epoch: the epoch's mean loss and the val accuracies appended to
-    ``history`` (which the checkpoints hold), and one printed line. Put it before the
-    checkpointer, so an epoch's checkpoint holds its evaluation."""
+    ``history`` (which the checkpoints hold) and added to ``trainer.metrics`` (``epoch_loss``,
+    ``val_accuracy``, ``val_top5``), and one printed line. Put it before the checkpointer, so
+    an epoch's checkpoint holds its evaluation."""
 
     def __init__(self, model: nn.Module, val_loader, epoch_iters: int, history: list) -> None:
         self.model, self.val_loader = model, val_loader
@@ -153,6 +157,9 @@ class EpochEvaluator(Hook):
         entry = {"epoch": done // self.epoch_iters, "loss": loss}
         entry.update(test_epoch(self.model, self.val_loader, trainer.device))
         self.history.append(entry)
+        trainer.metrics.update(
+            {("epoch_loss" if k == "loss" else k): v for k, v in entry.items() if k != "epoch"}
+        )
         self.total, self.count = 0.0, 0
         if is_main():
             console.print(
@@ -165,6 +172,11 @@ class EpochEvaluator(Hook):
 def resume_path(out: str | Path) -> Path:
     """Where the end-of-epoch state of a pre-training run lives until it finishes."""
     return Path(str(out) + ".resume")
+
+
+def events_folder(out: str | Path) -> Path:
+    """Where a pre-training run writing ``out`` keeps its TensorBoard events."""
+    return Path(str(out) + ".tensorboard")
 
 
 @dataclass
@@ -239,6 +251,7 @@ def pretrain_classifier(
             EpochEvaluator(model, val_loader, epoch_iters, history),
             PeriodicCheckpointer(epoch_iters),
             *hooks,
+            *([TensorBoardWriter(events_folder(cfg.out))] if cfg.tensorboard else []),
         ],
         device,
         cfg.seed,

@@ -13,6 +13,8 @@ read it::
     RUN/eval/iter_XXXXXXX/                  evaluations during training (--eval-every)
     RUN/spectra/iter_XXXXXXX.safetensors    one checkpoint's spectra (dynamics)
     RUN/dynamics.json                       their dimensionalities over the run
+    RUN/events.out.tfevents.*               TensorBoard events of training
+    RUN/dynamics/events.out.tfevents.*      TensorBoard events of the dynamics
     RUN/.lock                               held by the process writing the run
 
 (``eigenarch pretrain`` writes one checkpoint file, ``OUT`` and ``OUT.resume``: no folder.)
@@ -45,6 +47,7 @@ class RunDir:
     EVAL = "eval"
     SPECTRA = "spectra"
     DYNAMICS = "dynamics.json"
+    DYNAMICS_EVENTS = "dynamics"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -78,6 +81,12 @@ class RunDir:
     @property
     def dynamics_file(self) -> Path:
         return self.path / self.DYNAMICS
+
+    @property
+    def dynamics_events(self) -> Path:
+        """The TensorBoard events of ``eigenarch dynamics`` (those of training: in the run
+        folder itself)."""
+        return self.path / self.DYNAMICS_EVENTS
 
     def checkpoint(self, iteration: int) -> Path:
         """``RUN/checkpoints/iter_XXXXXXX.pt``."""
