@@ -3,8 +3,9 @@
 
 A hook overrides any of ``before_train``, ``before_step``, ``after_backward``,
 ``after_step`` and ``after_train``; each receives the :class:`Trainer`, whose ``iter`` is
-the iteration being run (0-based), ``max_iter`` the run's length and ``losses`` the last
-step's losses. ``after_train`` runs also when training stops on an error or an
+the iteration being run (0-based), ``max_iter`` the run's length, ``losses`` the last
+step's losses and ``metrics`` what the step logs (:meth:`Trainer.step_metrics`; evaluators
+add theirs). ``after_train`` runs also when training stops on an error or an
 interruption: close files and bars there, do no work that needs a finished run. The
 standard hooks are in :mod:`eigenarch.train.hooks`.
 """
@@ -19,7 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from eigenarch.distributed import barrier, is_distributed, is_main, rank, world_size
+from eigenarch.distributed import (
+    barrier,
+    is_distributed,
+    is_main,
+    mean_over_ranks,
+    rank,
+    world_size,
+)
 from eigenarch.errors import EigenarchError
 from eigenarch.train.checkpoint import save_checkpoint
 from eigenarch.train.sampling import image_seeded_samplers
@@ -102,7 +110,7 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         try:
-            fetched = time.perf_counter()
+            self.started = fetched = time.perf_counter()
             for iteration, (images, targets) in enumerate(loader, start=self.batches.start):
                 self.iter, self.data_time = iteration, time.perf_counter() - fetched
                 for hook in self.hooks:
@@ -110,12 +118,24 @@ class Trainer:
                 started = time.perf_counter()
                 self.run_step(images, targets)
                 self.step_time = time.perf_counter() - started
+                self.metrics = self.step_metrics()
                 for hook in self.hooks:
                     hook.after_step(self)
                 fetched = time.perf_counter()
         finally:
             for hook in self.hooks:
                 hook.after_train(self)
+
+    def step_metrics(self) -> dict[str, Any]:
+        """What a step logs (``metrics.jsonl``'s line; hooks may add to it): the iteration
+        done, the losses averaged over ranks (every rank takes part), the learning rate and
+        the seconds since training started."""
+        return {
+            "iteration": self.iter + 1,
+            **mean_over_ranks(self.losses, self.device),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time": round(time.perf_counter() - self.started, 3),
+        }
 
     def compute_losses(self, images: Any, targets: Any) -> dict[str, torch.Tensor]:
         """The losses of one batch, to be summed and minimised: a detector's, from lists of

@@ -6,11 +6,10 @@ the metrics file, the progress bar, periodic checkpoints and evaluations.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eigenarch.distributed import is_main, mean_over_ranks
+from eigenarch.distributed import is_main
 from eigenarch.io import atomic_write_text
 from eigenarch.progress import progress_bar
 from eigenarch.train.engine import Hook, Trainer
@@ -30,9 +29,9 @@ class LRScheduler(Hook):
 
 
 class MetricsWriter(Hook):
-    """Appends the losses (averaged over ranks), the learning rate and the time every
-    ``every`` iterations (and after the last) to ``path``, one JSON line each (rank 0); the
-    line is also ``trainer.metrics`` (what the TensorBoard writer writes).
+    """Appends ``trainer.metrics`` (the losses averaged over ranks, the learning rate, the
+    time) every ``every`` iterations (and after the last) to ``path``, one JSON line each
+    (rank 0). Put it before the evaluators: their metrics are not in the line.
 
     On a resume, lines past the starting iteration are dropped so none is repeated.
     """
@@ -50,19 +49,11 @@ class MetricsWriter(Hook):
                 kept = [ln for ln in lines if json.loads(ln).get("iteration", 0) <= trainer.iter]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
             self._file = self.path.open("a")
-        self._start = time.perf_counter()
 
     def after_step(self, trainer: Trainer) -> None:
         done = trainer.iter + 1
         if done % self.every and done != trainer.max_iter:
             return
-        losses = mean_over_ranks(trainer.losses, trainer.device)  # every rank takes part
-        trainer.metrics = {
-            "iteration": done,
-            **losses,
-            "lr": trainer.optimizer.param_groups[0]["lr"],
-            "time": round(time.perf_counter() - self._start, 3),
-        }
         if self._file is not None:
             self._file.write(json.dumps(trainer.metrics) + "\n")
             self._file.flush()
@@ -73,8 +64,8 @@ class MetricsWriter(Hook):
 
 
 class ProgressBar(Hook):
-    """A progress bar of the iterations (rank 0), with this process's loss and the
-    learning rate."""
+    """A progress bar of the iterations (rank 0), with the loss (averaged over ranks) and
+    the learning rate."""
 
     def __init__(self, description: str = "train") -> None:
         self.description = description
@@ -87,8 +78,7 @@ class ProgressBar(Hook):
         )
 
     def after_step(self, trainer: Trainer) -> None:
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        info = f"loss {trainer.losses['loss']:.3f} lr {lr:.4g}"
+        info = f"loss {trainer.metrics['loss']:.3f} lr {trainer.metrics['lr']:.4g}"
         self._bar.update(self._task, completed=trainer.iter + 1, info=info)
 
     def after_train(self, trainer: Trainer) -> None:
