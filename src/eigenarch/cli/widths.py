@@ -187,6 +187,7 @@ def resize(
         f"{','.join(map(str, new))}; wrote {out} (eigenarch train --backbone {spec} "
         f"--init {out}, with the source run's other options)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
