@@ -131,6 +131,13 @@ def main() -> None:
         widths = shrinking(graph, ours.backbone)
         rows = {"§6c (pivoted Cholesky + reconstruction)": [errors(ours, reference, images,
                                                                   targets)]}  # fmt: skip
+        for name, option in (
+            ("§6c, eps 1e-4", {"eps": 1e-4}),
+            ("§6c, eps 1e-2", {"eps": 1e-2}),
+            ("§6c channels, no reconstruction", {"reconstruct": False}),
+        ):
+            new = inherit_detector(detector, source, target, spectra, **option)
+            rows[name] = [errors(new, reference, images, targets)]  # fmt: skip
         l1 = l1_kept(detector.backbone, graph, widths)
         for name, recon in (("L1, no reconstruction", False), ("L1 + reconstruction", True)):
             new = inherit_detector(detector, source, target, spectra, kept=l1, reconstruct=recon)

@@ -31,7 +31,7 @@ from eigenarch.models.norms import norm_layer
 from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
 from eigenarch.widths.fpn import pyramid
 from eigenarch.widths.graph import LAYER_TYPES, ModelGraph, trace_model
-from eigenarch.widths.inherit import Covariances, inherit_resize
+from eigenarch.widths.inherit import EPS, Covariances, inherit_resize
 
 if TYPE_CHECKING:
     from eigenarch.widths.ias import WidthSearchResult
@@ -118,6 +118,7 @@ class Backbone(ABC):
         seed: int = 0,
         kept: Mapping[str, torch.Tensor] | None = None,
         reconstruct: bool = True,
+        eps: float = EPS,
     ) -> nn.Module:
         """``trained`` (this backbone as :meth:`build` or :meth:`with_fpn` makes it, with
         trained weights) at ``target``'s widths, its weights inherited (SPEC section 6c).
@@ -127,7 +128,7 @@ class Backbone(ABC):
         producer in ``target`` built the same way (a body with an FPN: the FPN's laterals
         are consumers of the body's last groups and get their correction too; the FPN's own
         groups keep their widths). A ``target`` of another kind, other depths or another
-        builder is refused in one line. ``seed``, ``kept`` and ``reconstruct``: see
+        builder is refused in one line. ``seed``, ``kept``, ``reconstruct`` and ``eps``: see
         :func:`eigenarch.widths.inherit.inherit_resize`.
         """
         if type(target) is not type(self):
@@ -139,7 +140,7 @@ class Backbone(ABC):
         reference = _built_like(target, trained, example)
         widths = _target_widths(graph, reference, target.describe())
         resized = inherit_resize(trained, widths, spectra, example, graph, prefix, seed, kept,
-                                 reconstruct)  # fmt: skip
+                                 reconstruct, eps)  # fmt: skip
         _check_shapes(resized, reference, target.describe())
         return resized
 

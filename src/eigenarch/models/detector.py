@@ -67,7 +67,7 @@ def inherit_detector(
     weights inherited (SPEC section 6c; ``spectra``: the detector's own maps): its body
     and FPN by :meth:`Backbone.inherit <eigenarch.models.backbone.Backbone.inherit>` (the
     FPN laterals read the resized stages), its heads as they are. ``options``: ``kept``,
-    ``reconstruct``."""
+    ``reconstruct``, ``eps``."""
     resized = copy.deepcopy(detector)
     resized.backbone = source.inherit(detector.backbone, target, spectra, "backbone.", seed,
                                       **options)  # fmt: skip
