@@ -40,12 +40,12 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert all(0 <= row["AP_p"] <= 1 for row in report["table1"][1:])  # Welch, two seeds
     html = (tmp_path / "report" / "report.html").read_text()
     assert 'id="table1"' in html and "What was found" in html
-    # The claims table: one filled row per claim (a)-(l), verdicts from the rules.
-    assert [c["key"] for c in report["claims"]] == list("abcdefghijkl")
+    # The claims table: one filled row per claim (a)-(m), verdicts from the rules.
+    assert [c["key"] for c in report["claims"]] == list("abcdefghijklm")
     assert 'id="claims"' in html
     body = re.search(r'<table id="claims-table">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
     rows = re.findall(r"<tr>(.*?)</tr>", body)
-    assert len(rows) == 12 and "<td></td>" not in body
+    assert len(rows) == 13 and "<td></td>" not in body
     for row, claim in zip(rows, report["claims"], strict=True):
         assert row.startswith(f"<td>{claim['key']}</td>")
         assert claim["verdict"] in VERDICTS
@@ -63,14 +63,27 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
                                 "params": base.params}  # fmt: skip
     assert searched["target"] == {"metric": "macs", "value": base.macs}
     # The options add their rows to this demo without redoing it.
+    assert "(run the demo with --inherit)" in result.stderr  # claim (m)
     result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2",
-                     "--long-schedule", "--table2", "--mask")  # fmt: skip
+                     "--long-schedule", "--table2", "--mask", "--inherit")  # fmt: skip
     assert result.code == 0, result.stderr
     assert result.stderr.count("done already, skipped") == 6  # data ... retrain
     state = json.loads((tmp_path / "state.json").read_text())
     assert sorted(state["steps"]) == sorted(step.name for step in STEPS)
     report = state["steps"]["report"]["outputs"]
-    labels = [row["backbone"] for row in report["table1"]]
+    labels = [row["backbone"] for row in report["table1"] if " inherited from I" not in
+              row["backbone"]]  # fmt: skip
+    assert [row["backbone"] for row in report["table1"]][1:4] == [
+        "ResiaNet S (MACs)", "ResiaNet S (MACs) inherited from I",
+        "ResiaNet S (MACs) inherited from I, 1/4 schedule"]  # fmt: skip
+    assert len(report["table1"]) == 5 + 2 * 3 and all(r["seeds"] == 2 for r in report["table1"])
+    inherited = json.loads((tmp_path / "runs" / "inherit-resianet-i-macs-inherited-from-i"
+                            / "config.json").read_text())  # fmt: skip
+    assert inherited["init"] == str(tmp_path / "inherit" / "resianet-i-macs.pt")
+    assert inherited["backbone"] == str(tmp_path / "search" / "resianet-i-macs.json")
+    quarter = tmp_path / "runs" / "inherit-resianet-i-macs-inherited-from-i-1-4-schedule"
+    assert json.loads((quarter / "config.json").read_text())["iters"] == 1  # max(1, 1 // 4)
+    assert "won here" in " ".join(report["findings"])
     assert [row["backbone"] for row in report["table1_2x"]] == labels
     assert json.loads((tmp_path / "runs" / "2x-S" / "config.json").read_text())["iters"] == 2
     for name, keys in (("table2", ("top1_err", "top5_err")), ("mask", ("AP_bbox", "AP_mask"))):
@@ -81,7 +94,7 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     for ident in ("table1_2x-table", "table2-table", "mask-table"):
         assert f'<table id="{ident}">' in html
     verdicts = {c["key"]: c["verdict"] for c in report["claims"]}
-    assert all(verdicts[key] != NOT_MEASURED for key in "ikl"), report["claims"]  # computed
+    assert all(verdicts[key] != NOT_MEASURED for key in "iklm"), report["claims"]  # computed
     assert "Table 2, as BatchNorm classifiers" in result.stderr
 
 

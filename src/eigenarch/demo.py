@@ -5,7 +5,8 @@ from scratch (S) -> eigenspectrum dynamics and the I-vs-S comparison -> Intrinsi
 Architecture Search (ResiaNet -- or, with ``--backbone detnet59``, DetiaNet -- S (MACs),
 I (MACs), I (params)) and the uniform-multiplier baseline -> retraining of every searched
 backbone (Table 1) -> with their options, Table 1 at 2x the iterations, Table 2 (BatchNorm
-classifiers) and Mask R-CNN rows -> the report. Each step records its outputs in
+classifiers), Mask R-CNN rows and the searched backbones started from the fine-tuned I run
+(``resize``, SPEC section 6c) -> the report. Each step records its outputs in
 ``state.json``; re-running skips finished steps and resumes an interrupted training run
 from its last checkpoint (``--force`` redoes everything).
 """
@@ -38,10 +39,11 @@ from eigenarch.models.builders import BuilderBackbone
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
-from eigenarch.report.claims import mean_std, paper_claims, welch_p
+from eigenarch.report.claims import INHERITED, QUARTER, mean_std, paper_claims, welch_p
 from eigenarch.report.compare import Comparison, compare_spectra, final_spectra
 from eigenarch.report.dynamics import compute_dynamics, load_dynamics
 from eigenarch.report.html import write_report
+from eigenarch.report.inherited import resize_checkpoint
 from eigenarch.spectrum import Spectra
 from eigenarch.train.checkpoint import CLASSIFIER_FORMAT, load_checkpoint
 from eigenarch.train.loop import TrainConfig, train_detector
@@ -459,6 +461,32 @@ def _step_mask(demo: Demo, specs: Mapping[str, str]) -> dict:
     return _step_detection(demo, _searched(demo, specs), "mask-", kind="mask_rcnn")
 
 
+def _step_inherit(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """Every searched row started by ``resize`` (SPEC section 6c) from the fine-tuned I run's
+    last checkpoint and its spectra, then trained with the same schedule and with a quarter
+    of it, every seed; COCO metrics per row (labels + :data:`INHERITED` (+ :data:`QUARTER`))."""
+    sizes, run = demo.sizes, demo.run("I")
+    source, spectra = RunDir(run).checkpoints()[-1][1], final_spectra(run)
+    starts = {}
+    for label, spec in _searched(demo, specs).items():
+        out = demo.out / "inherit" / f"{_slug(label)}.pt"
+        if not out.is_file():  # written atomically: a file there is a finished resize
+            resize_checkpoint(spec, source, spectra, out, seed=demo.seed)
+        starts[spec] = str(out)
+    quarter = {"iters": max(1, sizes.iters // 4),
+               "checkpoint_every": max(1, sizes.checkpoint_every // 4)}  # fmt: skip
+    metrics = {}
+    for suffix, overrides in ((INHERITED, {}), (INHERITED + QUARTER, quarter)):
+
+        def config(name: str, backbone: str | dict, seed: int, overrides=overrides) -> TrainConfig:
+            return _train_config(demo, name, backbone, starts[backbone], seed, **overrides)
+
+        rows = {label + suffix: spec for label, spec in _searched(demo, specs).items()}
+        metrics.update(_per_row(demo, rows, config, train_runs, "inherit-"))
+    iterations = {"schedule": sizes.iters, "quarter": quarter["iters"], "I": sizes.iters}
+    return {"metrics": metrics, "starts": starts, "iterations": iterations}
+
+
 def _bn(spec: Backbone) -> dict:
     return replace(spec, norm="bn").to_dict()
 
@@ -573,12 +601,39 @@ def _table1_lines(table: Sequence[Mapping[str, Any]], backbone: str) -> list[str
     return lines
 
 
+def _inherit_lines(table: Sequence[Mapping[str, Any]], iterations: Mapping[str, int]) -> list[str]:
+    """Which start won for each searched row with inherited twins, and at what cost."""
+    rows = {r["backbone"]: r for r in table}
+    lines = []
+    for label, scratch in rows.items():
+        same, quarter = rows.get(label + INHERITED), rows.get(label + INHERITED + QUARTER)
+        if same is None or quarter is None:
+            continue
+        change = same["AP"] - scratch["AP"]
+        winner = "the inherited start" if change > 0 else "training from scratch"
+        reach = "reaches" if quarter["AP"] >= scratch["AP"] else "does not reach"
+        lines.append(
+            f"{label}: inherited from I, AP {mean_std(same, 'AP')} after {iterations['schedule']} "
+            f"iterations vs {mean_std(scratch, 'AP')} from scratch after as many: {winner} won "
+            f"here ({change:+.1f} AP, means over seeds; claim (m) tests it). With 1/4 of the "
+            f"schedule ({iterations['quarter']} iterations) the inherited start {reach} scratch's "
+            f"AP ({mean_std(quarter, 'AP')}). Either inherited row also used the I run's "
+            f"{iterations['I']} iterations (and its pre-training) before its own."
+        )
+    return lines
+
+
 def findings(
-    tables: Mapping[str, Sequence[Mapping[str, Any]]], analysis: dict, backbone: str = "resnet50"
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    analysis: dict,
+    backbone: str = "resnet50",
+    inherit: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Plain-language statements made from the measured numbers (``tables``: name -> rows,
-    as :data:`TABLES`)."""
+    as :data:`TABLES`; ``inherit``: the output of the ``--inherit`` step, if run)."""
     lines = _table1_lines(tables["table1"], backbone)
+    if inherit is not None:
+        lines += _inherit_lines(tables["table1"], inherit["iterations"])
     lines += [_table_line(name, tables[name]) for name in TABLE_LINES if name in tables]
     ratio = analysis["part_ratio_I_over_S"].get("backbone")
     if ratio is not None:
@@ -599,18 +654,30 @@ def findings(
 
 
 def _tables(demo: Demo, outputs: Mapping[str, dict]) -> dict[str, list[dict]]:
-    """Every table whose step has finished, by name."""
-    specs = outputs["search"]["specs"]
-    return {
+    """Every table whose step has finished, by name; Table 1 with the rows inherited from I
+    (``--inherit``) after each scratch row."""
+    specs = dict(outputs["search"]["specs"])
+    found = {
         name: results_table(specs, outputs[step][key], columns, demo.base)
         for name, (step, key, columns) in TABLES.items()
-        if step in outputs
+        if step in outputs and name != "table1"
     }
+    if "retrain" in outputs:
+        inherited = outputs.get("inherit", {}).get("metrics", {})
+        rows = {}
+        for label, runs in outputs["retrain"]["metrics"].items():
+            rows[label] = runs
+            for suffix in (INHERITED, INHERITED + QUARTER):
+                if label + suffix in inherited:
+                    rows[label + suffix] = inherited[label + suffix]
+                    specs[label + suffix] = specs[label]
+        found = {"table1": results_table(specs, rows, TABLE1_COLUMNS, demo.base), **found}
+    return found
 
 
 def _step_report(demo: Demo, outputs: Mapping[str, dict]) -> dict:
     tables = _tables(demo, outputs)
-    text = findings(tables, outputs["analyse"], demo.backbone)
+    text = findings(tables, outputs["analyse"], demo.backbone, outputs.get("inherit"))
     dynamics = {name: load_dynamics(demo.run(name)) for name in ("I", "S")}
     options = {step.name: step.option for step in STEPS if step.option}
     hints = {
@@ -618,6 +685,8 @@ def _step_report(demo: Demo, outputs: Mapping[str, dict]) -> dict:
         for name, (step, _, _) in TABLES.items()
         if step in options and name not in tables
     }
+    if "inherit" not in outputs:
+        hints["inherit"] = f"run the demo with {options['inherit']}"
     family = BACKBONES[demo.backbone][0]
     claims = [c.to_dict() for c in paper_claims(tables, _comparison(demo), dynamics, family, hints)]
     path = write_report(
@@ -671,8 +740,12 @@ STEPS: list[Step] = [
          "--table2"),
     Step("mask", "train the base and the searched backbones as Mask R-CNN (section 4.6)",
          lambda d, s: _step_mask(d, s["search"]["specs"]), ("search",), "--mask"),
+    Step("inherit", "start every searched backbone from the fine-tuned I run (resize) and "
+         "train it with the same schedule and 1/4 of it",
+         lambda d, s: _step_inherit(d, s["search"]["specs"]), ("search", "analyse"),
+         "--inherit"),
     Step("report", "write the report", _step_report,
-         ("search", "analyse", *(step for step, _, _ in TABLES.values()))),
+         ("search", "analyse", "inherit", *(step for step, _, _ in TABLES.values()))),
 ]  # fmt: skip
 
 

@@ -129,3 +129,33 @@ def test_batchnorm_weights_into_a_groupnorm_backbone_are_refused(tmp_path):
     assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
     bn_target = resianet(WIDTHS, DEPTHS, norm="bn")
     assert load_backbone_weights(bn_target, path)["missing"] == []  # BN into BN loads
+
+
+def test_init_loads_a_resized_detector_whole_and_any_other_checkpoint_body_only(tmp_path):
+    from eigenarch.models import build_detector
+    from eigenarch.models.weights import load_init_weights
+
+    def tiny(seed: int):
+        torch.manual_seed(seed)
+        return build_detector("faster_rcnn", "16,16,32,16,32,32,64,32,64", num_classes=3,
+                              min_size=64, max_size=64, gn_groups=8, fpn_channels=32,
+                              head_channels=32, representation=64)  # fmt: skip
+
+    trained, state = tiny(0), tiny(0).state_dict()
+    for name, extra in (("run.pt", {}), ("resized.pt", {"inherited": {"from": "run.pt"}})):
+        torch.save({"format": "eigenarch.detector", "model": state, **extra}, tmp_path / name)
+    fresh = tiny(1)
+    info = load_init_weights(fresh, tmp_path / "run.pt")  # a run's checkpoint: the body only
+    assert info["format"] == "eigenarch.detector"
+    assert torch.equal(fresh.backbone.body.conv1.weight, trained.backbone.body.conv1.weight)
+    assert not torch.equal(fresh.rpn.head.cls_logits.weight, trained.rpn.head.cls_logits.weight)
+    info = load_init_weights(fresh, tmp_path / "resized.pt")  # resize's: every weight
+    assert info["format"] == "eigenarch.inherited" and info["loaded"] == len(state)
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
+    other = build_detector("faster_rcnn", "16,16,32,16,32,32,64,32,64", num_classes=5,
+                           min_size=64, max_size=64, gn_groups=8, fpn_channels=32,
+                           head_channels=32, representation=64)  # fmt: skip
+    with pytest.raises(EigenarchError, match=r"resized.pt: the resized detector does not fit "
+                       r"this run's detector: roi_heads.box_predictor.cls_score.weight is "
+                       r"\(3, 64\) in the file, \(5, 64\) in the model"):  # fmt: skip
+        load_init_weights(other, tmp_path / "resized.pt")

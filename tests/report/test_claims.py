@@ -37,8 +37,9 @@ from eigenarch.report.compare import Comparison, MapComparison
 from eigenarch.report.dynamics import Criteria, Event, MapDynamics, RunDynamics
 
 BODY = "backbone.body."
-#: Claims on rows the demo makes only with an option: two schedules, Table 2, Mask R-CNN.
-UNMEASURED = dict.fromkeys("ikl", NOT_MEASURED)
+#: Claims on rows the demo makes only with an option: two schedules, Table 2, Mask R-CNN,
+#: the rows inherited from I.
+UNMEASURED = dict.fromkeys("iklm", NOT_MEASURED)
 #: Checkpoints of the constructed runs (length 100, decays at 60 and 90, default criteria:
 #: early phase up to 25, window 10): intervals 30-40 and 40-50 are the placebo, 50-70 holds
 #: the first decay, 0-10 and 10-30 are early, 70-100 holds the second decay.
@@ -200,7 +201,7 @@ def test_claims_agree_with_numbers_like_the_papers():
         comparison((30, 32), (60, 50), (60, 20), 40),
         dynamics(drops=2, rebound=True),
     )
-    assert [c.key for c in claims] == list("abcdefghijkl")
+    assert [c.key for c in claims] == list("abcdefghijklm")
     assert verdicts(claims) == {**dict.fromkeys("abcdefghj", AGREES), **UNMEASURED}
     a = claims[0]
     assert (
@@ -285,7 +286,7 @@ def test_claims_not_measured_or_one_seed_say_why():
     ]
     hints = {"table1_2x": "run the demo with --long-schedule", "table2": "with --table2"}
     claims = {c.key: c for c in paper_claims({"table1": one_seed}, None, {}, hints=hints)}
-    for key in "abcdefikl":
+    for key in "abcdefiklm":
         assert claims[key].verdict == NOT_MEASURED and claims[key].reason, key
     for key in "gj":
         assert claims[key].verdict == INCONCLUSIVE and claims[key].reason == ONE_SEED, key
@@ -477,3 +478,43 @@ def test_a_lower_claim_is_ruled_out_by_an_interval_above_minus_its_size():
     assert differs(close, b, -1, 1.0) == Outcome(DISAGREES, shown)  # lo > -1: no 1.0 loss
     assert differs(close, b, -1, -lo).verdict == INCONCLUSIVE  # lo exactly at -size
     assert differs([1.0, 1.0], [1.0, 1.0], +1, 1.0).verdict == DISAGREES  # equal, no spread
+
+
+def with_inherited(s_ap: list[float], quarter_ap: list[float]) -> list[dict]:
+    """Table 1 with S (MACs)'s twins inherited from I (same params), the same schedule's AP
+    ``s_ap`` and the quarter schedule's ``quarter_ap``."""
+    rows = table([10.4, 10.6, 10.5], [10.2, 10.9, 10.7], [8.0, 8.2, 8.1])
+    rows[2:2] = [
+        row("ResiaNet S (MACs) inherited from I", 0.6e6, s_ap, BASE),
+        row("ResiaNet S (MACs) inherited from I, 1/4 schedule", 0.6e6, quarter_ap, BASE),
+    ]
+    return rows
+
+
+@pytest.mark.parametrize(
+    "inherited, verdict",
+    [
+        ([11.2, 11.4, 11.3], AGREES),  # +0.8, 90% CI [+0.63, +0.97]: inside ±1
+        ([11.3, 11.5, 11.4], INCONCLUSIVE),  # +0.9, CI [+0.73, +1.07] reaches past +1
+        ([11.6, 11.8, 11.7], DISAGREES),  # +1.2, CI [+1.03, +1.37] wholly above +1
+        ([8.0, 10.5, 13.0], INCONCLUSIVE),  # the same mean, Welch p 1: not yet similar
+    ],
+)
+def test_scratch_matches_inherited_is_an_equivalence_at_the_same_schedule(inherited, verdict):
+    found = claim("m", {"table1": with_inherited(inherited, [0.0, 0.1, 0.2])}, None, {})
+    assert found.verdict == verdict, found
+    assert found.ours.startswith("ResiaNet S (MACs): inherited AP ")  # not the 1/4 row
+    assert "Liu et al., ICLR 2019" in found.source and "±1" in found.rule
+
+
+def test_inherited_rows_are_not_searched_rows_of_the_other_claims():
+    claims = paper_claims({"table1": with_inherited([11.2, 11.4, 11.3], [9.0, 9.1, 9.2])},
+                          None, {})  # fmt: skip
+    assert verdicts(claims)["h"] == AGREES  # its twins have S (MACs)'s params, not fewer
+    assert verdicts(claims)["g"] == AGREES  # the (MACs) rows only
+    hint = {"inherit": "run the demo with --inherit"}
+    found = claim("m", {"table1": table([10.5], [10.5], [10.5])}, None, {}, hints=hint)
+    assert found.shown_verdict == (
+        "not measured: needs every ResiaNet started by resize from the fine-tuned I run "
+        "(run the demo with --inherit)"
+    )

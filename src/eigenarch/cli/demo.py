@@ -57,6 +57,13 @@ def demo(
         help="Add the Mask R-CNN rows: the base and the searched backbones trained as Mask "
         "R-CNN (AP bbox / AP mask), for claim (l).",
     ),
+    inherit: bool = typer.Option(
+        False,
+        "--inherit",
+        help="Add the rows inherited from I: every searched backbone started by `resize` from "
+        "the fine-tuned I run and trained with the same schedule and with 1/4 of it, beside "
+        "the scratch rows of Table 1, for claim (m).",
+    ),
     device: Device = None,
     force: bool = typer.Option(
         False,
@@ -74,10 +81,11 @@ def demo(
 ) -> None:
     """Run the paper's pipeline end to end on the embedded shapes data set (resumable).
 
-    --long-schedule, --table2 and --mask add rows (to an earlier demo in OUT too, reusing it).
+    --long-schedule, --table2, --mask and --inherit add rows (to an earlier demo in OUT too,
+    reusing it).
     """
     check_writable(out, folder=True)  # a read-only or full place fails now, in one line
-    chosen = [("long", long_schedule), ("table2", table2), ("mask", mask)]
+    chosen = [("long", long_schedule), ("table2", table2), ("mask", mask), ("inherit", inherit)]
     extras = [name for name, wanted in chosen if wanted]
     _print_summary(
         run_demo(

@@ -1,4 +1,5 @@
-"""``eigenarch count`` and ``eigenarch search``: backbone costs, Intrinsic Architecture Search."""
+"""``eigenarch count``, ``search`` and ``resize``: backbone costs, Intrinsic Architecture
+Search, resizing a trained model with its weights."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from eigenarch.models.backbone import BackboneOptions, load_backbone, parse_back
 from eigenarch.models.builders import PAPER_COSTS
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.options import parse_ints, parse_threshold
+from eigenarch.report.inherited import resize_checkpoint
 from eigenarch.report.width_search import search_to_file
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS, ModelCost
 from eigenarch.widths.inflation import inflated_widths, inflation_note
@@ -162,7 +164,38 @@ def search(
         Console(stderr=True).print(note, highlight=False)
 
 
+def resize(
+    spec: Path = typer.Argument(
+        ..., help="Width spec JSON of the backbone to resize to (e.g. from `eigenarch search`)."
+    ),
+    source: Path = typer.Option(
+        ...,
+        "--from",
+        help="The trained checkpoint: a detector of `eigenarch train` (or a classifier of "
+        "`eigenarch pretrain`).",
+    ),
+    spectra: Path = typer.Option(
+        ..., help="Spectra of that same model (`eigenarch spectrum --model CHECKPOINT`)."
+    ),
+    out: Path = typer.Option(..., help="The resized checkpoint to write (for `train --init`)."),
+    force: bool = typer.Option(False, help="Overwrite --out if it exists."),
+    seed: int = typer.Option(0, help="Seed of the fresh weights of channels that grow."),
+) -> None:
+    """Resize a trained model to a width spec, keeping what it learned (SPEC section 6c)."""
+    done = resize_checkpoint(spec, source, spectra, out, force, seed)
+    old, new = done.source.searched_widths(), done.target.searched_widths()
+    console = Console()
+    console.print(
+        f"resized the {done.kind} of {source}: widths {','.join(map(str, old))} -> "
+        f"{','.join(map(str, new))}; wrote {out} (eigenarch train --backbone {spec} "
+        f"--init {out}, with the source run's other options)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``count`` and ``search`` to the main CLI."""
+    """Add ``count``, ``search`` and ``resize`` to the main CLI."""
     app.command("count")(trusting(count))
     app.command("search")(trusting(search))
+    app.command("resize")(trusting(resize))

@@ -30,6 +30,8 @@ from eigenarch.io import atomic_write_json, read_json_object
 from eigenarch.models.norms import norm_layer
 from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
 from eigenarch.widths.fpn import pyramid
+from eigenarch.widths.graph import LAYER_TYPES, ModelGraph, trace_model
+from eigenarch.widths.inherit import EPS, Covariances, inherit_resize
 
 if TYPE_CHECKING:
     from eigenarch.widths.ias import WidthSearchResult
@@ -106,6 +108,41 @@ class Backbone(ABC):
     def with_fpn(self, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
         """The body with a GroupNorm FPN over its feature levels (``out_channels``)."""
         return body_with_fpn(self.build(), fpn_channels, gn_groups)
+
+    def inherit(
+        self,
+        trained: nn.Module,
+        target: Backbone,
+        spectra: Covariances,
+        prefix: str = "",
+        seed: int = 0,
+        kept: Mapping[str, torch.Tensor] | None = None,
+        reconstruct: bool = True,
+        eps: float = EPS,
+    ) -> nn.Module:
+        """``trained`` (this backbone as :meth:`build` or :meth:`with_fpn` makes it, with
+        trained weights) at ``target``'s widths, its weights inherited (SPEC section 6c).
+
+        ``spectra`` are ``trained``'s own maps, named ``<prefix><module>:<side>`` (a
+        detector's: ``prefix="backbone."``). Each channel group takes the width of its first
+        producer in ``target`` built the same way (a body with an FPN: the FPN's laterals
+        are consumers of the body's last groups and get their correction too; the FPN's own
+        groups keep their widths). A ``target`` of another kind, other depths or another
+        builder is refused in one line. ``seed``, ``kept``, ``reconstruct`` and ``eps``: see
+        :func:`eigenarch.widths.inherit.inherit_resize`.
+        """
+        if type(target) is not type(self):
+            raise EigenarchError(f"cannot resize {self.describe()} ({self.format}) into "
+                                 f"{target.describe()} ({target.format}): another kind of "
+                                 "backbone")  # fmt: skip
+        example = torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE)
+        graph = trace_model(trained, example, name=self.describe())
+        reference = _built_like(target, trained, example)
+        widths = _target_widths(graph, reference, target.describe())
+        resized = inherit_resize(trained, widths, spectra, example, graph, prefix, seed, kept,
+                                 reconstruct, eps)  # fmt: skip
+        _check_shapes(resized, reference, target.describe())
+        return resized
 
     def describe(self) -> str:
         """A short name for messages."""
@@ -203,6 +240,52 @@ def parse_backbone(
         if found is not None:
             return found
     raise EigenarchError(f"--backbone {text!r}: not a backbone")  # no kind parses text
+
+
+def _built_like(target: Backbone, trained: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``target`` built as ``trained`` was: with an FPN of its width, or as a classifier of
+    its classes."""
+    if isinstance(trained, BackboneWithFPN):
+        groups = next((m.num_groups for m in trained.fpn.modules() if isinstance(m, nn.GroupNorm)),
+                      1)  # fmt: skip
+        return target.with_fpn(trained.out_channels, groups)
+    training = trained.training
+    with torch.no_grad():
+        classes = trained.eval()(example).shape[-1]
+    trained.train(training)
+    return target.build(classes)
+
+
+def _target_widths(graph: ModelGraph, reference: nn.Module, target: str) -> dict[str, int]:
+    """Each group's width in ``reference``: that of its producers there, which must exist
+    and agree."""
+    modules = dict(reference.named_modules())
+    widths = {}
+    for group in graph.groups:
+        found = set()
+        for name in group.producers:
+            module = modules.get(name)
+            if not isinstance(module, LAYER_TYPES):
+                raise EigenarchError(f"{target} has no layer {name} of the analysed model's "
+                                     f"group {group.name!r} (other depths or another "
+                                     "builder?)")  # fmt: skip
+            found.add(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
+        if len(found) > 1:
+            raise EigenarchError(f"{target}: the layers of channel group {group.name!r} have "
+                                 f"widths {sorted(found)}; expected one")  # fmt: skip
+        widths[group.name] = found.pop()
+    return widths
+
+
+def _check_shapes(resized: nn.Module, reference: nn.Module, target: str) -> None:
+    """Refuse a resized model whose weights do not have ``reference``'s names and shapes."""
+    own, wanted = resized.state_dict(), reference.state_dict()
+    for key in dict.fromkeys([*own, *wanted]):
+        if key not in own or key not in wanted or own[key].shape != wanted[key].shape:
+            found = tuple(own[key].shape) if key in own else "none"
+            expected = tuple(wanted[key].shape) if key in wanted else "none"
+            raise EigenarchError(f"resizing by channel groups does not reach {target}: {key} "
+                                 f"would be {found}, {target} has {expected}")  # fmt: skip
 
 
 # --- feature levels and the FPN over them -------------------------------------------------

@@ -10,6 +10,7 @@ network. From scratch the backbone convs are He-normal and the FPN convs Glorot-
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from eigenarch.models.backbone import (
     parse_backbone,
 )
 from eigenarch.models.norms import norm_layer
+from eigenarch.widths.inherit import Covariances
 
 KINDS = ("faster_rcnn", "mask_rcnn")
 #: Anchor sizes per FPN level (P2..P6), torchvision's default.
@@ -51,6 +53,25 @@ def as_backbone(backbone: BackboneLike, gn_groups: int = 32, norm: str | None = 
     if isinstance(backbone, Mapping):
         return backbone_from_dict(backbone)
     return parse_backbone(backbone, BackboneOptions(norm, gn_groups))
+
+
+def inherit_detector(
+    detector: GeneralizedRCNN,
+    source: Backbone,
+    target: Backbone,
+    spectra: Covariances,
+    seed: int = 0,
+    **options: Any,
+) -> GeneralizedRCNN:
+    """A copy of the trained ``detector`` (built on ``source``) on ``target``'s widths, its
+    weights inherited (SPEC section 6c; ``spectra``: the detector's own maps): its body
+    and FPN by :meth:`Backbone.inherit <eigenarch.models.backbone.Backbone.inherit>` (the
+    FPN laterals read the resized stages), its heads as they are. ``options``: ``kept``,
+    ``reconstruct``, ``eps``."""
+    resized = copy.deepcopy(detector)
+    resized.backbone = source.inherit(detector.backbone, target, spectra, "backbone.", seed,
+                                      **options)  # fmt: skip
+    return resized
 
 
 def _check_settings(

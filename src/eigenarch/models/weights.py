@@ -30,6 +30,11 @@ from eigenarch.progress import console
 DETECTRON_MEAN = (122.7717 / 255, 115.9465 / 255, 102.9801 / 255)
 DETECTRON_STD = (1 / 255, 1 / 255, 1 / 255)
 
+#: ``format`` of a detector checkpoint (:mod:`eigenarch.train.checkpoint`'s ``DETECTOR_FORMAT``).
+DETECTOR = "eigenarch.detector"
+#: ``info["format"]`` of a whole detector read from a checkpoint of ``eigenarch resize``.
+INHERITED = "eigenarch.inherited"
+
 _PREFIXES = ("module.", "backbone.body.", "body.")
 _DETECTRON_BLOB = re.compile(r"^res(\d)_(\d+)_branch(1|2[abc])_(w|b|gn_s|gn_b|bn_s|bn_b)$")
 _DETECTRON_STEM = {
@@ -121,12 +126,14 @@ def _backbone_only(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_backbone_weights(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], whole_detector: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone weights in torchvision naming from any accepted file.
 
     Returns ``(state dict, info)``; ``info`` has ``format`` and, for Detectron pickles, the
-    unmatched blobs and the pixel mean / std the weights expect.
+    unmatched blobs and the pixel mean / std the weights expect. With ``whole_detector``, a
+    detector checkpoint that ``eigenarch resize`` wrote gives every weight of the detector,
+    names as they are (``format`` :data:`INHERITED`).
     """
     path = Path(path)
     if not path.is_file():
@@ -145,16 +152,41 @@ def read_backbone_weights(
         payload = load_torch(path, "torch weights file")  # one line, never torch's advice
     except EigenarchError as exc:
         raise EigenarchError(f"--init {exc}") from None
+    inherited = False
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         kind = str(payload.get("format", "checkpoint"))
+        inherited = kind == DETECTOR and isinstance(payload.get("inherited"), dict)
         payload = payload["model"]
-        if kind == "eigenarch.detector":
+        if kind == DETECTOR and not (inherited and whole_detector):
             payload = {k: v for k, v in payload.items() if k.startswith("backbone.body.")}
     else:
         kind = "state_dict"
     if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
         raise EigenarchError(f"--init {path}: expected a state dict of tensors")
+    if inherited and whole_detector:
+        return payload, {"format": INHERITED, "unmatched": []}
     return _backbone_only(payload), {"format": kind, "unmatched": []}
+
+
+def load_init_weights(detector: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``train --init``: the whole ``detector`` from a checkpoint ``eigenarch resize`` wrote
+    (every weight, names and shapes as the run's detector has them), else its backbone body
+    from any file :func:`load_backbone_weights` takes. Returns the ``info`` of the load."""
+    state, info = read_backbone_weights(path, whole_detector=True)
+    if info["format"] != INHERITED:
+        return _load_into_body(detector.backbone.body, state, info, path)
+    own = detector.state_dict()
+    for key in dict.fromkeys([*own, *state]):
+        if key not in own or key not in state or own[key].shape != state[key].shape:
+            found = tuple(state[key].shape) if key in state else "missing"
+            wanted = tuple(own[key].shape) if key in own else "none"
+            raise EigenarchError(
+                f"--init {path}: the resized detector does not fit this run's detector: {key} "
+                f"is {found} in the file, {wanted} in the model (train with --backbone the "
+                "width spec it was resized to and its source run's detector options)"
+            )
+    detector.load_state_dict(state)
+    return {**info, "missing": [], "unexpected": [], "loaded": len(state)}
 
 
 def load_backbone_weights(body: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -166,7 +198,12 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike[str]) -> dict
     the file lacks are reported. Returns the ``info`` of :func:`read_backbone_weights` with
     ``missing`` and ``unexpected`` key lists added.
     """
-    state, info = read_backbone_weights(path)
+    return _load_into_body(body, *read_backbone_weights(path), path)
+
+
+def _load_into_body(
+    body: nn.Module, state: dict[str, torch.Tensor], info: dict[str, Any], path: object
+) -> dict[str, Any]:
     own = body.state_dict()
     modules = dict(body.named_modules())
     for key in state:

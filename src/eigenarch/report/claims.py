@@ -1,14 +1,15 @@
 """The paper's findings (sections 4.2-4.7, Tables 1-2, Figures 2-5) beside one run's numbers.
 
-:func:`paper_claims` gives one :class:`Claim` per finding (a)-(l): the paper's statement and
-where it is, this run's figure, the rule that decides, and one of four verdicts, always
-computed from the numbers: ``agrees``, ``disagrees``, ``inconclusive`` (the data cannot tell
-at this number of seeds; the reason says what would) or ``not measured`` (the run has not
-made the rows; the reason says how to). Over seeds, "higher" / "lower" claims use the
-two-sided Welch's t-test (:func:`welch_p`) with the sign of the difference, "similar" /
-"reaches" claims an equivalence (non-inferiority) test: the 90 % Welch confidence interval of
-the difference inside the margin (:func:`difference_interval`), i.e. two one-sided tests at
-5 %. The rules are in docs/report.md.
+:func:`paper_claims` gives one :class:`Claim` per finding (a)-(l), and (m), Liu et al.'s on
+inherited weights: the statement and where it is, this run's figure, the rule that decides,
+and one of four verdicts, always computed from the numbers: ``agrees``, ``disagrees``,
+``inconclusive`` (the data cannot tell at this number of seeds; the reason says what would)
+or ``not measured`` (the run has not made the rows; the reason says how to). Over seeds,
+"higher" / "lower" claims use the two-sided Welch's t-test (:func:`welch_p`) with the sign
+of the difference, "similar" / "reaches" claims an equivalence (non-inferiority) test: the
+90 % Welch confidence interval of the difference inside the margin
+(:func:`difference_interval`), i.e. two one-sided tests at 5 %. The rules are in
+docs/report.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ SIMILAR = 0.1
 #: "Larger" summed dimensionalities: a ratio above 1 + this.
 LARGER = 0.05
 NOT_RUN = "not run by this demo"
+#: The label a searched row's run started by ``resize`` from the fine-tuned I run adds, and
+#: the one its run at a quarter of the schedule adds after it (``eigenarch demo --inherit``).
+INHERITED = " inherited from I"
+QUARTER = ", 1/4 schedule"
 ONE_SEED = "one seed gives no spread to test (run the demo with --seeds 2 or more)"
 _CONV = re.compile(r"layer(\d+)\.(\d+)\.(conv(\d+)|downsample\.0)")
 
@@ -456,7 +461,8 @@ def _fewest_claim(table: Rows, family: str) -> Claim:
     if found is None:
         return _no_rows("h", paper, source, rule)
     base, s_macs = found
-    searched = [r for r in table if r["backbone"].startswith(f"{family} ")]
+    searched = [r for r in table if r["backbone"].startswith(f"{family} ")
+                and INHERITED not in r["backbone"]]  # fmt: skip
     others = [r for r in [base, *searched] if r is not s_macs]
     ours = ", ".join(f"{r['backbone']} {r['params'] / 1e6:.2f} M" for r in [s_macs, *others])
     fewest = all(s_macs["params"] < r["params"] for r in others)
@@ -566,6 +572,34 @@ def _mask_claim(mask: Rows | None, table: Rows, family: str, hint: str | None) -
     return Claim("l", paper, source, ours, rule, verdict, reason)
 
 
+def _inherit_claim(table: Rows, family: str, hint: str | None) -> Claim:
+    paper = (
+        "for structured pruning, training the smaller network from scratch matches fine-tuning "
+        "the weights it inherits, at the same schedule"
+    )
+    source = "Liu et al., ICLR 2019 (Rethinking the Value of Network Pruning)"
+    rule = (
+        f"each searched row: inherited - scratch AP within ±{AP_MARGIN:g} at the same schedule "
+        "(90% Welch CI)"
+    )
+    rows = {r["backbone"]: r for r in table}
+    scratch_rows = [r for r in table if r["backbone"].startswith(f"{family} ")]
+    pairs = [(r, rows[r["backbone"] + INHERITED]) for r in scratch_rows
+             if r["backbone"] + INHERITED in rows]  # fmt: skip
+    if not pairs:
+        needs = f"every {family} started by resize from the fine-tuned I run"
+        return _missing("m", paper, source, rule, needs, hint)
+    tests = [similar(inherited["AP_values"], scratch["AP_values"], AP_MARGIN)
+             for scratch, inherited in pairs]  # fmt: skip
+    ours = "; ".join(
+        f"{scratch['backbone']}: inherited AP {mean_std(inherited, 'AP')} vs scratch "
+        f"{mean_std(scratch, 'AP')} (inherited - scratch {x.shown})"
+        for (scratch, inherited), x in zip(pairs, tests, strict=True)
+    )
+    verdict, reason = combined(tests)
+    return Claim("m", paper, source, ours, rule, verdict, reason)
+
+
 #: Claims (a)-(c) on one map each: key, statement, source, map, rule, test of the map.
 MAP_CLAIMS: tuple[tuple[str, str, str, str, str, Callable[[MapComparison], bool]], ...] = (
     ("a", "lower layers of I and S converge to similar eigenspectra", "sec. 4.3, Figure 5 left",
@@ -587,10 +621,11 @@ def paper_claims(
     family: str = "ResiaNet",
     hints: Mapping[str, str] | None = None,
 ) -> list[Claim]:
-    """Claims (a)-(l) from the demo's ``tables`` (name -> rows of ``backbone``, ``params``
+    """Claims (a)-(m) from the demo's ``tables`` (name -> rows of ``backbone``, ``params``
     and per value ``KEY``, ``KEY_std``, ``KEY_values``, ``KEY_p``: Welch p against the row
     ``base``): ``table1`` (AP...), ``table1_2x`` (the same at 2x), ``table2`` (``top1_err``,
-    ``top5_err``), ``mask`` (``AP_bbox``, ``AP_mask``); the I-vs-S comparison (names ``I``,
+    ``top5_err``), ``mask`` (``AP_bbox``, ``AP_mask``), whose rows ``<searched>`` +
+    :data:`INHERITED` (``--inherit``) claim (m) reads; the I-vs-S comparison (names ``I``,
     ``S``) and the dynamics of runs ``I`` and ``S``. ``family`` names the searched rows;
     ``hints``: per table not given, how to make it (said in the claim's reason)."""
     table, hints = tables.get("table1", ()), hints or {}
@@ -608,4 +643,5 @@ def paper_claims(
         _uniform_claim(table),
         _table2_claim(tables.get("table2"), family, hints.get("table2")),
         _mask_claim(tables.get("mask"), table, family, hints.get("mask")),
+        _inherit_claim(table, family, hints.get("inherit")),
     ]

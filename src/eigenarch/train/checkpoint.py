@@ -70,14 +70,18 @@ _CONTENTS: dict[str, dict[str, type]] = {
 }
 
 
-def load_checkpoint(path: str | os.PathLike[str], expect: str = DETECTOR_FORMAT) -> dict:
-    """Read a checkpoint of ours (``weights_only=True``); refuse foreign, corrupt, truncated
-    or edited files in one line naming the file and what was expected."""
+def load_checkpoint(
+    path: str | os.PathLike[str], expect: str | tuple[str, ...] = DETECTOR_FORMAT
+) -> dict:
+    """Read a checkpoint of ours (``weights_only=True``) of format ``expect`` (or one of
+    them); refuse foreign, corrupt, truncated or edited files in one line naming the file and
+    what was expected."""
+    formats = (expect,) if isinstance(expect, str) else expect
     payload = load_torch(path, "checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != expect:
-        raise EigenarchError(f"{path}: not an {expect} checkpoint")
-    for key, kind in _CONTENTS.get(expect, {}).items():
-        _require(payload, key, kind, path, f"as every {expect} checkpoint holds")
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise EigenarchError(f"{path}: not an {' or '.join(formats)} checkpoint")
+    for key, kind in _CONTENTS.get(payload["format"], {}).items():
+        _require(payload, key, kind, path, f"as every {payload['format']} checkpoint holds")
     return payload
 
 

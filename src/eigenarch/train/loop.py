@@ -36,7 +36,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, output_lock
 from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
 from eigenarch.models.factory import check_trusted, is_factory
-from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_backbone_weights
+from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_init_weights
 from eigenarch.options import command_line
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import (
@@ -267,7 +267,7 @@ def prepare_model(
     model = build_detector(**config)
     init_info = None
     if cfg.init != "scratch" and not resume:
-        init_info = load_backbone_weights(model.backbone.body, cfg.init)
+        init_info = load_init_weights(model, cfg.init)
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
