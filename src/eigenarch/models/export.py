@@ -33,7 +33,7 @@ from torch import nn
 from eigenarch.errors import EigenarchError
 from eigenarch.io import make_folder, unwritable_as_error
 from eigenarch.models import standalone
-from eigenarch.models.backbone import Backbone, body_with_fpn
+from eigenarch.models.backbone import Backbone, body_with_fpn, parse_backbone
 from eigenarch.models.detector import KINDS, build_detector
 from eigenarch.models.weights import load_backbone_weights
 
@@ -98,7 +98,7 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_backbone(
-    spec: Backbone,
+    spec: Backbone | str | os.PathLike[str],
     out: str | os.PathLike[str],
     weights: str | os.PathLike[str] | None = None,
     force: bool = False,
@@ -106,13 +106,14 @@ def export_backbone(
     num_classes: int = 91,
     detector_options: Mapping[str, Any] | None = None,
 ) -> ExportResult:
-    """Write the export folder ``out`` of ``spec`` (module docstring); ``weights``: a
+    """Write the export folder ``out`` of ``spec`` (a backbone or a ``--backbone`` text,
+    e.g. a width-spec file; see the module docstring); ``weights``: a
     checkpoint or state dict file (torch, ``weights_only=True``; or safetensors) whose
     backbone tensors are loaded by name; ``detector``: also ``detector.onnx`` of that kind
     (``num_classes`` with background; ``detector_options`` go to
     :func:`~eigenarch.models.detector.build_detector`). An existing non-empty ``out`` is
     refused unless ``force``."""
-    out = Path(out)
+    out, spec = Path(out), parse_backbone(spec)
     _check_out(out, force)
     if detector is not None and detector not in KINDS:
         raise EigenarchError(f"--detector {detector!r}: expected one of {', '.join(KINDS)}")
