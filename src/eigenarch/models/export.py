@@ -117,14 +117,14 @@ def export_backbone(
     _check_out(out, force)
     if detector is not None and detector not in KINDS:
         raise EigenarchError(f"--detector {detector!r}: expected one of {', '.join(KINDS)}")
-    base = spec.export_base()
+    spec.export_base()  # a kind build.py cannot rebuild is refused before any work
     body = spec.build()
     fresh = sorted(body.state_dict())
     if weights is not None:
         info = load_backbone_weights(body, weights, "--weights")  # never loads fc.*
         fresh = sorted({*info["missing"], *(k for k in fresh if k.startswith("fc."))})
+    base, modules, tensors = portable_table(spec, body)
     state = {k: v.detach().contiguous().clone() for k, v in body.state_dict().items()}
-    modules, tensors = _portable_table(base, body, state, spec.describe())
     make_folder(out.parent)
     with unwritable_as_error(out):
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
@@ -159,12 +159,12 @@ def _check_out(out: Path, force: bool) -> None:
                              "--out or --force to replace it")  # fmt: skip
 
 
-def _portable_table(
-    base: Mapping[str, Any], body: nn.Module, state: Mapping[str, torch.Tensor], name: str
-) -> tuple[dict, dict]:
-    """The shape table of ``body`` against the ``base`` network build.py makes, checked:
-    build.py's network takes ``state`` with ``strict=True`` and computes ``body``'s outputs
-    exactly."""
+def portable_table(spec: Backbone, body: nn.Module) -> tuple[dict[str, Any], dict, dict]:
+    """What build.py needs to rebuild ``body`` (``spec`` built): ``(base, modules,
+    tensors)``, the base network (:meth:`Backbone.export_base`) and :func:`shape_table`
+    against it; checked: build.py's network takes ``body``'s state dict with
+    ``strict=True`` and computes its outputs exactly."""
+    base, name = spec.export_base(), spec.describe()
     try:
         portable = standalone.base_model(base)
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -174,7 +174,7 @@ def _portable_table(
     except EigenarchError as exc:
         raise EigenarchError(f"{name}: {exc}; it cannot be exported") from None
     standalone.adapt(portable, modules, tensors)
-    portable.load_state_dict(state, strict=True)
+    portable.load_state_dict(body.state_dict(), strict=True)
     example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         same = torch.equal(portable.eval()(example), body.eval()(example))
@@ -182,7 +182,7 @@ def _portable_table(
     if not same:
         raise EigenarchError(f"{name}: build.py's network computes other outputs than "
                              "eigenarch's; it cannot be exported")  # fmt: skip
-    return modules, tensors
+    return base, modules, tensors
 
 
 def _fpn_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
