@@ -1,9 +1,9 @@
 """Is the resized network really faster? Latency and peak memory against its base, measured.
 
-:func:`bench_backbones` builds, for a spec and a base network, the backbone with its FPN
-and the whole detector (random weights, eval mode), then times single forwards of the four
-interleaved in one process (each round in a rotated order, after warm-up rounds), so that
-load on the machine falls on all four alike. The detectors' RPN keeps its top proposals
+:func:`bench_backbones` builds, for a spec and a base network, the whole detector (random
+weights, eval mode), and times single forwards of it and of its backbone (body and FPN),
+the four interleaved in one process (each round in a rotated order, after warm-up rounds),
+so that load on the machine falls on all four alike. The detectors' RPN keeps its top proposals
 without NMS (``rpn_nms_thresh=1``): random weights leave an arbitrary number after NMS, so
 the box heads of spec and base would do different work; without it both pool the same
 number (1,000 per image) and differ by the backbone alone. It also counts each forward's
@@ -26,8 +26,9 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,6 +97,7 @@ def bench_backbones(
     warmup: int = 2,
     device: str = "cpu",
     detector: str = "faster_rcnn",
+    detector_options: Mapping[str, Any] | None = None,
 ) -> BenchResult:
     """Latency, peak memory and MACs of ``spec`` and ``base``: backbone with FPN on a
     ``(batch, 3, size, size)`` tensor, the ``detector`` on ``batch`` images of ``size`` x
@@ -103,7 +105,8 @@ def bench_backbones(
 
     ``spec`` and ``base`` are backbones or ``--backbone`` texts (a width-spec file, a
     builder name, nine widths: with the spec's norm and GroupNorm groups); ``base`` defaults
-    to the network the spec resizes (:meth:`Backbone.unresized`)."""
+    to the network the spec resizes (:meth:`Backbone.unresized`); ``detector_options`` go
+    to :func:`~eigenarch.models.detector.build_detector`."""
     _check(size, batch, threads, repeats, warmup, detector)
     spec = parse_backbone(spec)
     if base is None:
@@ -119,22 +122,18 @@ def bench_backbones(
     try:
         generator = torch.Generator().manual_seed(0)
         images = torch.rand(batch, 3, size, size, generator=generator).to(target)
+        options = {"min_size": size, "max_size": size, "rpn_nms_thresh": 1.0,
+                   **(detector_options or {})}  # fmt: skip
         runs = {}
         for network, backbone in (("spec", spec), ("base", base)):
-            parts = {
-                "backbone": backbone.with_fpn(),
-                "detector": build_detector(
-                    detector, backbone, min_size=size, max_size=size, rpn_nms_thresh=1.0
-                ),  # fmt: skip
-            }
-            for part, model in parts.items():
-                model.eval().to(target)
-                feed = images if part == "backbone" else list(images)
-                runs[network, part] = (backbone, model, _forward(model, feed, target))
-        times = _interleaved({k: f for k, (_, _, f) in runs.items()}, repeats, warmup, target)
+            whole = build_detector(detector, backbone, **options).eval().to(target)
+            parts = {"backbone": (whole.backbone, images), "detector": (whole, list(images))}
+            for part, (model, feed) in parts.items():  # the backbone: the detector's own
+                runs[network, part] = (backbone, _forward(model, feed, target))
+        times = _interleaved({k: f for k, (_, f) in runs.items()}, repeats, warmup, target)
         memory, measure = _memory_probe(target)
         rows = []
-        for (network, part), (backbone, _model, forward) in runs.items():
+        for (network, part), (backbone, forward) in runs.items():
             cost = backbone.cost()
             rows.append(BenchRow(network, part, cost.macs, cost.params, _macs(forward),
                                  statistics.median(times[network, part]),
