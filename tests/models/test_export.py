@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eigenarch.errors import EigenarchError
+from eigenarch.io import current_umask
 from eigenarch.models import standalone
 from eigenarch.models.backbone import (
     BackboneOptions,
@@ -205,3 +206,4 @@ def test_force_replaces_a_folder_whole(tmp_path):
     result = export_backbone(parse_backbone(TINY, GN8), tmp_path / "out", weights, force=True)
     assert "old.txt" not in result.files and "model.onnx" in result.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "out"]  # no temp left
+    assert result.out.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700

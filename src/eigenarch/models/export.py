@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from eigenarch.errors import EigenarchError
-from eigenarch.io import make_folder, unwritable_as_error
+from eigenarch.io import current_umask, make_folder, unwritable_as_error
 from eigenarch.models import standalone
 from eigenarch.models.backbone import Backbone, body_with_fpn, parse_backbone
 from eigenarch.models.detector import KINDS, build_detector
@@ -143,6 +143,7 @@ def export_backbone(
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             spec.save(tmp / "spec.json", {"export": section})
             shutil.copyfile(standalone.__file__, tmp / "build.py")
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's is 0700
         _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
