@@ -36,6 +36,7 @@ def test_bench_prints_json(run_cli, tmp_path, monkeypatch):
     assert done.code == 0, done.stdout
     result = json.loads(done.stdout)
     assert [(r["network"], r["part"]) for r in result["rows"]] == [
-        ("spec", "backbone"), ("spec", "detector"), ("base", "backbone"), ("base", "detector")
+        ("spec", "body"), ("spec", "backbone"), ("spec", "detector"),
+        ("base", "body"), ("base", "backbone"), ("base", "detector"),
     ]  # fmt: skip
     assert result["size"] == 64 and result["threads"] == 1

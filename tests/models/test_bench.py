@@ -48,9 +48,11 @@ def test_bench_rows_costs_and_threads():
                              warmup=0, detector_options=SMALL)  # fmt: skip
     assert torch.get_num_threads() == threads
     assert [(r.network, r.part) for r in result.rows] == [
-        ("spec", "backbone"), ("spec", "detector"), ("base", "backbone"), ("base", "detector")
+        ("spec", "body"), ("spec", "backbone"), ("spec", "detector"),
+        ("base", "body"), ("base", "backbone"), ("base", "detector"),
     ]  # fmt: skip
     spec, base = result.row("spec", "backbone"), result.row("base", "backbone")
+    assert result.row("spec", "body").macs < spec.macs  # the FPN on top
     assert spec.cost_macs == parse_backbone(SPEC, options).cost().macs
     assert base.cost_params == parse_backbone(BASE, options).cost().params  # --base: spec's GN 8
     assert spec.macs < base.macs < result.row("base", "detector").macs

@@ -1,14 +1,15 @@
 """Is the resized network really faster? Latency and peak memory against its base, measured.
 
 :func:`bench_backbones` builds, for a spec and a base network, the whole detector (random
-weights, eval mode), and times single forwards of it and of its backbone (body and FPN),
-the four interleaved in one process (each round in a rotated order, after warm-up rounds),
-so that load on the machine falls on all four alike. The detectors' RPN keeps its top proposals
-without NMS (``rpn_nms_thresh=1``): random weights leave an arbitrary number after NMS, so
-the box heads of spec and base would do different work; without it both pool the same
-number (1,000 per image) and differ by the backbone alone. It also counts each forward's
-MACs at the bench input (``FlopCounterMode`` / 2) beside the spec's classifier cost at
-224 px (SPEC section 4): fewer MACs need not mean less time.
+weights, eval mode), and times single forwards of it, of its backbone (body and FPN) and of
+the body alone (what IAS resizes), the six interleaved in one process (each round in a
+rotated order, after warm-up rounds), so that load on the machine falls on all alike. The
+detectors' RPN keeps its top proposals without NMS (``rpn_nms_thresh=1``): random weights
+leave an arbitrary number after NMS, so the box heads of spec and base would do different
+work; without it both pool the same number (1,000 per image) and differ by the backbone
+alone. It also counts each forward's MACs at the bench input (``FlopCounterMode`` / 2)
+beside the spec's classifier cost at 224 px (SPEC section 4): fewer MACs need not mean less
+time.
 
 Peak memory of one forward: on CUDA ``torch.cuda.max_memory_allocated`` above what was
 allocated before; on the CPU the resident set's high-water mark above the resident set
@@ -38,7 +39,6 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import Backbone, BackboneOptions, parse_backbone
 from eigenarch.models.detector import KINDS, build_detector
 
-PARTS = ("backbone", "detector")
 #: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` and the threshold set.
 _M_MMAP_THRESHOLD, _MMAP_BYTES = -3, 1 << 16
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
@@ -127,7 +127,8 @@ def bench_backbones(
         runs = {}
         for network, backbone in (("spec", spec), ("base", base)):
             whole = build_detector(detector, backbone, **options).eval().to(target)
-            parts = {"backbone": (whole.backbone, images), "detector": (whole, list(images))}
+            parts = {"body": (whole.backbone.body, images), "backbone": (whole.backbone, images),
+                     "detector": (whole, list(images))}  # fmt: skip
             for part, (model, feed) in parts.items():  # the backbone: the detector's own
                 runs[network, part] = (backbone, _forward(model, feed, target))
         times = _interleaved({k: f for k, (_, f) in runs.items()}, repeats, warmup, target)
