@@ -65,3 +65,16 @@ def test_bench_refusals():
         bench_backbones(SPEC, BASE, threads=0)
     with pytest.raises(EigenarchError, match=r"--detector 'retinanet': expected one of"):
         bench_backbones(SPEC, BASE, detector="retinanet")
+
+
+def test_default_base_is_the_network_the_spec_resizes():
+    from eigenarch.models.builders import BuilderBackbone
+    from eigenarch.nas.shufflenet import SPACES, DetnasBackbone
+    from eigenarch.widths.cost import RESNET50_WIDTHS
+
+    resianet = parse_backbone(SPEC, BackboneOptions(gn_groups=8)).unresized()
+    assert (resianet.widths, resianet.gn_groups) == (RESNET50_WIDTHS, 8)
+    builder = BuilderBackbone("resnet18", {"conv1": 32}, "gn", 8)
+    assert builder.unresized() == BuilderBackbone("resnet18", {}, "gn", 8, {"name": "resnet18"})
+    with pytest.raises(EigenarchError, match="a DetNAS network: no base network of its own"):
+        DetnasBackbone(SPACES[1], (0,) * sum(SPACES[1].depths)).unresized()

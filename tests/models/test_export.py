@@ -207,3 +207,10 @@ def test_force_replaces_a_folder_whole(tmp_path):
     assert "old.txt" not in result.files and "model.onnx" in result.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "out"]  # no temp left
     assert result.out.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
+
+
+def test_a_factory_backbone_is_refused_before_it_runs():
+    from eigenarch.models.builders import BuilderBackbone
+
+    with pytest.raises(EigenarchError, match=r"backbone 'net.py:make' is a factory's \(your code\)"):
+        BuilderBackbone("net.py:make").export_base()  # net.py does not even exist
