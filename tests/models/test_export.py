@@ -212,5 +212,5 @@ def test_force_replaces_a_folder_whole(tmp_path):
 def test_a_factory_backbone_is_refused_before_it_runs():
     from eigenarch.models.builders import BuilderBackbone
 
-    with pytest.raises(EigenarchError, match=r"backbone 'net.py:make' is a factory's \(your code\)"):
+    with pytest.raises(EigenarchError, match=r"'net.py:make' is a factory's \(your code\)"):
         BuilderBackbone("net.py:make").export_base()  # net.py does not even exist
