@@ -26,9 +26,9 @@ def test_rounds_rotate_and_warmup_is_dropped():
 
 
 def test_cpu_peak_sees_every_forward_not_only_the_first():
-    """Four 8 MiB tensors alive at once: 32 MiB each time. glibc, left alone, keeps freed
-    blocks of this size after the first time (its mmap threshold grows), so a resident-set
-    peak would read ~0 from the second forward on."""
+    """Four 8 MiB tensors alive at once: 32 MiB each time. glibc keeps freed blocks resident
+    and serves the next ones from them (after other tests' large tensors: from the first
+    time), so a resident-set peak without ``malloc_trim`` reads ~0."""
     method, measure = _memory_probe(torch.device("cpu"))
     if measure(lambda: None) is None:
         pytest.skip(method)

@@ -14,9 +14,8 @@ time.
 Peak memory of one forward: on CUDA ``torch.cuda.max_memory_allocated`` above what was
 allocated before; on the CPU the resident set's high-water mark above the resident set
 before (``/proc/self/status`` ``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
-with glibc told to return every freed block of 64 KiB or more to the system
-(``mallopt(M_MMAP_THRESHOLD)``, for the rest of the process), so that memory kept by the
-allocator from an earlier forward does not hide this one's. Elsewhere: not measured.
+glibc's free memory first given back to the system (``malloc_trim(0)``), so that blocks an
+earlier forward freed, still resident, do not hide this one's. Elsewhere: not measured.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import Backbone, BackboneOptions, parse_backbone
 from eigenarch.models.detector import KINDS, build_detector
 
-#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` and the threshold set.
-_M_MMAP_THRESHOLD, _MMAP_BYTES = -3, 1 << 16
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
@@ -189,10 +186,12 @@ def _memory_probe(device: torch.device) -> tuple[str, Callable[[Callable[[], Non
             return torch.cuda.max_memory_allocated(device) - before
 
         return "torch.cuda.max_memory_allocated above the allocated before", cuda_peak
-    if not _can_reset_peak_rss():
-        return "not measured (no /proc/self/clear_refs here)", lambda forward: None
+    libc = _resettable_libc()
+    if libc is None:
+        return "not measured (no glibc or /proc/self/clear_refs here)", lambda forward: None
 
     def rss_peak(forward: Callable[[], None]) -> int:
+        libc.malloc_trim(0)  # freed blocks leave the resident set
         before = _status_bytes("VmRSS")
         _CLEAR_REFS.write_text("5")  # the high-water mark VmHWM := the resident set now
         forward()
@@ -201,15 +200,15 @@ def _memory_probe(device: torch.device) -> tuple[str, Callable[[Callable[[], Non
     return "resident-set high-water mark above the resident set before (VmHWM)", rss_peak
 
 
-def _can_reset_peak_rss() -> bool:
+def _resettable_libc() -> ctypes.CDLL | None:
+    """glibc (for ``malloc_trim``) where the resident-set peak can be reset here."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        if not libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES):
-            return False
+        libc.malloc_trim  # noqa: B018 -- glibc's, not musl's
         _CLEAR_REFS.write_text("5")
-        return _status_bytes("VmHWM") > 0
+        return libc if _status_bytes("VmHWM") > 0 else None
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def _status_bytes(field: str) -> int:
