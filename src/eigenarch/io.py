@@ -61,7 +61,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with unwritable_as_error(target):
             yield tmp_path
             # mkstemp, and writers that recreate the file (safetensors), leave 0600: usual mode
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, 0o666 & ~current_umask())
             os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -225,7 +225,8 @@ def output_file(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

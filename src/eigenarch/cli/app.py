@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 from eigenarch.cli import data as data_cli
 from eigenarch.cli import demo as demo_cli
 from eigenarch.cli import evaluation as evaluation_cli
+from eigenarch.cli import export as export_cli
 from eigenarch.cli import nas as nas_cli
 from eigenarch.cli import report as report_cli
 from eigenarch.cli import spectrum as spectrum_cli
@@ -105,6 +106,7 @@ report_cli.register(app)
 spectrum_cli.register(app)
 demo_cli.register(app)
 evaluation_cli.register(app)
+export_cli.register(app)
 train_cli.register(app)
 widths_cli.register(app)
 

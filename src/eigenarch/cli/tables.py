@@ -1,10 +1,11 @@
-"""The tables commands print (rich): COCO metrics, costs, a search's widths."""
+"""The tables commands print (rich): COCO metrics, costs, a search's widths, a bench."""
 
 from __future__ import annotations
 
 from rich.table import Column, Table
 
 from eigenarch.evaluation.coco import COCO_METRICS
+from eigenarch.models.bench import BenchResult
 from eigenarch.widths.cost import ModelCost
 from eigenarch.widths.ias import WidthSearchResult
 
@@ -105,4 +106,26 @@ def tie_table(result: WidthSearchResult) -> Table:
         f"{result.macs / 1e9:.3f} G / {result.params / 1e6:.3f} M",
         style="bold",
     )
+    return table
+
+
+def bench_table(result: BenchResult) -> Table:
+    """Per part, the spec beside its base: MACs (classifier at 224 px, SPEC 4; and of the
+    benched forward), params, latency (median, min), peak memory, and the spec's ratios."""
+    table = Table(
+        "part", "network", "MACs 224 (G)", "params (M)", f"MACs {result.size} px (G)",
+        "median (ms)", "min (ms)", "peak (MiB)", "MACs / base", "time / base",
+        title=f"{result.batch} x {result.size} px, {result.threads} thread(s), {result.device}, "
+        f"{result.repeats} interleaved repeats",
+    )  # fmt: skip
+    for part in dict.fromkeys(r.part for r in result.rows):
+        base = result.row("base", part)
+        for network in ("spec", "base"):
+            row = result.row(network, part)
+            peak = "n/a" if row.peak_bytes is None else f"{row.peak_bytes / 2**20:.0f}"
+            table.add_row(
+                part, network, f"{row.cost_macs / 1e9:.3f}", f"{row.cost_params / 1e6:.2f}",
+                f"{row.macs / 1e9:.2f}", f"{1e3 * row.median_s:.1f}", f"{1e3 * row.min_s:.1f}",
+                peak, f"{row.macs / base.macs:.2f}", f"{row.median_s / base.median_s:.2f}",
+            )  # fmt: skip
     return table

@@ -91,6 +91,18 @@ class Backbone(ABC):
         the spectra) tells which body level each FPN lateral reads."""
         raise EigenarchError(f"{self.describe()}: its widths cannot be searched")
 
+    def export_base(self) -> dict[str, Any]:
+        """The network of torchvision or timm, at its own widths, that this backbone resizes:
+        what :func:`eigenarch.models.standalone.base_model` builds (``{"kind", ...}``)."""
+        raise EigenarchError(
+            f"{self.describe()}: built from eigenarch's own modules, which torchvision / timm "
+            "alone cannot rebuild; it cannot be exported"
+        )
+
+    def unresized(self) -> Backbone:
+        """The network whose widths this one resizes (what a bench compares it with)."""
+        raise EigenarchError(f"{self.describe()}: no base network of its own; name one")
+
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with ``"format"`` (ResiaNet: without, as the paper's files)."""

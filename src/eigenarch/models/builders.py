@@ -262,6 +262,24 @@ class BuilderBackbone(Backbone):
                                 dict(source or {}))  # fmt: skip
         return result, found
 
+    def export_base(self) -> dict[str, Any]:
+        """A factory's network is the user's code, not torchvision's or timm's: refused."""
+        if is_factory(self.builder):
+            raise EigenarchError(f"backbone {self.builder!r} is a factory's (your code): build it "
+                                 "with the factory; torchvision / timm alone cannot")  # fmt: skip
+        if self.builder.startswith(TIMM):
+            return {"kind": "timm", "name": self.builder[len(TIMM) :], "num_classes": 1000}
+        kind = "detnet59" if self.builder == "detnet59" else "torchvision"
+        norm = "gn" if kind == "detnet59" and self.norm is None else self.norm
+        if kind == "torchvision" and norm == "bn":  # the builder's own BatchNorm (its eps)
+            norm = None
+        return {"kind": kind, "name": self.builder, "norm": norm, "gn_groups": self.gn_groups,
+                "num_classes": 1000}  # fmt: skip
+
+    def unresized(self) -> BuilderBackbone:
+        """The builder at its own widths."""
+        return dataclasses.replace(self, groups={}, source={"name": self.builder})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": BUILDER_FORMAT,

@@ -189,6 +189,15 @@ class ResiaNetBackbone(Backbone):
                                  dict(source or {}))  # fmt: skip
         return result, found
 
+    def export_base(self) -> dict[str, Any]:
+        return {"kind": "resnet", "depths": list(self.depths), "norm": self.norm,
+                "gn_groups": self.gn_groups, "num_classes": 1000}  # fmt: skip
+
+    def unresized(self) -> ResiaNetBackbone:
+        """ResNet-50's widths at these depths and this norm."""
+        return ResiaNetBackbone(RESNET50_WIDTHS, self.depths, self.norm, self.gn_groups,
+                                {"name": "resnet50"})  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "widths": list(self.widths),

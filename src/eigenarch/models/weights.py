@@ -5,6 +5,7 @@ Accepted files:
 - a backbone state dict in torchvision naming (``conv1.weight``, ``layer1.0.bn1.weight``,
   ...; prefixes ``module.`` and ``backbone.body.`` are stripped, ``fc.*`` ignored);
 - a checkpoint written by ``eigenarch pretrain`` or ``eigenarch train``;
+- a state dict in a ``.safetensors`` file;
 - a Detectron-style pickle (``R-50-GN.pkl``: blobs such as ``res2_0_branch2a_w``,
   ``res2_0_branch2a_gn_s``), read by an unpickler that only rebuilds numpy arrays.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -126,18 +129,19 @@ def _backbone_only(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_backbone_weights(
-    path: str | os.PathLike[str], whole_detector: bool = False
+    path: str | os.PathLike[str], option: str = "--init", whole_detector: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Backbone weights in torchvision naming from any accepted file.
 
     Returns ``(state dict, info)``; ``info`` has ``format`` and, for Detectron pickles, the
     unmatched blobs and the pixel mean / std the weights expect. With ``whole_detector``, a
     detector checkpoint that ``eigenarch resize`` wrote gives every weight of the detector,
-    names as they are (``format`` :data:`INHERITED`).
+    names as they are (``format`` :data:`INHERITED`). A ``.safetensors`` file is a state
+    dict. Errors name ``option`` and the file.
     """
     path = Path(path)
     if not path.is_file():
-        raise EigenarchError(f"--init {path}: file not found")
+        raise EigenarchError(f"{option} {path}: file not found")
     if path.suffix == ".pkl":
         state, unmatched = detectron_to_torchvision(_read_detectron_pickle(path))
         state = _backbone_only(state)
@@ -149,9 +153,14 @@ def read_backbone_weights(
         }
         return state, info
     try:
-        payload = load_torch(path, "torch weights file")  # one line, never torch's advice
+        if path.suffix == ".safetensors":
+            payload = safetensors.torch.load_file(str(path))
+        else:
+            payload = load_torch(path, "torch weights file")  # one line, never torch's advice
     except EigenarchError as exc:
-        raise EigenarchError(f"--init {exc}") from None
+        raise EigenarchError(f"{option} {exc}") from None
+    except safetensors.SafetensorError as exc:
+        raise EigenarchError(f"{option} {path}: not a safetensors file ({exc})") from None
     inherited = False
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         kind = str(payload.get("format", "checkpoint"))
@@ -162,7 +171,7 @@ def read_backbone_weights(
     else:
         kind = "state_dict"
     if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
-        raise EigenarchError(f"--init {path}: expected a state dict of tensors")
+        raise EigenarchError(f"{option} {path}: expected a state dict of tensors")
     if inherited and whole_detector:
         return payload, {"format": INHERITED, "unmatched": []}
     return _backbone_only(payload), {"format": kind, "unmatched": []}
@@ -189,8 +198,10 @@ def load_init_weights(detector: nn.Module, path: str | os.PathLike[str]) -> dict
     return {**info, "missing": [], "unexpected": [], "loaded": len(state)}
 
 
-def load_backbone_weights(body: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Copy pre-trained weights into a ResiaNet ``body`` (by name); report what did not match.
+def load_backbone_weights(
+    body: nn.Module, path: str | os.PathLike[str], option: str = "--init"
+) -> dict[str, Any]:
+    """Copy pre-trained weights into a backbone ``body`` (by name); report what did not match.
 
     Shape mismatches are an error naming the first few parameters, and so are BatchNorm
     weights (running statistics in the file) for GroupNorm layers. Keys of the file that the
@@ -198,11 +209,15 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike[str]) -> dict
     the file lacks are reported. Returns the ``info`` of :func:`read_backbone_weights` with
     ``missing`` and ``unexpected`` key lists added.
     """
-    return _load_into_body(body, *read_backbone_weights(path), path)
+    return _load_into_body(body, *read_backbone_weights(path, option), path, option)
 
 
 def _load_into_body(
-    body: nn.Module, state: dict[str, torch.Tensor], info: dict[str, Any], path: object
+    body: nn.Module,
+    state: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    path: object,
+    option: str = "--init",
 ) -> dict[str, Any]:
     own = body.state_dict()
     modules = dict(body.named_modules())
@@ -210,7 +225,7 @@ def _load_into_body(
         module, _, stat = key.rpartition(".")
         if stat == "running_mean" and isinstance(modules.get(module), nn.GroupNorm):
             raise EigenarchError(
-                f"--init {path}: {key} is a BatchNorm statistic but the backbone's {module} is "
+                f"{option} {path}: {key} is a BatchNorm statistic but the backbone's {module} is "
                 "GroupNorm; BatchNorm weights are not GroupNorm weights: give GN weights (e.g. a "
                 "GN pre-training or a Detectron R-50-GN.pkl) or train with --norm bn"
             )
@@ -221,7 +236,7 @@ def _load_into_body(
     ]
     if wrong:
         raise EigenarchError(
-            f"--init {path}: shapes do not match the backbone: "
+            f"{option} {path}: shapes do not match the backbone: "
             + "; ".join(wrong[:3])
             + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else "")
         )
@@ -231,11 +246,11 @@ def _load_into_body(
     info["unexpected"] = sorted([k for k in state if k not in own] + info["unmatched"])
     info["loaded"] = len(matched)
     if not matched:
-        raise EigenarchError(f"--init {path}: no parameter name matches the backbone")
+        raise EigenarchError(f"{option} {path}: no parameter name matches the backbone")
     for what in ("missing", "unexpected"):
         if info[what]:
             shown = ", ".join(info[what][:5]) + (", ..." if len(info[what]) > 5 else "")
             console.print(
-                f"--init {path}: {len(info[what])} {what} key(s): {shown}", highlight=False
+                f"{option} {path}: {len(info[what])} {what} key(s): {shown}", highlight=False
             )
     return info
