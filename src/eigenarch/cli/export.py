@@ -67,8 +67,8 @@ def bench(
     as_json: AsJson = False,
 ) -> None:
     """Latency, peak memory and MACs of the backbone and the detector against the base network."""
-    result = bench_backbones(spec, base, size, batch, threads, repeats, warmup, parse_device(device),
-                             detector.value)  # fmt: skip
+    result = bench_backbones(spec, base, size, batch, threads, repeats, warmup,
+                             parse_device(device), detector.value)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
