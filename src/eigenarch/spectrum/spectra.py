@@ -203,7 +203,8 @@ class Spectra:
 
     def summary(self, threshold: float = THRESHOLD) -> list[dict[str, Any]]:
         """One row per map: name, channels, samples, intrinsic dim at ``threshold``, share of
-        channels used, degrees of freedom (``gamma = threshold``) and effective rank."""
+        channels used, degrees of freedom (``gamma = threshold``), effective rank and sketch
+        rank (0: exact; else the dim is a lower bound at most it)."""
         self.decompose()
         rows = []
         for name in self.names:
@@ -216,6 +217,7 @@ class Spectra:
                 "share": dim / channels,
                 "degrees_of_freedom": self.degrees_of_freedom(name, threshold),
                 "effective_rank": self.effective_rank(name),
+                "sketch_rank": self.sketch_rank(name),
             })  # fmt: skip
         return rows
 
