@@ -134,3 +134,20 @@ def test_sketched_maps_round_trip_and_are_checked(tmp_path):
     _rewrite_header(path, lambda info: info["maps"][2]["sketch"].update(rank=5))
     with pytest.raises(EigenarchError, match="damaged spectra file"):  # SHA-256 of the fields
         Spectra.load(path)
+
+
+def test_shrinks_run_on_one_thread_and_restore_the_callers_count(monkeypatch):
+    seen = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: seen.append(torch.get_num_threads())
+                        or eigh(m))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sketch = FrequentDirections(8, 2)
+        sketch.add_rows(decaying_rows(9, 8))
+        sketch.sketch()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1] * 4  # 9 rows, buffer 4 shrunk to 2: after rows 4, 6 and 8, then at the end

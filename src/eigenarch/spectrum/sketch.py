@@ -12,8 +12,28 @@ the shrinkages.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, one intra-op thread inside, the caller's count back after: these thin
+    float64 products (``(2l, C)`` by its transpose) are 4 to 13 times faster on one thread
+    than on two on a busy 2-core machine (1,000 rows of 12,544 at rank 16: 0.38 s vs 9.7 s;
+    rank 256: 2.3 s vs 4.5 s)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class FrequentDirections:
@@ -43,14 +63,15 @@ class FrequentDirections:
         """Stream the rows of ``rows`` ``(K, C)``, each scaled by ``sqrt(alpha)``."""
         scale = alpha**0.5
         start = 0
-        while start < rows.shape[0]:
-            take = min(rows.shape[0] - start, self.buffer.shape[0] - self.filled)
-            chunk = self.buffer[self.filled : self.filled + take]
-            chunk.copy_(rows[start : start + take]).mul_(scale)
-            self.filled += take
-            start += take
-            if self.filled == self.buffer.shape[0]:
-                self._shrink()
+        with _one_thread(self.buffer.device):
+            while start < rows.shape[0]:
+                take = min(rows.shape[0] - start, self.buffer.shape[0] - self.filled)
+                chunk = self.buffer[self.filled : self.filled + take]
+                chunk.copy_(rows[start : start + take]).mul_(scale)
+                self.filled += take
+                start += take
+                if self.filled == self.buffer.shape[0]:
+                    self._shrink()
 
     def merge(self, rows: Tensor, shrinkage: float) -> None:
         """Fold in another sketch's rows ``(l', C)`` and its shrinkage."""
@@ -61,7 +82,8 @@ class FrequentDirections:
         """``B``: the ``(rank, C)`` sketch (shrunk now if more than ``rank`` rows are held;
         zero rows where fewer rows were streamed)."""
         if self.filled > self.rank:
-            self._shrink()
+            with _one_thread(self.buffer.device):
+                self._shrink()
         return self.buffer[: self.rank]
 
     def _shrink(self) -> None:
