@@ -338,7 +338,9 @@ def test_cli_sketches_wide_maps_and_reads_them_back(analysed_runs, copy_run, run
     spectra = Spectra.load(files[-1])
     wide = [n for n in spectra.names if spectra.channels(n) > 64]
     assert wide and all(spectra.sketch_rank(n) == 4 for n in wide)
-    dims = {m["name"]: m["dims"] for m in json.loads(r.stdout)["maps"]}
+    out = json.loads(r.stdout)
+    assert "--sketch-rank 4" in out["command"] and "--max-channels 64" in out["command"]
+    dims = {m["name"]: m["dims"] for m in out["maps"]}
     for name in wide:
         assert dims[name][-1] == spectra.intrinsic_dim(name) and 1 <= dims[name][-1] <= 4
     stamps = [f.stat().st_mtime_ns for f in files]
