@@ -90,8 +90,8 @@ def assert_sketches_merged(tmp_path, single: Spectra) -> None:
     top eigenvalues are within its shrinkage below the exact covariance's."""
     ranks = [Spectra.load(tmp_path / f"s.sketch.{r}") for r in range(2)]
     for name in ["2:out", "7:in"]:
-        sketch = ranks[0]._sketches[name]
-        assert torch.equal(sketch.rows, ranks[1]._sketches[name].rows)
+        sketch = ranks[0].sketch(name)
+        assert torch.equal(sketch.rows, ranks[1].sketch(name).rows)
         assert ranks[0].samples(name) == single.samples(name) and ranks[0].sketch_rank(name) == 3
         exact = torch.linalg.eigvalsh(single.covariance(name)).flip(0)[:3]
         gap = exact - torch.linalg.eigvalsh(sketch.rows @ sketch.rows.T).flip(0)

@@ -6,9 +6,11 @@ import json
 import warnings
 
 import pytest
+import safetensors
 import torch
 from torch import nn
 
+import eigenarch.spectrum.spectra as spectra_module
 from eigenarch.errors import EigenarchError
 from eigenarch.spectrum import Spectra, SpectrumCollector
 from eigenarch.spectrum.sketch import FrequentDirections
@@ -101,7 +103,7 @@ def test_collector_sketches_wide_maps_with_the_covariance_weights():
     full, sketched = collect(model, images, max_channels=16, sketch_rank=200)
     assert sketched == ["0:out", "2:in", "4:in"]
     for name in sketched:
-        rows = full._sketches[name].rows
+        rows = full.sketch(name).rows
         torch.testing.assert_close(rows.T @ rows, exact.covariance(name), rtol=1e-6, atol=1e-9)
         assert full.samples(name) == exact.samples(name)
     # Rank 4: lower bounds of the normalised eigenvalues, the intrinsic dim at most 4.
@@ -127,12 +129,34 @@ def test_sketched_maps_round_trip_and_are_checked(tmp_path):
     assert loaded.names == spectra.names
     assert loaded.intrinsic_dims() == spectra.intrinsic_dims()
     entry = json.loads(sidecar(path).read_text())["maps"][loaded.names.index("2:in")]
-    assert entry["sketch"] == {"rank": 4, "shrinkage": spectra._sketches["2:in"].shrinkage}
+    assert entry["sketch"] == {"rank": 4, "shrinkage": spectra.sketch("2:in").shrinkage}
     assert "sketch" not in json.loads(sidecar(path).read_text())["maps"][0]
-    torch.testing.assert_close(loaded._sketches["2:in"].rows, spectra._sketches["2:in"].rows)
+    torch.testing.assert_close(loaded.sketch("2:in").rows, spectra.sketch("2:in").rows)
     sidecar(path).unlink()
     _rewrite_header(path, lambda info: info["maps"][2]["sketch"].update(rank=5))
     with pytest.raises(EigenarchError, match="damaged spectra file"):  # SHA-256 of the fields
+        Spectra.load(path)
+
+    def forge(change) -> None:  # an edit whose SHA-256 is recomputed: the fields are checked
+        def edit(info):
+            info.pop("sha256")
+            change(info)
+            with safetensors.safe_open(path, framework="pt") as f:
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            info["sha256"] = spectra_module._digest(info, tensors)
+
+        spectra.save(path)
+        sidecar(path).unlink()
+        _rewrite_header(path, edit)
+
+    forge(lambda info: info["maps"][2]["sketch"].update(rank=5))
+    with pytest.raises(EigenarchError, match=r"no 24-channel rank-5 sketch tensors for map '2:in'"):
+        Spectra.load(path)
+    forge(lambda info: info["maps"][2]["sketch"].update(shrinkage=-1.0))
+    with pytest.raises(EigenarchError, match="damaged spectra file"):
+        Spectra.load(path)
+    forge(lambda info: info["maps"][2].pop("sketch"))  # a sketch read as a covariance
+    with pytest.raises(EigenarchError, match=r"no 24-channel covariance tensors for map '2:in'"):
         Spectra.load(path)
 
 

@@ -126,10 +126,15 @@ class Spectra:
                                  "kept; collect it with --include naming it")  # fmt: skip
         return cov
 
+    def sketch(self, name: str) -> Sketched | None:
+        """Map ``name``'s sketch; ``None`` for a map with its full covariance."""
+        self._get(name)
+        return self._sketches.get(name)
+
     def sketch_rank(self, name: str) -> int:
         """The rank of map ``name``'s sketch; 0 for a map with its full covariance."""
-        self._get(name)
-        return self._sketches[name].rank if name in self._sketches else 0
+        sketch = self.sketch(name)
+        return sketch.rank if sketch else 0
 
     def samples(self, name: str) -> int:
         """The number of samples ``n`` behind map ``name``."""
