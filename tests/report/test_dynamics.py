@@ -346,3 +346,5 @@ def test_cli_sketches_wide_maps_and_reads_them_back(analysed_runs, copy_run, run
     stamps = [f.stat().st_mtime_ns for f in files]
     assert run_cli(*args).code == 0  # the sketched files are reused as computed
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    r = run_cli("report", run, "--out", run.parent / "report")  # reads the sketched files
+    assert r.code == 0, r.stderr
