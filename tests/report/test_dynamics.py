@@ -326,3 +326,25 @@ def test_tensorboard_shows_each_maps_dims_and_eigenvalues_at_each_checkpoint(
     shutil.rmtree(run / "dynamics")
     assert run_cli(*args, "--no-tensorboard").code == 0
     assert not (run / "dynamics").exists()
+
+
+def test_cli_sketches_wide_maps_and_reads_them_back(analysed_runs, copy_run, run_cli):
+    run = copy_run(analysed_runs["B"])
+    args = ("dynamics", "--run", run, "--images", "2", "--workers", "0", "--json", "--include",
+            "roi_heads.box_head.*", "--max-channels", "64", "--sketch-rank", "4")  # fmt: skip
+    r = run_cli(*args)
+    assert r.code == 0, r.stderr
+    files = sorted((run / "spectra").glob("*.safetensors"))
+    spectra = Spectra.load(files[-1])
+    wide = [n for n in spectra.names if spectra.channels(n) > 64]
+    assert wide and all(spectra.sketch_rank(n) == 4 for n in wide)
+    out = json.loads(r.stdout)
+    assert "--sketch-rank 4" in out["command"] and "--max-channels 64" in out["command"]
+    dims = {m["name"]: m["dims"] for m in out["maps"]}
+    for name in wide:
+        assert dims[name][-1] == spectra.intrinsic_dim(name) and 1 <= dims[name][-1] <= 4
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert run_cli(*args).code == 0  # the sketched files are reused as computed
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    r = run_cli("report", run, "--out", run.parent / "report")  # reads the sketched files
+    assert r.code == 0, r.stderr

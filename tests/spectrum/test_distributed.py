@@ -34,6 +34,15 @@ def collect(images: torch.Tensor, batch_size: int = 2) -> Spectra:
     return collector.spectra()
 
 
+def sketched(images: torch.Tensor) -> Spectra:
+    """Maps wider than 16 channels as rank-3 sketches (``2:out``, ``7:in``: 48 and 144)."""
+    model = make_model()
+    with SpectrumCollector(model, max_channels=16, sketch_rank=3) as collector, torch.no_grad():
+        for start in range(0, len(images), 3):
+            model(images[start : start + 3])
+    return collector.spectra()
+
+
 def worker(rank: int, world: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -42,6 +51,7 @@ def worker(rank: int, world: int, init: str, out: str) -> None:
         collect(images[rank::world], batch_size=3).save(f"{out}.{rank}")
         # A rank that saw nothing at all still takes part in the reduction.
         collect(images if rank == 0 else images[:0]).save(f"{out}.idle.{rank}")
+        sketched(images[rank::world]).save(f"{out}.sketch.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -62,6 +72,7 @@ def test_two_processes_equal_one(tmp_path):
     assert all(spectra.names == single.names for spectra in ranks)
     assert single.samples("7:in") == 10 and single.samples("0:in") == 10
     assert single.samples("2:out") == 10
+    assert_sketches_merged(tmp_path, single)
 
 
 @pytest.mark.parametrize("images, batch, world", [(10, 2, 2), (11, 3, 2), (7, 2, 3), (3, 2, 4)])
@@ -72,3 +83,17 @@ def test_each_rank_takes_whole_batches_of_the_one_process_order(images, batch, w
     for r, share in enumerate(shares):  # the rank's own batches are the one-process ones
         assert [share[i : i + batch] for i in range(0, len(share), batch)] == batches[r::world]
     assert sorted(i for share in shares for i in share) == indices
+
+
+def assert_sketches_merged(tmp_path, single: Spectra) -> None:
+    """The ranks' sketches, gathered, stacked and shrunk: one result on every rank, whose
+    top eigenvalues are within its shrinkage below the exact covariance's."""
+    ranks = [Spectra.load(tmp_path / f"s.sketch.{r}") for r in range(2)]
+    for name in ["2:out", "7:in"]:
+        sketch = ranks[0].sketch(name)
+        assert torch.equal(sketch.rows, ranks[1].sketch(name).rows)
+        assert ranks[0].samples(name) == single.samples(name) and ranks[0].sketch_rank(name) == 3
+        exact = torch.linalg.eigvalsh(single.covariance(name)).flip(0)[:3]
+        gap = exact - torch.linalg.eigvalsh(sketch.rows @ sketch.rows.T).flip(0)
+        assert sketch.shrinkage > 0
+        assert gap.min() >= -1e-9 * exact[0] and gap.max() <= sketch.shrinkage * (1 + 1e-9)

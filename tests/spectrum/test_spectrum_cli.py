@@ -82,6 +82,27 @@ def test_detector_with_random_weights(run_cli, shapes, tmp_path):
     assert "rpn.head.conv.0.0:in" in r.stdout  # the table
 
 
+def test_wide_maps_sketched_then_shown_as_lower_bounds(run_cli, shapes, tmp_path):
+    out = tmp_path / "sketch.safetensors"
+    r = collect(run_cli, shapes, out, "--model", "fasterrcnn_resnet50_fpn", "--min-size", "64",
+                "--include", "roi_heads.box_head.*", "--sketch-rank", "8", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "sketching 1 map(s) wider than 4096 channels at rank 8" in r.stderr
+    assert "fc6:in" in r.stderr and "skipping" not in r.stderr
+    spectra = Spectra.load(out)
+    assert spectra.sketch_rank("roi_heads.box_head.fc6:in") == 8
+    assert spectra.channels("roi_heads.box_head.fc6:in") == 12544
+    assert spectra.sketch_rank("roi_heads.box_head.fc6:out") == 0
+    rows = {row["name"]: row for row in json.loads(r.stdout)["maps"]}
+    assert rows["roi_heads.box_head.fc6:in"]["sketch_rank"] == 8
+    assert 1 <= rows["roi_heads.box_head.fc6:in"]["intrinsic_dim"] <= 8
+    dim = rows["roi_heads.box_head.fc6:in"]["intrinsic_dim"]
+    r = run_cli("spectrum", "show", out)
+    assert r.code == 0 and f">= {dim} (sketch 8)" in r.stdout
+    r = collect(run_cli, shapes, tmp_path / "no", "--model", "resnet18", "--sketch-rank", "-1")
+    assert r.code == 2 and "--sketch-rank" in r.stderr
+
+
 def test_checkpoint_file(run_cli, shapes, tmp_path):
     torch.manual_seed(5)
     model = torchvision.models.resnet18()

@@ -136,6 +136,15 @@ MaxChannels = Annotated[
         help="Skip maps wider than this unless --include names them exactly (0: no limit)."
     ),
 ]
+SketchRank = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Sketch maps wider than --max-channels at this rank (Frequent Directions: "
+        "lower-bound eigenvalues, intrinsic dim a lower bound at most the rank) instead of "
+        "skipping them (0: skip).",
+    ),
+]
 Threshold = Annotated[str, typer.Option(help="Eigenvalue threshold T; 1e-3.5 means 10^-3.5.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 TrustFactory = Annotated[

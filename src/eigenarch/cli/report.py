@@ -19,6 +19,7 @@ from eigenarch.cli.options import (
     MaxChannels,
     OnceCommand,
     Sides,
+    SketchRank,
     TensorBoard,
     Threshold,
     Workers,
@@ -236,6 +237,7 @@ def dynamics(
     include: Include = None,
     sides: Sides = "in,out",
     max_channels: MaxChannels = 4096,
+    sketch_rank: SketchRank = 0,
     batch_size: BatchSize = 2,
     workers: Workers = 2,
     device: Device = None,
@@ -268,6 +270,7 @@ def dynamics(
         Criteria(drop, early, rise, window), checkpoints=checkpoints, model=model, out=out,
         lr_steps=None if lr_steps is None else parse_ints(lr_steps, "--lr-steps"),
         epochs=epochs, min_size=min_size, wait=wait, tensorboard=tensorboard,
+        sketch_rank=sketch_rank,
     )  # fmt: skip
     if not is_main():
         return

@@ -16,6 +16,7 @@ from eigenarch.cli.options import (
     Include,
     MaxChannels,
     Sides,
+    SketchRank,
     Threshold,
     Workers,
     comma_list,
@@ -35,12 +36,15 @@ spectrum_app = App(
 
 
 def summary_table(spectra: Spectra, threshold: float) -> Table:
-    """Map, channels, samples, intrinsic dimension at ``threshold`` and share of channels."""
+    """Map, channels, samples, intrinsic dimension at ``threshold`` and share of channels; a
+    sketched map's dimension is shown as the lower bound it is, with its sketch's rank."""
     table = Table(Column("map", overflow="fold"), "channels", "samples",
                   f"dim @ {threshold:.3g}", "share", title="intrinsic dimensionality")  # fmt: skip
     for row in spectra.summary(threshold):
-        table.add_row(row["name"], str(row["channels"]), str(row["samples"]),
-                      str(row["intrinsic_dim"]), f"{100 * row['share']:.1f}%")  # fmt: skip
+        rank = row["sketch_rank"]
+        dim = f">= {row['intrinsic_dim']} (sketch {rank})" if rank else str(row["intrinsic_dim"])
+        table.add_row(row["name"], str(row["channels"]), str(row["samples"]), dim,
+                      f"{100 * row['share']:.1f}%")  # fmt: skip
     return table
 
 
@@ -76,6 +80,7 @@ def collect(
     sides: Sides = "in,out",
     include: Include = None,
     max_channels: MaxChannels = 4096,
+    sketch_rank: SketchRank = 0,
     min_size: int = typer.Option(
         None,
         help="Detectors: shorter side the model's transform "
@@ -99,7 +104,8 @@ def collect(
     spectra = collect_spectra(model, data, out, weights=weights, split=split, images=images,
                               seed=seed, batch_size=batch_size, include=comma_list(include),
                               sides=parse_sides(sides), max_channels=max_channels,
-                              min_size=min_size, device=device, workers=workers)  # fmt: skip
+                              sketch_rank=sketch_rank, min_size=min_size, device=device,
+                              workers=workers)  # fmt: skip
     if is_main():
         _report(spectra, cut, as_json)
         console.print(f"wrote {out} ({len(spectra.names)} maps, {spectra.meta['images']} images)",

@@ -347,6 +347,7 @@ def _checkpoint_spectra(
             model, detector, dataset, chosen, batch_size=settings["batch_size"], workers=workers,
             device=str(local_device(device)), include=settings["layers"],
             sides=settings["sides"], max_channels=settings["max_channels"],
+            sketch_rank=settings.get("sketch_rank", 0),
             description=f"{training.unit} {iteration} ({k + 1}/{len(training.checkpoints)})",
         )  # fmt: skip
         shown = {k: settings[k] for k in ("data", "split")}
@@ -402,6 +403,7 @@ def compute_dynamics(
     min_size: int | None = None,
     wait: bool = False,
     tensorboard: bool = True,
+    sketch_rank: int = 0,
 ) -> RunDynamics:
     """Spectra of every checkpoint of a run (reused when already computed with the same
     settings), their dimensionalities at ``threshold`` and events; saved under the run.
@@ -413,7 +415,8 @@ def compute_dynamics(
     each rank streams its share of the images; rank 0 writes the files (with ``tensorboard``,
     :func:`write_events` too). A run still training
     (its lock held) is said so, and its dynamics marked ``partial``; with ``wait``, it is
-    waited for first.
+    waited for first. ``sketch_rank`` sketches the maps wider than ``max_channels``
+    (:class:`~eigenarch.spectrum.SpectrumCollector`).
     """
     holder = None
     if run_dir is not None and is_main():
@@ -435,6 +438,8 @@ def compute_dynamics(
     settings = {"data": str(Path(data).resolve()), "split": split, "images": images,
                 "seed": seed, "layers": list(layers) if layers else None, "sides": list(sides),
                 "max_channels": max_channels, "batch_size": batch_size}  # fmt: skip
+    if sketch_rank:  # only then: spectra computed before sketching stay reusable
+        settings["sketch_rank"] = sketch_rank
     if training.model is not None:  # what the spectra of another's checkpoints depend on too
         settings.update(model=training.model, min_size=min_size)
     if is_main():  # a read-only or full run folder fails now, not after the data passes

@@ -12,7 +12,8 @@ whenever spectra are read. The ``:out`` map of a bias-free 1x1, stride-1, wideni
 is ``y = W x`` at every position, so its sum is ``W S_in W^T``: when its ``:in`` map is
 collected too and that is cheaper, it is derived from the (then float64) ``:in`` sum instead
 of multiplied (:class:`_Derivation`). Layers used through their weight rather than called
-are seen by :mod:`eigenarch.spectrum.functional`.
+are seen by :mod:`eigenarch.spectrum.functional`. A map wider than ``max_channels`` may be
+sketched instead of skipped (``sketch_rank``: :mod:`eigenarch.spectrum.sketch`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from eigenarch.spectrum.functional import (
     WeightUses,
     missed_note,
 )
-from eigenarch.spectrum.spectra import Spectra
+from eigenarch.spectrum.sketch import FrequentDirections
+from eigenarch.spectrum.spectra import Sketched, Spectra
 
 #: Module types whose input and output maps are collected (and their subclasses).
 HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
@@ -216,6 +218,8 @@ class _Map:
     spare: list[_Triangle] = field(default_factory=list)  # product buffers no longer kept
     derivation: _Derivation | None = None  # for a ``:out`` map that may be derived
     float64: bool = False  # products in float64 (the source of a derived map)
+    sketch_rank: int = 0  # > 0: a Frequent Directions sketch of this rank instead of a sum
+    sketch: FrequentDirections | None = None
 
     def new_buffer(self, like: Tensor) -> _Triangle:
         exact = like.dtype == torch.float64 or self.channels < NARROW or self.float64
@@ -367,6 +371,9 @@ class SpectrumCollector:
         sides: which maps to collect, a non-empty subset of ``("in", "out")``.
         max_channels: maps wider than this are skipped with a warning unless ``include``
             names them exactly (module path or map name); ``None`` means no limit.
+        sketch_rank: where positive, maps wider than ``max_channels`` are sketched at this
+            rank instead of skipped (Frequent Directions: lower-bound eigenvalues, memory
+            ``O(rank C)``); a rank at least ``C`` is exact.
         derive: compute the ``:out`` map of a bias-free 1x1, stride-1, widening ``Conv2d``
             whose ``:in`` map is collected as ``W S_in W^T`` where that is cheaper (see
             :class:`_Derivation`); ``False`` multiplies every map's own tensors.
@@ -383,8 +390,11 @@ class SpectrumCollector:
         max_channels: int | None = 4096,
         derive: bool = True,
         images: int | None = None,
+        sketch_rank: int = 0,
     ) -> None:
         sides = tuple(sides)
+        if sketch_rank < 0:
+            raise EigenarchError(f"sketch_rank {sketch_rank}: expected >= 0 (0: skip wide maps)")
         if not sides or any(s not in MAP_SIDES for s in sides):
             raise EigenarchError(f"sides {sides!r}: expected a non-empty subset of ('in', 'out')")
         if images is not None and images < 1:
@@ -395,6 +405,7 @@ class SpectrumCollector:
         self.sides = sides
         self.max_channels = max_channels
         self.derive = derive
+        self.sketch_rank = sketch_rank
         #: Maps left out for being wider than ``max_channels``: name -> channels.
         self.skipped: dict[str, int] = {}
         #: Maps selected but left out because their module is never called (see
@@ -419,6 +430,11 @@ class SpectrumCollector:
     def names(self) -> list[str]:
         """The collected map names, in module order."""
         return list(self._maps)
+
+    @property
+    def sketched(self) -> list[str]:
+        """The maps wider than ``max_channels`` collected as sketches, in module order."""
+        return [n for n, s in self._maps.items() if s.sketch_rank]
 
     @property
     def derived(self) -> list[str]:
@@ -450,14 +466,17 @@ class SpectrumCollector:
                 if chosen and path in never_called:
                     self.unhooked.append(name)
                     chosen = False
-                if chosen and too_wide and not explicit:
+                sketched = chosen and too_wide and not explicit and self.sketch_rank > 0
+                if chosen and too_wide and not explicit and not sketched:
                     self.skipped[name] = widths[side]
                     chosen = False
                 state = _Map(name, widths[side], spatial, rows_only) if chosen else None
                 if state is not None:
+                    state.sketch_rank = self.sketch_rank if sketched else 0
                     self._maps[name] = state
                 pair.append(state)
-            if pair[0] and pair[1] and self.derive and _derivable_module(module):
+            exact = pair[0] and pair[1] and not (pair[0].sketch_rank or pair[1].sketch_rank)
+            if exact and self.derive and _derivable_module(module):
                 pair[1].derivation = _Derivation(pair[0], self.payback)
             if pair[0] or pair[1]:
                 self._layers.append((module, pair[0], pair[1]))
@@ -566,7 +585,13 @@ class SpectrumCollector:
 
         Tensors are recognised by identity and version counter while they live. Inference
         tensors have no version counter: they are multiplied for every map that reads them.
+        A sketched map streams its rows into its sketch (nothing shared).
         """
+        if state.sketch_rank:
+            if state.sketch is None:
+                state.sketch = FrequentDirections(state.channels, state.sketch_rank, tensor.device)
+            state.samples += _multiply(state.sketch, tensor, state, self._padding)
+            return
         if state.buffer is None:
             state.buffer = state.new_buffer(tensor)
         trackable = not tensor.is_inference()
@@ -616,17 +641,23 @@ class SpectrumCollector:
 
         Sums and sample counts are all-reduced here (once per call, not per batch), so every
         rank gets the same result. Maps that saw no sample on any rank are left out. The
-        collector's own state is unchanged: collection may go on afterwards.
+        collector's own state is unchanged: collection may go on afterwards. Sketches are
+        gathered from every rank and merged (stacked and shrunk again, the shrinkages added).
         """
         states = list(self._maps.values())
-        sums = [state.running_sum() for state in states]
+        sums = [(None, s.samples) if s.sketch_rank else s.running_sum() for s in states]
         distributed = dist.is_available() and dist.is_initialized()
         device = _reduce_device(states) if distributed else torch.device("cpu")
         counts = torch.tensor([n for _, n in sums], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(counts)
-        covariances, samples = {}, {}
+        covariances, sketches, samples = {}, {}, {}
         for state, (total, _), count in zip(states, sums, counts.tolist(), strict=True):
+            if state.sketch_rank:
+                if count:
+                    sketches[state.name] = _merged_sketch(state, device, distributed, count)
+                    samples[state.name] = int(count)
+                continue
             if distributed:
                 if total is None:
                     total = torch.zeros(state.channels, state.channels, dtype=torch.float64)
@@ -636,7 +667,7 @@ class SpectrumCollector:
                 continue
             covariances[state.name] = total.cpu().div_(count)
             samples[state.name] = int(count)
-        return Spectra(covariances, samples)
+        return Spectra(covariances, samples, sketches=sketches)
 
 
 def unhookable_modules(model: nn.Module) -> set[str]:
@@ -674,7 +705,9 @@ def _functional_call(
     return call
 
 
-def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | None) -> int:
+def _multiply(
+    out: _Triangle | FrequentDirections, tensor: Tensor, state: _Map, padding: _Padding | None
+) -> int:
     """``out += sum_i 1/(W_i H_i) F_i F_i^T`` over the samples of ``tensor``; their number."""
     if not state.spatial:  # a Linear's (..., C) input or output: every row is a sample
         rows = tensor.reshape(-1, tensor.shape[-1])
@@ -700,6 +733,27 @@ def _multiply(out: _Triangle, tensor: Tensor, state: _Map, padding: _Padding | N
         w = min(width, math.ceil(image_w * width / padding.width))
         out.add_gram(tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w))
     return batch
+
+
+def _merged_sketch(state: _Map, device: torch.device, distributed: bool, count: float) -> Sketched:
+    """``state``'s sketch, merged over the ranks when ``distributed``, in ``Sigma``'s units
+    (divided by the ``count`` samples of every rank); the rank's own stays a valid sketch."""
+    own = state.sketch
+    if own is None:
+        rows, shrinkage = torch.zeros(state.sketch_rank, state.channels, dtype=torch.float64), 0.0
+    else:
+        rows, shrinkage = own.sketch(), own.shrinkage
+    if distributed:
+        rows = rows.to(device, copy=True)
+        gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, rows)
+        shrinkages = torch.tensor([shrinkage], dtype=torch.float64, device=device)
+        dist.all_reduce(shrinkages)
+        merged = FrequentDirections(state.channels, state.sketch_rank)
+        for part in gathered:
+            merged.add_rows(part.cpu())
+        rows, shrinkage = merged.sketch(), merged.shrinkage + shrinkages.item()
+    return Sketched(rows.cpu().div(math.sqrt(count)), shrinkage / count)
 
 
 def _can_reuse(first: _Map, state: _Map) -> bool:

@@ -6,6 +6,11 @@ normalised eigenvalues (``eigenvalues/<map>``, so re-thresholding needs no decom
 plus a JSON sidecar ``<file>.json`` with the format tag, every map's name, channel and sample
 count, free-form metadata and the SHA-256 of the tensor file; the tensor file's header holds
 a copy of those fields. A corrupted, foreign, mismatched or edited pair is refused on loading.
+
+A map too wide for its covariance may be *sketched* (:class:`Sketched`, from
+:mod:`eigenarch.spectrum.sketch`): the file then holds its ``(rank, C)`` sketch
+(``sketch/<map>``) instead of a covariance, and its ``maps`` entry a ``"sketch"`` field with
+the rank and the shrinkage bound.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,31 @@ VERSION = 3
 THRESHOLD = 1e-3
 
 
+@dataclass(frozen=True)
+class Sketched:
+    """A map known through a Frequent Directions sketch: ``rows`` ``(rank, C)`` float64 with
+    ``0 <= Sigma - rows^T rows <= shrinkage * I`` (in ``Sigma``'s units)."""
+
+    rows: Tensor
+    shrinkage: float
+
+    @property
+    def rank(self) -> int:
+        return self.rows.shape[0]
+
+    def eigenvalues(self) -> Tensor:
+        """Lower bounds of ``Sigma``'s normalised eigenvalues, descending, ``(C,)``: the
+        sketch's eigenvalues divided by an upper bound of ``lambda_max`` (the sketch's own
+        plus the shrinkage), zeros past the rank (0 for a dead map)."""
+        channels = self.rows.shape[1]
+        values = torch.zeros(channels, dtype=torch.float64)
+        top = torch.linalg.eigvalsh(self.rows @ self.rows.T).flip(0).clamp_(min=0)[:channels]
+        bound = (top[0].item() if len(top) else 0.0) + self.shrinkage
+        if bound > 0:
+            values[: len(top)] = top / bound
+        return values
+
+
 class Spectra:
     """Per feature map: float64 covariance, sample count, eigenvalues and derived measures.
 
@@ -39,6 +70,11 @@ class Spectra:
         covariances: map name -> float64 ``(C, C)`` covariance ``Sigma``.
         samples: map name -> number of samples ``n`` behind it.
         meta: free-form JSON-serialisable information (model, data, seed, ...).
+        sketches: map name -> :class:`Sketched`, for maps known only through a sketch (their
+            eigenvalues are lower bounds, their intrinsic dimensionality a lower bound at most
+            the rank; they have no covariance).
+
+    Maps are in the order of ``samples``.
     """
 
     def __init__(
@@ -46,10 +82,13 @@ class Spectra:
         covariances: Mapping[str, Tensor],
         samples: Mapping[str, int],
         meta: dict[str, Any] | None = None,
+        sketches: Mapping[str, Sketched] | None = None,
     ) -> None:
-        if set(covariances) != set(samples):
-            raise ValueError("covariances and samples must name the same maps")
-        bad = [name for name, cov in covariances.items() if not torch.isfinite(cov).all()]
+        sketches = dict(sketches or {})
+        if set(covariances) & set(sketches) or set(covariances) | set(sketches) != set(samples):
+            raise ValueError("covariances and sketches must name the maps of samples, once each")
+        tensors = {**covariances, **{n: s.rows for n, s in sketches.items()}}
+        bad = [name for name, cov in tensors.items() if not torch.isfinite(cov).all()]
         if bad:
             shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
             raise EigenarchError(
@@ -57,26 +96,45 @@ class Spectra:
                 f"{shown}; check the model's weights and the input images"
             )
         self._covariances = {n: c.to(torch.float64) for n, c in covariances.items()}
-        self._samples = {n: int(samples[n]) for n in covariances}
+        self._sketches = sketches
+        self._samples = {n: int(samples[n]) for n in samples}
         self.meta = dict(meta or {})
         self._eigenvalues: dict[str, Tensor] = {}
 
     @property
     def names(self) -> list[str]:
         """Map names such as ``"backbone.body.layer1.0.conv1:in"``, in module order."""
-        return list(self._covariances)
+        return list(self._samples)
 
     def _get(self, name: str) -> Tensor:
-        try:
+        """The covariance of map ``name``, or the rows of its sketch."""
+        if name in self._covariances:
             return self._covariances[name]
-        except KeyError:
-            close = [n for n in self._covariances if name in n][:3]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EigenarchError(f"no map named {name!r} in these spectra{hint}") from None
+        if name in self._sketches:
+            return self._sketches[name].rows
+        close = [n for n in self._samples if name in n][:3]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise EigenarchError(f"no map named {name!r} in these spectra{hint}")
 
     def covariance(self, name: str) -> Tensor:
-        """The float64 ``(C, C)`` covariance ``Sigma`` of map ``name``."""
-        return self._get(name)
+        """The float64 ``(C, C)`` covariance ``Sigma`` of map ``name`` (none for a sketched
+        map: a one-line error)."""
+        cov = self._get(name)
+        if name in self._sketches:
+            rank = self.sketch_rank(name)
+            raise EigenarchError(f"map {name!r} is sketched (rank {rank}): no covariance "
+                                 "kept; collect it with --include naming it")  # fmt: skip
+        return cov
+
+    def sketch(self, name: str) -> Sketched | None:
+        """Map ``name``'s sketch; ``None`` for a map with its full covariance."""
+        self._get(name)
+        return self._sketches.get(name)
+
+    def sketch_rank(self, name: str) -> int:
+        """The rank of map ``name``'s sketch; 0 for a map with its full covariance."""
+        sketch = self.sketch(name)
+        return sketch.rank if sketch else 0
 
     def samples(self, name: str) -> int:
         """The number of samples ``n`` behind map ``name``."""
@@ -85,7 +143,7 @@ class Spectra:
 
     def channels(self, name: str) -> int:
         """The width ``C`` of map ``name``."""
-        return self._get(name).shape[0]
+        return self._get(name).shape[-1]
 
     def eigenvalues(self, name: str) -> Tensor:
         """Float64 eigenvalues, descending, negatives clamped to 0, divided by the largest.
@@ -115,16 +173,18 @@ class Spectra:
         torch.set_num_threads(1)
         try:
             for name in todo:
-                values = torch.linalg.eigvalsh(self._get(name)).flip(0).clamp_(min=0)
-                largest = values[0].item() if len(values) else 0.0
-                self._eigenvalues[name] = values / largest if largest > 0 else values.zero_()
+                sketch = self._sketches.get(name)
+                self._eigenvalues[name] = (
+                    sketch.eigenvalues() if sketch else _eigenvalues(self._covariances[name])
+                )
                 if advance is not None:
                     advance()
         finally:
             torch.set_num_threads(threads)
 
     def intrinsic_dim(self, name: str, threshold: float = THRESHOLD) -> int:
-        """``#{lambda_k / lambda_max > threshold}`` (0 for a dead map)."""
+        """``#{lambda_k / lambda_max > threshold}`` (0 for a dead map); for a sketched map a
+        lower bound, at most its :meth:`sketch_rank`."""
         return int((self.eigenvalues(name) > threshold).sum())
 
     def intrinsic_dims(self, threshold: float = THRESHOLD) -> dict[str, int]:
@@ -148,7 +208,8 @@ class Spectra:
 
     def summary(self, threshold: float = THRESHOLD) -> list[dict[str, Any]]:
         """One row per map: name, channels, samples, intrinsic dim at ``threshold``, share of
-        channels used, degrees of freedom (``gamma = threshold``) and effective rank."""
+        channels used, degrees of freedom (``gamma = threshold``), effective rank and sketch
+        rank (0: exact; else the dim is a lower bound at most it)."""
         self.decompose()
         rows = []
         for name in self.names:
@@ -161,6 +222,7 @@ class Spectra:
                 "share": dim / channels,
                 "degrees_of_freedom": self.degrees_of_freedom(name, threshold),
                 "effective_rank": self.effective_rank(name),
+                "sketch_rank": self.sketch_rank(name),
             })  # fmt: skip
         return rows
 
@@ -174,13 +236,19 @@ class Spectra:
         same spectra give byte-identical files."""
         path = Path(path)
         self.decompose()
-        tensors = {}
-        for name, cov in self._covariances.items():
-            rows, cols = torch.triu_indices(*cov.shape)
-            tensors[f"covariance/{name}"] = cov[rows, cols].contiguous()
+        tensors, maps = {}, []
+        for name in self.names:
+            entry = {"name": name, "channels": self.channels(name), "samples": self._samples[name]}
+            if name in self._sketches:
+                sketch = self._sketches[name]
+                tensors[f"sketch/{name}"] = sketch.rows.contiguous()
+                entry["sketch"] = {"rank": sketch.rank, "shrinkage": sketch.shrinkage}
+            else:
+                cov = self._covariances[name]
+                rows, cols = torch.triu_indices(*cov.shape)
+                tensors[f"covariance/{name}"] = cov[rows, cols].contiguous()
             tensors[f"eigenvalues/{name}"] = self.eigenvalues(name)
-        maps = [{"name": n, "channels": self.channels(n), "samples": self._samples[n]}
-                for n in self.names]  # fmt: skip
+            maps.append(entry)
         info = {"format": FORMAT, "version": VERSION, "maps": maps, "meta": self.meta}
         info["sha256"] = _digest(info, tensors)
         # one metadata entry: safetensors writes several in a random (hash) order
@@ -199,26 +267,45 @@ class Spectra:
         path = Path(path)
         stored, tensors = _read(path)
         _check_sidecar(path, stored)
-        covariances, samples, eigenvalues = {}, {}, {}
+        covariances, sketches, samples, eigenvalues = {}, {}, {}, {}
         for entry in stored["maps"]:
-            name, channels = entry["name"], entry["channels"]
-            packed = tensors.get(f"covariance/{name}")
+            name, channels, sketch = entry["name"], entry["channels"], entry.get("sketch")
             values = tensors.get(f"eigenvalues/{name}")
-            if (
-                packed is None
-                or values is None
-                or packed.shape != (channels * (channels + 1) // 2,)
-                or values.shape != (channels,)
-            ):
-                raise EigenarchError(f"{path}: no {channels}-channel tensors for map {name!r}")
-            cov = torch.empty(channels, channels, dtype=torch.float64)
-            rows, cols = torch.triu_indices(channels, channels)
-            cov[rows, cols] = packed
-            cov[cols, rows] = packed
-            covariances[name], samples[name], eigenvalues[name] = cov, entry["samples"], values
-        spectra = cls(covariances, samples, stored.get("meta") or {})
+            if sketch is not None:
+                rows = tensors.get(f"sketch/{name}")
+                shape = (sketch["rank"], channels)
+            else:
+                rows = tensors.get(f"covariance/{name}")
+                shape = (channels * (channels + 1) // 2,)
+            if rows is None or values is None or rows.shape != shape or values.shape != (channels,):
+                what = f"rank-{sketch['rank']} sketch" if sketch else "covariance"
+                raise EigenarchError(
+                    f"{path}: no {channels}-channel {what} tensors for map {name!r}"
+                )
+            if sketch is not None:
+                sketches[name] = Sketched(rows, sketch["shrinkage"])
+            else:
+                covariances[name] = _unpack(rows, channels)
+            samples[name], eigenvalues[name] = entry["samples"], values
+        spectra = cls(covariances, samples, stored.get("meta") or {}, sketches)
         spectra._eigenvalues = eigenvalues
         return spectra
+
+
+def _unpack(packed: Tensor, channels: int) -> Tensor:
+    """The symmetric ``(C, C)`` matrix whose upper triangle, row-major, is ``packed``."""
+    cov = torch.empty(channels, channels, dtype=torch.float64)
+    rows, cols = torch.triu_indices(channels, channels)
+    cov[rows, cols] = packed
+    cov[cols, rows] = packed
+    return cov
+
+
+def _eigenvalues(cov: Tensor) -> Tensor:
+    """``eigvalsh`` of ``cov``, descending, clamped at 0, normalised (all 0 for a dead map)."""
+    values = torch.linalg.eigvalsh(cov).flip(0).clamp_(min=0)
+    largest = values[0].item() if len(values) else 0.0
+    return values / largest if largest > 0 else values.zero_()
 
 
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -281,7 +368,17 @@ def _well_formed(info: dict[str, Any]) -> bool:
     return isinstance(maps, list) and all(
         isinstance(m, dict) and isinstance(m.get("name"), str)
         and type(m.get("channels")) is int and type(m.get("samples")) is int
+        and ("sketch" not in m or _well_formed_sketch(m["sketch"]))
         for m in maps
+    )  # fmt: skip
+
+
+def _well_formed_sketch(sketch: Any) -> bool:
+    """A map entry's ``"sketch"`` field: ``{"rank": int >= 1, "shrinkage": float >= 0}``."""
+    return (
+        isinstance(sketch, dict) and set(sketch) == {"rank", "shrinkage"}
+        and type(sketch["rank"]) is int and sketch["rank"] >= 1
+        and isinstance(sketch["shrinkage"], (int, float)) and sketch["shrinkage"] >= 0
     )  # fmt: skip
 
 

@@ -213,6 +213,7 @@ def stream_spectra(
     include: list[str] | None = None,
     sides: list[str] | tuple[str, ...] = ("in", "out"),
     max_channels: int = 4096,
+    sketch_rank: int = 0,
     description: str = "spectrum",
 ) -> Spectra:
     """The spectra of ``net`` (in eval mode, on ``device``) over the images ``indices``.
@@ -237,10 +238,16 @@ def stream_spectra(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         collector = SpectrumCollector(net, include, sides, max_channels or None,
-                                      images=max(1, len(loader.dataset)))  # fmt: skip
+                                      images=max(1, len(loader.dataset)),
+                                      sketch_rank=sketch_rank)  # fmt: skip
     if collector.skipped and rank == 0:
         console.print(f"skipping {len(collector.skipped)} map(s) wider than {max_channels} "
                       f"channels: {', '.join(collector.skipped)}", highlight=False)  # fmt: skip
+    if collector.sketched and rank == 0:
+        console.print(f"sketching {len(collector.sketched)} map(s) wider than {max_channels} "
+                      f"channels at rank {sketch_rank} (their intrinsic dims are lower bounds, "
+                      f"at most {sketch_rank}): {', '.join(collector.sketched)}",
+                      highlight=False)  # fmt: skip
     if collector.unhooked and rank == 0:
         console.print(unhooked_note(collector.unhooked), highlight=False)
     with progress_bar(disable=rank != 0) as bar:
@@ -291,6 +298,7 @@ def collect_spectra(
     include: list[str] | None = None,
     sides: list[str] | tuple[str, ...] = ("in", "out"),
     max_channels: int = 4096,
+    sketch_rank: int = 0,
     min_size: int | None = None,
     device: str | None = None,
     workers: int = 2,
@@ -324,7 +332,8 @@ def collect_spectra(
             chosen = sample_images(len(dataset), images, seed)
             spectra = stream_spectra(net, detector, dataset, chosen, batch_size=batch_size,
                                      workers=workers, device=device, include=include,
-                                     sides=sides, max_channels=max_channels)  # fmt: skip
+                                     sides=sides, max_channels=max_channels,
+                                     sketch_rank=sketch_rank)  # fmt: skip
         spectra.meta = {"model": model, "data": str(data), "split": split, "images": len(chosen),
                         "seed": seed, "processes": world_size()}  # fmt: skip
         if weights is not None:
