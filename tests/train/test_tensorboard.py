@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from eigenarch.evaluation.coco import COCO_METRICS
-from eigenarch.train.loop import Trainer, train_command, train_detector
+from eigenarch.train.engine import Trainer
+from eigenarch.train.loop import train_command, train_detector
 from eigenarch.train.tensorboard import event_writer
 
 from .conftest import TINY_ARGS, f32

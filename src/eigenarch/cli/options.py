@@ -176,18 +176,20 @@ def trusting(command: Command) -> Command:
         with trusted_factories(comma_list(trust_factory) or ()):
             return command(*args, **kwargs)
 
-    return _with_parameters(command, run, {"trust_factory": (TrustFactory, None)})
+    return _with_parameters(run, command, {"trust_factory": (TrustFactory, None)})
 
 
-def _with_parameters(command: Callable, run: Callable, extra: dict[str, tuple[Any, Any]]) -> Any:
-    """``run`` with ``command``'s signature plus keyword-only ``extra`` parameters
-    (name -> (annotation, default)), as typer reads it."""
+def _with_parameters(
+    run: Callable, command: Callable, extra: dict[str, tuple[Any, Any]], drop: tuple[str, ...] = ()
+) -> Any:
+    """``run`` with ``command``'s signature (less ``drop``) plus keyword-only ``extra``
+    parameters (name -> (annotation, default)), as typer reads it."""
     signature = inspect.signature(command, eval_str=True)
     added = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
         for name, (kind, default) in extra.items()
     ]
-    kept = [p for p in signature.parameters.values() if p.name not in extra]
+    kept = [p for p in signature.parameters.values() if p.name not in {*extra, *drop}]
     run.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
     return run
 
@@ -203,16 +205,11 @@ def taking_options_of(source: Callable, *, exclude: tuple[str, ...] = ()) -> Cal
     }
 
     def wrap(command: Command) -> Command:
-        own = set(inspect.signature(command).parameters) - {"options"}
-
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             options = {name: kwargs.pop(name) for name in shared}
             return command(options=options, **kwargs)
 
-        signature = inspect.signature(command, eval_str=True)
-        params = [p for p in signature.parameters.values() if p.name in own]
-        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-        return _with_parameters(run, run, shared)
+        return _with_parameters(run, command, shared, drop=("options",))
 
     return wrap

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from eigenarch.distributed import is_main
 from eigenarch.io import make_folder, unwritable_as_error
-from eigenarch.train.hooks import Hook
+from eigenarch.train.engine import Hook, Trainer
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-    from eigenarch.train.loop import Trainer
 
 EVENTS_PREFIX = "events.out.tfevents."
 
