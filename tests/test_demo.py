@@ -27,7 +27,8 @@ from eigenarch.widths import resnet_cost
 
 
 def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
-    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2")
+    result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2",
+                     "--no-short-schedule", "--no-table2", "--no-mask")  # fmt: skip
     assert result.code == 0, result.stderr
     state = json.loads((tmp_path / "state.json").read_text())
     assert list(state["steps"]) == [step.name for step in STEPS if step.option is None]
@@ -54,7 +55,7 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert "(run the demo with --table2)" in result.stderr
     assert "not run (add --mask)" in result.stderr
     stamp = (tmp_path / "report" / "report.html").stat().st_mtime_ns
-    assert run_demo(tmp_path, quick=True, scale=0.05, seeds=2) == state
+    assert run_demo(tmp_path, quick=True, scale=0.05, seeds=2, extras=()) == state
     assert (tmp_path / "report" / "report.html").stat().st_mtime_ns == stamp
     # A search's base is the network it searched on, not ResNet-50.
     searched = json.loads((tmp_path / "search" / "resianet-s-macs.json").read_text())
@@ -62,17 +63,15 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     assert searched["base"] == {"widths": list(BASE_WIDTHS), "macs": base.macs,
                                 "params": base.params}  # fmt: skip
     assert searched["target"] == {"metric": "macs", "value": base.macs}
-    # The options add their rows to this demo without redoing it.
+    # The default steps and --inherit add their rows to this demo without redoing it.
     assert "(run the demo with --inherit)" in result.stderr  # claim (m)
     result = run_cli("demo", "--out", tmp_path, "--quick", "--scale", "0.05", "--seeds", "2",
-                     "--long-schedule", "--table2", "--mask", "--inherit")  # fmt: skip
+                     "--inherit")  # fmt: skip
     assert result.code == 0, result.stderr
     assert result.stderr.count("done already, skipped") == 6  # data ... retrain
     state = json.loads((tmp_path / "state.json").read_text())
     assert sorted(state["steps"]) == sorted(step.name for step in STEPS)
     report = state["steps"]["report"]["outputs"]
-    labels = [row["backbone"] for row in report["table1"] if " inherited from I" not in
-              row["backbone"]]  # fmt: skip
     assert [row["backbone"] for row in report["table1"]][1:4] == [
         "ResiaNet S (MACs)", "ResiaNet S (MACs) inherited from I",
         "ResiaNet S (MACs) inherited from I, 1/4 schedule"]  # fmt: skip
@@ -84,22 +83,30 @@ def test_demo_runs_every_step_then_skips_finished_ones(tmp_path, run_cli):
     quarter = tmp_path / "runs" / "inherit-resianet-i-macs-inherited-from-i-1-4-schedule"
     assert json.loads((quarter / "config.json").read_text())["iters"] == 1  # max(1, 1 // 4)
     assert "won here" in " ".join(report["findings"])
-    assert [row["backbone"] for row in report["table1_2x"]] == labels
-    assert json.loads((tmp_path / "runs" / "2x-S" / "config.json").read_text())["iters"] == 2
-    for name, keys in (("table2", ("top1_err", "top5_err")), ("mask", ("AP_bbox", "AP_mask"))):
-        assert [row["backbone"] for row in report[name]] == labels[:4]
+    # Each default step trains the rows its claim reads: (i) 1x, (k) Table 2, (l) Mask R-CNN.
+    s_macs, i_macs = "ResiaNet S (MACs)", "ResiaNet I (MACs)"
+    assert [row["backbone"] for row in report["table1_1x"]] == [s_macs, i_macs]
+    assert sorted(p.name for p in (tmp_path / "runs").glob("1x-*")) == [
+        "1x-resianet-i-macs", "1x-resianet-i-macs-seed1", "1x-resianet-s-macs",
+        "1x-resianet-s-macs-seed1"]  # fmt: skip
+    tables = (("table2", ("top1_err", "top5_err"), ["base", s_macs, i_macs]),
+              ("mask", ("AP_bbox", "AP_mask"), ["base", s_macs]))  # fmt: skip
+    for name, keys, rows in tables:
+        assert [row["backbone"] for row in report[name]] == rows
         assert all(row["seeds"] == 2 and row[k] is not None for row in report[name] for k in keys)
     assert all(0 <= row["top1_err"] <= 100 for row in report["table2"])
     html = (tmp_path / "report" / "report.html").read_text()
-    for ident in ("table1_2x-table", "table2-table", "mask-table"):
+    for ident in ("table1_1x-table", "table2-table", "mask-table"):
         assert f'<table id="{ident}">' in html
     verdicts = {c["key"]: c["verdict"] for c in report["claims"]}
     assert all(verdicts[key] != NOT_MEASURED for key in "iklm"), report["claims"]  # computed
     assert "Table 2, as BatchNorm classifiers" in result.stderr
 
 
-def test_seeds_default_to_the_scale():
-    assert DemoSizes.make(scale=3.5).seeds == 3 and DemoSizes.make(scale=0.5).seeds == 1
+def test_seeds_default_to_the_scale_and_at_least_two_unless_quick():
+    assert DemoSizes.make(scale=3.5).seeds == 3 and DemoSizes.make(scale=0.5).seeds == 2
+    assert DemoSizes.make(quick=True, scale=0.5).seeds == 1
+    assert DemoSizes.make(quick=True, scale=2).seeds == 2
     assert DemoSizes.make(scale=0.5, seeds=4).seeds == 4
     with pytest.raises(EigenarchError, match="--seeds 0"):
         DemoSizes.make(seeds=0)
@@ -120,13 +127,19 @@ def test_detnet_demo_gives_detianets(tmp_path, run_cli):
     assert "DetiaNet I2-59" in " ".join(report["findings"])
 
 
-def test_demo_help_says_which_option_adds_which_rows(run_cli):
-    result = run_cli("demo", "--help")
-    assert result.code == 0
-    text = " ".join(result.stdout.split())
-    for option, rows in (("--long-schedule", "Table 1 at 2x"), ("--table2", "Add Table 2"),
-                         ("--mask", "Mask R-CNN rows")):  # fmt: skip
-        assert option in text and rows in text
+def test_the_short_schedule_halves_table1_for_the_rows_of_claim_i(tmp_path, monkeypatch):
+    trained = {}
+    monkeypatch.setattr(demo_module, "train_runs", lambda cfgs, jobs: trained.update(cfgs) or {
+        name: {"name": name} for name in cfgs})  # fmt: skip
+    demo = demo_module.Demo(tmp_path, DemoSizes.make(seeds=1))
+    specs = {"ResiaNet S (MACs)": "s.json", "ResiaNet I (MACs)": "i.json",
+             "ResiaNet I (params)": "p.json", "uniform x0.50": "u.json"}  # fmt: skip
+    out = demo_module._step_short(demo, specs)
+    assert list(out["metrics"]) == ["ResiaNet S (MACs)", "ResiaNet I (MACs)"]
+    assert {n: (c.backbone, c.iters, c.checkpoint_every) for n, c in trained.items()} == {
+        "1x-resianet-s-macs": ("s.json", 125, 25),
+        "1x-resianet-i-macs": ("i.json", 125, 25),
+    }
 
 
 def test_an_earlier_demo_of_other_settings_is_kept_unless_forced(tmp_path, monkeypatch):
@@ -168,6 +181,17 @@ def test_an_option_adds_its_step_and_redoes_only_the_steps_that_read_it(tmp_path
     assert len(calls) == 4
     with pytest.raises(EigenarchError, match="extras c: expected some of b"):
         run_demo(tmp_path, quick=True, extras=["c"])
+
+
+def test_the_default_steps_run_unless_left_out(tmp_path, monkeypatch):
+    calls = []
+    steps = [Step(name, name, lambda d, s, n=name: calls.append(n) or {}, (), option, default)
+             for name, option, default in (("a", None, False), ("b", "--b", True),
+                                           ("c", "--c", False))]  # fmt: skip
+    monkeypatch.setattr(demo_module, "STEPS", steps)
+    run_demo(tmp_path / "default", quick=True)
+    run_demo(tmp_path / "without", quick=True, extras=())
+    assert calls == ["a", "b", "a"]
 
 
 def test_parallel_trainings_equal_serial_ones(tiny_config, tmp_path, logged_steps):

@@ -110,7 +110,7 @@ def _in_group(stat: str, group: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: test_cli.py, fault_matrix.py
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: cli/test_app.py, fault_matrix.py
 def test_a_signal_during_train_with_loader_workers_then_resume_is_exact(shapes_root, tmp_path, sig):
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert _train(reference, "--workers", "2", data=shapes_root).wait(300) == 0

@@ -4,9 +4,11 @@ Steps: data -> pre-training (the "I" start) -> detector training from that start
 from scratch (S) -> eigenspectrum dynamics and the I-vs-S comparison -> Intrinsic
 Architecture Search (ResiaNet -- or, with ``--backbone detnet59``, DetiaNet -- S (MACs),
 I (MACs), I (params)) and the uniform-multiplier baseline -> retraining of every searched
-backbone (Table 1) -> with their options, Table 1 at 2x the iterations, Table 2 (BatchNorm
-classifiers), Mask R-CNN rows and the searched backbones started from the fine-tuned I run
-(``resize``, SPEC section 6c) -> the report. Each step records its outputs in
+backbone (Table 1, the paper's 2x column) -> the rows each remaining claim reads: the (MACs)
+rows at half the iterations (the paper's 1x), Table 2 (BatchNorm classifiers) and Mask
+R-CNN (each on by default, skipped with its ``--no-`` option) -> with ``--inherit``, the
+searched backbones started from the fine-tuned I run (``resize``, SPEC section 6c) -> the
+report. Each step records its outputs in
 ``state.json``; re-running skips finished steps and resumes an interrupted training run
 from its last checkpoint (``--force`` redoes everything).
 """
@@ -101,24 +103,29 @@ PRETRAIN = dict(batch_size=32, lr=0.1)
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Every size the demo uses: ``--quick`` picks the small set, ``--scale`` multiplies."""
+    """Every size the demo uses: ``--quick`` picks the small set, ``--scale`` multiplies.
+
+    The defaults fit every claim (a)-(l), two seeds each, in about 20 minutes on a 2-core
+    CPU (README): 250 iterations per detector, 100 val images, 40 classification images
+    per class."""
 
     train_images: int = 1000
-    val_images: int = 200
+    val_images: int = 100
     image_size: int = 192
-    cls_per_class: int = 60
+    cls_per_class: int = 40
     cls_size: int = 48
-    pretrain_epochs: int = 30
-    iters: int = 600
+    pretrain_epochs: int = 15
+    iters: int = 250
     batch_size: int = 2
     lr: float = 0.02
-    checkpoint_every: int = 100
-    spectrum_images: int = 48
-    seeds: int = 1
+    checkpoint_every: int = 50
+    spectrum_images: int = 32
+    seeds: int = 2
 
     @classmethod
     def make(cls, quick: bool = False, scale: float = 1.0, seeds: int | None = None) -> DemoSizes:
-        """``seeds``: of every retraining; by default ``int(scale)``, at least 1."""
+        """``seeds``: of every retraining; by default ``int(scale)``, at least the size
+        set's (2; 1 with ``quick``)."""
         if scale <= 0:
             raise EigenarchError(f"--scale {scale}: expected a positive number")
         if seeds is not None and seeds < 1:
@@ -135,6 +142,7 @@ class DemoSizes:
                 batch_size=2,
                 checkpoint_every=12,
                 spectrum_images=8,
+                seeds=1,
             )
             if quick
             else cls()
@@ -150,7 +158,7 @@ class DemoSizes:
         return replace(
             base,
             **{k: max(1, round(getattr(base, k) * scale)) for k in grow},
-            seeds=max(1, int(scale)) if seeds is None else seeds,
+            seeds=max(base.seeds, int(scale)) if seeds is None else seeds,
         )
 
 
@@ -430,35 +438,50 @@ def _per_row(
     return {label: [results[name] for name in names] for label, names in rows.items()}
 
 
+def _claim_rows(demo: Demo, specs: Mapping[str, str], labels: Sequence[str]) -> dict:
+    """What one claim compares: the rows ``labels`` (``base``, or ``S (MACs)``, ``I (MACs)``
+    after the family's name) by the tables' labels, the base network's JSON form for
+    ``base`` and each searched row's spec file of ``specs``."""
+    family = BACKBONES[demo.backbone][0]
+    names = [label if label == "base" else f"{family} {label}" for label in labels]
+    return {name: demo.base_config if name == "base" else specs[name] for name in names}
+
+
 def _step_detection(
-    demo: Demo, specs: Mapping[str, str], prefix: str = "", **overrides: Any
+    demo: Demo, backbones: Mapping[str, str | dict], prefix: str = "", **overrides: Any
 ) -> dict:
-    """Train the base and every row of ``specs`` from scratch, every seed (``overrides``
-    of :class:`TrainConfig`: Mask R-CNN, a longer schedule); COCO metrics per row."""
+    """Train every row of ``backbones`` (label -> backbone) from scratch, every seed
+    (``overrides`` of :class:`TrainConfig`: Mask R-CNN, a shorter schedule); COCO
+    metrics per row."""
 
     def config(name: str, backbone: str | dict, seed: int) -> TrainConfig:
         return _train_config(demo, name, backbone, seed=seed, **overrides)
 
-    backbones = {"base": demo.base_config, **specs}
     return {"metrics": _per_row(demo, backbones, config, train_runs, prefix)}
 
 
-def _step_long(demo: Demo, specs: Mapping[str, str]) -> dict:
-    """Every Table 1 row at twice the iterations: the paper's 2x schedule beside its 1x."""
-    sizes = demo.sizes
+def _step_retrain(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """The base and every searched row, Table 1 (the paper's 2x column)."""
+    return _step_detection(demo, {"base": demo.base_config, **specs})
+
+
+def _step_short(demo: Demo, specs: Mapping[str, str]) -> dict:
+    """The rows claim (i) compares, I (MACs) and S (MACs), at half of Table 1's
+    iterations: the paper's 1x column beside Table 1's 2x."""
+    sizes, rows = demo.sizes, _claim_rows(demo, specs, ("S (MACs)", "I (MACs)"))
     return _step_detection(
         demo,
-        specs,
-        "2x-",
-        schedule="2x",
-        iters=2 * sizes.iters,
-        checkpoint_every=2 * sizes.checkpoint_every,
+        rows,
+        "1x-",
+        iters=max(1, sizes.iters // 2),
+        checkpoint_every=max(1, sizes.checkpoint_every // 2),
     )
 
 
 def _step_mask(demo: Demo, specs: Mapping[str, str]) -> dict:
-    """The base and the searched backbones as Mask R-CNN (paper section 4.6)."""
-    return _step_detection(demo, _searched(demo, specs), "mask-", kind="mask_rcnn")
+    """The rows claim (l) compares, the base and S (MACs), as Mask R-CNN (section 4.6)."""
+    rows = _claim_rows(demo, specs, ("base", "S (MACs)"))
+    return _step_detection(demo, rows, "mask-", kind="mask_rcnn")
 
 
 def _step_inherit(demo: Demo, specs: Mapping[str, str]) -> dict:
@@ -492,15 +515,16 @@ def _bn(spec: Backbone) -> dict:
 
 
 def _step_table2(demo: Demo, specs: Mapping[str, str]) -> dict:
-    """The base and the searched backbones with BatchNorm as classifiers on shapes-cls
-    (paper A.2: SGD, lr 0.1 per 256 images, x0.1 steps), every seed; top-1 / top-5."""
+    """The rows claim (k) compares, the base, S (MACs) and I (MACs), with BatchNorm as
+    classifiers on shapes-cls (paper A.2: SGD, lr 0.1 per 256 images, x0.1 steps), every
+    seed; top-1 / top-5."""
 
     def config(name: str, backbone: str | dict, seed: int) -> PretrainConfig:
         out = demo.out / "table2" / f"{name}.pt"
         return _pretrain_config(demo, out, backbone, seed, norm="bn", schedule="step")
 
-    searched = _searched(demo, specs)
-    backbones = {"base": _bn(demo.base)} | {k: _bn(load_backbone(v)) for k, v in searched.items()}
+    rows = _claim_rows(demo, specs, ("base", "S (MACs)", "I (MACs)"))
+    backbones = {k: _bn(demo.base if k == "base" else load_backbone(v)) for k, v in rows.items()}
     return {"results": _per_row(demo, backbones, config, pretrain_runs)}
 
 
@@ -525,7 +549,7 @@ TABLE2_COLUMNS = {
 #: The report's tables: name -> (the step that makes its rows, that step's output, columns).
 TABLES = {
     "table1": ("retrain", "metrics", TABLE1_COLUMNS),
-    "table1_2x": ("long", "metrics", TABLE1_COLUMNS),
+    "table1_1x": ("short", "metrics", TABLE1_COLUMNS),
     "table2": ("table2", "results", TABLE2_COLUMNS),
     "mask": ("mask", "metrics", MASK_COLUMNS),
 }
@@ -565,7 +589,7 @@ def results_table(
 
 #: The summary line of each further table: its title and the columns it shows.
 TABLE_LINES = {
-    "table1_2x": ("At 2x the iterations (AP)", ("AP",)),
+    "table1_1x": ("At half the iterations, the paper's 1x (AP)", ("AP",)),
     "table2": ("Table 2, as BatchNorm classifiers (top-1 / top-5 error %)", TABLE2_COLUMNS),
     "mask": ("As Mask R-CNN (AP bbox / AP mask)", MASK_COLUMNS),
 }
@@ -711,13 +735,15 @@ def _slug(label: str) -> str:
 class Step:
     """One step: ``run(demo, outputs of the finished steps)`` -> its outputs. ``needs``: the
     steps whose outputs it reads (it is redone when which of them have finished changes);
-    ``option``: the ``eigenarch demo`` option that adds it (``None``: always run)."""
+    ``option``: the ``eigenarch demo`` option that adds it (``None``: always run);
+    ``by_default``: an optional step run unless left out (``--no-`` + the option)."""
 
     name: str
     description: str
     run: Callable[[Demo, dict], dict]
     needs: tuple[str, ...] = ()
     option: str | None = None
+    by_default: bool = False
 
 
 STEPS: list[Step] = [
@@ -731,15 +757,16 @@ STEPS: list[Step] = [
          lambda d, s: _step_analyse(d)),
     Step("search", "Intrinsic Architecture Search and the uniform-multiplier baseline",
          lambda d, s: _step_search(d)),
-    Step("retrain", "retrain every searched backbone from scratch and evaluate",
-         lambda d, s: _step_detection(d, s["search"]["specs"]), ("search",)),
-    Step("long", "retrain every Table 1 row at twice the iterations (the paper's 2x)",
-         lambda d, s: _step_long(d, s["search"]["specs"]), ("search",), "--long-schedule"),
-    Step("table2", "train the base and the searched backbones as BatchNorm classifiers "
+    Step("retrain", "retrain every searched backbone from scratch and evaluate (Table 1)",
+         lambda d, s: _step_retrain(d, s["search"]["specs"]), ("search",)),
+    Step("short", "retrain I (MACs) and S (MACs) at half the iterations (the paper's 1x)",
+         lambda d, s: _step_short(d, s["search"]["specs"]), ("search",), "--short-schedule",
+         True),
+    Step("table2", "train the base, S (MACs) and I (MACs) as BatchNorm classifiers "
          "(Table 2)", lambda d, s: _step_table2(d, s["search"]["specs"]), ("search",),
-         "--table2"),
-    Step("mask", "train the base and the searched backbones as Mask R-CNN (section 4.6)",
-         lambda d, s: _step_mask(d, s["search"]["specs"]), ("search",), "--mask"),
+         "--table2", True),
+    Step("mask", "train the base and S (MACs) as Mask R-CNN (section 4.6)",
+         lambda d, s: _step_mask(d, s["search"]["specs"]), ("search",), "--mask", True),
     Step("inherit", "start every searched backbone from the fine-tuned I run (resize) and "
          "train it with the same schedule and 1/4 of it",
          lambda d, s: _step_inherit(d, s["search"]["specs"]), ("search", "analyse"),
@@ -809,16 +836,17 @@ def run_demo(
     jobs: int | None = None,
     backbone: str = "resnet50",
     seeds: int | None = None,
-    extras: Collection[str] = (),
+    extras: Collection[str] | None = None,
 ) -> dict:
     """Run every step not yet finished in ``out``; returns the state (outputs per step).
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
     ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows) or ``detnet59``
     (DetiaNets, its DetNet rows). ``seeds``: trainings of every row (seeds ``seed``,
-    ``seed + 1``, ...; default ``int(scale)``, at least 1). ``extras``: the steps with an
-    option to add (``long``: Table 1 at 2x, ``table2``, ``mask``); those an earlier run
-    added stay in the report. An ``out`` holding a demo of other settings is refused
+    ``seed + 1``, ...; default ``int(scale)``, at least 2, 1 with ``quick``). ``extras``:
+    the optional steps to run (default: those :attr:`Step.by_default`, ``short`` (the
+    paper's 1x), ``table2`` and ``mask``; ``inherit`` is the fourth); those an earlier run
+    made stay in the report. An ``out`` holding a demo of other settings is refused
     unless ``force`` (which deletes that demo first).
     """
     out = Path(out)
@@ -827,6 +855,8 @@ def run_demo(
     if jobs < 1:
         raise EigenarchError(f"--jobs {jobs}: expected a positive integer")
     optional = [step.name for step in STEPS if step.option]
+    if extras is None:
+        extras = [step.name for step in STEPS if step.by_default]
     unknown = sorted(set(extras) - set(optional))
     if unknown:
         raise EigenarchError(f"extras {', '.join(unknown)}: expected some of {', '.join(optional)}")

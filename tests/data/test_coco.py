@@ -232,18 +232,6 @@ def test_a_decompression_bomb_is_an_unreadable_image(root, run_cli, monkeypatch)
         dataset[3]
 
 
-def test_check_command_reports_counts(shapes_root, run_cli):
-    result = run_cli("data", "check", shapes_root, "--masks")
-    assert result.code == 0, result.stderr
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]]
-            for line in result.stderr.splitlines() if line.startswith("│")]  # fmt: skip
-    # split, images, without annotations, annotations, crowd, classes, dropped, clipped boxes
-    assert rows == [
-        ["train", "12", "0", "46", "0", "8", "0", "0"],
-        ["val", "6", "0", "28", "0", "8", "0", "0"],
-    ]
-
-
 def test_flip_and_collate(shapes_root):
     dataset = CocoDetection.from_root(shapes_root, "val", masks=True)
     image, target = dataset[0]

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from eigenarch.data.coco import CocoDetection, load_coco_json
 from eigenarch.errors import EigenarchError
@@ -122,34 +121,3 @@ def test_bad_detections_are_refused(tmp_path, run_cli):
     bad.write_text(json.dumps([{"image_id": 1, "bbox": [1, 1, 2, 2], "score": 1}]))
     with pytest.raises(EigenarchError, match=r"detection \[0\] lacks key 'category_id'"):
         evaluate_detections(gt, bad)
-
-
-def test_evaluate_command(shapes_root, tmp_path, run_cli):
-    gt = load_coco_json(shapes_root / "annotations" / "instances_val.json")
-    dets = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 1.0,
-            "segmentation": mask_utils.frPyObjects(a["segmentation"], 128, 128),
-        }
-        for a in gt.anns.values()
-    ]
-    for det in dets:
-        det["segmentation"] = mask_utils.merge(det["segmentation"])
-        det["segmentation"]["counts"] = det["segmentation"]["counts"].decode()
-    path = tmp_path / "dets.json"
-    path.write_text(json.dumps(dets))
-    args = ["--iou-type", "bbox,segm", "--out", tmp_path / "ev"]
-    result = run_cli("evaluate", "--data", shapes_root, "--detections", path, *args)
-    assert result.code == 0, result.stderr
-    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["segm"]["AP50"] == 1.0
-    assert "100.0" in result.stderr
-    path.write_text("[{")
-    result = run_cli("evaluate", "--data", shapes_root, "--detections", path)
-    assert result.code == 2 and "invalid JSON" in result.stderr
-    result = run_cli("evaluate", "--detections", path, "--run", tmp_path)
-    assert result.code == 2
-    assert "exactly one of --run, --checkpoint and --detections" in result.stderr

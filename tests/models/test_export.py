@@ -4,6 +4,8 @@ load into it with ``strict=True``, and ONNX files checked against PyTorch (issue
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,12 +25,14 @@ from eigenarch.models.backbone import (
 )
 from eigenarch.models.export import (
     ONNX_TOLERANCE,
+    TIMM_MODEL,
     _in_order_of,
     check_onnx,
     export_backbone,
     portable_table,
     shape_table,
 )
+from eigenarch.models.timm_format import model_string
 from eigenarch.nas.shufflenet import SPACES, detnas_config
 
 TINY = "16,16,32,16,32,32,64,32,64"
@@ -136,13 +140,86 @@ def test_every_builder_kind_is_rebuilt_exactly(text, multiplier):
     shape table the weights do not even load."""
     spec = parse_backbone(text, BackboneOptions(gn_groups=8)).scaled(multiplier, 8)
     body = spec.build()
-    base, modules, tensors = portable_table(spec, body)
-    assert modules and tensors
-    rebuilt = standalone.adapt(standalone.base_model(base), modules, tensors)
+    table = portable_table(spec, body)
+    assert table.modules and table.tensors and table.timm_model is None
+    timm = text.startswith("timm:")  # ConvNeXt: timm's own format cannot express it
+    assert (table.not_timm or "").startswith("stem.1 (LayerNorm2d) has resized" if timm else "")
+    rebuilt = standalone.adapt(standalone.base_model(table.base), table.modules, table.tensors)
     rebuilt.load_state_dict(body.state_dict(), strict=True)
     assert torch.equal(outputs(rebuilt), outputs(body))
     with pytest.raises(RuntimeError, match="size mismatch"):
-        standalone.base_model(base).load_state_dict(body.state_dict(), strict=True)
+        standalone.base_model(table.base).load_state_dict(body.state_dict(), strict=True)
+
+
+@pytest.fixture(scope="module")
+def timm_exported(tmp_path_factory):
+    """``timm:efficientnet_b0`` (timm's format expresses it) and ``timm:convnext_atto`` (it
+    does not) at 3/4 of their widths, exported: ``{name: (result, spec)}``."""
+    folder, found = tmp_path_factory.mktemp("timm"), {}
+    for name in ("efficientnet_b0", "convnext_atto"):
+        spec = parse_backbone(f"timm:{name}").scaled(0.75, 8)
+        found[name] = (export_backbone(spec, folder / name), spec)
+    return found
+
+
+def test_a_timm_export_writes_timms_model_string_and_timm_alone_rebuilds_it(timm_exported):
+    """timm_model.txt is the resized model in timm's format; in a fresh interpreter where
+    eigenarch cannot be imported, timm's ``adapt_model_from_string`` one-liner and build.py
+    both take the weights with ``strict=True`` and compute eigenarch's outputs."""
+    result, spec = timm_exported["efficientnet_b0"]
+    assert result.files == ["build.py", "model.onnx", "model.safetensors", "spec.json",
+                            TIMM_MODEL]  # fmt: skip
+    section = json.loads((result.out / "spec.json").read_text())["export"]
+    assert section["timm_model"] == TIMM_MODEL and section["not_timm"] is None
+    assert section["modules"] == {} and section["tensors"] == {}  # timm's format says it all
+    body = spec.build()
+    assert (result.out / TIMM_MODEL).read_text() == model_string(body)  # read() as it is
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["eigenarch"] = None  # any import of eigenarch raises ImportError
+        sys.path.insert(0, ".")
+        import timm, torch
+        from safetensors.torch import load_file
+        from timm.models._prune import adapt_model_from_string
+        from build import load
+        model = adapt_model_from_string(timm.create_model("efficientnet_b0"),
+                                        open("timm_model.txt").read())
+        model.load_state_dict(load_file("model.safetensors"), strict=True)
+        image = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            torch.save([model.eval()(image), load("spec.json", "model.safetensors").eval()(image)],
+                       "out.pt")
+    """)  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=result.out, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body.load_state_dict(load_file(str(result.out / "model.safetensors")), strict=True)
+    one_liner, build_py = torch.load(result.out / "out.pt")
+    assert torch.equal(one_liner, outputs(body)) and torch.equal(build_py, outputs(body))
+
+
+def test_build_py_reads_timm_model_txt(timm_exported, tmp_path):
+    """With one conv's in / out swapped in timm_model.txt, build.py's network no longer takes
+    the weights: it is built from the file, not from the (empty) shape table."""
+    result, _ = timm_exported["efficientnet_b0"]
+    shutil.copytree(result.out, tmp_path / "out")
+    text = (tmp_path / "out" / TIMM_MODEL).read_text()
+    wrong = re.sub(r"(blocks\.1\.0\.conv_pw\.weight):\[(\d+), (\d+),", r"\1:[\3, \2,", text)
+    assert wrong != text
+    (tmp_path / "out" / TIMM_MODEL).write_text(wrong)
+    with pytest.raises(RuntimeError, match="size mismatch for blocks.1.0.conv_pw.weight") as info:
+        standalone.load(tmp_path / "out" / "spec.json", tmp_path / "out" / "model.safetensors")
+    assert str(info.value).count("size mismatch") == 1  # the base network's would be many
+
+
+def test_a_timm_export_timms_format_cannot_express_says_why(timm_exported):
+    result, _ = timm_exported["convnext_atto"]
+    assert TIMM_MODEL not in result.files
+    section = json.loads((result.out / "spec.json").read_text())["export"]
+    assert section["timm_model"] is None and section["tensors"]
+    assert section["not_timm"].startswith("stem.1 (LayerNorm2d) has resized tensors")
+    standalone.load(result.out / "spec.json", result.out / "model.safetensors")
 
 
 def test_shape_table_records_only_what_changed():

@@ -3,16 +3,22 @@ torchvision's, through the same traced graph; never downloaded."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 
 import pytest
+import timm
 import torch
+from timm.models._prune import adapt_model_from_string
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eigenarch.errors import EigenarchError
-from eigenarch.models import BuilderBackbone, build_detector, parse_backbone
+from eigenarch.models import BuilderBackbone, build_detector, classifier_by_name, parse_backbone
+from eigenarch.models.timm_format import model_string, timm_resized, why_not
+from eigenarch.widths.resize import resize
 
 
 def flop_macs(model: torch.nn.Module) -> int:
@@ -29,6 +35,30 @@ def some_dims(backbone, seed: int = 0) -> dict[str, int]:
             for g in graph.groups for c in g.consumers}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def searched(name: str, multiple: int):
+    """``timm:name`` searched at ``macs=base`` on :func:`some_dims`: ``(result, spec)``."""
+    backbone = parse_backbone(f"timm:{name}")
+    return backbone.search(some_dims(backbone), "base", "macs", multiple, "in")
+
+
+def resized_module_by_module(spec: BuilderBackbone) -> torch.nn.Module:
+    """``spec``'s network as eigenarch resizes timm's model, module by module."""
+    return resize(classifier_by_name(spec.builder), spec.groups, graph=spec.graph()[0])
+
+
+def parse_string(text: str) -> dict[str, list[int]]:
+    """timm's model string read back: tensor name -> shape."""
+    pairs = (entry.split(":") for entry in text.split("***"))
+    return {k: json.loads(shape) for k, shape in pairs}
+
+
+def same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.allclose(a.eval()(image), b.eval()(image), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "name, multiple",
     [("resnet50d", 8), ("efficientnet_b0", 8), ("convnext_atto", 8),
@@ -39,7 +69,7 @@ def test_a_timm_backbone_counts_searches_resizes_and_detects(name, multiple):
     assert backbone.norm is None  # timm's own normalisation
     base = backbone.cost()
     assert abs(base.macs - flop_macs(backbone.build())) <= 0.01 * base.macs
-    result, found = backbone.search(some_dims(backbone), "base", "macs", multiple, "in")
+    result, found = searched(name, multiple)
     assert found.builder == f"timm:{name}" and found.groups and result.macs <= base.macs
     resized = found.build()
     assert found.cost().macs == result.macs  # the searched widths, as built
@@ -98,3 +128,105 @@ def test_count_and_train_a_timm_backbone_from_the_command_line(run_cli, shapes_r
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["backbone"] == "timm:mobilenetv3_large_100"
     assert (tmp_path / "run" / "checkpoints" / "iter_0000002.pt").is_file()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100", "resnet50d"])
+def test_a_searched_timm_backbone_is_timms_adapt_model_from_string_model(name):
+    """The searched widths, written in timm's format, give timm's own resized model: every
+    group's producers and consumers at the searched width in the string, the module-by-module
+    resized network's state dict loading into timm's with ``strict=True`` both ways and the
+    same outputs; and that model is what the spec builds."""
+    _, spec = searched(name, 8)
+    graph = spec.graph()[0]
+    assert sum(spec.groups[g.name] != g.width for g in graph.groups) >= len(graph.groups) // 2
+    ours = resized_module_by_module(spec)
+    text = model_string(ours)
+    shapes = parse_string(text)
+    modules = dict(ours.named_modules())
+    for group in graph.groups:
+        width = spec.groups[group.name]
+        assert all(shapes[f"{p}.weight"][0] == width for p in group.producers), group.name
+        for c in group.consumers:
+            depthwise = getattr(modules[c], "groups", 1) > 1
+            assert shapes[f"{c}.weight"][1] == (1 if depthwise else width), (group.name, c)
+    theirs = adapt_model_from_string(timm.create_model(name, pretrained=False), text)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert same_outputs(theirs, ours)
+    built = spec.build()
+    assert [(n, type(m)) for n, m in built.named_modules()] == [
+        (n, type(m)) for n, m in theirs.named_modules()
+    ]
+    assert (
+        built.num_features == theirs.num_features != classifier_by_name(spec.builder).num_features
+    )
+    assert [i["num_chs"] for i in built.feature_info] == [i["num_chs"] for i in theirs.feature_info]
+
+
+def test_a_wrong_timm_string_does_not_take_the_weights():
+    """The check is at the edge: one conv's in / out swapped, or one group left at its base
+    width, and timm's model refuses the resized network's state dict."""
+    _, spec = searched("efficientnet_b0", 8)
+    ours = resized_module_by_module(spec)
+    shapes = parse_string(model_string(ours))
+    graph = spec.graph()[0]
+    group = next(g for g in graph.groups if spec.groups[g.name] != g.width)
+    conv = next(k for k, s in shapes.items() if len(s) == 4 and s[1] > 1 and s[0] != s[1])
+    swapped = {**shapes, conv: [shapes[conv][1], shapes[conv][0], *shapes[conv][2:]]}
+    at_base = dict(shapes)
+    for p in group.producers:
+        at_base[f"{p}.weight"] = [group.width, *shapes[f"{p}.weight"][1:]]
+    for wrong in (swapped, at_base):
+        text = "***".join(f"{k}:{v}" for k, v in wrong.items())
+        theirs = adapt_model_from_string(timm.create_model("efficientnet_b0"), text)
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            theirs.load_state_dict(ours.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize(
+    "name, multiple, reason",
+    [("regnety_016", 24, "s1.b1.conv2.conv is a grouped conv (2 groups of 24 channels): "
+                         "timm's format makes every grouped conv depthwise"),
+     ("convnext_atto", 8, "stem.1 (LayerNorm2d) has resized tensors (weight, bias): timm's "
+                          "format rebuilds only Conv2d")],
+)  # fmt: skip
+def test_families_timms_format_cannot_express_keep_the_module_by_module_resize(
+    name, multiple, reason
+):
+    _, spec = searched(name, multiple)
+    ours = resized_module_by_module(spec)
+    adapted, why = timm_resized(classifier_by_name(spec.builder), ours)
+    assert adapted is None and why.startswith(reason), why
+    theirs = adapt_model_from_string(timm.create_model(name), model_string(ours))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the reason is real
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+    built = spec.build()  # the module-by-module resize
+    assert [type(m) for m in built.modules()] == [type(m) for m in ours.modules()]
+    built.load_state_dict(ours.state_dict(), strict=True)
+    assert same_outputs(built, ours)
+
+
+def _net(width: int, *layers: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, width, 3), *layers)
+
+
+@pytest.mark.parametrize(
+    "base, resized, reason",
+    [(_net(8, nn.Conv2d(8, 8, 3, groups=2)), _net(8, nn.Conv2d(8, 8, 3, groups=2)),
+      "1 is a grouped conv (2 groups of 4 channels): timm's format makes every grouped conv "
+      "depthwise"),
+     (_net(8, nn.Conv2d(8, 8, 3, groups=8)), _net(8, nn.Conv2d(8, 16, 3, groups=8)),
+      "1 is a depthwise conv of 2 outputs per channel: timm's format makes every depthwise conv"),
+     (_net(8, nn.GroupNorm(2, 8)), _net(16, nn.GroupNorm(2, 16)),
+      "1 (GroupNorm) has resized tensors (weight, bias): timm's format rebuilds only"),
+     (_net(8, nn.Flatten(), nn.Linear(8, 4), nn.Linear(4, 2)),
+      _net(8, nn.Flatten(), nn.Linear(8, 6), nn.Linear(6, 2)),
+      "2 is a Linear of 6 outputs, not 4: timm's format keeps every Linear's outputs"),
+     (_net(8, nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 2)),
+      _net(16, nn.Conv2d(16, 16, 3, groups=16), nn.BatchNorm2d(16), nn.Flatten(),
+           nn.Linear(16, 2)),
+      None)],
+)  # fmt: skip
+def test_why_not_names_the_first_layer_timms_format_cannot_rebuild(base, resized, reason):
+    found = why_not(base, resized)
+    assert found == reason if reason is None else found.startswith(reason), found

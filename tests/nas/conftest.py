@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from eigenarch.nas.shufflenet import SearchSpace
 
@@ -15,6 +14,11 @@ DETECTOR_ARGS = [
     "--anchor-sizes", "16,32,64,128,256", "--roi-batch", "32", "--rpn-batch", "32",
     "--workers", "0", "--batch-size", "2", "--lr", "0.01",
 ]  # fmt: skip
+#: ``eigenarch detnas search`` options of a short search of the tiny space.
+SEARCH_ARGS = [
+    "--population", "4", "--topk", "2", "--mutations", "1", "--crossovers", "1",
+    "--generations", "2", "--bn-images", "2", "--flops", "14M",
+]  # fmt: skip
 DETECTOR_KWARGS = dict(
     gn_groups=8, fpn_channels=16, head_channels=16, representation=32, min_size=96,
     max_size=96, anchor_sizes=(16, 32, 64, 128, 256),
@@ -22,13 +26,8 @@ DETECTOR_KWARGS = dict(
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with two test workers on two busy cores, OpenMP's spinning
-    threads stall each small op by a scheduler time slice (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_thread):
+    """Every test here runs with one intra-op thread (tests/conftest.py's ``one_thread``)."""
 
 
 @pytest.fixture

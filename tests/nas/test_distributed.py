@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from .conftest import DETECTOR_ARGS, SPACE_ARGS
-from .test_cli import SEARCH_ARGS
+from .conftest import DETECTOR_ARGS, SEARCH_ARGS, SPACE_ARGS
 
 
 def _torchrun(*args: str) -> None:

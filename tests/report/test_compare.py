@@ -1,172 +1,20 @@
-"""``eigenarch compare`` on saved spectra with known differences; parts and stages."""
+"""Parts, stages and FPN levels of a detector's maps, as the I vs S comparison groups them."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
-from eigenarch.cli.report import joined_names
 from eigenarch.report.compare import (
     PARTS,
     Comparison,
     MapComparison,
-    compare_spectra,
     fpn_levels,
     map_part,
     map_stage,
 )
-from eigenarch.spectrum import Spectra
 from eigenarch.spectrum.collector import HOOKED_TYPES
-
-# map -> (channels, dim in I, dim in S)
-KNOWN = {
-    "backbone.body.conv1:out": (16, 12, 12),
-    "backbone.body.layer1.0.conv1:in": (16, 10, 14),
-    "backbone.body.layer1.0.conv3:out": (32, 20, 30),
-    "backbone.body.layer4.0.conv1:in": (64, 20, 60),
-    "backbone.body.layer4.0.conv2:in": (32, 8, 8),
-    "backbone.fpn.inner_blocks.0.0:in": (32, 24, 16),
-    "backbone.fpn.layer_blocks.3.0:out": (16, 16, 0),
-    "rpn.head.conv.0.0:in": (16, 9, 3),
-    "roi_heads.box_head.5:in": (64, 40, 30),
-    "roi_heads.box_predictor.cls_score:in": (32, 5, 10),
-}
-
-
-def spectra_with(dims: dict[str, tuple[int, int]]) -> Spectra:
-    """Diagonal covariances with exactly ``d`` eigenvalues above 1e-3 of the largest (d = 0:
-    a dead map)."""
-    covs = {}
-    for name, (channels, d) in dims.items():
-        values = torch.full((channels,), 1e-4 if d else 0.0, dtype=torch.float64)
-        values[:d] = torch.logspace(0, -2.9, d, dtype=torch.float64)
-        covs[name] = torch.diag(values) if d else torch.zeros(channels, channels)
-    return Spectra(covs, {name: 7 for name in dims}, {"test": True})
-
-
-@pytest.fixture
-def saved(tmp_path):
-    a = spectra_with({n: (c, i) for n, (c, i, _) in KNOWN.items()}).save(tmp_path / "I.sft")
-    b = spectra_with({n: (c, s) for n, (c, _, s) in KNOWN.items()}).save(tmp_path / "S.sft")
-    return a, b
-
-
-def test_compare_json_per_map_part_and_stage(run_cli, saved):
-    r = run_cli("compare", *saved, "--names", "I", "S", "--json", "--top", "3")
-    assert r.code == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["names"] == ["I", "S"] and out["threshold"] == 1e-3
-    rows = {m["name"]: m for m in out["maps"]}
-    assert list(rows) == list(KNOWN)
-    for name, (channels, i, s) in KNOWN.items():
-        assert (rows[name]["channels"], rows[name]["a"], rows[name]["b"]) == (channels, i, s)
-        assert rows[name]["diff"] == i - s
-        assert rows[name]["ratio"] == (i / s if s else None)
-    parts = {p["part"]: (p["maps"], p["channels"], p["a"], p["b"], p["diff"]) for p in out["parts"]}
-    assert parts == {
-        "backbone": (5, 160, 70, 124, -54),
-        "FPN": (2, 48, 40, 16, 24),
-        "RPN": (1, 16, 9, 3, 6),
-        "heads": (2, 96, 45, 40, 5),
-    }
-    stages = [(s["part"], s["stage"], s["a"], s["b"]) for s in out["stages"]]
-    assert stages == [
-        ("backbone", "stem", 12, 12),
-        ("backbone", "layer1", 30, 44),
-        ("backbone", "layer4", 28, 68),
-        ("FPN", "P2", 24, 16),
-        ("FPN", "P5", 16, 0),
-        ("RPN", "conv", 9, 3),
-        ("heads", "box_head", 40, 30),
-        ("heads", "box_predictor", 5, 10),
-    ]
-    # |I - S| / channels: layer4.0.conv1:in 40/64, P5 16/16, rpn 6/16, ...
-    assert out["most_different"] == [
-        "backbone.fpn.layer_blocks.3.0:out",
-        "backbone.body.layer4.0.conv1:in",
-        "rpn.head.conv.0.0:in",
-    ]
-
-
-def test_names_take_either_form(run_cli, saved):
-    for args in (
-        (*saved, "--names", "I,S"),
-        ("--names", "I", "S", *saved),
-        (saved[0], "--names", "I", "S", saved[1]),
-    ):
-        r = run_cli("compare", *args, "--json", "--top", "1")
-        assert r.code == 0, (args, r.stderr)
-        assert json.loads(r.stdout)["names"] == ["I", "S"]
-    r = run_cli("compare", *saved, "--names", "I,S,T")
-    assert r.code == 2 and "--names I,S,T: expected two labels" in r.stderr
-    # report: one label per run, either form, before or after the runs.
-    valued = {"--out", "--stages"}
-    for args in (
-        ["r1", "r2", "--out", "o", "--names", "I", "S"],
-        ["--names", "I", "S", "r1", "r2", "--out", "o"],
-        ["r1", "r2", "--names", "I,S", "--out", "o"],
-    ):
-        joined = joined_names(args, valued, None)
-        assert joined[joined.index("--names") + 1] == "I,S"
-        assert [a for a in joined if a.startswith("r")] == ["r1", "r2"]
-
-
-def test_compare_tables_threshold_and_plot(run_cli, saved, tmp_path, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
-    r = run_cli("compare", *saved, "--plot", tmp_path / "fig5", "--stages", "layer1,layer4")
-    assert r.code == 0, r.stderr
-    assert "summed intrinsic dimensionality per part" in r.stdout
-    assert "per stage" in r.stdout and "differ most" in r.stdout
-    line = next(x for x in r.stdout.splitlines() if "layer4.0.conv1:in" in x)
-    assert [c.strip() for c in line.split("│")[2:7]] == ["64", "20", "60", "-40", "0.333"]
-    assert "dims I " in r.stdout and "dims S " in r.stdout  # labels from the file names
-    with Image.open(tmp_path / "fig5.png") as image:
-        assert image.size[0] > 300 and image.size[1] > 300
-    assert (tmp_path / "fig5.svg").read_text().lstrip().startswith("<?xml")
-    # A lower threshold counts more eigenvalues (the 1e-4 floor of each live map).
-    r = run_cli("compare", *saved, "--threshold", "1e-5", "--json")
-    rows = {m["name"]: m for m in json.loads(r.stdout)["maps"]}
-    assert rows["backbone.body.layer4.0.conv1:in"]["a"] == 64
-    r = run_cli("compare", *saved, "--plot", tmp_path / "x", "--stages", "layer9")
-    assert r.code == 2 and "--stages layer9" in r.stderr and "layer4" in r.stderr
-
-
-def test_compare_refuses_different_architectures(run_cli, saved, tmp_path):
-    other = dict(KNOWN)
-    del other["rpn.head.conv.0.0:in"]
-    other["backbone.body.layer4.0.conv1:in"] = (48, 20, 20)
-    other["extra.conv:out"] = (8, 1, 1)
-    path = spectra_with({n: (c, i) for n, (c, i, _) in other.items()}).save(tmp_path / "X.sft")
-    r = run_cli("compare", saved[0], path, "--names", "I", "X")
-    assert r.code == 2
-    message = r.stderr.replace("\n", "")
-    assert "I and X are not the same architecture" in message
-    assert "1 map(s) only in I: rpn.head.conv.0.0:in" in message
-    assert "1 map(s) only in X: extra.conv:out" in message
-    assert "backbone.body.layer4.0.conv1:in (64 vs 48 channels)" in message
-    assert "Traceback" not in r.stderr
-
-
-def test_compare_run_folders(run_cli, analysed_runs, tmp_path):
-    r = run_cli("compare", analysed_runs["A"], analysed_runs["B"], "--json")
-    assert r.code == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["names"] == ["A", "B"]
-    final = compare_spectra(
-        Spectra.load(analysed_runs["A"] / "spectra/iter_0000040.safetensors"),
-        Spectra.load(analysed_runs["B"] / "spectra/iter_0000040.safetensors"),
-    )
-    assert [(m["a"], m["b"]) for m in out["maps"]] == [(m.a, m.b) for m in final.maps]
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "iter_0000007.pt").write_bytes(b"")
-    r = run_cli("compare", analysed_runs["A"], tmp_path)
-    assert r.code == 2 and "no spectra of its last checkpoint (iteration 7)" in r.stderr
-    r = run_cli("compare", analysed_runs["A"], tmp_path / "missing.sft")
-    assert r.code == 2 and "missing.sft: spectra file not found" in r.stderr
 
 
 def test_parts_and_stages_of_a_torchvision_detector():

@@ -1,4 +1,4 @@
-"""Dropping / rebounding rules, and ``eigenarch dynamics`` on runs with known dynamics."""
+"""Dropping / rebounding rules, and ``compute_dynamics`` on runs with known dynamics."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import json
 import shutil
 
 import pytest
-import safetensors
-import safetensors.torch
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eigenarch.report import dynamics as dynamics_module
 from eigenarch.report.dynamics import (
     Criteria,
     Event,
@@ -138,92 +135,6 @@ def test_dynamics_of_a_run_with_known_events(analysed_runs, known):
     assert all(len(set(m.dims)) == 1 for m in unchanged.maps)
 
 
-def test_cli_reuses_spectra_and_recomputes_on_new_settings(
-    analysed_runs, known, copy_run, run_cli, monkeypatch
-):
-    run = copy_run(analysed_runs["A"])
-    files = sorted((run / "spectra").glob("*.safetensors"))
-    stamps = [f.stat().st_mtime_ns for f in files]
-
-    def fail(*args, **kwargs):
-        raise AssertionError("spectra recomputed")
-
-    monkeypatch.setattr(dynamics_module, "stream_spectra", fail)
-    r = run_cli(
-        "dynamics",
-        "--run",
-        run,
-        "--images",
-        known.images,
-        "--workers",
-        "0",
-        "--json",
-        "--threshold",
-        "1e-3.5",
-    )
-    assert r.code == 0, r.stderr
-    assert [f.stat().st_mtime_ns for f in files] == stamps
-    out = json.loads(r.stdout)
-    assert out["threshold"] == pytest.approx(10**-3.5)
-    spectra = Spectra.load(files[0])
-    for m in out["maps"]:
-        assert m["dims"][0] == spectra.intrinsic_dim(m["name"], 10**-3.5)
-    assert json.loads((run / "dynamics.json").read_text())["threshold"] == out["threshold"]
-    assert "--threshold 0.000316" in out["command"] and f"--images {known.images}" in out["command"]
-
-    # Other settings (fewer images) need a new pass over the data.
-    with pytest.raises(AssertionError, match="recomputed"):
-        run_cli("dynamics", "--run", run, "--images", "2", "--workers", "0")
-    # So does a file of an older spectra format, as the same settings computed it.
-    kept = files[0].read_bytes()
-    with safetensors.safe_open(files[0], framework="pt") as f:
-        header = {**json.loads(f.metadata()["eigenarch-spectra"]), "version": 2}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-    metadata = {"eigenarch-spectra": json.dumps(header)}
-    files[0].write_bytes(safetensors.torch.save(tensors, metadata=metadata))
-    with pytest.raises(AssertionError, match="recomputed"):
-        run_cli("dynamics", "--run", run, "--images", known.images, "--workers", "0")
-    files[0].write_bytes(kept)
-    monkeypatch.undo()
-    monkeypatch.setenv("COLUMNS", "250")  # table rows on one line each
-    r = run_cli(
-        "dynamics",
-        "--run",
-        run,
-        "--images",
-        "2",
-        "--workers",
-        "0",
-        "--include",
-        "backbone.body.layer1.*",
-        "--flagged",
-    )
-    assert r.code == 0, r.stderr
-    assert [f.stat().st_mtime_ns for f in files] != stamps
-    spectra = Spectra.load(files[-1])
-    assert spectra.meta["images"] == 2 and spectra.samples(known.target + ":out") == 2
-    assert all(n.startswith("backbone.body.layer1.") for n in spectra.names)
-    assert "dropping" in r.stdout and "@10:" in r.stdout and "@30:" in r.stdout
-    flagged = [line for line in r.stdout.splitlines() if "@" in line]
-    assert len(flagged) == 1 and known.target + ":out" in flagged[0]
-
-
-def test_cli_errors(run_cli, tmp_path, analysed_runs, copy_run):
-    r = run_cli("dynamics", "--run", tmp_path)
-    assert r.code == 2 and "no config.json" in r.stderr
-    run = copy_run(analysed_runs["B"])
-    for path in (run / "checkpoints").iterdir():
-        path.unlink()
-    r = run_cli("dynamics", "--run", run)
-    assert r.code == 2 and "no checkpoints" in r.stderr
-    r = run_cli("dynamics", "--run", analysed_runs["B"], "--drop", "0")
-    assert r.code == 2 and "--drop 0.0" in r.stderr
-    r = run_cli("dynamics", "--run", analysed_runs["B"], "--workers", "-1")
-    assert r.code == 2 and "--workers" in r.stderr and r.stderr.count("\n") == 1
-    r = run_cli("report", tmp_path, "--out", tmp_path / "rep")
-    assert r.code == 2 and "eigenarch dynamics --run" in r.stderr
-
-
 def _dynamics_worker(rank: int, world: int, init: str, run: str, images: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -326,25 +237,3 @@ def test_tensorboard_shows_each_maps_dims_and_eigenvalues_at_each_checkpoint(
     shutil.rmtree(run / "dynamics")
     assert run_cli(*args, "--no-tensorboard").code == 0
     assert not (run / "dynamics").exists()
-
-
-def test_cli_sketches_wide_maps_and_reads_them_back(analysed_runs, copy_run, run_cli):
-    run = copy_run(analysed_runs["B"])
-    args = ("dynamics", "--run", run, "--images", "2", "--workers", "0", "--json", "--include",
-            "roi_heads.box_head.*", "--max-channels", "64", "--sketch-rank", "4")  # fmt: skip
-    r = run_cli(*args)
-    assert r.code == 0, r.stderr
-    files = sorted((run / "spectra").glob("*.safetensors"))
-    spectra = Spectra.load(files[-1])
-    wide = [n for n in spectra.names if spectra.channels(n) > 64]
-    assert wide and all(spectra.sketch_rank(n) == 4 for n in wide)
-    out = json.loads(r.stdout)
-    assert "--sketch-rank 4" in out["command"] and "--max-channels 64" in out["command"]
-    dims = {m["name"]: m["dims"] for m in out["maps"]}
-    for name in wide:
-        assert dims[name][-1] == spectra.intrinsic_dim(name) and 1 <= dims[name][-1] <= 4
-    stamps = [f.stat().st_mtime_ns for f in files]
-    assert run_cli(*args).code == 0  # the sketched files are reused as computed
-    assert [f.stat().st_mtime_ns for f in files] == stamps
-    r = run_cli("report", run, "--out", run.parent / "report")  # reads the sketched files
-    assert r.code == 0, r.stderr

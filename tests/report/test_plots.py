@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
 from eigenarch.report.compare import Comparison, MapComparison
 from eigenarch.report.dynamics import Event
 from eigenarch.report.plots import (
+    BLOCK_COLOR,
+    BLOCK_GAP,
     KERNEL_COLORS,
     compare_figure,
     diagram_layers,
@@ -162,3 +166,10 @@ def test_widths_figure_bars_proportional_to_channels():
         kernels = [to_hex(b.get_facecolor()) for b in bars]
         assert kernels[:3] == [KERNEL_COLORS[7], KERNEL_COLORS[1], KERNEL_COLORS[3]]
         assert ax.get_xlim() == fig.axes[0].get_xlim()  # one scale for every panel
+        # One grey box per block (rows 1-3, 4-6, 7-9, ...), a white gap between neighbours.
+        boxes = sorted((p.get_y(), p.get_y() + p.get_height()) for p in ax.patches
+                       if to_hex(p.get_facecolor()) == to_hex(BLOCK_COLOR))  # fmt: skip
+        assert len(boxes) == 5
+        for (_, top), (bottom, _) in itertools.pairwise(boxes):
+            assert bottom - top == pytest.approx(BLOCK_GAP)
+        assert boxes[0][0] < 1 and boxes[0][1] > 3 and boxes[1][0] > 3  # block layer1.0

@@ -173,10 +173,5 @@ def toy_detector() -> ToyDetector:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the suite runs one worker per core, and multi-threaded LAPACK on an
-    oversubscribed machine can be a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_thread):
+    """Every test here runs with one intra-op thread (tests/conftest.py's ``one_thread``)."""

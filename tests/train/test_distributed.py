@@ -1,5 +1,6 @@
-"""The train command under torchrun: 2 CPU processes (gloo) train as one process does (the
-same losses and weights: sharded data, per-image RPN / RoI sampling, averaged gradients), and
+"""Training under torchrun: 2 CPU processes (gloo) train as one process does (the same losses
+and weights: sharded data, per-image RPN / RoI sampling, averaged gradients; ``pretrain`` too;
+a DetNAS supernet reads the same images, its BatchNorm statistics are each rank's own), and
 their sharded evaluation equals a single-process evaluation of the same checkpoint."""
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import TINY_ARGS
+from eigenarch.data.shapes import ShapesClsConfig, generate_shapes_cls
+
+from ..nas.conftest import DETECTOR_ARGS, SPACE_ARGS
+from .conftest import TINY_ARGS, TINY_WIDTHS
 
 #: 2 processes vs 1: the weights after 2 steps differ by at most this fraction of how far
 #: the one-process run moved them at its second step (float summation order only; sampling
 #: that depended on the number of processes gave 0.47-0.50), the losses by 1e-5 relative.
 WEIGHT_TOLERANCE = 1e-3
+#: The script that runs a command and records the training images each rank read.
+RECORDER = Path(__file__).with_name("record_samples.py")
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
@@ -174,3 +180,95 @@ def test_a_second_torchrun_on_a_locked_out_is_one_line_on_every_rank(shapes_root
     ours = sorted(line for line in stderr.splitlines() if line.startswith("error: "))
     assert ours == [f"error: {refused}", f"error: rank 1: {refused}"], stderr[-3000:]
     assert launcher.returncode != 0 and not re.search(r'File ".*/eigenarch/', stderr)
+
+
+def _recorded(record: Path, args: list[str], processes: int) -> list[dict[int, list[int]]]:
+    """Run ``eigenarch ARGS`` in ``processes`` processes (torchrun for 2) under
+    :data:`RECORDER`; per rank, the training images it read (by iteration, in order)."""
+    launch = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+              f"--master_port={_free_port()}"] if processes > 1 else []  # fmt: skip
+    command = [sys.executable, *launch, str(RECORDER), str(record), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = []
+    for r in range(processes):
+        seen: dict[int, list[int]] = {}
+        for iteration, index in json.loads(Path(f"{record}.rank{r}.json").read_text()):
+            seen.setdefault(iteration, []).append(index)
+        ranks.append(seen)
+    return ranks
+
+
+def _check_split(two: list[dict[int, list[int]]], one: dict[int, list[int]], items: list[int],
+                 batch: int, seed: int = 0) -> None:  # fmt: skip
+    """Rank ``r`` of 2 read the ``r``-th half of each one-process batch, and the one process
+    read what ``IterationBatches`` promises: global position ``p = iteration * batch + j`` is
+    item ``randperm(n, seed * 1_000_003 + p // n)[p % n]`` of ``items``."""
+    n = len(items)
+    for iteration, images in one.items():
+        positions = range(iteration * batch, (iteration + 1) * batch)
+        orders = {
+            p // n: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003
+                                                                              + p // n))
+            for p in positions
+        }  # fmt: skip
+        assert images == [items[orders[p // n][p % n]] for p in positions]
+        half = batch // 2
+        assert [two[r][iteration] for r in (0, 1)] == [images[:half], images[half:]]
+    assert two[0].keys() == two[1].keys() == one.keys()
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def test_two_process_pretraining_equals_one(tmp_path, run_cli):
+    """GroupNorm classifier, 24 images, 16 per step (8 per rank), 2 epochs of 1 step: the
+    second step's batch spans the end of epoch 0's order and the start of epoch 1's. At
+    --lr 0.01: with the default 0.1 the weights differ by 1.06e-3 of how far 2 steps
+    moved them and the losses by 1-4 % after 6 (rounding amplified by the steps; one
+    process with 1 vs 2 OpenMP threads diverges as much: docs/train.md)."""
+    root = tmp_path / "cls"
+    generate_shapes_cls(root, ShapesClsConfig(1, 1, size=32), workers=1)
+
+    def pretrain(out: Path, epochs: int = 2) -> list[str]:
+        return ["pretrain", "--data", str(root), "--out", str(out), "--backbone", TINY_WIDTHS,
+                "--gn-groups", "8", "--epochs", str(epochs), "--batch-size", "16", "--size",
+                "32", "--lr", "0.01", "--workers", "0", "--no-tensorboard"]  # fmt: skip
+
+    two = _recorded(tmp_path / "two", pretrain(tmp_path / "two.pt"), 2)
+    (one,) = _recorded(tmp_path / "one", pretrain(tmp_path / "one.pt"), 1)
+    _check_split(two, one, list(range(24)), 16)
+    assert sorted(one) == [0, 1]
+    # One step of the same run (its first learning rate is the 2-epoch run's).
+    result = run_cli(*pretrain(tmp_path / "step.pt", epochs=1))
+    assert result.code == 0, result.stderr
+    w_two, w_one, step1 = (
+        torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("two", "one", "step")
+    )
+    assert [h["loss"] for h in w_two["history"]] == pytest.approx(
+        [h["loss"] for h in w_one["history"]], rel=1e-5
+    )
+    assert w_one["history"][0]["loss"] == step1["history"][0]["loss"]
+    moved, differ = (_max_difference(w_one["model"], w["model"]) for w in (step1, w_two))
+    print(f"pretrain 2 vs 1 process: weights differ by {differ:.3g}, moved {moved:.3g}")
+    assert 0 < moved and differ <= WEIGHT_TOLERANCE * moved, (differ, moved)
+
+
+def test_two_process_supernet_training_reads_the_promised_split(shapes_root, tmp_path):
+    """DetNAS supernet, 2 images per step (1 per rank), 9 training images after the hold-out:
+    each rank reads its half of the one-process batches, iteration 4's spanning 2 epochs.
+    The losses are not compared: the supernet's BatchNorm normalises each rank's own image
+    (SyncBN needs GPUs), so 2 processes train another model than one (docs/train.md)."""
+
+    def supernet(out: Path) -> list[str]:
+        return ["detnas", "supernet", "--data", str(shapes_root), "--out", str(out), *SPACE_ARGS,
+                *DETECTOR_ARGS, "--iters", "5", "--holdout", "3", "--no-tensorboard"]  # fmt: skip
+
+    two = _recorded(tmp_path / "two", supernet(tmp_path / "two"), 2)
+    (one,) = _recorded(tmp_path / "one", supernet(tmp_path / "one"), 1)
+    split = json.loads((tmp_path / "one" / "holdout.json").read_text())
+    assert split == json.loads((tmp_path / "two" / "holdout.json").read_text())
+    assert len(split["train"]) == 9 and sorted(one) == [0, 1, 2, 3, 4]
+    _check_split(two, one, split["train"], 2)

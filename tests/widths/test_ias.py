@@ -23,7 +23,7 @@ from eigenarch.widths import (
 )
 from eigenarch.widths.ias import expand_widths
 
-from .conftest import resnet_tie_maps
+from ..conftest import resnet_tie_maps
 
 
 def dims_for(values, depths=(3, 4, 6, 3), rng=None, side_maps=("producers", "consumers")):

@@ -17,7 +17,6 @@ from eigenarch.cli.options import (
     Device,
     Include,
     MaxChannels,
-    OnceCommand,
     Sides,
     SketchRank,
     TensorBoard,
@@ -48,7 +47,7 @@ Names = Annotated[
     str,
     typer.Option(
         metavar="NAME,...",
-        help="Labels, one per input: --names I,S or --names I S.",
+        help="Labels, one per input, comma-separated: --names I,S.",
         show_default="the file or folder names",
     ),
 ]
@@ -406,54 +405,8 @@ def command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
-def joined_names(args: list[str], valued: set[str], count: int | None) -> list[str]:
-    """``--names I S`` rewritten as ``--names I,S`` in a command's arguments: the tokens after
-    ``--names`` up to the next option, at most ``count`` of them; ``None`` takes one label per
-    remaining positional argument (a run of ``report``), so ``--names I S run1 run2`` works
-    too. ``valued`` are the options that take a value (so theirs are not positional)."""
-    if "--names" not in args:
-        return args
-    i = args.index("--names")
-    end = i + 1
-    while end < len(args) and not args[end].startswith("-"):
-        end += 1
-    following = args[i + 1 : end]
-    if not following or "," in following[0]:
-        return args
-    if count is None:
-        positional, rest = 0, iter(args[:i] + args[end:])
-        for token in rest:
-            if token == "--":
-                positional += len(list(rest))
-            elif not token.startswith("-") or token == "-":
-                positional += 1
-            elif token in valued:
-                next(rest, None)
-        count = max(1, (positional + len(following)) // 2)
-    return [*args[: i + 1], ",".join(following[:count]), *following[count:], *args[end:]]
-
-
-class _NamesCommand(OnceCommand):
-    """A command whose ``--names`` takes ``A,B`` or ``A B`` alike (:func:`joined_names`)."""
-
-    count: int | None = None
-
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
-        valued = {
-            opt
-            for param in self.params
-            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
-            for opt in param.opts
-        }
-        return super().parse_args(ctx, joined_names(list(args), valued, self.count))
-
-
-class _TwoNamesCommand(_NamesCommand):
-    count = 2
-
-
 def register(app: typer.Typer) -> None:
     """Add ``dynamics``, ``compare`` and ``report`` to the main CLI."""
     app.command("dynamics")(trusting(dynamics))
-    app.command("compare", cls=_TwoNamesCommand)(compare)
-    app.command("report", cls=_NamesCommand)(trusting(report))
+    app.command("compare")(compare)
+    app.command("report")(trusting(report))

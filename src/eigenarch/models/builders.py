@@ -213,11 +213,19 @@ class BuilderBackbone(Backbone):
         return _traced(self.builder, self.norm, self.gn_groups)
 
     def build(self, num_classes: int = 1000) -> nn.Module:
-        """The classifier: built, every group at its width, freshly initialised."""
+        """The classifier: built, every group at its width, freshly initialised. A resized
+        timm model is timm's ``adapt_model_from_string`` of it where timm's format expresses
+        it (:mod:`eigenarch.models.timm_format`)."""
         model = classifier_by_name(self.builder, self.norm, self.gn_groups, num_classes)
         if self.groups:
             example = torch.zeros(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE)
-            model = resize(model, self.groups, graph=trace_model(model, example, self.builder))
+            resized = resize(model, self.groups, graph=trace_model(model, example, self.builder))
+            timm_model = None
+            if self.builder.startswith(TIMM):
+                from eigenarch.models.timm_format import timm_resized
+
+                timm_model, _ = timm_resized(model, resized)
+            model = resized if timm_model is None else timm_model
         _init(model, self.builder)
         return model
 

@@ -6,6 +6,9 @@
   shapes those of the spec; the weights of ``--weights`` where given (the rest fresh);
 - ``spec.json`` -- the spec, plus an ``"export"`` section: the torchvision / timm network it
   resizes and a per-layer table of what differs from it (module attributes, tensor shapes);
+- ``timm_model.txt`` -- for a timm network that timm's own per-layer shape format expresses
+  (:mod:`eigenarch.models.timm_format`), its model string: ``adapt_model_from_string(
+  timm.create_model(NAME), text)`` is the network, and build.py builds it so;
 - ``build.py`` -- :mod:`eigenarch.models.standalone`, which rebuilds the ``nn.Module`` from
   ``spec.json`` with torchvision / timm alone;
 - ``model.onnx`` -- the backbone with its FPN (``torch.onnx.export``, the TorchScript
@@ -45,6 +48,8 @@ ONNX_OPSET = 17
 #: (the inputs' height and width are dynamic axes).
 TRACE_SIZE, CHECK_SIZE = (224, 224), (160, 256)
 _PLAIN = (bool, int, float, str, type(None))
+#: The file of timm's model string (``adapt_model_from_string``), beside ``spec.json``.
+TIMM_MODEL = "timm_model.txt"
 #: Reorders PyTorch's outputs to pair with onnxruntime's: ``pair(onnxruntime's, PyTorch's)``.
 Pairing = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], list[torch.Tensor]]
 
@@ -123,7 +128,7 @@ def export_backbone(
     if weights is not None:
         info = load_backbone_weights(body, weights, "--weights")  # never loads fc.*
         fresh = sorted({*info["missing"], *(k for k in fresh if k.startswith("fc."))})
-    base, modules, tensors = portable_table(spec, body)
+    table = portable_table(spec, body)
     state = {k: v.detach().contiguous().clone() for k, v in body.state_dict().items()}
     make_folder(out.parent)
     with unwritable_as_error(out):
@@ -134,13 +139,19 @@ def export_backbone(
             onnx["detector.onnx"] = _detector_onnx(body, detector, num_classes,
                                                    tmp / "detector.onnx",
                                                    **(detector_options or {}))  # fmt: skip
-        section = {"base": dict(base), "modules": modules, "tensors": tensors,
+        section = {"base": dict(table.base), "modules": table.modules, "tensors": table.tensors,
                    "weights": None if weights is None else str(weights), "fresh": fresh,
                    "onnx": onnx}  # fmt: skip
+        if table.base["kind"] == "timm":
+            section["timm_model"] = None if table.timm_model is None else TIMM_MODEL
+            section["not_timm"] = table.not_timm
         with unwritable_as_error(out):
             from safetensors.torch import save_file
 
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            if table.timm_model is not None:
+                # no final newline: adapt_model_from_string reads the last shape up to its end
+                (tmp / TIMM_MODEL).write_text(table.timm_model, "utf-8")
             spec.save(tmp / "spec.json", {"export": section})
             shutil.copyfile(standalone.__file__, tmp / "build.py")
             os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's is 0700
@@ -160,16 +171,34 @@ def _check_out(out: Path, force: bool) -> None:
                              "--out or --force to replace it")  # fmt: skip
 
 
-def portable_table(spec: Backbone, body: nn.Module) -> tuple[dict[str, Any], dict, dict]:
-    """What build.py needs to rebuild ``body`` (``spec`` built): ``(base, modules,
-    tensors)``, the base network (:meth:`Backbone.export_base`) and :func:`shape_table`
-    against it; checked: build.py's network takes ``body``'s state dict with
-    ``strict=True`` and computes its outputs exactly."""
+@dataclasses.dataclass(frozen=True)
+class PortableTable:
+    """What build.py needs to rebuild a body: the base network (:meth:`Backbone.export_base`),
+    for a timm one its model string where timm's ``adapt_model_from_string`` rebuilds the
+    body (``timm_model``; else why not: ``not_timm``), and :func:`shape_table` against that."""
+
+    base: dict[str, Any]
+    modules: dict[str, dict]
+    tensors: dict[str, list]
+    timm_model: str | None = None
+    not_timm: str | None = None
+
+
+def portable_table(spec: Backbone, body: nn.Module) -> PortableTable:
+    """What build.py needs to rebuild ``body`` (``spec`` built), checked: build.py's network
+    takes ``body``'s state dict with ``strict=True`` and computes its outputs exactly."""
     base, name = spec.export_base(), spec.describe()
     try:
         portable = standalone.base_model(base)
     except (ValueError, TypeError, RuntimeError) as exc:
         raise EigenarchError(f"{name}: build.py cannot build its base network: {exc}") from None
+    timm_model, not_timm = None, None
+    if base["kind"] == "timm":
+        from eigenarch.models.timm_format import timm_resized  # it imports shape_table
+
+        adapted, text = timm_resized(portable, body)
+        portable, timm_model, not_timm = ((portable, None, text) if adapted is None
+                                          else (adapted, text, None))  # fmt: skip
     try:
         modules, tensors = shape_table(portable, body)
     except EigenarchError as exc:
@@ -183,7 +212,7 @@ def portable_table(spec: Backbone, body: nn.Module) -> tuple[dict[str, Any], dic
     if not same:
         raise EigenarchError(f"{name}: build.py's network computes other outputs than "
                              "eigenarch's; it cannot be exported")  # fmt: skip
-    return base, modules, tensors
+    return PortableTable(base, modules, tensors, timm_model, not_timm)
 
 
 def _fpn_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 ``eigenarch export`` copies this file as ``build.py`` beside ``spec.json`` and
 ``model.safetensors``. :func:`build` makes the network that the spec's ``"export"`` section
-names at its builder's own widths, then gives every module the attributes and every tensor
-the shape the section records (a per-layer shape table, as timm's ``adapt_model_from_string``
-uses for its pruned models), so the exported state dict loads with ``strict=True``::
+names at its builder's own widths -- a timm model written in timm's own per-layer shape
+format (``timm_model.txt``) resized by timm's ``adapt_model_from_string``, as timm builds its
+``*_pruned`` models -- then gives every module the attributes and every tensor the shape the
+section records (a shape table; empty where timm's format applies), so the exported state
+dict loads with ``strict=True``::
 
     from build import load
     model = load("spec.json", "model.safetensors")  # build, then load_state_dict(strict=True)
@@ -136,12 +138,21 @@ def adapt(
 
 def build(spec: str | Path | Mapping[str, Any]) -> nn.Module:
     """The exported backbone (a classifier, as eigenarch builds it) from ``spec.json`` (or
-    its parsed object), freshly initialised."""
+    its parsed object), freshly initialised. Where the section names a ``"timm_model"``
+    file (beside ``spec.json``; for a parsed object, in the current folder), the base
+    network is first resized by timm's ``adapt_model_from_string`` with its text."""
     obj = spec if isinstance(spec, Mapping) else json.loads(Path(spec).read_text("utf-8"))
     if not isinstance(obj.get("export"), Mapping):
         raise ValueError(f"{spec}: no 'export' section; expected a spec.json of eigenarch export")
     section = obj["export"]
-    return adapt(base_model(section["base"]), section["modules"], section["tensors"])
+    model = base_model(section["base"])
+    if section.get("timm_model"):
+        from timm.models._prune import adapt_model_from_string
+
+        folder = Path() if isinstance(spec, Mapping) else Path(spec).parent
+        text = (folder / section["timm_model"]).read_text("utf-8").strip()  # as timm reads it
+        model = adapt_model_from_string(model, text).train()
+    return adapt(model, section["modules"], section["tensors"])
 
 
 def load(spec: str | Path, weights: str | Path) -> nn.Module:

@@ -498,29 +498,31 @@ RESULT_TABLES = {
         "Backbones compared (Table 1)",
         _COCO,
         (("p (AP vs base)", "AP"),),
-        "Each backbone trained from scratch with the same schedule; COCO bbox metrics (%) "
-        f"on the val split, {_WELCH}",
+        "Each backbone trained from scratch with the same schedule (the paper's 2x "
+        f"column); COCO bbox metrics (%) on the val split, {_WELCH}",
     ),
-    "table1_2x": ResultTable(
-        "Table 1 at 2x the iterations",
+    "table1_1x": ResultTable(
+        "Table 1 at 1x: half the iterations",
         _COCO,
         (("p (AP vs base)", "AP"),),
-        "The rows of Table 1 retrained at twice the iterations (the paper's 2x schedule "
-        f"beside its 1x); COCO bbox metrics (%) on the val split, {_WELCH}",
+        "I (MACs) and S (MACs) retrained at half of Table 1's iterations (the paper's 1x "
+        f"column beside Table 1's 2x); COCO bbox metrics (%) on the val split, {_WELCH}",
     ),
     "table2": ResultTable(
         "Transferred to classification (Table 2)",
         (("top-1 err", "top1_err"), ("top-5 err", "top5_err")),
         (("p (top-1 vs base)", "top1_err"), ("p (top-5 vs base)", "top5_err")),
-        "The base and the searched backbones with BatchNorm trained as classifiers (SGD, "
-        "x0.1 steps at 1/3 and 2/3 of the run, as the paper's A.2); error (%) on the val "
+        "The base and the searched backbones (the demo: those claim (k) reads) with "
+        "BatchNorm trained as classifiers (SGD, x0.1 steps at 1/3 and 2/3 of the run, as "
+        "the paper's A.2); error (%) on the val "
         f"split of the classification set; params as in Table 1; {_WELCH}",
     ),
     "mask": ResultTable(
         "Mask R-CNN (section 4.6)",
         (("AP bbox", "AP_bbox"), ("AP mask", "AP_mask")),
         (("p (bbox vs base)", "AP_bbox"), ("p (mask vs base)", "AP_mask")),
-        "The base and the searched backbones trained from scratch as Mask R-CNN with the "
+        "The base and the searched backbones (the demo: those claim (l) reads) trained "
+        "from scratch as Mask R-CNN with the "
         f"schedule of Table 1; COCO box and mask AP (%) on the val split, {_WELCH}",
     ),
 }

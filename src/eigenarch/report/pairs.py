@@ -18,9 +18,7 @@ def pair_labels(paths: Sequence[Path], names: Sequence[str] | None) -> list[str]
     where they are the same)."""
     labels = list(names) if names else [p.stem if p.is_file() else p.name for p in paths]
     if len(labels) != 2 or not all(labels):
-        raise EigenarchError(
-            f"--names {','.join(labels)}: expected two labels, --names A,B or --names A B"
-        )
+        raise EigenarchError(f"--names {','.join(labels)}: expected two labels, --names A,B")
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
     return labels

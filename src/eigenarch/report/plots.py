@@ -176,6 +176,10 @@ def diagram_layers(cost: ModelCost) -> list[tuple[str, int, int]]:
     ]
 
 
+#: The white space between two blocks' grey boxes, in bar rows.
+BLOCK_GAP = 0.3
+
+
 def widths_figure(
     architectures: Sequence[tuple[str, Sequence[tuple[str, float, int]]]],
 ) -> Figure:
@@ -191,12 +195,12 @@ def widths_figure(
         for y, (layer, _, _) in enumerate(items):
             if layer.count(".") >= 2:
                 blocks.setdefault(layer.rsplit(".", 1)[0], []).append(y)
-        for rows in blocks.values():
+        for rows in blocks.values():  # a white gap between adjacent blocks
             ax.add_patch(
                 Rectangle(
-                    (-0.55 * widest, min(rows) - 0.5),
+                    (-0.55 * widest, min(rows) - 0.5 + BLOCK_GAP / 2),
                     1.1 * widest,
-                    len(rows),
+                    len(rows) - BLOCK_GAP,
                     color=BLOCK_COLOR,
                     lw=0,
                 )

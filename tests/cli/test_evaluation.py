@@ -1,10 +1,14 @@
-"""``eigenarch evaluate --out``: a path ending in .json is the metrics file, else a folder."""
+"""``eigenarch evaluate``: detections or a run evaluated; ``--out`` ending in .json is the
+metrics file, else a folder."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from pycocotools import mask as mask_utils
+
+from eigenarch.data.coco import load_coco_json
 
 
 def test_out_json_is_the_metrics_file(tiny_run, tmp_path, run_cli):
@@ -52,3 +56,34 @@ def test_metrics_table_says_n_a_for_an_absent_area():
     row = next(line for line in console.export_text().splitlines() if "bbox" in line)
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
     assert cells == ["bbox", "50.0", "75.0", "25.0", "n/a", "12.5", "0.0"]  # 0 is a value
+
+
+def test_evaluate_command(shapes_root, tmp_path, run_cli):
+    gt = load_coco_json(shapes_root / "annotations" / "instances_val.json")
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+            "segmentation": mask_utils.frPyObjects(a["segmentation"], 128, 128),
+        }
+        for a in gt.anns.values()
+    ]
+    for det in dets:
+        det["segmentation"] = mask_utils.merge(det["segmentation"])
+        det["segmentation"]["counts"] = det["segmentation"]["counts"].decode()
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    args = ["--iou-type", "bbox,segm", "--out", tmp_path / "ev"]
+    result = run_cli("evaluate", "--data", shapes_root, "--detections", path, *args)
+    assert result.code == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["segm"]["AP50"] == 1.0
+    assert "100.0" in result.stderr
+    path.write_text("[{")
+    result = run_cli("evaluate", "--data", shapes_root, "--detections", path)
+    assert result.code == 2 and "invalid JSON" in result.stderr
+    result = run_cli("evaluate", "--detections", path, "--run", tmp_path)
+    assert result.code == 2
+    assert "exactly one of --run, --checkpoint and --detections" in result.stderr

@@ -15,12 +15,8 @@ from eigenarch.nas.supernet import DetectionFitness
 from eigenarch.train.checkpoint import load_checkpoint
 from eigenarch.train.rundir import RunDir
 
-from .conftest import DETECTOR_ARGS, SPACE_ARGS
+from ..nas.conftest import DETECTOR_ARGS, SEARCH_ARGS, SPACE_ARGS
 
-SEARCH_ARGS = [
-    "--population", "4", "--topk", "2", "--mutations", "1", "--crossovers", "1",
-    "--generations", "2", "--bn-images", "2", "--flops", "14M",
-]  # fmt: skip
 CLI_SPACE = make_space(1, 8, (16, 32, 48, 64), (1, 1, 2, 1))
 
 

@@ -22,7 +22,7 @@ from eigenarch.widths import (
     uniform_widths,
 )
 
-from .conftest import resnet_tie_maps
+from ..conftest import resnet_tie_maps
 
 
 def write_dims(path, values, prefix="backbone.body."):
