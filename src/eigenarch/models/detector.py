@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -34,12 +35,24 @@ from eigenarch.models.backbone import (
     BackboneOptions,
     backbone_from_dict,
     body_with_fpn,
+    fpn_norm,
     parse_backbone,
 )
 from eigenarch.models.norms import norm_layer
 from eigenarch.widths.inherit import Covariances
 
 KINDS = ("faster_rcnn", "mask_rcnn")
+#: torchvision's R-CNN builders on ResNet-50 with an FPN over its four stages: the detector
+#: of such a kind is the builder's (its FPN, RPN, RoI heads and transform) on the backbone
+#: given (``eigenarch resize --model NAME`` writes them).
+TORCHVISION_KINDS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+)
+#: The kinds with a mask head (trained on masks).
+MASK_KINDS = ("mask_rcnn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 #: Anchor sizes per FPN level (P2..P6), torchvision's default.
 DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 #: What ``build_detector`` and ``build_classifier`` take as a backbone: a :class:`Backbone`,
@@ -78,8 +91,9 @@ def _check_settings(
     kind: str, anchor_sizes: Sequence[int], gn_groups: int, *widths_of_gn_layers: int
 ) -> None:
     """Refuse a detector kind, anchor count or GroupNorm width that cannot be built."""
-    if kind not in KINDS:
-        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind not in KINDS + TORCHVISION_KINDS:
+        raise EigenarchError(f"--kind {kind!r}: expected one of {', '.join(KINDS)} or a "
+                             f"torchvision builder: {', '.join(TORCHVISION_KINDS)}")  # fmt: skip
     if len(anchor_sizes) != 5:
         raise EigenarchError(f"anchor sizes {list(anchor_sizes)}: expected 5 (one per P2..P6)")
     for name, width in zip(("fpn_channels", "head_channels"), widths_of_gn_layers, strict=True):
@@ -87,6 +101,11 @@ def _check_settings(
             raise EigenarchError(
                 f"{name} {width} is not a multiple of the {gn_groups} GroupNorm groups"
             )
+
+
+#: What a torchvision kind's detector has of eigenarch's settings (the builders' own).
+_BUILDER_DEFAULTS = {"fpn_channels": 256, "head_channels": 256, "representation": 1024,
+                     "anchor_sizes": DEFAULT_ANCHOR_SIZES}  # fmt: skip
 
 
 def build_detector(
@@ -107,7 +126,10 @@ def build_detector(
     """torchvision's ``FasterRCNN`` or ``MaskRCNN`` on a GN ResiaNet-FPN backbone.
 
     Args:
-        kind: ``"faster_rcnn"`` or ``"mask_rcnn"``.
+        kind: ``"faster_rcnn"`` or ``"mask_rcnn"``; or one of :data:`TORCHVISION_KINDS`:
+            that builder's detector on ``backbone`` (its FPN without norm (``_v2``:
+            BatchNorm), anchors and heads its own, so ``fpn_channels``, ``head_channels``,
+            ``representation`` and ``anchor_sizes`` keep their defaults).
         backbone: a :class:`~eigenarch.models.backbone.Backbone`, its JSON form (a
             checkpoint's ``config["backbone"]``), a ``--backbone`` text (``"resnet50"``,
             nine widths, a builder name, a width-spec or DetNAS file), or any body module
@@ -121,6 +143,25 @@ def build_detector(
         kwargs: passed on to torchvision's ``FasterRCNN`` (e.g. ``rpn_batch_size_per_image``).
     """
     _check_settings(kind, anchor_sizes, gn_groups, fpn_channels, head_channels)
+    if kind in TORCHVISION_KINDS:
+        own = {"fpn_channels": fpn_channels, "head_channels": head_channels,
+               "representation": representation, "anchor_sizes": tuple(anchor_sizes)}  # fmt: skip
+        given = next((k for k, v in own.items() if v != _BUILDER_DEFAULTS[k]), None)
+        if isinstance(backbone, nn.Module):
+            raise EigenarchError(f"--kind {kind}: give the backbone as a Backbone, not a module")
+        if given is not None:
+            option = "--" + given.replace("_", "-")
+            raise EigenarchError(f"{option} {own[given]}: the {kind} detector has its own FPN, "
+                                 "anchors and heads; drop it")  # fmt: skip
+        model = torchvision.models.get_model(
+            kind, weights=None, weights_backbone=None, num_classes=num_classes,
+            min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
+            **kwargs,
+        )  # fmt: skip
+        model.backbone = as_backbone(backbone, gn_groups).with_fpn(
+            model.backbone.out_channels, *fpn_norm(model.backbone)
+        )
+        return model
     if isinstance(backbone, nn.Module):
         features = body_with_fpn(backbone, fpn_channels, gn_groups)
     else:

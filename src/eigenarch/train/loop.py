@@ -34,7 +34,12 @@ from eigenarch.distributed import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, output_lock
-from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
+from eigenarch.models.detector import (
+    DEFAULT_ANCHOR_SIZES,
+    MASK_KINDS,
+    as_backbone,
+    build_detector,
+)
 from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_init_weights
 from eigenarch.options import command_line
@@ -101,7 +106,7 @@ class TrainConfig:
 
     @property
     def masks(self) -> bool:
-        return self.kind == "mask_rcnn"
+        return self.kind in MASK_KINDS
 
     def __post_init__(self) -> None:
         proposal_counts(self.proposals)  # checked before any data is read
