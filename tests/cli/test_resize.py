@@ -3,6 +3,7 @@ section 6c), the checkpoint ``train --init`` takes, and what it refuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -306,3 +307,72 @@ def test_what_resize_cannot_take_from_another_code_base_is_refused_in_one_line(
            "BackboneWithFPN has 64 (spectra of another model?)" in refused(
         narrow, checkpoint, *theirs
     )  # fmt: skip
+
+
+FACTORY = """
+from torchvision.models import resnet18
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+
+def tiny_rcnn():
+    layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
+    backbone = BackboneWithFPN(resnet18(), layers, [64, 128, 256, 512], 32,
+                               extra_blocks=LastLevelMaxPool())
+    return FasterRCNN(backbone, num_classes=9, min_size=64, max_size=64)
+"""
+
+
+def test_a_factory_detector_resizes_and_fine_tunes_its_factory_trusted_where_read(
+    run_cli, shapes_root, tmp_path
+):
+    from eigenarch.models.backbone import BackboneOptions, parse_backbone
+    from eigenarch.models.factory import call_factory
+
+    from ..report.test_runs import factory_file, reference_args, write_reference_run
+
+    (tmp_path / "tiny_rcnn.py").write_text(FACTORY, encoding="utf-8")
+    factory = f"{tmp_path / 'tiny_rcnn.py'}:tiny_rcnn"
+    torch.manual_seed(0)
+    run = write_reference_run(tmp_path / "run", call_factory(factory),
+                              reference_args(shapes_root), False, (2,))  # fmt: skip
+    checkpoint, spectra = run / "model_2.pth", tmp_path / "s.safetensors"
+    r = run_cli("spectrum", "--data", shapes_root, "--images", "4", "--workers", "0", "--model",
+                factory, "--weights", checkpoint, "--include", "backbone.*", "--out",
+                spectra)  # fmt: skip
+    assert r.code == 0, r.stderr
+    resnet18 = parse_backbone("resnet18", BackboneOptions("bn"))
+    half = resnet18.scaled(0.5, 8)
+    half.save(tmp_path / "half.json")
+    out = tmp_path / "half.pt"
+    r = run_cli("resize", tmp_path / "half.json", "--from", checkpoint, "--model", factory,
+                "--spectra", spectra, "--out", out)  # fmt: skip
+    assert r.code == 0, r.stdout + r.stderr
+    written = load_checkpoint(out)
+    assert written["config"]["kind"] == factory and written["inherited"]["epoch"] == 2
+    assert written["config"]["min_size"] == 64 and written["config"]["num_classes"] == 9
+    assert written["model"]["backbone.body.layer1.0.conv1.weight"].shape == (32, 32, 3, 3)
+    train = run_cli("train", "--data", shapes_root, "--out", tmp_path / "ft", "--kind", factory,
+                    "--backbone", tmp_path / "half.json", "--init", out, "--iters", "1",
+                    "--batch-size", "2", "--workers", "0", "--no-tensorboard", *SMALL)  # fmt: skip
+    assert train.code == 0, train.stdout + train.stderr
+    start = load_checkpoint(RunDir(tmp_path / "ft").checkpoints()[0][1])["model"]
+    assert all(torch.equal(start[k], v) for k, v in written["model"].items())
+    # the written files name the factory: reading them runs it only when trusted
+    r = run_cli("spectrum", "--model", out, "--data", shapes_root, "--images", "2",
+                "--workers", "0", "--out", tmp_path / "w.safetensors")  # fmt: skip
+    assert r.code == 2 and f"config 'kind': names the factory {factory!r}" in r.stderr
+    r = run_cli("train", "--out", tmp_path / "ft", "--resume")
+    assert r.code == 2 and f"names the factory {factory!r}" in r.stderr, r.stderr
+    # a spec of another base network, and a factory of no FasterRCNN on an FPN: one line
+    dataclasses.replace(resnet18, norm="gn").save(tmp_path / "gn.json")
+    r = run_cli("resize", tmp_path / "gn.json", "--from", checkpoint, "--model", factory,
+                "--spectra", spectra, "--out", out, "--force")  # fmt: skip
+    assert r.code == 2 and "body.bn1.running_mean is not in the base network" in r.stderr
+    plain, tiny_detector = factory_file(tmp_path)
+    torch.save(tiny_detector().state_dict(), tmp_path / "plain.pth")
+    r = run_cli("resize", tmp_path / "half.json", "--from", tmp_path / "plain.pth", "--model",
+                plain, "--spectra", spectra, "--out", tmp_path / "x.pt")  # fmt: skip
+    assert r.code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"--model {plain}: the factory returned a FasterRCNN on a Sequential" in r.stderr

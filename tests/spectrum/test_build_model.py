@@ -62,8 +62,11 @@ def test_norms_saved_frozen_load_frozen_and_compute_the_same(tmp_path):
                 module.running_var.uniform_(0.5, 2.0)
     # as torchvision's builders save a backbone trained from pre-trained weights: the stem's
     # and layer1's norms frozen (no num_batches_tracked), the others BatchNorm
-    state = {k: v for k, v in model.state_dict().items()
-             if not (k.endswith("num_batches_tracked") and k.startswith(("bn1", "layer1.")))}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (k.endswith("num_batches_tracked") and k.startswith(("bn1", "layer1.")))
+    }
     torch.save({"model": state, "epoch": 0}, tmp_path / "w.pth")
     loaded, _ = build_model("resnet18", 9, None, tmp_path / "w.pth")
     kinds = {n: type(m).__name__ for n, m in loaded.named_modules() if "bn" in n}

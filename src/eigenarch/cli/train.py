@@ -62,8 +62,10 @@ def train(
     out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics."),
     kind: str = typer.Option(
         _TRAIN.kind,
-        help="faster_rcnn or mask_rcnn; or a torchvision builder (its FPN, anchors and heads "
-        "on --backbone): " + ", ".join(TORCHVISION_KINDS) + ".",
+        help="faster_rcnn or mask_rcnn; or a torchvision builder ("
+        + ", ".join(TORCHVISION_KINDS)
+        + ") or file.py:factory / package.module:factory returning a FasterRCNN (runs your "
+        "code): its FPN, anchors and heads on --backbone.",
     ),
     backbone: str = typer.Option(
         _TRAIN.backbone,

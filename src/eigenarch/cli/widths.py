@@ -183,7 +183,10 @@ def resize(
     ),
     model: str = typer.Option(
         None,
-        help="The torchvision builder --from is of: " + ", ".join(TORCHVISION_KINDS) + ".",
+        help="The detector --from is of: a torchvision builder ("
+        + ", ".join(TORCHVISION_KINDS)
+        + ") or file.py:factory / package.module:factory returning a FasterRCNN on a "
+        "BackboneWithFPN (calls your function: runs your code).",
         show_default="--from is a checkpoint of ours",
     ),
     out: Path = typer.Option(..., help="The resized checkpoint to write (for `train --init`)."),

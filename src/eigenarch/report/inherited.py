@@ -16,7 +16,13 @@ from torch import nn
 from eigenarch.errors import EigenarchError
 from eigenarch.io import load_torch_fields
 from eigenarch.models.backbone import Backbone, backbone_from_dict, fpn_norm, load_backbone
-from eigenarch.models.detector import TORCHVISION_KINDS, inherit_detector
+from eigenarch.models.detector import (
+    TORCHVISION_KINDS,
+    build_detector,
+    check_factory_detector,
+    inherit_detector,
+)
+from eigenarch.models.factory import is_factory
 from eigenarch.spectrum.spectra import Spectra
 from eigenarch.spectrum.stream import build_model
 from eigenarch.train.checkpoint import (
@@ -56,9 +62,9 @@ def resize_checkpoint(
 
     ``checkpoint`` is one of ours (it keeps its format, with the new backbone in its config
     and ``"inherited"`` saying from what), or with ``model`` (one of
-    :data:`~eigenarch.models.detector.TORCHVISION_KINDS`) a checkpoint of torchvision's
-    reference scripts or a bare state dict of that builder's detector, on the base network
-    of ``spec``: written as a detector checkpoint of ours of that kind."""
+    :data:`~eigenarch.models.detector.TORCHVISION_KINDS`, or a factory of such an R-CNN) a
+    checkpoint of torchvision's reference scripts or a bare state dict of that detector, on
+    the base network of ``spec``: written as a detector checkpoint of ours of that kind."""
     out = Path(out)
     if out.exists() and not force:
         raise EigenarchError(f"--out {out}: already exists; give --force to overwrite it")
@@ -71,7 +77,7 @@ def resize_checkpoint(
     detector = trained.payload["format"] == DETECTOR_FORMAT
     if detector:
         resized = inherit_detector(trained.model, trained.source, target, covariances, seed)
-        fresh = detector_from_config(trained.config)
+        fresh = build_detector(**trained.config)  # its factory checked where it was read
     else:
         resized = trained.source.inherit(trained.model, target, covariances, seed=seed)
         fresh = target.build(trained.config["num_classes"])
@@ -115,7 +121,7 @@ def _ours(checkpoint: str | os.PathLike[str], target: Backbone) -> _Trained:
     new_config = {**config, "backbone": target.to_dict()}
     position = {"iteration": payload.get("iteration")}
     if payload["format"] == DETECTOR_FORMAT:
-        model = detector_from_config(config)
+        model = detector_from_config(config, checkpoint)
         load_weights(model, payload["model"], checkpoint, "detector of its config")
         kept.update(train={**payload["train"], "backbone": target.to_dict()}, iteration=0)
         return _Trained(kept, new_config, source, model, position)
@@ -134,11 +140,14 @@ def _theirs(
     """A detector of the torchvision builder ``name`` in ``checkpoint`` (a checkpoint of
     torchvision's reference scripts or a bare state dict), whose backbone must be the base
     network of the width spec ``spec`` (``target``)."""
-    if name not in TORCHVISION_KINDS:
+    if name not in TORCHVISION_KINDS and not is_factory(name):
         raise EigenarchError(f"--model {name}: resize takes the detector of a torchvision "
-                             f"R-CNN builder on ResNet-50 ({', '.join(TORCHVISION_KINDS)}), "
-                             "which eigenarch train can rebuild on new widths")  # fmt: skip
+                             f"R-CNN builder on ResNet-50 ({', '.join(TORCHVISION_KINDS)}) or "
+                             "of file.py:factory, which eigenarch train can rebuild on new "
+                             "widths")  # fmt: skip
     model, _ = build_model(name, 91, None, checkpoint)  # the classes: the file's heads
+    if is_factory(name):
+        check_factory_detector(model, name, "--model")
     source = target.unresized()
     base = source.with_fpn(model.backbone.out_channels, *fpn_norm(model.backbone))
     load_weights(base, model.backbone.state_dict(), f"{name}'s backbone (in {checkpoint})",

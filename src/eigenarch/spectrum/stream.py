@@ -86,7 +86,7 @@ def _checkpoint_model(spec: str, num_classes: int) -> tuple[torch.nn.Module, dic
         raise EigenarchError(f"{spec}: expected a checkpoint dict with 'model' (a state dict) "
                              "and 'config'")  # fmt: skip
     if checkpoint.get("format") == DETECTOR_FORMAT:
-        return detector_from_config(config), checkpoint["model"], "detector"
+        return detector_from_config(config, spec), checkpoint["model"], "detector"
     if isinstance(config.get("arch"), str):
         arch, classes = config["arch"], config.get("num_classes")
         if classes is not None and (not isinstance(classes, int) or classes < 1):

@@ -297,9 +297,10 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
     ``--resume``)."""
     run = RunDir(run_dir)
     saved = run.read_config(what)
-    backbone = saved.get("backbone")
-    if isinstance(backbone, str) and is_factory(backbone):  # a data file runs no code
-        check_trusted(backbone, str(run.config_file))
+    for option in ("backbone", "kind"):
+        named = saved.get(option)
+        if isinstance(named, str) and is_factory(named):  # a data file runs no code
+            check_trusted(named, str(run.config_file))
     tuples = {k: tuple(saved[k]) for k in ("anchor_sizes", "proposals") if k in saved}
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
