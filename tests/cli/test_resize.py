@@ -244,7 +244,7 @@ def test_a_narrower_reference_detector_fine_tunes_from_its_inherited_weights(
         assert torch.equal(written[key], source[key]), key
     run = tmp_path / "run"
     r = run_cli("train", "--data", shapes_root, "--out", run, "--kind", TORCHVISION,
-                "--backbone", narrow, "--init", out, "--iters", "2", "--batch-size", "2",
+                "--backbone", narrow, "--init", out, "--iters", "1", "--batch-size", "2",
                 "--workers", "0", "--no-tensorboard", *SMALL)  # fmt: skip
     assert r.code == 0, r.stdout + r.stderr
     start = load_checkpoint(RunDir(run).checkpoints()[0][1])["model"]  # iteration 0
@@ -252,7 +252,7 @@ def test_a_narrower_reference_detector_fine_tunes_from_its_inherited_weights(
     assert all(torch.equal(start[k], v) for k, v in written.items())
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
     assert json.loads((run / "init.json").read_text())["format"] == "eigenarch.inherited"
 
 
@@ -288,16 +288,12 @@ def test_what_resize_cannot_take_from_another_code_base_is_refused_in_one_line(
     # a builder eigenarch train cannot rebuild on new widths
     assert "--model retinanet_resnet50_fpn: resize takes the detector of a torchvision R-CNN" \
         in refused(same, checkpoint, "--model", "retinanet_resnet50_fpn")  # fmt: skip
-    # a spec whose base network is not the builder's backbone: another norm, other depths
+    # a spec whose base network is not the builder's backbone (the search's default norm)
     gn = resnet50_spec(tmp_path / "gn.json", norm="gn")
     assert (
         f"weights do not fit the base network of {gn} (resnet50, norm gn): "
         "body.bn1.running_mean is not in the base network"
     ) in refused(gn, checkpoint, *theirs)
-    shallow = resnet50_spec(tmp_path / "shallow.json", depths=(3, 4, 6, 2))
-    assert "body.layer4.2.conv1.weight is not in the base network" in refused(
-        shallow, checkpoint, *theirs
-    )
     # spectra of another model
     other = Spectra({"backbone.body.conv1:out": torch.eye(24)}, {"backbone.body.conv1:out": 9})
     other.save(tmp_path / "other.safetensors")
