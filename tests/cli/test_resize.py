@@ -198,7 +198,7 @@ def resnet50_spec(path, widths=RESNET50_WIDTHS, depths=DEFAULT_DEPTHS, norm="bn"
 
 
 def test_a_reference_checkpoint_at_its_own_widths_is_the_same_detector_exactly(
-    run_cli, reference, tmp_path
+    run_cli, reference, shapes_root, tmp_path
 ):
     checkpoint, spectra, detector = reference
     same, out = resnet50_spec(tmp_path / "same.json"), tmp_path / "same.pt"
@@ -209,7 +209,7 @@ def test_a_reference_checkpoint_at_its_own_widths_is_the_same_detector_exactly(
     written = load_checkpoint(out)
     assert written["config"]["kind"] == TORCHVISION and written["config"]["num_classes"] == 9
     assert written["inherited"]["model"] == TORCHVISION and written["inherited"]["epoch"] == 0
-    assert written["train"]["data"] == reference_data(checkpoint)
+    assert written["train"]["data"] == str(shapes_root)  # the checkpoint's args.data_path
     source = detector.state_dict()
     assert set(written["model"]) == set(source)
     assert all(torch.equal(written["model"][k], v) for k, v in source.items())
@@ -221,10 +221,6 @@ def test_a_reference_checkpoint_at_its_own_widths_is_the_same_detector_exactly(
         found, expected = ours.eval()(images), detector.eval()(images)
     for a, b in zip(found, expected, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in b)
-
-
-def reference_data(checkpoint) -> str:
-    return torch.load(checkpoint, weights_only=False)["args"].data_path
 
 
 def test_a_narrower_reference_detector_fine_tunes_from_its_inherited_weights(

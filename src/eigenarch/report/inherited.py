@@ -156,12 +156,13 @@ def _theirs(
     fields = fields if isinstance(fields, dict) else {}
     args = fields.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else {}
-    data = args.get("data_path") if isinstance(args.get("data_path"), str) else ""
+    data = args.get("data_path") if isinstance(args.get("data_path"), str) else None
     transform = model.transform
-    train = TrainConfig(data=data, out="", kind=name, backbone=target.to_dict(),
+    train = TrainConfig(data=data or "", out="", kind=name, backbone=target.to_dict(),
                         min_size=transform.min_size[0], max_size=transform.max_size)  # fmt: skip
     classes = model.roi_heads.box_predictor.cls_score.out_features
-    payload = {"format": DETECTOR_FORMAT, "train": train.to_dict(), "data": {}, "iteration": 0}
+    settings = {**train.to_dict(), "data": data}  # None: not known (evaluate asks for --data)
+    payload = {"format": DETECTOR_FORMAT, "train": settings, "data": {}, "iteration": 0}
     epoch = fields.get("epoch") if type(fields.get("epoch")) is int else None
     position = {"model": name, "epoch": epoch}
     return _Trained(payload, model_config(train, classes), source, model, position)
