@@ -290,7 +290,7 @@ def make_run(out, data, seed: int, knock_out: bool):
     dataset = CocoDetection.from_root(data, "train", verbose=False)
     config = model_config(cfg, dataset.num_classes)
     torch.manual_seed(seed)
-    model = detector_from_config(config)
+    model = detector_from_config(config, "the written run")
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))
     for iteration in ITERATIONS:

@@ -30,7 +30,6 @@ from eigenarch.nas.shufflenet import (
     path_state_dict,
     set_path,
 )
-from eigenarch.train.checkpoint import detector_from_config
 
 from .conftest import DETECTOR_KWARGS, TINY_SPACE
 
@@ -190,7 +189,7 @@ def test_detnas_descriptions_build_detectors_and_round_trip(tmp_path):
     assert body["stage1"][0].main[3].kernel_size == (5, 5)  # choice 1: shufflenet 5x5
     xception = body["stage3"][0].main  # choice 3: dw 3x3 first, three dw convs in all
     assert [m.kernel_size for m in xception if isinstance(m, nn.Conv2d)][0::2] == [(3, 3)] * 3
-    rebuilt = detector_from_config({"backbone": loaded, "num_classes": 3, **DETECTOR_KWARGS})
+    rebuilt = build_detector(backbone=loaded, num_classes=3, **DETECTOR_KWARGS)
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     assert as_backbone("resnet50").to_dict()["widths"][0] == 64  # width specs are unaffected
     (tmp_path / "other.json").write_text('{"format": "something else"}')

@@ -52,6 +52,31 @@ def test_builder_weights_in_every_form_with_classes_from_the_box_predictor(
     assert _same_weights(model, detector_state)
 
 
+def test_norms_saved_frozen_load_frozen_and_compute_the_same(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    with torch.no_grad():  # running statistics as a trained network has them
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    # as torchvision's builders save a backbone trained from pre-trained weights: the stem's
+    # and layer1's norms frozen (no num_batches_tracked), the others BatchNorm
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (k.endswith("num_batches_tracked") and k.startswith(("bn1", "layer1.")))
+    }
+    torch.save({"model": state, "epoch": 0}, tmp_path / "w.pth")
+    loaded, _ = build_model("resnet18", 9, None, tmp_path / "w.pth")
+    kinds = {n: type(m).__name__ for n, m in loaded.named_modules() if "bn" in n}
+    assert kinds["bn1"] == kinds["layer1.1.bn2"] == "FrozenBatchNorm2d"
+    assert kinds["layer2.0.bn1"] == "BatchNorm2d" and _same_weights(loaded, state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), model(x), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"]
 )

@@ -13,6 +13,7 @@ from eigenarch.distributed import init_distributed, is_main, local_device
 from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import evaluate_detections
 from eigenarch.io import atomic_write_json, check_writable, output_file
+from eigenarch.models.detector import MASK_KINDS
 from eigenarch.options import parse_device
 from eigenarch.progress import console
 from eigenarch.train.checkpoint import detector_from_checkpoint
@@ -33,7 +34,7 @@ def _model_metrics(
     data = data or payload["train"].get("data")
     if data is None:
         raise EigenarchError(f"{checkpoint}: names no data folder; give --data")
-    masks = payload["config"].get("kind") == "mask_rcnn"
+    masks = payload["config"].get("kind") in MASK_KINDS
     dataset = CocoDetection.from_root(data, split, masks=masks)
     if dataset.category_ids != payload["data"].get("category_ids"):
         raise EigenarchError(f"{data}: categories differ from those {checkpoint} was trained on")

@@ -13,6 +13,7 @@ from eigenarch.cli.options import Device, TensorBoard, Workers, trusting
 from eigenarch.cli.tables import metrics_table
 from eigenarch.distributed import init_distributed, is_main
 from eigenarch.errors import EigenarchError
+from eigenarch.models.detector import TORCHVISION_KINDS
 from eigenarch.options import parse_device, parse_ints
 from eigenarch.progress import console
 from eigenarch.train.loop import TrainConfig, run_device, train_detector
@@ -59,7 +60,13 @@ def train(
         show_default=False,
     ),
     out: Path = typer.Option(..., help="Run folder: config, checkpoints, metrics."),
-    kind: str = typer.Option(_TRAIN.kind, help="faster_rcnn or mask_rcnn."),
+    kind: str = typer.Option(
+        _TRAIN.kind,
+        help="faster_rcnn or mask_rcnn; or a torchvision builder ("
+        + ", ".join(TORCHVISION_KINDS)
+        + ") or file.py:factory / package.module:factory returning a FasterRCNN (runs your "
+        "code): its FPN, anchors and heads on --backbone.",
+    ),
     backbone: str = typer.Option(
         _TRAIN.backbone,
         help="resnet50 (a ResiaNet), nine comma-separated widths, a builder name (resnet18, "

@@ -15,6 +15,7 @@ from eigenarch.cli.tables import comparison_table, cost_table, tie_table
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import BackboneOptions, load_backbone, parse_backbone
 from eigenarch.models.builders import PAPER_COSTS
+from eigenarch.models.detector import TORCHVISION_KINDS
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.options import parse_ints, parse_threshold
 from eigenarch.report.inherited import resize_checkpoint
@@ -172,22 +173,34 @@ def resize(
         ...,
         "--from",
         help="The trained checkpoint: a detector of `eigenarch train` (or a classifier of "
-        "`eigenarch pretrain`).",
+        "`eigenarch pretrain`); with --model, a checkpoint of torchvision's reference scripts "
+        "(model_N.pth) or a state dict of that builder's detector.",
     ),
     spectra: Path = typer.Option(
-        ..., help="Spectra of that same model (`eigenarch spectrum --model CHECKPOINT`)."
+        ...,
+        help="Spectra of that same model (`eigenarch spectrum --model CHECKPOINT`; with "
+        "--model: `--model NAME --weights CHECKPOINT`).",
+    ),
+    model: str = typer.Option(
+        None,
+        help="The detector --from is of: a torchvision builder ("
+        + ", ".join(TORCHVISION_KINDS)
+        + ") or file.py:factory / package.module:factory returning a FasterRCNN on a "
+        "BackboneWithFPN (calls your function: runs your code).",
+        show_default="--from is a checkpoint of ours",
     ),
     out: Path = typer.Option(..., help="The resized checkpoint to write (for `train --init`)."),
     force: bool = typer.Option(False, help="Overwrite --out if it exists."),
     seed: int = typer.Option(0, help="Seed of the fresh weights of channels that grow."),
 ) -> None:
     """Resize a trained model to a width spec, keeping what it learned (SPEC section 6c)."""
-    done = resize_checkpoint(spec, source, spectra, out, force, seed)
+    done = resize_checkpoint(spec, source, spectra, out, force, seed, model)
     old, new = done.source.searched_widths(), done.target.searched_widths()
+    kind = "" if model is None else f" --kind {model}"
     console = Console()
     console.print(
         f"resized the {done.kind} of {source}: widths {','.join(map(str, old))} -> "
-        f"{','.join(map(str, new))}; wrote {out} (eigenarch train --backbone {spec} "
+        f"{','.join(map(str, new))}; wrote {out} (eigenarch train{kind} --backbone {spec} "
         f"--init {out}, with the source run's other options)",
         highlight=False,
         soft_wrap=True,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, read_json_object
@@ -117,9 +118,12 @@ class Backbone(ABC):
         """The kind named by a command-line ``text``, or ``None`` if it names no such kind."""
         return None
 
-    def with_fpn(self, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
-        """The body with a GroupNorm FPN over its feature levels (``out_channels``)."""
-        return body_with_fpn(self.build(), fpn_channels, gn_groups)
+    def with_fpn(
+        self, fpn_channels: int = 256, gn_groups: int = 32, fpn_norm: str | None = "gn"
+    ) -> BackboneWithFPN:
+        """The body with an FPN over its feature levels (``out_channels``), normalised by
+        ``fpn_norm`` (``None``: no norm, torchvision's R-CNN builders)."""
+        return body_with_fpn(self.build(), fpn_channels, gn_groups, fpn_norm)
 
     def inherit(
         self,
@@ -258,9 +262,7 @@ def _built_like(target: Backbone, trained: nn.Module, example: torch.Tensor) -> 
     """``target`` built as ``trained`` was: with an FPN of its width, or as a classifier of
     its classes."""
     if isinstance(trained, BackboneWithFPN):
-        groups = next((m.num_groups for m in trained.fpn.modules() if isinstance(m, nn.GroupNorm)),
-                      1)  # fmt: skip
-        return target.with_fpn(trained.out_channels, groups)
+        return target.with_fpn(trained.out_channels, *fpn_norm(trained))
     training = trained.training
     with torch.no_grad():
         classes = trained.eval()(example).shape[-1]
@@ -407,9 +409,25 @@ def _declared_levels(model: nn.Module, levels: int) -> list[str] | None:
     return None
 
 
-def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32) -> BackboneWithFPN:
+#: The FPN norms :func:`body_with_fpn` builds, by module type (:func:`fpn_norm`).
+_FPN_NORMS = {nn.GroupNorm: "gn", nn.BatchNorm2d: "bn", FrozenBatchNorm2d: "frozen_bn"}
+
+
+def fpn_norm(features: BackboneWithFPN) -> tuple[int, str | None]:
+    """``(gn_groups, fpn_norm)`` of the FPN of ``features``, as :func:`body_with_fpn` takes
+    them: its first norm's kind (``None``: no norm) and GroupNorm groups (else 32)."""
+    for module in features.fpn.modules():
+        if type(module) in _FPN_NORMS:
+            return getattr(module, "num_groups", 32), _FPN_NORMS[type(module)]
+    return 32, None
+
+
+def body_with_fpn(
+    body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32, fpn_norm: str | None = "gn"
+) -> BackboneWithFPN:
     """Any backbone ``body`` with an FPN over its feature levels (``out_channels =
-    fpn_channels``), GroupNorm in the FPN, its convs Glorot-uniform.
+    fpn_channels``), normalised by ``fpn_norm`` (:func:`~eigenarch.models.norms.norm_layer`'s
+    names; ``None``: none, the conv biases instead), its convs Glorot-uniform.
 
     The levels are the body's ``stage_names`` / ``stage_channels`` (a ResiaNet's
     ``layer1..layer4``; DetNet's five stages, whose last FPN level is P6 and no max-pooled
@@ -420,8 +438,8 @@ def body_with_fpn(body: nn.Module, fpn_channels: int = 256, gn_groups: int = 32)
         names, channels = ["layer1", "layer2", "layer3", "layer4"], list(body.stage_channels)
     else:
         names, channels = feature_levels(body)
-    backbone = pyramid(body, names, channels, fpn_channels, LastLevelMaxPool(),
-                       norm_layer("gn", gn_groups))  # fmt: skip
+    norm = None if fpn_norm is None else norm_layer(fpn_norm, gn_groups)
+    backbone = pyramid(body, names, channels, fpn_channels, LastLevelMaxPool(), norm)
     if len(names) == 5:  # DetNet: P6 is the FPN level of stage 6, no max-pooled level
         backbone.fpn.extra_blocks = None
     for module in backbone.fpn.modules():

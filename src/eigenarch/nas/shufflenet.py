@@ -437,8 +437,8 @@ class DetnasBackbone(Backbone):
     def build(self, num_classes: int | None = 1000) -> ShuffleNetV2:
         return ShuffleNetV2(self.space, self.path, num_classes)
 
-    def with_fpn(self, fpn_channels: int = 256, gn_groups: int = 32):
-        return body_with_fpn(self.build(None), fpn_channels, gn_groups)
+    def with_fpn(self, fpn_channels: int = 256, gn_groups: int = 32, fpn_norm: str | None = "gn"):
+        return body_with_fpn(self.build(None), fpn_channels, gn_groups, fpn_norm)
 
     def cost(self) -> ModelCost:
         if self.path is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.transforms import v2
 
 from eigenarch.data.coco import IMAGENET_MEAN, IMAGENET_STD, CocoDetection
@@ -47,7 +48,9 @@ def build_model(
 
     ``weights`` (a builder name or a factory only) is a state dict file, read with
     ``weights_only=True`` (see ``weights_state``); a builder detector takes its number of
-    classes from the file's box predictor or classification head. ``min_size`` overrides a
+    classes from the file's box predictor or classification head, and a builder's
+    BatchNorm that the file holds without ``num_batches_tracked`` is frozen, as torchvision
+    builds it for pre-trained weights (``weights_backbone``). ``min_size`` overrides a
     detector's resize.
     """
     if Path(spec).is_file():
@@ -65,6 +68,8 @@ def build_model(
             classes = _detector_classes(model, state, num_classes)
             if classes is not None:  # the file's detector was trained on other classes
                 model = _torchvision_model(spec, num_classes, classes)
+            if state is not None:
+                _freeze_saved_norms(model, state)
         if state is not None:
             load_weights(model, state, weights, what)
     detector = _is_detector(model)
@@ -81,7 +86,7 @@ def _checkpoint_model(spec: str, num_classes: int) -> tuple[torch.nn.Module, dic
         raise EigenarchError(f"{spec}: expected a checkpoint dict with 'model' (a state dict) "
                              "and 'config'")  # fmt: skip
     if checkpoint.get("format") == DETECTOR_FORMAT:
-        return detector_from_config(config), checkpoint["model"], "detector"
+        return detector_from_config(config, spec), checkpoint["model"], "detector"
     if isinstance(config.get("arch"), str):
         arch, classes = config["arch"], config.get("num_classes")
         if classes is not None and (not isinstance(classes, int) or classes < 1):
@@ -141,6 +146,21 @@ def _detector_classes(model: torch.nn.Module, state: dict | None, num_classes: i
             return None
         found.add(value.shape[0] // per_class)
     return found.pop() if len(found) == 1 else None
+
+
+def _freeze_saved_norms(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Make each ``BatchNorm2d`` of ``model`` that ``state`` holds without
+    ``num_batches_tracked`` a ``FrozenBatchNorm2d``, as the file's model had it (torchvision's
+    builders freeze their backbone's norms when trained from pre-trained weights)."""
+    for name, module in list(model.named_modules()):
+        if (
+            type(module) is torch.nn.BatchNorm2d
+            and f"{name}.running_mean" in state
+            and f"{name}.num_batches_tracked" not in state
+        ):
+            parent, _, child = name.rpartition(".")
+            frozen = FrozenBatchNorm2d(module.num_features, module.eps)
+            setattr(model.get_submodule(parent), child, frozen)
 
 
 def _is_detector(model: torch.nn.Module) -> bool:

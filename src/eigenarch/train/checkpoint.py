@@ -15,6 +15,7 @@ from eigenarch.distributed import is_main
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_path, load_torch
 from eigenarch.models.detector import build_detector
+from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.progress import console
 from eigenarch.train.rundir import RunDir
 
@@ -149,14 +150,18 @@ def restore_state(state: dict[str, Any], path: object, model, optimizer) -> dict
     return state
 
 
-def detector_from_config(config: dict[str, Any]) -> GeneralizedRCNN:
-    """Build the detector a checkpoint's ``config`` describes (weights not loaded)."""
+def detector_from_config(config: dict[str, Any], what: object) -> GeneralizedRCNN:
+    """Build the detector the ``config`` of the checkpoint ``what`` describes (weights not
+    loaded); a factory it names as its ``kind`` runs only if trusted (``--trust-factory``)."""
+    kind = config.get("kind")
+    if isinstance(kind, str) and is_factory(kind):
+        check_trusted(kind, f"{what}: config 'kind'")
     return build_detector(**config)
 
 
 def detector_from_checkpoint(path: str | os.PathLike[str]) -> tuple[GeneralizedRCNN, dict]:
     """The detector of a checkpoint with its weights loaded, and the checkpoint's payload."""
     payload = load_checkpoint(path)
-    model = detector_from_config(payload["config"])
+    model = detector_from_config(payload["config"], path)
     load_weights(model, payload["model"], path, "detector of its config")
     return model, payload

@@ -34,7 +34,12 @@ from eigenarch.distributed import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, output_lock
-from eigenarch.models.detector import DEFAULT_ANCHOR_SIZES, as_backbone, build_detector
+from eigenarch.models.detector import (
+    DEFAULT_ANCHOR_SIZES,
+    MASK_KINDS,
+    as_backbone,
+    build_detector,
+)
 from eigenarch.models.factory import check_trusted, is_factory
 from eigenarch.models.weights import DETECTRON_MEAN, DETECTRON_STD, load_init_weights
 from eigenarch.options import command_line
@@ -101,7 +106,7 @@ class TrainConfig:
 
     @property
     def masks(self) -> bool:
-        return self.kind == "mask_rcnn"
+        return self.kind in MASK_KINDS
 
     def __post_init__(self) -> None:
         proposal_counts(self.proposals)  # checked before any data is read
@@ -292,9 +297,10 @@ def load_run_config(run_dir: Path, config_class: type = TrainConfig, what: str =
     ``--resume``)."""
     run = RunDir(run_dir)
     saved = run.read_config(what)
-    backbone = saved.get("backbone")
-    if isinstance(backbone, str) and is_factory(backbone):  # a data file runs no code
-        check_trusted(backbone, str(run.config_file))
+    for option in ("backbone", "kind"):
+        named = saved.get(option)
+        if isinstance(named, str) and is_factory(named):  # a data file runs no code
+            check_trusted(named, str(run.config_file))
     tuples = {k: tuple(saved[k]) for k in ("anchor_sizes", "proposals") if k in saved}
     return config_class(**{**saved, **tuples, "out": str(run_dir)})
 
