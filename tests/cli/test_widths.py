@@ -168,6 +168,7 @@ def test_search_errors_leave_no_file(run_cli, tmp_path, args, message):
         ('{"conv1": 3}', "does not end in ':in'"),
         ("7", "expected a JSON object"),
         ('{"conv1:out": 1e12}', "is 1000000000000.0; expected a number >= 0 and at most 1,000,000"),
+        ('{"backbone.extra.0.1:in": 3}', "map 'backbone.extra.0.1:in': SSD's backbone is"),
     ],
 )
 def test_search_bad_dims(run_cli, tmp_path, content, message):
@@ -334,6 +335,18 @@ def test_search_from_a_real_spectra_file_of_a_non_resnet(run_cli, tmp_path):
         (("--model", "swin_t"), "'swin_t' is a transformer, not resizable"),
         (("--model", "maxvit_t"), "'maxvit_t' is a transformer, not resizable"),
         (("--model", "resnet18", "--widths", "1,2"), "drop --widths"),
+        (
+            ("--model", "ssd300_vgg16"),
+            "SSD's backbone is its classifier's features plus the "
+            "extra blocks SSD adds (backbone.extra)",
+        ),  # fmt: skip
+        (("--model", "ssdlite320_mobilenet_v3_large"), "'ssdlite320_mobilenet_v3_large': SSD's"),
+        # A detector names its backbone: the longest builder name inside its name.
+        (
+            ("--model", "fasterrcnn_mobilenet_v3_large_fpn"),
+            "is a detector, not a backbone: give --model mobilenet_v3_large (its spectra fit it)",
+        ),
+        (("--model", "retinanet_resnet50_fpn_v2"), "give --model resnet50 ("),
     ],
 )
 def test_count_model_errors(run_cli, args, message):

@@ -86,6 +86,8 @@ def check_backbone_name(name: str) -> str:
             "projections, relative positions) couples widths that channel groups of a CNN do "
             "not describe; eigenarch resizes CNN backbones (spectrum --model takes it)"
         )
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
+        raise EigenarchError(_detector_not_backbone(name))
     if name not in backbone_names():
         raise EigenarchError(
             f"backbone {name!r}: not 'resnet50', nine comma-separated widths, a builder name "
@@ -93,6 +95,25 @@ def check_backbone_name(name: str) -> str:
             "such as resnet18, mobilenet_v3_large, regnet_y_400mf, efficientnet_b0, convnext_tiny"
         )
     return name
+
+
+#: The module of SSD / SSDlite's backbone that their classifier does not have.
+SSD_EXTRA = "backbone.extra."
+#: Why SSD's backbone is not searched.
+SSD_REFUSAL = ("SSD's backbone is its classifier's features plus the extra blocks SSD adds "
+               "(backbone.extra), not a torchvision classifier, so its widths cannot be searched "
+               "or resized; eigenarch resizes the backbones of R-CNN, RetinaNet and FCOS "
+               "detectors")  # fmt: skip
+
+
+def _detector_not_backbone(name: str) -> str:
+    """Why the torchvision detector ``name`` is not a backbone, and which builder is."""
+    if name.startswith("ssd"):
+        return f"backbone {name!r}: {SSD_REFUSAL}"
+    inside = [n for n in backbone_names() if f"_{n}_" in f"_{name}_"]
+    body = max(inside, key=len, default=None)
+    use = f"--model {body} (its spectra fit it)" if body else "its backbone's builder name"
+    return f"backbone {name!r} is a detector, not a backbone: give {use}"
 
 
 def _torchvision_norm(name: str, norm: str | None, gn_groups: int) -> dict:

@@ -5,13 +5,14 @@ spec written, and both costs."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eigenarch.errors import EigenarchError
 from eigenarch.models.backbone import Backbone, BackboneOptions, parse_backbone
+from eigenarch.models.builders import SSD_EXTRA, SSD_REFUSAL
 from eigenarch.options import parse_target
 from eigenarch.spectrum.spectra import THRESHOLD, Spectra
 from eigenarch.widths.cost import DEFAULT_DEPTHS, ModelCost
@@ -42,11 +43,21 @@ def measured_dims(
     if spectra is not None:
         cut = THRESHOLD if threshold is None else threshold
         loaded = Spectra.load(spectra)
+        _refuse_ssd(loaded.names, f"--spectra {spectra}")
         channels = {name: loaded.channels(name) for name in loaded.names}
         return loaded.intrinsic_dims(cut), {"threshold": cut, "spectra": str(spectra)}, channels
     if threshold is not None:
         raise EigenarchError("--threshold applies to --spectra only; --dims are final")
-    return load_dims(dims), {"dims": str(dims)}, None
+    values = load_dims(dims)
+    _refuse_ssd(values, f"--dims {dims}")
+    return values, {"dims": str(dims)}, None
+
+
+def _refuse_ssd(names: Iterable[str], source: str) -> None:
+    """Refuse maps of SSD's extra blocks: its backbone is not a searchable classifier."""
+    extra = next((n for n in names if n.startswith(SSD_EXTRA)), None)
+    if extra is not None:
+        raise EigenarchError(f"{source}: map {extra!r}: {SSD_REFUSAL}")
 
 
 def search_to_file(
