@@ -391,3 +391,64 @@ def test_dynamics_of_timm_train_checkpoints(run_cli, shapes_root, tmp_path):
     cosine = argparse.Namespace(epochs=10, sched="cosine", decay_epochs=1.5)
     torch.save({"epoch": 0, "state_dict": state, "args": cosine}, run / "checkpoint-0.pth.tar")
     assert reference_run(str(run / "checkpoint-0.pth.tar"), f"timm:{SMALL}").milestones == []
+
+
+def test_report_of_a_run_trained_with_a_timm_backbone(run_cli, shapes_root, tmp_path):
+    """``train --backbone timm:NAME`` -> ``dynamics --run`` -> ``report``: the report
+    searches the timm backbone's channel groups from the run's final spectra, and the
+    search command it prints finds the same widths."""
+    import shlex
+
+    run, out = tmp_path / "run", tmp_path / "report"
+    r = run_cli("train", "--data", shapes_root, "--out", run, "--iters", "1", *TINY_TIMM)
+    assert r.code == 0, r.stderr
+    r = run_cli(
+        "dynamics",
+        "--run",
+        run,
+        "--images",
+        "2",
+        "--workers",
+        "0",
+        "--include",
+        "backbone.body.*,backbone.fpn.inner_blocks.*",
+    )  # what the search reads
+    assert r.code == 0, r.stderr
+    r = run_cli("report", run, "--out", out, "--multiple", "8", "--metrics", "macs")
+    assert r.code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    search = report["runs"]["run"]["search"]["macs"]
+    graph, _ = parse_backbone(f"timm:{SMALL}").graph()
+    assert sorted(search["groups"]) == sorted(g.name for g in graph.groups)
+    assert search["macs"] <= search["base"]["macs"] == parse_backbone(f"timm:{SMALL}").cost().macs
+    assert "run-widths" in report["tables"] and (out / "report.html").is_file()
+    command = shlex.split(search["command"])
+    assert command[:2] == ["eigenarch", "search"]
+    found = tmp_path / "found.json"
+    r = run_cli(*command[1:-1], found)  # the report's command, its --out here
+    assert r.code == 0, r.stderr
+    assert json.loads(found.read_text())["groups"] == search["groups"]
+
+
+def test_demo_backbone_timm_is_its_quarter_widths_with_its_own_norm(tmp_path):
+    """What ``demo --backbone timm:NAME`` takes the backbone for (a whole quick demo takes
+    minutes; it ran once from the command line, docs/timm.md): its base is the width
+    multiplier's quarter, multiples of 8, timm's own normalisation, kept by Table 2's
+    BatchNorm rows; its searched rows are ``IA-NAME``; an unknown model fails before
+    anything is written."""
+    from eigenarch import demo
+
+    base = demo.base_spec(f"timm:{SMALL}")
+    own = BuilderBackbone(f"timm:{SMALL}", {}, None, demo.GN_GROUPS)
+    assert base.builder == f"timm:{SMALL}" and base.norm is None
+    assert base.groups == own.scaled(0.25, demo.MULTIPLE).groups
+    assert all(w % demo.MULTIPLE == 0 for w in base.groups.values())
+    assert demo._bn(base)["norm"] is None
+    assert BuilderBackbone.from_dict(demo._bn(base), "table2").build() is not None
+    assert demo._bn(demo.base_spec("detnet59"))["norm"] == "bn"
+    family, threshold, paper = demo.backbone_family(f"timm:{SMALL}")
+    assert (family, threshold) == (f"IA-{SMALL}", 1e-3)
+    assert paper.startswith("The paper reports no timm backbone; for ResNet-50 it reports Resia")
+    with pytest.raises(EigenarchError, match="timm has no model 'no_such_model'"):
+        demo.run_demo(tmp_path / "demo", quick=True, backbone="timm:no_such_model")
+    assert not (tmp_path / "demo").exists()
