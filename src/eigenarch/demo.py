@@ -864,8 +864,9 @@ def run_demo(
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
     ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows), ``detnet59``
-    (DetiaNets, its DetNet rows) or ``timm:NAME`` (IA-NAME rows, :func:`base_spec`). ``seeds``: trainings of every row (seeds ``seed``,
-    ``seed + 1``, ...; default ``int(scale)``, at least 2, 1 with ``quick``). ``extras``:
+    (DetiaNets, its DetNet rows) or ``timm:NAME`` (IA-NAME rows, :func:`base_spec`).
+    ``seeds``: trainings of every row (seeds ``seed``, ``seed + 1``, ...; default
+    ``int(scale)``, at least 2, 1 with ``quick``). ``extras``:
     the optional steps to run (default: those :attr:`Step.by_default`, ``short`` (the
     paper's 1x), ``table2`` and ``mask``; ``inherit`` is the fourth); those an earlier run
     made stay in the report. An ``out`` holding a demo of other settings is refused
