@@ -37,7 +37,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.evaluation.coco import COCO_METRICS
 from eigenarch.io import atomic_write_json
 from eigenarch.models.backbone import Backbone, load_backbone
-from eigenarch.models.builders import BuilderBackbone
+from eigenarch.models.builders import TIMM, BuilderBackbone
 from eigenarch.models.resianet import ResiaNetBackbone
 from eigenarch.parallel import run_parallel
 from eigenarch.progress import console
@@ -76,13 +76,32 @@ BACKBONES = {
 }
 
 
+def backbone_family(backbone: str) -> tuple[str, float, str]:
+    """:data:`BACKBONES`' entry of ``backbone``; a timm model's (``timm:NAME``) searched
+    networks are ``IA-NAME``, at ResNet-50's threshold (the paper reports none)."""
+    if backbone.startswith(TIMM):
+        _, threshold, paper = BACKBONES["resnet50"]
+        found = paper.removeprefix("The paper reports")
+        return (
+            f"IA-{backbone[len(TIMM) :]}",
+            threshold,
+            f"The paper reports no timm backbone; for ResNet-50 it reports{found}",
+        )
+    return BACKBONES[backbone]
+
+
 def base_spec(backbone: str) -> Backbone:
-    """The demo's base network: ``backbone`` (``resnet50`` or ``detnet59``) at a quarter of
-    its widths, GroupNorm of 8 groups."""
+    """The demo's base network: ``backbone`` (``resnet50``, ``detnet59`` or ``timm:NAME``)
+    at a quarter of its widths, GroupNorm of 8 groups (a timm model: its own normalisation,
+    each width a quarter rounded to a multiple of 8, as the searched ones)."""
     if backbone == "resnet50":
         return ResiaNetBackbone(BASE_WIDTHS, DEFAULT_DEPTHS, "gn", GN_GROUPS, {"demo": "base"})
+    if backbone.startswith(TIMM):
+        own = BuilderBackbone(backbone, {}, None, GN_GROUPS)
+        return own.scaled(0.25, MULTIPLE, {"demo": "base"})
     if backbone not in BACKBONES:
-        raise EigenarchError(f"--backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+        raise EigenarchError(f"--backbone {backbone!r}: expected one of "
+                             f"{', '.join(BACKBONES)} or timm:NAME")  # fmt: skip
     graph, _ = BuilderBackbone(backbone, {}, "bn").graph()
     quarter = {g.name: g.width // 4 for g in graph.groups}
     return BuilderBackbone(backbone, quarter, "gn", GN_GROUPS, {"demo": "base"})
@@ -364,11 +383,13 @@ def _step_analyse(demo: Demo) -> dict:
 
 
 def _dims(demo: Demo, name: str) -> dict[str, int]:
-    return Spectra.load(final_spectra(demo.run(name))).intrinsic_dims(BACKBONES[demo.backbone][1])
+    return Spectra.load(final_spectra(demo.run(name))).intrinsic_dims(
+        backbone_family(demo.backbone)[1]
+    )
 
 
 def _step_search(demo: Demo) -> dict:
-    base, (family, threshold, _) = demo.base, BACKBONES[demo.backbone]
+    base, (family, threshold, _) = demo.base, backbone_family(demo.backbone)
     base_cost = base.cost()
     wanted = {
         f"{family} S (MACs)": ("S", "macs"),
@@ -404,7 +425,7 @@ def _step_search(demo: Demo) -> dict:
 
 def _searched(demo: Demo, specs: Mapping[str, str]) -> dict[str, str]:
     """The searched rows (ResiaNets / DetiaNets) of ``specs``, without the uniform one."""
-    family = BACKBONES[demo.backbone][0]
+    family = backbone_family(demo.backbone)[0]
     return {label: path for label, path in specs.items() if label.startswith(f"{family} ")}
 
 
@@ -442,7 +463,7 @@ def _claim_rows(demo: Demo, specs: Mapping[str, str], labels: Sequence[str]) -> 
     """What one claim compares: the rows ``labels`` (``base``, or ``S (MACs)``, ``I (MACs)``
     after the family's name) by the tables' labels, the base network's JSON form for
     ``base`` and each searched row's spec file of ``specs``."""
-    family = BACKBONES[demo.backbone][0]
+    family = backbone_family(demo.backbone)[0]
     names = [label if label == "base" else f"{family} {label}" for label in labels]
     return {name: demo.base_config if name == "base" else specs[name] for name in names}
 
@@ -511,7 +532,8 @@ def _step_inherit(demo: Demo, specs: Mapping[str, str]) -> dict:
 
 
 def _bn(spec: Backbone) -> dict:
-    return replace(spec, norm="bn").to_dict()
+    """``spec`` with BatchNorm; one with its builder's own normalisation (timm's) keeps it."""
+    return (spec if spec.norm is None else replace(spec, norm="bn")).to_dict()
 
 
 def _step_table2(demo: Demo, specs: Mapping[str, str]) -> dict:
@@ -619,8 +641,8 @@ def _table1_lines(table: Sequence[Mapping[str, Any]], backbone: str) -> list[str
             f"({change:+.1f}): it {verdict} the base here."
         )
     lines.append(
-        f"{BACKBONES[backbone][2]}; numbers this small (short CPU schedules) are noisy, so read "
-        "the rows above with their seeds."
+        f"{backbone_family(backbone)[2]}; numbers this small (short CPU schedules) are noisy, "
+        "so read the rows above with their seeds."
     )
     return lines
 
@@ -711,7 +733,7 @@ def _step_report(demo: Demo, outputs: Mapping[str, dict]) -> dict:
     }
     if "inherit" not in outputs:
         hints["inherit"] = f"run the demo with {options['inherit']}"
-    family = BACKBONES[demo.backbone][0]
+    family = backbone_family(demo.backbone)[0]
     claims = [c.to_dict() for c in paper_claims(tables, _comparison(demo), dynamics, family, hints)]
     path = write_report(
         [demo.run("I"), demo.run("S")],
@@ -841,9 +863,10 @@ def run_demo(
     """Run every step not yet finished in ``out``; returns the state (outputs per step).
 
     ``jobs``: trainings run at once (default: one per CPU thread torch uses, one on a GPU).
-    ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows) or ``detnet59``
-    (DetiaNets, its DetNet rows). ``seeds``: trainings of every row (seeds ``seed``,
-    ``seed + 1``, ...; default ``int(scale)``, at least 2, 1 with ``quick``). ``extras``:
+    ``backbone``: ``resnet50`` (ResiaNets, paper Table 1's ResNet rows), ``detnet59``
+    (DetiaNets, its DetNet rows) or ``timm:NAME`` (IA-NAME rows, :func:`base_spec`).
+    ``seeds``: trainings of every row (seeds ``seed``, ``seed + 1``, ...; default
+    ``int(scale)``, at least 2, 1 with ``quick``). ``extras``:
     the optional steps to run (default: those :attr:`Step.by_default`, ``short`` (the
     paper's 1x), ``table2`` and ``mask``; ``inherit`` is the fourth); those an earlier run
     made stay in the report. An ``out`` holding a demo of other settings is refused

@@ -230,3 +230,225 @@ def _net(width: int, *layers: nn.Module) -> nn.Module:
 def test_why_not_names_the_first_layer_timms_format_cannot_rebuild(base, resized, reason):
     found = why_not(base, resized)
     assert found == reason if reason is None else found.startswith(reason), found
+
+
+#: The timm model of the command-line tests: the smallest real CNN of timm's families here.
+SMALL = "mobilenetv3_small_050"
+#: ``train`` options of a detector on :data:`SMALL` that trains in a second.
+TINY_TIMM = ("--backbone", f"timm:{SMALL}", "--batch-size", "1", "--fpn-channels", "32",
+             "--head-channels", "32", "--gn-groups", "8", "--representation", "64",
+             "--min-size", "64", "--max-size", "64", "--workers", "0")  # fmt: skip
+
+
+def users_weights(name: str = SMALL, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A user's trained timm weights: ``model.state_dict()`` as timm saves it (seeded)."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # not the weights a fresh model gets
+    return model.state_dict()
+
+
+def first_misfit(file: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str:
+    """The first key, in the model's order, whose shape in ``file`` differs."""
+    return next(k for k, v in model.items() if k in file and file[k].shape != v.shape)
+
+
+def test_spectrum_of_a_timm_classifier_with_the_users_weights_then_search(
+    run_cli, shapes_root, tmp_path
+):
+    """``spectrum --model timm:NAME`` is timm's classifier, as ``--model resnet50`` is
+    torchvision's; ``--weights`` takes the user's safetensors file (its zeroed stem gives a
+    zero ``conv_stem:out``, which a fresh model would not), and the spectra search widths."""
+    from safetensors.torch import save_file
+
+    from eigenarch.spectrum import Spectra
+
+    state = users_weights()
+    state["conv_stem.weight"].zero_()
+    save_file(state, tmp_path / "mine.safetensors")
+    out = tmp_path / "small.safetensors"
+    r = run_cli("spectrum", "--model", f"timm:{SMALL}", "--weights", tmp_path / "mine.safetensors",
+                "--data", shapes_root, "--images", "2", "--workers", "0", "--out", out)  # fmt: skip
+    assert r.code == 0, r.stderr
+    spectra = Spectra.load(out)
+    assert spectra.names[0] == "conv_stem:in" and "classifier:out" in spectra.names
+    assert (
+        spectra.covariance("conv_stem:in").any() and not spectra.covariance("conv_stem:out").any()
+    )
+    found = tmp_path / "found.json"
+    r = run_cli("search", "--spectra", out, "--model", f"timm:{SMALL}", "--target", "macs=base",
+                "--multiple", "8", "--out", found)  # fmt: skip
+    assert r.code == 0, r.stderr
+    spec = json.loads(found.read_text())
+    base = parse_backbone(f"timm:{SMALL}").cost()
+    assert spec["builder"] == f"timm:{SMALL}" and spec["macs"] <= base.macs
+    assert all(w % 8 == 0 for w in spec["groups"].values())
+    other = users_weights("mobilenetv3_small_075")
+    save_file(other, tmp_path / "other.safetensors")
+    r = run_cli("spectrum", "--model", f"timm:{SMALL}", "--weights", tmp_path / "other.safetensors",
+                "--data", shapes_root, "--images", "2", "--workers", "0", "--out", out)  # fmt: skip
+    key = first_misfit(other, users_weights())
+    assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"weights do not fit the timm:{SMALL}: {key} has shape" in r.stderr
+
+
+def test_train_init_takes_the_users_timm_weights_into_the_body(run_cli, shapes_root, tmp_path):
+    """``--init`` takes timm's own files: a safetensors file, a ``.pth`` state dict, a
+    checkpoint of timm's ``train.py`` (``state_dict`` beside ``args``, not its EMA); every
+    tensor of the detector's body is then the file's. A file that does not fit is one line
+    naming the first misfit in the model's order, or the first body tensor it lacks."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    from eigenarch.models.weights import load_init_weights
+    from eigenarch.train.checkpoint import load_checkpoint
+
+    state = users_weights()
+    save_file(state, tmp_path / "mine.safetensors")
+    r = run_cli("train", "--data", shapes_root, "--out", tmp_path / "run", "--init",
+                tmp_path / "mine.safetensors", "--iters", "1", *TINY_TIMM)  # fmt: skip
+    assert r.code == 0, r.stderr
+    first = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000000.pt")["model"]
+    body = {k.removeprefix("backbone.body."): v for k, v in first.items()
+            if k.startswith("backbone.body.")}  # fmt: skip
+    info = json.loads((tmp_path / "run" / "init.json").read_text())
+    assert info["loaded"] == len(body) and info["missing"] == []
+    assert all(torch.equal(v, state[k]) for k, v in body.items())
+    assert "classifier.weight" in info["unexpected"]  # the head the FPN does not read
+    shallow = {k: v for k, v in state.items() if not k.startswith("blocks.3.")}
+    torch.save(shallow, tmp_path / "shallow.pth")
+    r = run_cli("train", "--data", shapes_root, "--out", tmp_path / "bad", "--init",
+                tmp_path / "shallow.pth", "--iters", "1", *TINY_TIMM)  # fmt: skip
+    assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "does not fit the backbone: its blocks.3.0.conv_pw.weight is not in the file" in r.stderr
+
+    def detector():
+        torch.manual_seed(0)
+        return build_detector("faster_rcnn", f"timm:{SMALL}", num_classes=3, min_size=64,
+                              max_size=64, gn_groups=8, fpn_channels=32, head_channels=32,
+                              representation=64)  # fmt: skip
+
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "mine.pth")
+    torch.save({"epoch": 9, "arch": SMALL, "state_dict": state, "state_dict_ema": ema,
+                "args": argparse.Namespace(model=SMALL, sched="cosine"), "version": 2},
+               tmp_path / "last.pth.tar")  # fmt: skip
+    for name in ("mine.pth", "last.pth.tar"):
+        model = detector()
+        load_init_weights(model, tmp_path / name, complete=True)
+        assert all(torch.equal(v, state[k]) for k, v in model.backbone.body.state_dict().items())
+    other = users_weights("mobilenetv3_small_075")
+    save_file(other, tmp_path / "other.safetensors")
+    key = first_misfit(other, state)
+    with pytest.raises(EigenarchError, match=f"shapes do not match the backbone: {key} "):
+        load_init_weights(detector(), tmp_path / "other.safetensors", complete=True)
+
+
+def test_dynamics_of_timm_train_checkpoints(run_cli, shapes_root, tmp_path):
+    """``dynamics --checkpoints --model timm:NAME`` reads timm's ``train.py`` checkpoints
+    (``checkpoint-{e}.pth.tar``: its ``state_dict``, ``epoch`` from 0, ``args.sched``),
+    leaves out ``last.pth.tar`` / ``model_best.pth.tar`` (epochs held again), and knows the
+    backbone, timm's classifier, for the report's search."""
+    import argparse
+
+    from eigenarch.report.dynamics import load_dynamics
+    from eigenarch.report.runs import reference_run
+
+    run = tmp_path / "train" / "20261203-small"
+    run.mkdir(parents=True)
+    args = argparse.Namespace(model=SMALL, epochs=4, sched="step", decay_epochs=1.5,
+                              data_dir="imagenet")  # fmt: skip
+    for epoch in (0, 1, 2):
+        state = users_weights(seed=epoch)
+        ema = {k: torch.zeros_like(v) for k, v in state.items()}
+        saved = {"epoch": epoch, "arch": SMALL, "state_dict": state, "state_dict_ema": ema,
+                 "args": args, "version": 2, "metric": 0.1 * epoch}  # fmt: skip
+        torch.save(saved, run / f"checkpoint-{epoch}.pth.tar")
+    for name in ("last.pth.tar", "model_best.pth.tar"):
+        torch.save(saved, run / name)
+    r = run_cli("dynamics", "--checkpoints", run / "*.pth.tar", "--model", f"timm:{SMALL}",
+                "--data", shapes_root, "--images", "2", "--workers", "0",
+                "--include", "conv_stem,blocks.0.*")  # fmt: skip
+    assert r.code == 0, r.stderr
+    result = load_dynamics(run)
+    # timm's StepLR: the rate falls at epoch index ceil(k * 1.5) (2 and 3), before epoch 4
+    assert (result.iterations, result.milestones, result.unit) == ([1, 2, 3], [2, 3], "epoch")
+    assert result.maps and all(m.name.startswith(("conv_stem:", "blocks.0.")) for m in result.maps)
+    assert result.backbone["builder"] == f"timm:{SMALL}" and result.backbone["norm"] is None
+    found = reference_run(str(run / "*.pth.tar"), f"timm:{SMALL}")
+    assert [p.name for _, p in found.checkpoints] == [f"checkpoint-{e}.pth.tar" for e in (0, 1, 2)]
+    model, detector = found.load(found.checkpoints[0][1], 9, None)
+    assert not detector and torch.equal(
+        model.conv_stem.weight, users_weights(seed=0)["conv_stem.weight"]
+    )
+    multistep = argparse.Namespace(epochs=10, sched="multistep", decay_milestones=[6, 8])
+    torch.save({"epoch": 0, "state_dict": state, "args": multistep}, run / "checkpoint-0.pth.tar")
+    found = reference_run(str(run / "checkpoint-0.pth.tar"), f"timm:{SMALL}")
+    assert (found.milestones, found.length) == ([6, 8], 10)
+    cosine = argparse.Namespace(epochs=10, sched="cosine", decay_epochs=1.5)
+    torch.save({"epoch": 0, "state_dict": state, "args": cosine}, run / "checkpoint-0.pth.tar")
+    assert reference_run(str(run / "checkpoint-0.pth.tar"), f"timm:{SMALL}").milestones == []
+
+
+def test_report_of_a_run_trained_with_a_timm_backbone(run_cli, shapes_root, tmp_path):
+    """``train --backbone timm:NAME`` -> ``dynamics --run`` -> ``report``: the report
+    searches the timm backbone's channel groups from the run's final spectra, and the
+    search command it prints finds the same widths."""
+    import shlex
+
+    run, out = tmp_path / "run", tmp_path / "report"
+    r = run_cli("train", "--data", shapes_root, "--out", run, "--iters", "1", *TINY_TIMM)
+    assert r.code == 0, r.stderr
+    r = run_cli(
+        "dynamics",
+        "--run",
+        run,
+        "--images",
+        "2",
+        "--workers",
+        "0",
+        "--include",
+        "backbone.body.*,backbone.fpn.inner_blocks.*",
+    )  # what the search reads
+    assert r.code == 0, r.stderr
+    r = run_cli("report", run, "--out", out, "--multiple", "8", "--metrics", "macs")
+    assert r.code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    search = report["runs"]["run"]["search"]["macs"]
+    graph, _ = parse_backbone(f"timm:{SMALL}").graph()
+    assert sorted(search["groups"]) == sorted(g.name for g in graph.groups)
+    assert search["macs"] <= search["base"]["macs"] == parse_backbone(f"timm:{SMALL}").cost().macs
+    assert "run-widths" in report["tables"] and (out / "report.html").is_file()
+    command = shlex.split(search["command"])
+    assert command[:2] == ["eigenarch", "search"]
+    found = tmp_path / "found.json"
+    r = run_cli(*command[1:-1], found)  # the report's command, its --out here
+    assert r.code == 0, r.stderr
+    assert json.loads(found.read_text())["groups"] == search["groups"]
+
+
+def test_demo_backbone_timm_is_its_quarter_widths_with_its_own_norm(tmp_path):
+    """What ``demo --backbone timm:NAME`` takes the backbone for (a whole quick demo takes
+    minutes; it ran once from the command line, docs/timm.md): its base is the width
+    multiplier's quarter, multiples of 8, timm's own normalisation, kept by Table 2's
+    BatchNorm rows; its searched rows are ``IA-NAME``; an unknown model fails before
+    anything is written."""
+    from eigenarch import demo
+
+    base = demo.base_spec(f"timm:{SMALL}")
+    own = BuilderBackbone(f"timm:{SMALL}", {}, None, demo.GN_GROUPS)
+    assert base.builder == f"timm:{SMALL}" and base.norm is None
+    assert base.groups == own.scaled(0.25, demo.MULTIPLE).groups
+    assert all(w % demo.MULTIPLE == 0 for w in base.groups.values())
+    assert demo._bn(base)["norm"] is None
+    assert BuilderBackbone.from_dict(demo._bn(base), "table2").build() is not None
+    assert demo._bn(demo.base_spec("detnet59"))["norm"] == "bn"
+    family, threshold, paper = demo.backbone_family(f"timm:{SMALL}")
+    assert (family, threshold) == (f"IA-{SMALL}", 1e-3)
+    assert paper.startswith("The paper reports no timm backbone; for ResNet-50 it reports Resia")
+    with pytest.raises(EigenarchError, match="timm has no model 'no_such_model'"):
+        demo.run_demo(tmp_path / "demo", quick=True, backbone="timm:no_such_model")
+    assert not (tmp_path / "demo").exists()

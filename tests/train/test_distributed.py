@@ -87,8 +87,10 @@ def test_two_process_training_and_sharded_evaluation(shapes_root, tmp_path, run_
     floats = [k for k, v in step1.items() if v.is_floating_point()]
     moved = max((step1[k] - start[k]).abs().max().item() for k in floats)
     differ = max((_weights(out, 1)[k] - step1[k]).abs().max().item() for k in floats)
-    print(f"2 vs 1 process, step 1: weights differ by {differ:.3g}, moved {moved:.3g}; "
-          f"step 2: losses {two_losses[1]:.7g} vs {one_losses[1]:.7g}")
+    print(
+        f"2 vs 1 process, step 1: weights differ by {differ:.3g}, moved {moved:.3g}; "
+        f"step 2: losses {two_losses[1]:.7g} vs {one_losses[1]:.7g}"
+    )
     assert 0 < moved and differ <= WEIGHT_TOLERANCE * moved, (differ, moved)
     # Evaluate the same checkpoint in one process.
     result = run_cli(

@@ -79,7 +79,8 @@ def demo(
     backbone: str = typer.Option(
         "resnet50",
         help="resnet50: Table 1's ResNet rows (ResiaNets); detnet59: its DetNet rows "
-        "(DetiaNets, searched at threshold 10^-3.5).",
+        "(DetiaNets, searched at threshold 10^-3.5); timm:NAME: a timm CNN at a quarter of "
+        "its widths, its own normalisation (IA-NAME rows).",
     ),
 ) -> None:
     """Run the paper's pipeline end to end on the embedded shapes data set (resumable).

@@ -66,16 +66,17 @@ Checkpoints = Annotated[
     str,
     typer.Option(
         help="Instead of --run: a glob of another training's checkpoints, e.g. "
-        "'run/model_*.pth' of torchvision's reference scripts (quoted), ordered by their "
-        "'epoch'; their positions are epochs trained.",
+        "'run/model_*.pth' of torchvision's reference scripts or 'EXP/checkpoint-*.pth.tar' "
+        "of timm's train.py (quoted), ordered by their 'epoch'; their positions are epochs "
+        "trained.",
     ),
 ]
 Model = Annotated[
     str,
     typer.Option(
         help="With --checkpoints: the torchvision builder they are of (e.g. "
-        "fasterrcnn_resnet50_fpn) or file.py:factory / package.module:factory (calls your "
-        "function: runs your code).",
+        "fasterrcnn_resnet50_fpn), timm:NAME, or file.py:factory / package.module:factory "
+        "(calls your function: runs your code).",
     ),
 ]
 Out = Annotated[
@@ -255,7 +256,8 @@ def dynamics(
     """Intrinsic dimensionality of every map over a run's checkpoints; dropping, rebounding.
 
     The run is one of `eigenarch train` (--run) or another's training (--checkpoints with
-    --model), such as the model_{epoch}.pth of torchvision's reference scripts. Spectra are
+    --model), such as the model_{epoch}.pth of torchvision's reference scripts or timm's
+    train.py checkpoint-{epoch}.pth.tar. Spectra are
     stored under the run's folder (spectra/) and reused when already computed for the same
     checkpoint and settings (a new --threshold needs no data pass); dynamics.json gets the
     result, and its dynamics/ folder TensorBoard events. Runs under

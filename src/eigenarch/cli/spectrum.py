@@ -60,13 +60,14 @@ def collect(
     model: str = typer.Option(
         None,
         help="torchvision builder name (random weights, e.g. fasterrcnn_resnet50_fpn, "
-        "resnet50), a checkpoint file, or file.py:factory / package.module:factory "
-        "(calls your function: runs your code).",
+        "resnet50), timm:NAME (timm's classifier, never downloaded), a checkpoint file, or "
+        "file.py:factory / package.module:factory (calls your function: runs your code).",
     ),
     weights: Path = typer.Option(
         None,
-        help="State dict for a builder name or factory: plain, torchvision references' "
-        "checkpoint ('model'), module./model. prefixes removed; read with weights_only=True.",
+        help="State dict for a builder name or factory: plain or .safetensors, a checkpoint "
+        "of torchvision's references ('model') or timm's train.py ('state_dict'), module./model. "
+        "prefixes removed; read with weights_only=True.",
     ),
     data: Path = typer.Option(None, help="COCO-layout data folder (see `eigenarch data`)."),
     split: str = typer.Option("train", help="Split to sample images from."),

@@ -4,8 +4,9 @@ Accepted files:
 
 - a backbone state dict in torchvision naming (``conv1.weight``, ``layer1.0.bn1.weight``,
   ...; prefixes ``module.`` and ``backbone.body.`` are stripped, ``fc.*`` ignored);
-- a checkpoint written by ``eigenarch pretrain`` or ``eigenarch train``;
-- a state dict in a ``.safetensors`` file;
+- a checkpoint written by ``eigenarch pretrain`` or ``eigenarch train``, or by timm's
+  ``train.py`` (its ``state_dict``: the trained model, not ``state_dict_ema``);
+- a state dict in a ``.safetensors`` file (a timm model's as ``model.state_dict()`` holds it);
 - a Detectron-style pickle (``R-50-GN.pkl``: blobs such as ``res2_0_branch2a_w``,
   ``res2_0_branch2a_gn_s``), read by an unpickler that only rebuilds numpy arrays.
 """
@@ -39,6 +40,9 @@ DETECTOR = "eigenarch.detector"
 INHERITED = "eigenarch.inherited"
 
 _PREFIXES = ("module.", "backbone.body.", "body.")
+#: Where a checkpoint holds its model's state dict: ours and torchvision's reference
+#: scripts' ``model``, timm's ``train.py``'s ``state_dict``.
+CHECKPOINT_KEYS = ("model", "state_dict")
 _DETECTRON_BLOB = re.compile(r"^res(\d)_(\d+)_branch(1|2[abc])_(w|b|gn_s|gn_b|bn_s|bn_b)$")
 _DETECTRON_STEM = {
     "conv1_w": "conv1.weight",
@@ -128,6 +132,17 @@ def _backbone_only(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_weights_file(path: str | os.PathLike[str], what: str) -> Any:
+    """What a weights file holds: a ``.safetensors`` file's state dict, else the
+    ``torch.save`` payload (:func:`~eigenarch.io.load_torch`); one-line errors name ``path``."""
+    if Path(path).suffix != ".safetensors":
+        return load_torch(path, what)  # one line, never torch's advice
+    try:
+        return safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError) as exc:
+        raise EigenarchError(f"{path}: not a safetensors file ({exc})") from None
+
+
 def read_backbone_weights(
     path: str | os.PathLike[str], option: str = "--init", whole_detector: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -153,19 +168,16 @@ def read_backbone_weights(
         }
         return state, info
     try:
-        if path.suffix == ".safetensors":
-            payload = safetensors.torch.load_file(str(path))
-        else:
-            payload = load_torch(path, "torch weights file")  # one line, never torch's advice
+        payload = read_weights_file(path, "torch weights file")
     except EigenarchError as exc:
         raise EigenarchError(f"{option} {exc}") from None
-    except safetensors.SafetensorError as exc:
-        raise EigenarchError(f"{option} {path}: not a safetensors file ({exc})") from None
     inherited = False
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+    held = next((k for k in CHECKPOINT_KEYS if isinstance(payload, dict)
+                 and isinstance(payload.get(k), dict)), None)  # fmt: skip
+    if held is not None:
         kind = str(payload.get("format", "checkpoint"))
         inherited = kind == DETECTOR and isinstance(payload.get("inherited"), dict)
-        payload = payload["model"]
+        payload = payload[held]
         if kind == DETECTOR and not (inherited and whole_detector):
             payload = {k: v for k, v in payload.items() if k.startswith("backbone.body.")}
     else:
@@ -177,13 +189,16 @@ def read_backbone_weights(
     return _backbone_only(payload), {"format": kind, "unmatched": []}
 
 
-def load_init_weights(detector: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_init_weights(
+    detector: nn.Module, path: str | os.PathLike[str], complete: bool = False
+) -> dict[str, Any]:
     """``train --init``: the whole ``detector`` from a checkpoint ``eigenarch resize`` wrote
     (every weight, names and shapes as the run's detector has them), else its backbone body
-    from any file :func:`load_backbone_weights` takes. Returns the ``info`` of the load."""
+    from any file :func:`load_backbone_weights` takes (``complete``: see there). Returns the
+    ``info`` of the load."""
     state, info = read_backbone_weights(path, whole_detector=True)
     if info["format"] != INHERITED:
-        return _load_into_body(detector.backbone.body, state, info, path)
+        return _load_into_body(detector.backbone.body, state, info, path, complete=complete)
     own = detector.state_dict()
     for key in dict.fromkeys([*own, *state]):
         if key not in own or key not in state or own[key].shape != state[key].shape:
@@ -199,17 +214,20 @@ def load_init_weights(detector: nn.Module, path: str | os.PathLike[str]) -> dict
 
 
 def load_backbone_weights(
-    body: nn.Module, path: str | os.PathLike[str], option: str = "--init"
+    body: nn.Module, path: str | os.PathLike[str], option: str = "--init", complete: bool = False
 ) -> dict[str, Any]:
     """Copy pre-trained weights into a backbone ``body`` (by name); report what did not match.
 
-    Shape mismatches are an error naming the first few parameters, and so are BatchNorm
-    weights (running statistics in the file) for GroupNorm layers. Keys of the file that the
-    body lacks (``fc``, BatchNorm running stats for a GN body, ...) and parameters of the body
-    the file lacks are reported. Returns the ``info`` of :func:`read_backbone_weights` with
-    ``missing`` and ``unexpected`` key lists added.
+    Shape mismatches are an error naming the first few parameters in the body's order, and
+    so are BatchNorm weights (running statistics in the file) for GroupNorm layers. Keys of
+    the file that the body lacks (``fc``, BatchNorm running stats for a GN body, ...) are
+    reported, and so are parameters of the body the file lacks, unless ``complete`` (a timm
+    model's own state dict: every tensor of the body must be in the file), where the first
+    is an error. Returns the ``info`` of :func:`read_backbone_weights` with ``missing`` and
+    ``unexpected`` key lists added.
     """
-    return _load_into_body(body, *read_backbone_weights(path, option), path, option)
+    state, info = read_backbone_weights(path, option)
+    return _load_into_body(body, state, info, path, option, complete)
 
 
 def _load_into_body(
@@ -218,6 +236,7 @@ def _load_into_body(
     info: dict[str, Any],
     path: object,
     option: str = "--init",
+    complete: bool = False,
 ) -> dict[str, Any]:
     own = body.state_dict()
     modules = dict(body.named_modules())
@@ -230,9 +249,9 @@ def _load_into_body(
                 "GN pre-training or a Detectron R-50-GN.pkl) or train with --norm bn"
             )
     wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)} in the model"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)} in the model"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if wrong:
         raise EigenarchError(
@@ -240,9 +259,16 @@ def _load_into_body(
             + "; ".join(wrong[:3])
             + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else "")
         )
+    absent = [k for k in own if k not in state and not k.startswith("fc.")]
+    if complete and absent and any(k in own for k in state):
+        raise EigenarchError(
+            f"{option} {path}: does not fit the backbone: its {absent[0]} is not in the file"
+            + (f" (nor {len(absent) - 1} more)" if len(absent) > 1 else "")
+            + "; expected the state dict of the same model"
+        )
     matched = {k: v for k, v in state.items() if k in own}
     body.load_state_dict(matched, strict=False)
-    info["missing"] = sorted(k for k in own if k not in state and not k.startswith("fc."))
+    info["missing"] = sorted(absent)
     info["unexpected"] = sorted([k for k in state if k not in own] + info["unmatched"])
     info["loaded"] = len(matched)
     if not matched:

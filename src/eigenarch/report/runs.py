@@ -9,13 +9,21 @@ epochs trained: the checkpoint of epoch ``e`` is at ``e + 1``, so that a decay o
 ``--lr-steps 16`` (``MultiStepLR``: the rate falls once 16 epochs are trained) lies between
 the checkpoints of epochs 15 (at 16) and 16 (at 17), as a run of ours puts a decay at
 iteration ``m`` between its checkpoints at ``<= m`` and ``> m``.
+
+timm's ``train.py`` saves a classifier's training the same way: ``{"state_dict": ...,
+"epoch": e, "args": argparse.Namespace, ...}`` as ``checkpoint-{e}.pth.tar`` (its
+``version`` 2: ``e`` is the epoch just trained, from 0), the latest again as
+``last.pth.tar`` and the best as ``model_best.pth.tar``; its ``args.sched`` ``multistep``
+decays after ``args.decay_milestones`` epochs, ``step`` every ``args.decay_epochs``.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,15 +36,18 @@ from torch import nn
 from eigenarch.errors import EigenarchError
 from eigenarch.io import load_torch_fields
 from eigenarch.models.backbone import Backbone, backbone_from_dict
+from eigenarch.models.builders import TIMM, BuilderBackbone
 from eigenarch.models.resianet import ResiaNetBackbone
+from eigenarch.models.weights import CHECKPOINT_KEYS
 from eigenarch.spectrum.stream import build_model
 from eigenarch.train.checkpoint import detector_from_checkpoint, load_checkpoint
 from eigenarch.train.rundir import RunDir
 from eigenarch.train.schedule import make_schedule
 from eigenarch.widths.cost import DEFAULT_DEPTHS, RESNET50_WIDTHS
 
-#: The file torchvision's reference scripts write again at every epoch beside model_{e}.pth.
-LATEST = "checkpoint.pth"
+#: The files holding again the epoch of another: torchvision's reference scripts' latest
+#: (beside ``model_{e}.pth``), timm's ``train.py``'s latest and best.
+LATEST = ("checkpoint.pth", "last.pth.tar", "model_best.pth.tar")
 #: torchvision's R-CNN builders on ResNet-50 with an FPN over its four stages, as ours: the
 #: backbone is ResNet-50's widths, its maps named as a ResiaNet's (``backbone.body.layer1...``);
 #: normalised by frozen BatchNorm (the ``_v2`` builders: BatchNorm).
@@ -64,11 +75,14 @@ class TrainingRun:
         return build_model(self.model, num_classes, min_size, path)
 
     def backbone(self) -> Backbone | None:
-        """The run's backbone: a run of ours, its last checkpoint's; a torchvision R-CNN
-        on ResNet-50, ResNet-50's; otherwise ``None`` (not known)."""
+        """The run's backbone: a run of ours, its last checkpoint's; a timm model's
+        (``timm:NAME``, a classifier: its maps are named as the builder's); a torchvision
+        R-CNN on ResNet-50, ResNet-50's; otherwise ``None`` (not known)."""
         if self.model is None:
             last = self.checkpoints[-1][1]
             return backbone_from_dict(load_checkpoint(last)["config"]["backbone"], f"{last}")
+        if self.model.startswith(TIMM):
+            return BuilderBackbone(self.model, source={"name": self.model})
         match = _RESNET50_RCNN.match(self.model)
         if match is None:
             return None
@@ -104,15 +118,18 @@ def our_run(run_dir: str | os.PathLike[str]) -> TrainingRun:
 
 
 def _reference_checkpoint(path: Path) -> tuple[int, dict[str, Any]]:
-    """``(epoch, args as a dict)`` of a checkpoint of torchvision's reference scripts (only
-    its pickle read: the weights are read once, when the checkpoint is analysed)."""
+    """``(epoch, args as a dict)`` of a checkpoint of torchvision's reference scripts or
+    timm's ``train.py`` (only its pickle read: the weights are read once, when the
+    checkpoint is analysed)."""
     payload = load_torch_fields(path, "checkpoint of torchvision's reference scripts")
-    epoch = payload.get("epoch") if isinstance(payload, dict) else None
-    weights = payload.get("model") if isinstance(payload, dict) else None
-    if not isinstance(weights, dict) or type(epoch) is not int or epoch < 0:
+    held = isinstance(payload, dict) and any(isinstance(payload.get(k), dict)
+                                             for k in CHECKPOINT_KEYS)  # fmt: skip
+    epoch = payload.get("epoch") if held else None
+    if type(epoch) is not int or epoch < 0:
         raise EigenarchError(
-            f"{path}: expected a checkpoint of torchvision's reference scripts, a dict with "
-            "'model' (a state dict) and 'epoch' (an int >= 0)"
+            f"{path}: expected a checkpoint of torchvision's reference scripts or timm's "
+            "train.py, a dict with 'model' or 'state_dict' (a state dict) and 'epoch' (an int "
+            ">= 0)"
         )
     args = payload.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else args
@@ -129,12 +146,29 @@ def _by_epoch(files: Sequence[Path]) -> list[tuple[int, Path, dict[str, Any]]]:
         found.setdefault(epoch, []).append((path, args))
     chosen = []
     for epoch, same in sorted(found.items()):
-        named = [item for item in same if item[0].name != LATEST] or same
+        named = [item for item in same if item[0].name not in LATEST] or same
         if len(named) > 1:
             raise EigenarchError(f"--checkpoints: {named[0][0]} and {named[1][0]} both hold epoch "
                                  f"{epoch}; give a pattern that matches one of them")  # fmt: skip
         chosen.append((epoch, *named[0]))
     return chosen
+
+
+def _decays(args: Mapping[str, Any], epochs: int) -> Any:
+    """The epochs after which a run's ``args`` decay the rate: torchvision's ``MultiStepLR``
+    (``lr_scheduler`` ``multisteplr``, the scripts' default) at ``lr_steps``; timm's
+    (``sched``) ``multistep`` at ``decay_milestones``, ``step`` every ``decay_epochs``
+    (its rate falls at the first epoch index >= each multiple); none for another (cosine)."""
+    if "sched" not in args:
+        multistep = args.get("lr_scheduler", "multisteplr") == "multisteplr"
+        return (args.get("lr_steps") or []) if multistep else []
+    if args["sched"] == "multistep":
+        return args.get("decay_milestones") or []
+    every = args.get("decay_epochs")
+    if args["sched"] != "step" or not isinstance(every, int | float) or every <= 0:
+        return []
+    steps = (math.ceil(k * every) for k in itertools.count(1))
+    return list(itertools.takewhile(lambda m: m < epochs, steps))
 
 
 def reference_run(
@@ -158,10 +192,9 @@ def reference_run(
     args = found[-1][2]  # the last checkpoint's settings: those of the run as it ended
     checkpoints = [(epoch + 1, path) for epoch, path, _ in found]
     last = checkpoints[-1][0]
-    if lr_steps is None:  # a MultiStepLR's (the scripts' default); a cosine one has none
-        multistep = args.get("lr_scheduler", "multisteplr") == "multisteplr"
-        lr_steps = (args.get("lr_steps") or []) if multistep else []
     trained_for = args.get("epochs") if type(args.get("epochs")) is int else 0
+    if lr_steps is None:
+        lr_steps = _decays(args, max(trained_for, last))
     length = epochs if epochs is not None else max(trained_for, last)
     if not isinstance(lr_steps, list | tuple):
         raise EigenarchError(f"{found[-1][1]}: args.lr_steps {lr_steps!r}: expected a list of "

@@ -21,6 +21,7 @@ from eigenarch.errors import EigenarchError
 from eigenarch.io import check_writable, load_torch, output_lock
 from eigenarch.models.builders import TIMM, classifier_by_name
 from eigenarch.models.factory import call_factory, is_factory
+from eigenarch.models.weights import read_weights_file
 from eigenarch.options import parse_device
 from eigenarch.progress import console, progress_bar
 from eigenarch.spectrum.collector import SpectrumCollector, unhooked_note
@@ -101,11 +102,12 @@ WRAPPER_PREFIXES = ("module.", "model.")
 
 
 def weights_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in a ``--weights`` file (read with ``weights_only=True``): a plain state
-    dict, or a checkpoint dict holding it under ``"model"`` (torchvision's reference scripts,
-    ``eigenarch train``) or ``"state_dict"``; a ``module.`` (DDP) or ``model.`` prefix on
+    """The state dict in a ``--weights`` file (read with ``weights_only=True``, or a
+    ``.safetensors`` file): a plain state dict, or a checkpoint dict holding it under
+    ``"model"`` (torchvision's reference scripts, ``eigenarch train``) or ``"state_dict"``
+    (timm's ``train.py``); a ``module.`` (DDP) or ``model.`` prefix on
     every key is removed."""
-    state = load_torch(path, "state dict or checkpoint")
+    state = read_weights_file(path, "state dict or checkpoint")
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if isinstance(state.get(key), dict):

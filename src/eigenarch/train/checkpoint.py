@@ -97,13 +97,14 @@ def _require(payload: dict, key: str, kind: type, path: object, why: str) -> Non
 
 def load_weights(model: nn.Module, state: Mapping[str, Any], source: object, what: str = "model"):
     """``model.load_state_dict(state)`` (strict), where a key the model lacks, one the file
-    lacks or a shape that differs is one line naming ``source``, the first such key and what
-    the model expects, not torch's list of every difference."""
+    lacks or a shape that differs is one line naming ``source``, the first such key (shapes
+    first, in the model's order) and what the model expects, not torch's list of every
+    difference."""
     own = model.state_dict()
     problems = [
-        f"{key} has shape {_shape(value)}, expected {_shape(own[key])}"
-        for key, value in state.items()
-        if key in own and _shape(value) != _shape(own[key])
+        f"{key} has shape {_shape(state[key])}, expected {_shape(value)}"
+        for key, value in own.items()
+        if key in state and _shape(state[key]) != _shape(value)
     ]
     problems += [f"{key} is missing from the file" for key in own if key not in state]
     problems += [f"{key} is not in the {what}" for key in state if key not in own]

@@ -34,6 +34,7 @@ from eigenarch.distributed import (
 )
 from eigenarch.errors import EigenarchError
 from eigenarch.io import atomic_write_json, output_lock
+from eigenarch.models.builders import TIMM
 from eigenarch.models.detector import (
     DEFAULT_ANCHOR_SIZES,
     MASK_KINDS,
@@ -272,7 +273,8 @@ def prepare_model(
     model = build_detector(**config)
     init_info = None
     if cfg.init != "scratch" and not resume:
-        init_info = load_init_weights(model, cfg.init)
+        timm = str(config["backbone"].get("builder", "")).startswith(TIMM)  # its own state dict
+        init_info = load_init_weights(model, cfg.init, complete=timm)
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=schedule.lr(0), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
