@@ -8,12 +8,16 @@ import os
 import pytest
 import torch
 import torchvision.models.detection.roi_heads as roi_heads
+from torchvision.ops import FrozenBatchNorm2d
 
 from eigenarch.errors import EigenarchError
 from eigenarch.io import output_lock
+from eigenarch.models.backbone import BackboneOptions, parse_backbone
+from eigenarch.models.detector import build_detector
+from eigenarch.models.factory import trusted_factories
 from eigenarch.train.checkpoint import detector_from_checkpoint
 from eigenarch.train.engine import Trainer
-from eigenarch.train.loop import train_detector
+from eigenarch.train.loop import TrainConfig, model_config, train_detector
 from eigenarch.train.rundir import RunDir
 
 from .conftest import TINY_ARGS
@@ -110,3 +114,49 @@ def test_a_second_process_on_the_same_run_is_refused(shapes_root, tmp_path, run_
     assert second.code == 2 and len(second.stderr.strip().splitlines()) == 1
     assert f"--out {out}: in use by another process (pid {os.getpid()})" in second.stderr
     assert not list(out.rglob(".*lock"))
+
+
+#: The module each recorded norm builds.
+NORM_MODULES = {"gn": torch.nn.GroupNorm, "bn": torch.nn.BatchNorm2d,
+                "frozen_bn": FrozenBatchNorm2d}  # fmt: skip
+#: A factory whose network sets its own normalisation (BatchNorm).
+FACTORY = "import torchvision\n\n\ndef net():\n    return torchvision.models.resnet18()\n"
+
+
+def _backbone_text(kind: str, tmp_path) -> str:
+    """``--backbone`` of each kind: ResiaNet widths, a builder, and width-spec files of a
+    ResiaNet (GroupNorm) and of a factory (its own norm)."""
+    if kind == "resianet":
+        return "16,16,32,16,32,32,64,32,64"
+    if kind == "builder":
+        return "resnet18"
+    spec = tmp_path / f"{kind}.json"
+    if kind == "resianet_spec":
+        parse_backbone("16,16,32,16,32,32,64,32,64", BackboneOptions("gn", 8)).save(spec)
+    else:
+        (tmp_path / "mynet.py").write_text(FACTORY)
+        parse_backbone(f"{tmp_path / 'mynet.py'}:net").save(spec)
+    return str(spec)
+
+
+@pytest.mark.parametrize("norm", [None, "gn", "bn", "frozen_bn"])
+@pytest.mark.parametrize("kind", ["resianet", "builder", "resianet_spec", "factory_spec"])
+def test_the_built_backbone_normalises_as_config_json_says(kind, norm, tmp_path):
+    """``--norm`` either builds the norm config.json records or is refused in one line;
+    never recorded and ignored (a factory's spec used to record ``gn`` and build BN)."""
+    text = _backbone_text(kind, tmp_path)
+    cfg = TrainConfig(data="d", out="o", backbone=text, norm=norm, gn_groups=8)
+    with trusted_factories([f"{tmp_path / 'mynet.py'}:net"]):
+        try:
+            config = model_config(cfg, 3)
+        except EigenarchError as exc:
+            # only where the backbone sets its own: a factory, or a spec file's other norm
+            own = kind == "factory_spec" or (kind == "resianet_spec" and norm != "gn")
+            assert own and norm is not None and "does not apply" in str(exc), exc
+            return
+        body = build_detector(**config).backbone.body
+    recorded = config["backbone"]["norm"]
+    assert norm in (None, recorded)
+    types = {type(m) for m in body.modules() if isinstance(m, tuple(NORM_MODULES.values()))}
+    own = torch.nn.BatchNorm2d if kind == "factory_spec" else None  # the factory's own
+    assert types == {NORM_MODULES[recorded] if recorded else own}, (recorded, types)
