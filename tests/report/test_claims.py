@@ -279,6 +279,9 @@ def test_rebound_placebo_intervals_skip_the_early_phase_and_the_decays():
     no_placebo = RunDynamics("I", [0, 50, 70], [60], 100, 1e-3, Criteria(), maps, [])
     found = claim("f", {}, None, {"I": no_placebo})
     assert found.verdict == NOT_MEASURED and "away from any decay" in found.reason
+    assert found.reason == (
+        "needs checkpoint intervals away from any decay (a placebo): checkpoint more often"
+    )
 
 
 def test_claims_not_measured_or_one_seed_say_why():
@@ -567,9 +570,13 @@ def pinned_scenarios() -> dict[str, tuple]:
     """``paper_claims`` arguments whose claims tests/report/claims/<name>.json pins."""
     measured = with_inherited([11.2, 11.4, 11.3], [9.0, 9.1, 9.2])
     measured[0]["params"] = 2_005_001  # 2.005001 M: shown 2.01 (a wrong unit shows 2.00)
-    measured[1] = row("ResiaNet S (MACs)", 0.6e6, [10.2, 10.4, 10.3], BASE)  # 0.2 below
+    measured[1] = row("ResiaNet S (MACs)", 605_001, [10.2, 10.4, 10.3], BASE)  # 0.2 below
+    measured[-1]["params"] = 605_001  # uniform x0.50: 0.61 M (a wrong unit shows 0.60)
+    measured.append(row("ResiaNet I (MACs) inherited from I", 0.7e6, [10.5, 10.6, 10.7], BASE))
     rebounds = dynamics(drops=2, rebound=True)
+    # flagged: rebounds at the first decay (60), not the one at the second (90)
     rebounds["I"].maps[1].events.append(Event("rebounding", 100, 49, 60, 70, milestone=90))
+    rebounds["I"].maps[2].events.append(Event("rebounding", 70, 40, 50, 50, milestone=60))
     short = [row("ResiaNet S (MACs)", 0.6e6, [10.0, 10.1, 10.2], None),
              row("ResiaNet I (MACs)", 0.7e6, [12.0, 12.2, 12.1], None)]  # fmt: skip
     full = {"table1": measured, "table1_1x": short, "table2": _table2(
@@ -592,7 +599,8 @@ def pinned_scenarios() -> dict[str, tuple]:
         "undecided": (
             {
                 "table1": undecided,
-                "mask": _mask(None),
+                "table1_1x": undecided,
+                "mask": _mask([6.0, 9.0]),
                 "table2": _table2([20.0, 22.5, 19.0], [20.4, 20.6, 20.5], 2_005_001),
             },  # fmt: skip
             half_maps,
@@ -609,6 +617,7 @@ def pinned_scenarios() -> dict[str, tuple]:
             no_decay,
         ),
         "values missing": ({"table1": unevaluated, "mask": _mask([7.5, 7.6])}, None, before_decay),
+        "mask values missing": ({"table1": table(BASE, BASE, BASE), "mask": _mask(None)}, None, {}),
     }
 
 
