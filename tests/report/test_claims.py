@@ -569,9 +569,11 @@ def _noisy_rebound() -> dict[str, RunDynamics]:
 def pinned_scenarios() -> dict[str, tuple]:
     """``paper_claims`` arguments whose claims tests/report/claims/<name>.json pins."""
     measured = with_inherited([11.2, 11.4, 11.3], [9.0, 9.1, 9.2])
-    measured[0]["params"] = 2_005_001  # 2.005001 M: shown 2.01 (a wrong unit shows 2.00)
-    measured[1] = row("ResiaNet S (MACs)", 605_001, [10.2, 10.4, 10.3], BASE)  # 0.2 below
-    measured[-1]["params"] = 605_001  # uniform x0.50: 0.61 M (a wrong unit shows 0.60)
+    # params at a rounding edge: 4.005001 M is shown 4.01 (a wrong unit, 1000001, shows 4.00)
+    measured[0]["params"] = 4_005_001
+    measured[1] = row("ResiaNet S (MACs)", 3_005_001, [10.2, 10.4, 10.3], BASE)  # 0.2 below
+    measured[-1]["params"] = 3_005_001  # uniform x0.50
+    measured[4]["params"], measured[5]["params"] = 3.5e6, 4_005_001  # I (MACs), I (params)
     measured.append(row("ResiaNet I (MACs) inherited from I", 0.7e6, [10.5, 10.6, 10.7], BASE))
     rebounds = dynamics(drops=2, rebound=True)
     # flagged: rebounds at the first decay (60), not the one at the second (90)
