@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import norm, ttest_ind
 
+import eigenarch.report.claims as claims_module
 from eigenarch.report.claims import (
     AGREES,
     DISAGREES,
@@ -682,3 +683,11 @@ def test_dropping_claim_at_least_half_of_an_odd_list(drops, verdict):
     del runs["I"].maps[3]  # three of the four maps: 1 of 3 is under half, 2 of 3 over
     found = claim("e", {}, None, runs)
     assert found.verdict == verdict and found.ours.startswith(f"{drops} of 3 drop in I")
+
+
+def test_a_p_value_of_exactly_alpha_is_not_significant(monkeypatch):
+    # no float data gives p = 0.05 exactly: the test's p is set there
+    monkeypatch.setattr(claims_module, "welch_p", lambda a, b: 0.05)
+    b = [30.1, 29.7, 30.9, 30.3]
+    at_alpha = differs([31.2, 30.8, 31.9, 30.5, 31.1], b, +1, 1.0)  # +0.85, CI [+0.20, +1.50]
+    assert at_alpha.verdict == INCONCLUSIVE and at_alpha.reason.startswith("p 0.050 >= 0.05 ")
