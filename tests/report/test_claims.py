@@ -3,13 +3,16 @@ tests behind them (Welch's test, its confidence interval) are SciPy's."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import warnings
+from pathlib import Path
 
 import pytest
 from scipy.stats import norm, ttest_ind
 
+import eigenarch.report.claims as claims_module
 from eigenarch.report.claims import (
     AGREES,
     DISAGREES,
@@ -25,6 +28,7 @@ from eigenarch.report.claims import (
     difference_interval,
     differs,
     fact,
+    mean_std,
     not_lower,
     paper_claims,
     paper_name,
@@ -276,6 +280,9 @@ def test_rebound_placebo_intervals_skip_the_early_phase_and_the_decays():
     no_placebo = RunDynamics("I", [0, 50, 70], [60], 100, 1e-3, Criteria(), maps, [])
     found = claim("f", {}, None, {"I": no_placebo})
     assert found.verdict == NOT_MEASURED and "away from any decay" in found.reason
+    assert found.reason == (
+        "needs checkpoint intervals away from any decay (a placebo): checkpoint more often"
+    )
 
 
 def test_claims_not_measured_or_one_seed_say_why():
@@ -431,6 +438,7 @@ def test_stage_claim_not_measured_says_why():
     assert (found.ours, found.verdict) == ("no stage 3-4 maps", NOT_MEASURED)
     assert (found.paper, found.rule) == (paper, rule)
     assert found.reason == "no layer2 / layer3 maps with dimensions in S"
+    assert found.source == "sec. 4.3-4.4, Figure 2 (b) vs (f)"
 
 
 DROPPING_PAPER = (
@@ -518,3 +526,168 @@ def test_inherited_rows_are_not_searched_rows_of_the_other_claims():
         "not measured: needs every ResiaNet started by resize from the fine-tuned I run "
         "(run the demo with --inherit)"
     )
+
+
+# ------------------------------------------------------------ every claim's text, pinned
+
+
+def _rows(labels_params_ap: list[tuple[str, float, list[float] | None]]) -> list[dict]:
+    """Table 1 rows; ``None`` AP: a row without evaluation (its value keys are None)."""
+    rows = []
+    for label, params, ap in labels_params_ap:
+        found = row(label, params, ap or [0.0], None)
+        rows.append(found if ap else {**found, "AP": None, "AP_std": None, "AP_values": []})
+    return rows
+
+
+def _table2(s_err: list[float], i_err: list[float] | None, i_params: float) -> list[dict]:
+    def t2(label, params, err):
+        found = {**row(label, params, err or [0.0], None, "top1_err"),
+                 **row(label, params, [e / 4 for e in err or [0.0]], None, "top5_err")}  # fmt: skip
+        return found if err else {**found, "top1_err": None}
+
+    return [t2("base", 2_005_001, [20.0, 20.5, 21.0]), t2("ResiaNet S (MACs)", 0.6e6, s_err),
+            t2("ResiaNet I (MACs)", i_params, i_err)]  # fmt: skip
+
+
+def _mask(s_mask: list[float] | None) -> list[dict]:
+    def mask(label, box, segm):
+        found = {**row(label, 1e6, box, None, "AP_bbox"),
+                 **row(label, 1e6, segm or [0.0], None, "AP_mask")}  # fmt: skip
+        return found if segm else {**found, "AP_mask": None}
+
+    return [mask("base", [12.0, 12.1], [8.0, 8.1]), mask("ResiaNet S (MACs)", [11.9, 12.0], s_mask)]
+
+
+def _noisy_rebound() -> dict[str, RunDynamics]:
+    """Run I whose maps' rises across the first decay (+0.5, -0.3, +0.4, -0.2) neither
+    stand out from the placebo nor rule out a rise of 0.1."""
+    maps = [MapDynamics(BODY + name, 64, [40, 40, 40, 41, 40, 40 + x, 40 + x], [])
+            for name, x in zip(DROPPING_MAPS, (20, -12, 16, -8), strict=True)]  # fmt: skip
+    return {"I": RunDynamics("I", ITERATIONS, [60, 90], 100, 1e-3, Criteria(), maps, [])}
+
+
+def pinned_scenarios() -> dict[str, tuple]:
+    """``paper_claims`` arguments whose claims tests/report/claims/<name>.json pins."""
+    measured = with_inherited([11.2, 11.4, 11.3], [9.0, 9.1, 9.2])
+    # params at a rounding edge: 4.005001 M is shown 4.01 (a wrong unit, 1000001, shows 4.00)
+    measured[0]["params"] = 4_005_001
+    measured[1] = row("ResiaNet S (MACs)", 3_005_001, [10.2, 10.4, 10.3], BASE)  # 0.2 below
+    measured[-1]["params"] = 3_005_001  # uniform x0.50
+    measured[4]["params"], measured[5]["params"] = 3.5e6, 4_005_001  # I (MACs), I (params)
+    measured.append(row("ResiaNet I (MACs) inherited from I", 0.7e6, [10.5, 10.6, 10.7], BASE))
+    rebounds = dynamics(drops=2, rebound=True)
+    # flagged: rebounds at the first decay (60), not the one at the second (90)
+    rebounds["I"].maps[1].events.append(Event("rebounding", 100, 49, 60, 70, milestone=90))
+    rebounds["I"].maps[2].events.append(Event("rebounding", 70, 40, 50, 50, milestone=60))
+    short = [row("ResiaNet S (MACs)", 0.6e6, [10.0, 10.1, 10.2], None),
+             row("ResiaNet I (MACs)", 0.7e6, [12.0, 12.2, 12.1], None)]  # fmt: skip
+    full = {"table1": measured, "table1_1x": short, "table2": _table2(
+        [25.0, 25.5, 26.0], [20.4, 20.6, 20.5], 0.7e6), "mask": _mask([7.5, 7.6])}  # fmt: skip
+    noisy = [8.0, 10.5, 13.0]
+    undecided = table(noisy, noisy, noisy)
+    undecided[2]["params"] = undecided[0]["params"]  # I (MACs) as many params as the base
+    undecided[3]["params"] = undecided[1]["params"]  # I (params) as few as S (MACs)
+    no_base = _rows([("ResiaNet S (MACs)", 0.6e6, BASE), ("ResiaNet I (MACs)", 0.7e6, BASE),
+                     ("uniform x0.50", 0.6e6, BASE)])  # fmt: skip
+    unevaluated = _rows([("base", 2e6, BASE), ("ResiaNet S (MACs)", 0.6e6, None),
+                         ("ResiaNet I (MACs)", 0.7e6, BASE)])  # fmt: skip
+    no_decay = {"I": RunDynamics("I", ITERATIONS, [], 100, 1e-3, Criteria(), [], [])}
+    before_decay = {"I": RunDynamics("I", [0, 30, 50], [60], 100, 1e-3, Criteria(), [], [])}
+    half_maps = comparison((30, 32), (60, 50), (60, 20), 40)
+    del half_maps.maps[3:]  # no layer4 maps: (b), (c) have no map here
+    return {
+        "measured": (full, comparison((30, 32), (60, 50), (60, 20), 40), rebounds),
+        "nothing": ({}, None, {}),
+        "undecided": (
+            {
+                "table1": undecided,
+                "table1_1x": undecided,
+                "mask": _mask([6.0, 9.0]),
+                "table2": _table2([20.0, 22.5, 19.0], [20.4, 20.6, 20.5], 2_005_001),
+            },  # fmt: skip
+            half_maps,
+            _noisy_rebound(),
+        ),
+        "rows missing": (
+            {
+                "table1": no_base,
+                "table1_1x": unevaluated,
+                "table2": _table2([25.0, 25.5, 26.0], None, 0.7e6),
+                "mask": _mask([7.5, 7.6]),
+            },  # fmt: skip
+            None,
+            no_decay,
+        ),
+        "values missing": ({"table1": unevaluated, "mask": _mask([7.5, 7.6])}, None, before_decay),
+        "mask values missing": ({"table1": table(BASE, BASE, BASE), "mask": _mask(None)}, None, {}),
+    }
+
+
+@pytest.mark.parametrize("name", list(pinned_scenarios()))
+def test_every_claims_text_is_pinned(name):
+    """Statement, source, figures, rule, verdict and reason of every claim, as checked by
+    hand once (tests/report/claims/); a change of wording rewrites the file, said why."""
+    found = [c.to_dict() for c in paper_claims(*pinned_scenarios()[name])]
+    path = Path(__file__).parent / "claims" / f"{name.replace(' ', '_')}.json"
+    assert found == json.loads(path.read_text())
+
+
+def test_values_are_compared_to_nine_decimals():
+    # 4e-10 apart: float noise, no variance and no difference, on either side
+    noise = [30.0000000004, 30.0]
+    assert welch_p(noise, [30.0, 30.0]) == welch_p([30.0, 30.0], noise) == 1.0
+    assert difference_interval(noise, [30.0, 30.0]) == (0.0, 0.0, 0.0)
+    assert difference_interval([30.0, 30.0], noise) == (0.0, 0.0, 0.0)
+
+
+def test_a_difference_that_rounds_to_zero_is_shown_plus_zero():
+    assert similar([10.0, 10.5, 10.998], BASE, 1.0).shown.startswith("+0.00, ")  # -0.0007
+
+
+def test_the_ruled_out_direction_follows_the_sign_and_its_end_is_strict():
+    b = [30.1, 29.7, 30.9, 30.3]
+    close = [30.6, 30.2, 31.4, 29.9, 30.5]  # +0.27, 90% CI [-0.40, +0.94]
+    _, _, hi = difference_interval(close, b)
+    assert differs(close, b, -1, 0.5).verdict == DISAGREES  # lo > -0.5: no 0.5 loss ...
+    assert differs(close, b, +1, 0.5).verdict == INCONCLUSIVE  # ... but a 0.5 rise may be
+    at_hi = differs(close, b, +1, hi)  # the upper end exactly at the rise: not ruled out
+    assert at_hi.verdict == INCONCLUSIVE
+    assert at_hi.shown == f"+0.27, p {welch_p(close, b):.3f}, 90% CI [-0.40, +0.94]"
+
+
+def test_seeds_to_bring_the_interval_inside_grow_with_the_square_of_its_overreach():
+    a, b = [10.6, 10.8, 10.7], BASE  # +0.20, 90% CI [-0.62, +1.02]: half-width 0.82
+    _, lo, hi = difference_interval(a, b)
+    room = 0.4 - 0.2  # the margin's upper end is 0.2 above the difference
+    expected = math.ceil(3 * ((hi - lo) / 2 / room) ** 2)
+    assert expected == 51
+    assert within(a, b, -1.0, 0.4).reason.endswith(f"about {expected} seeds per side would "
+                                                   "bring it inside at this spread")  # fmt: skip
+
+
+def test_mean_std_shows_the_spread_only_where_there_is_one():
+    assert mean_std({"AP": None}, "AP") == mean_std({}, "AP") == "n/a"
+    assert mean_std({"AP": 10.04, "AP_std": None}, "AP") == "10.0"
+    assert mean_std({"AP": 10.04, "AP_std": 0.26}, "AP") == "10.0 ± 0.3"
+
+
+def test_no_checkpoint_after_the_decay_among_several_before_it():
+    run = RunDynamics("I", [0, 30, 50], [60], 100, 1e-3, Criteria(), [], [])
+    assert decay_rises(run) is None
+
+
+@pytest.mark.parametrize("drops, verdict", [(1, DISAGREES), (2, AGREES)])
+def test_dropping_claim_at_least_half_of_an_odd_list(drops, verdict):
+    runs = dynamics(drops=drops, rebound=False)
+    del runs["I"].maps[3]  # three of the four maps: 1 of 3 is under half, 2 of 3 over
+    found = claim("e", {}, None, runs)
+    assert found.verdict == verdict and found.ours.startswith(f"{drops} of 3 drop in I")
+
+
+def test_a_p_value_of_exactly_alpha_is_not_significant(monkeypatch):
+    # no float data gives p = 0.05 exactly: the test's p is set there
+    monkeypatch.setattr(claims_module, "welch_p", lambda a, b: 0.05)
+    b = [30.1, 29.7, 30.9, 30.3]
+    at_alpha = differs([31.2, 30.8, 31.9, 30.5, 31.1], b, +1, 1.0)  # +0.85, CI [+0.20, +1.50]
+    assert at_alpha.verdict == INCONCLUSIVE and at_alpha.reason.startswith("p 0.050 >= 0.05 ")

@@ -33,6 +33,20 @@ def test_the_defaults_are_1x_at_batch_16():
     assert make_schedule().base_lr == 0.02
 
 
+def test_the_smallest_settings_are_accepted_with_at_least_one_iteration_and_warm_up_step():
+    one = make_schedule(iterations=1, batch_size=1)  # 1 is the least --iters / --batch-size
+    assert (one.iterations, one.milestones, one.warmup) == (1, (1, 1), 1)
+    assert one.base_lr == pytest.approx(0.02 / 16)
+    tiny = make_schedule(scale=1e-5)  # 90,000 x 1e-5 = 0.9 iterations: rounds to 1
+    assert (tiny.iterations, tiny.warmup) == (1, 1)
+    assert make_schedule(iterations=100).warmup == 1  # 1000 / 900 warm-up steps round to 1
+    assert make_schedule(iterations=10).warmup == 1  # 0.11 rounds to 0: at least 1
+
+
+def test_a_given_base_lr_replaces_the_batch_rule():
+    assert make_schedule(batch_size=4, base_lr=0.1).base_lr == 0.1
+
+
 def test_cosine_decays_from_the_base_to_zero_after_the_warm_up():
     schedule = Schedule(100, (), 0.1, warmup=10, cosine=True)
     assert schedule.lr(50) == pytest.approx(0.05) and schedule.lr(100) == pytest.approx(0.0)

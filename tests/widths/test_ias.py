@@ -346,3 +346,10 @@ def test_omega_is_found_to_relative_precision_however_small():
     widths, omega = expand_widths([1e6], 100, sum, 1)
     assert widths == (100,)
     assert omega == pytest.approx(100.5e-6, rel=1e-8) and omega < 100.5e-6
+
+
+def test_layers_come_in_network_order_not_by_name():
+    # a stage of 11 blocks: block 2 runs before block 10, whose name sorts first
+    dims = {"layer3.10.conv1:out": 5, "layer3.2.conv1:out": 7}
+    found = intrinsic_widths(dims, "out", (1, 1, 11, 1))
+    assert list(found) == ["layer3.2.conv1", "layer3.10.conv1"]
