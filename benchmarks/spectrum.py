@@ -11,9 +11,10 @@ eval, 224 x 224, batch 2) under ``torch.no_grad``:
 * ``delve``      -- with ``delve.SaturationTracker`` (conv + linear outputs, CPU), if installed;
 * ``floor products`` -- not a forward: the products the ``all maps`` collector computes in
   one forward (their shapes and dtypes recorded once), as bare single-thread BLAS ``syrk``
-  calls spread over ``torch.get_num_threads()`` threads (largest first, each to the least
-  loaded thread). ``plain`` + this is the floor of the ``all maps`` configuration: what the
-  collector would cost with nothing but its products.
+  calls (:mod:`eigenarch.spectrum.blas`, the GIL released) spread over
+  ``torch.get_num_threads()`` threads (largest first, each to the least loaded thread).
+  ``plain`` + this is the floor of the ``all maps`` configuration: what the collector would
+  cost with nothing but its products.
 
 Configurations are timed in turn, forward by forward, so that load from other processes hits
 them alike; the median and the minimum over ``--repeats`` forwards of the wall-clock time and
@@ -48,10 +49,9 @@ from contextlib import ExitStack, nullcontext
 import numpy as np
 import torch
 import torchvision
-from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 
-from eigenarch.spectrum import SpectrumCollector, collector
+from eigenarch.spectrum import SpectrumCollector, blas, collector
 
 #: (channels, positions, dtype) of one product: ``+= F F^T`` for a (C, K) matrix ``F``.
 Shape = tuple[int, int, torch.dtype]
@@ -119,20 +119,18 @@ class BareProducts:
         rng = np.random.default_rng(0)
         outputs = {}
         for c, k, dtype in sorted(shapes, key=lambda s: -s[0] * s[0] * s[1]):
-            np_dtype = np.float32 if dtype == torch.float32 else np.float64
-            factor = np.asfortranarray(rng.standard_normal((c, k), dtype=np_dtype))
-            out = outputs.setdefault((c, np_dtype), np.zeros((c, c), np_dtype, order="F"))
-            syrk = blas.ssyrk if np_dtype == np.float32 else blas.dsyrk
+            factor = torch.from_numpy(rng.standard_normal((c, k))).to(dtype)
+            out = outputs.setdefault((c, dtype), torch.zeros(c, c, dtype=dtype))
             i = loads.index(min(loads))
-            loads[i] += c * c * k * (2 if np_dtype == np.float64 else 1)
-            self.bins[i].append((syrk, factor, out))
+            loads[i] += c * c * k * (2 if dtype == torch.float64 else 1)
+            self.bins[i].append((factor, out))
         self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
         #: Multiply-adds, the upper triangle only.
         self.macs = sum(c * c * k / 2 for c, k, _ in shapes)
 
     def run_bin(self, i: int) -> None:
-        for syrk, factor, out in self.bins[i]:
-            syrk(1.0, factor, beta=1.0, c=out, lower=1, overwrite_c=1)
+        for factor, out in self.bins[i]:
+            blas.syrk(out, factor, 1.0)
 
     def __call__(self, _=None) -> None:
         """One forward's products (call with single-thread BLAS)."""

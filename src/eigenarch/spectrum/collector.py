@@ -30,7 +30,6 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
@@ -39,6 +38,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from eigenarch.errors import EigenarchError
 from eigenarch.options import MAP_SIDES
+from eigenarch.spectrum.blas import gemm, syrk
 from eigenarch.spectrum.functional import (
     LayerCall,
     UncollectedMapsWarning,
@@ -60,8 +60,6 @@ NARROW = 16
 #: its diagonal block and ``gemm`` of the block right of it, run side by side (see
 #: :class:`_Triangle`).
 MIN_PANEL = 16
-_SYRK = {torch.float32: blas.ssyrk, torch.float64: blas.dsyrk}
-_GEMM = {torch.float32: blas.sgemm, torch.float64: blas.dgemm}
 #: A ``:out`` map is derived from its ``:in`` map only if the float64 ``W S W^T`` at the end
 #: costs no more than multiplying this many samples of the map would (the collector's
 #: ``images`` when given: the samples the caller will stream).
@@ -79,9 +77,10 @@ class _Triangle:
     The panels have equal work (``bounds`` from :func:`_panel_bounds`). On the CPU a product
     is, per panel, one single-thread BLAS ``syrk`` of the diagonal block and one ``gemm`` of
     the right one: exactly half the work of a full product, the panels side by side on
-    worker threads (BLAS releases the GIL; BLAS's own threads and torch's OpenMP ones slow
-    each other down several times when both busy-wait on the same cores). On other devices
-    one panel and full products (there, launches cost more than flops).
+    worker threads (:mod:`eigenarch.spectrum.blas` releases the GIL; BLAS's own threads
+    and torch's OpenMP ones slow each other down several times when both busy-wait on the
+    same cores). On other devices one panel and full products (there, launches cost more
+    than flops).
     """
 
     def __init__(
@@ -111,16 +110,15 @@ class _Triangle:
         if self.device.type != "cpu":
             self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
         elif len(self.diagonal) == 1:
-            _syrk(self.diagonal[0], matrix, alpha)
+            syrk(self.diagonal[0], matrix, alpha)
         else:
-            matrix = matrix.contiguous()  # row slices of it are then contiguous too
             _side_by_side([partial(self._panel, i, matrix, alpha) for i in range(len(self.right))])
 
     def _panel(self, i: int, matrix: Tensor, alpha: float) -> None:
         start, stop = self.bounds[i], self.bounds[i + 1]
-        _syrk(self.diagonal[i], matrix[start:stop], alpha)
+        syrk(self.diagonal[i], matrix[start:stop], alpha)
         if stop < self.bounds[-1]:
-            _gemm(self.right[i], matrix[start:stop], matrix[stop:], alpha)
+            gemm(self.right[i], matrix[start:stop], matrix[stop:], alpha)
 
     def add_(self, other: _Triangle) -> None:
         """``+= other``, a triangle of the same ``bounds``."""
@@ -146,31 +144,6 @@ def _panel_bounds(channels: int, panels: int) -> list[int]:
     ``(C - r)^2 / 2`` entries, so panel ``i`` starts at ``C (1 - sqrt(1 - i / n))``."""
     n = max(1, min(panels, channels // MIN_PANEL))
     return [round(channels * (1 - math.sqrt(1 - i / n))) for i in range(n)] + [channels]
-
-
-def _syrk(out: Tensor, matrix: Tensor, alpha: float) -> None:
-    """``out += alpha * matrix @ matrix.T`` in the upper triangle of the contiguous ``out``."""
-    # BLAS is column-major: ``out``'s transpose is a Fortran array whose lower triangle is
-    # our upper one; a (C, K) matrix is passed as whichever of it or its transpose is a
-    # Fortran array, so that nothing is copied.
-    if matrix.T.is_contiguous():
-        factor, trans = matrix.T.numpy().T, 0  # (C, K) Fortran: factor @ factor.T
-    else:
-        factor, trans = matrix.contiguous().numpy().T, 1  # (K, C) Fortran: factor.T @ factor
-    total = out.numpy().T
-    result = _SYRK[out.dtype](alpha, factor, beta=1.0, c=total, trans=trans, lower=1,
-                              overwrite_c=1)  # fmt: skip
-    if result.ctypes.data != total.ctypes.data:  # not updated in place: copy back
-        total[...] = result
-
-
-def _gemm(out: Tensor, left: Tensor, right: Tensor, alpha: float) -> None:
-    """``out += alpha * left @ right.T`` for contiguous ``out``, ``left`` and ``right``."""
-    total = out.numpy().T  # Fortran: out.T += alpha * right @ left.T
-    result = _GEMM[out.dtype](alpha, right.numpy().T, left.numpy().T, beta=1.0, c=total,
-                              trans_a=1, overwrite_c=1)  # fmt: skip
-    if result.ctypes.data != total.ctypes.data:
-        total[...] = result
 
 
 _workers: ThreadPoolExecutor | None = None
