@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from eigenarch.errors import EigenarchError
+from eigenarch.errors import EigenarchError, Terminated
 
 #: The environment variable (set by ``eigenarch --collective-timeout``) holding how many
 #: seconds a rank waits in a collective for the others before it gives up.
@@ -57,9 +57,19 @@ def init_distributed(device: str = "cpu") -> tuple[int, int]:
 def lost_rank_as_error(hint: Callable[[], str] = lambda: "") -> Iterator[None]:
     """Under ``torch.distributed``, a collective that failed because another rank was
     killed, or stopped past the collective timeout, becomes one line naming this rank and
-    the reason (plus ``hint()``, e.g. where to resume from); other errors pass."""
+    the reason (plus ``hint()``, e.g. where to resume from); other errors pass. SIGTERM
+    under ``torch.distributed`` (:class:`Terminated`; torchrun's launcher sends it to every
+    rank as soon as one fails, which may come before this rank's next collective notices)
+    gets the same rank and ``hint()``."""
     try:
         yield
+    except Terminated as exc:
+        if not is_distributed() or exc.args:  # alone, or already told by an inner block
+            raise
+        raise Terminated(
+            f"rank {rank()} (SIGTERM: torchrun's launcher stops every rank when one fails, "
+            f"or when it is stopped){hint()}"
+        ) from None
     except RuntimeError as exc:  # gloo's errors, and torch's DistError, are RuntimeErrors
         found = _LOST.search(str(exc))
         if not is_distributed() or found is None:

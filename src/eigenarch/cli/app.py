@@ -114,17 +114,18 @@ widths_cli.register(app)
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a user error (ours or a bad command line) prints ``error: <message>`` on
     one line and exits 2; Ctrl-C prints ``interrupted`` and exits 130, SIGTERM
-    ``terminated`` and exits 143, each after the command has unwound (temporary files
-    removed, locks released, workers shut down); a clean finish leaves the
-    ``torch.distributed`` group, if any."""
+    ``terminated`` (under torchrun with the rank and where to resume) and exits 143, each
+    after the command has unwound (temporary files removed, locks released, workers shut
+    down); a clean finish leaves the ``torch.distributed`` group, if any."""
     with _signals_raise():
         try:
             with lost_rank_as_error():
                 code = typer.main.get_command(app).main(
                     args=argv, prog_name="eigenarch", standalone_mode=False
                 )
-        except Terminated:
-            console.print("terminated", highlight=False)
+        except Terminated as exc:  # its text, if any, says which rank and where to resume
+            line = f"terminated: {exc}" if exc.args else "terminated"
+            console.print(escape(line), highlight=False)
             sys.exit(TERMINATED)
         except EigenarchError as exc:
             _fail(str(exc))
