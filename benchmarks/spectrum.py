@@ -12,7 +12,8 @@ eval, 224 x 224, batch 2) under ``torch.no_grad``:
 * ``floor products`` -- not a forward: the products the ``all maps`` collector computes in
   one forward (their shapes and dtypes recorded once), as bare single-thread BLAS ``syrk``
   calls (:mod:`eigenarch.spectrum.blas`, the GIL released) spread over
-  ``torch.get_num_threads()`` threads (largest first, each to the least loaded thread).
+  ``torch.get_num_threads()`` threads, torch's own (largest first, each to the least loaded
+  thread; one parallel region).
   ``plain`` + this is the floor of the ``all maps`` configuration: what the collector would
   cost with nothing but its products.
 
@@ -43,15 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
+from functools import partial
 
 import numpy as np
 import torch
 import torchvision
 from threadpoolctl import threadpool_limits
 
-from eigenarch.spectrum import SpectrumCollector, blas, collector
+from eigenarch.spectrum import SpectrumCollector, blas, collector, team
 
 #: (channels, positions, dtype) of one product: ``+= F F^T`` for a (C, K) matrix ``F``.
 Shape = tuple[int, int, torch.dtype]
@@ -94,23 +95,24 @@ def delve_tracker(model: torch.nn.Module, folder: str):
 def product_shapes(model: torch.nn.Module, x) -> list[Shape]:
     """The products one forward of ``model`` (inside its collector) computes."""
     shapes: list[Shape] = []
-    original = collector._Triangle.add_gram
+    original = collector._Triangle.add_grams
 
-    def recording(self, matrix: torch.Tensor, alpha: float) -> None:
-        shapes.append((matrix.shape[0], matrix.shape[1], self.dtype))
-        original(self, matrix, alpha)
+    def recording(self, terms: list[tuple[torch.Tensor, float]]) -> None:
+        shapes.extend((matrix.shape[0], matrix.shape[1], self.dtype) for matrix, _ in terms)
+        original(self, terms)
 
-    collector._Triangle.add_gram = recording
+    collector._Triangle.add_grams = recording
     try:
         model(x)
     finally:
-        collector._Triangle.add_gram = original
+        collector._Triangle.add_grams = original
     return shapes
 
 
 class BareProducts:
     """The floor of a collector: its products as bare single-thread ``syrk`` calls, the
-    largest first, each to the least loaded of ``torch.get_num_threads()`` threads."""
+    largest first, each to the least loaded of ``torch.get_num_threads()`` threads (torch's
+    own, as the collector's: :func:`eigenarch.spectrum.team.side_by_side`)."""
 
     def __init__(self, shapes: list[Shape]) -> None:
         threads = torch.get_num_threads()
@@ -124,7 +126,6 @@ class BareProducts:
             i = loads.index(min(loads))
             loads[i] += c * c * k * (2 if dtype == torch.float64 else 1)
             self.bins[i].append((factor, out))
-        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
         #: Multiply-adds, the upper triangle only.
         self.macs = sum(c * c * k / 2 for c, k, _ in shapes)
 
@@ -134,10 +135,7 @@ class BareProducts:
 
     def __call__(self, _=None) -> None:
         """One forward's products (call with single-thread BLAS)."""
-        futures = [self.pool.submit(self.run_bin, i) for i in range(1, len(self.bins))]
-        self.run_bin(0)
-        for future in futures:
-            future.result()
+        team.side_by_side([partial(self.run_bin, i) for i in range(len(self.bins))])
 
 
 def timings(repeats: int, model_name: str = "resnet50", images: int | None = None) -> dict:

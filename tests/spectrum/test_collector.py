@@ -472,8 +472,7 @@ def test_panel_products_equal_the_float64_reference(monkeypatch, dtype, layout, 
     torch.set_num_threads(threads)  # the autouse fixture restores one thread
     triangle = collector_module._Triangle(channels, dtype, torch.device("cpu"), threads)
     assert len(triangle.diagonal) == max(1, min(threads, channels // 8))
-    triangle.add_gram(matrix, 0.25)
-    triangle.add_gram(matrix[:, :5], 1.0)
+    triangle.add_grams([(matrix, 0.25), (matrix[:, :5], 1.0)])
     total = torch.zeros(channels, channels, dtype=torch.float64)
     triangle.add_to(total)
     got = collector_module._symmetric(total).numpy()

@@ -19,11 +19,9 @@ sketched instead of skipped (``sketch_rank``: :mod:`eigenarch.spectrum.sketch`).
 from __future__ import annotations
 
 import math
-import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import partial
@@ -47,6 +45,7 @@ from eigenarch.spectrum.functional import (
 )
 from eigenarch.spectrum.sketch import FrequentDirections
 from eigenarch.spectrum.spectra import Sketched, Spectra
+from eigenarch.spectrum.team import side_by_side
 
 #: Module types whose input and output maps are collected (and their subclasses).
 HOOKED_TYPES = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
@@ -77,10 +76,9 @@ class _Triangle:
     The panels have equal work (``bounds`` from :func:`_panel_bounds`). On the CPU a product
     is, per panel, one single-thread BLAS ``syrk`` of the diagonal block and one ``gemm`` of
     the right one: exactly half the work of a full product, the panels side by side on
-    worker threads (:mod:`eigenarch.spectrum.blas` releases the GIL; BLAS's own threads
-    and torch's OpenMP ones slow each other down several times when both busy-wait on the
-    same cores). On other devices one panel and full products (there, launches cost more
-    than flops).
+    torch's own threads (:mod:`eigenarch.spectrum.team`; BLAS's own threads and torch's
+    OpenMP ones slow each other down several times when both busy-wait on the same cores).
+    On other devices one panel and full products (there, launches cost more than flops).
     """
 
     def __init__(
@@ -101,24 +99,25 @@ class _Triangle:
     def device(self) -> torch.device:
         return self.diagonal[0].device
 
-    def add_gram(self, matrix: Tensor, alpha: float) -> None:
-        """``+= alpha * matrix @ matrix.T`` for a ``(C, K)`` matrix of any strides."""
-        if matrix.requires_grad:
-            matrix = matrix.detach()
-        if matrix.dtype != self.dtype:
-            matrix = matrix.to(self.dtype)
+    def add_grams(self, terms: Sequence[tuple[Tensor, float]]) -> None:
+        """``+= alpha * matrix @ matrix.T`` for every ``(matrix, alpha)`` of ``terms``, each
+        matrix ``(C, K)`` of any strides; on the CPU, one parallel region for them all."""
+        terms = [(self._operand(matrix), alpha) for matrix, alpha in terms]
         if self.device.type != "cpu":
-            self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
-        elif len(self.diagonal) == 1:
-            syrk(self.diagonal[0], matrix, alpha)
+            for matrix, alpha in terms:
+                self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
         else:
-            _side_by_side([partial(self._panel, i, matrix, alpha) for i in range(len(self.right))])
+            side_by_side([partial(self._panel, i, terms) for i in range(len(self.right))])
 
-    def _panel(self, i: int, matrix: Tensor, alpha: float) -> None:
+    def _operand(self, matrix: Tensor) -> Tensor:
+        return matrix.detach().to(self.dtype)
+
+    def _panel(self, i: int, terms: Sequence[tuple[Tensor, float]]) -> None:
         start, stop = self.bounds[i], self.bounds[i + 1]
-        syrk(self.diagonal[i], matrix[start:stop], alpha)
-        if stop < self.bounds[-1]:
-            gemm(self.right[i], matrix[start:stop], matrix[stop:], alpha)
+        for matrix, alpha in terms:
+            syrk(self.diagonal[i], matrix[start:stop], alpha)
+            if stop < self.bounds[-1]:
+                gemm(self.right[i], matrix[start:stop], matrix[stop:], alpha)
 
     def add_(self, other: _Triangle) -> None:
         """``+= other``, a triangle of the same ``bounds``."""
@@ -144,33 +143,6 @@ def _panel_bounds(channels: int, panels: int) -> list[int]:
     ``(C - r)^2 / 2`` entries, so panel ``i`` starts at ``C (1 - sqrt(1 - i / n))``."""
     n = max(1, min(panels, channels // MIN_PANEL))
     return [round(channels * (1 - math.sqrt(1 - i / n))) for i in range(n)] + [channels]
-
-
-_workers: ThreadPoolExecutor | None = None
-
-
-def _side_by_side(jobs: list[Callable[[], None]]) -> None:
-    """Run ``jobs`` on up to ``torch.get_num_threads()`` threads (this one among them)."""
-    global _workers
-    threads = min(len(jobs), torch.get_num_threads())
-    if threads == 1:
-        for job in jobs:
-            job()
-        return
-    if _workers is None or _workers._max_workers < threads - 1:
-        _workers = ThreadPoolExecutor(threads - 1, thread_name_prefix="eigenarch-syrk")
-    futures = [_workers.submit(job) for job in jobs[1:]]
-    jobs[0]()
-    for future in futures:
-        future.result()
-
-
-def _forget_workers() -> None:
-    global _workers
-    _workers = None  # a forked child has none of its parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_workers)
 
 
 @dataclass
@@ -682,30 +654,38 @@ def _multiply(
     out: _Triangle | FrequentDirections, tensor: Tensor, state: _Map, padding: _Padding | None
 ) -> int:
     """``out += sum_i 1/(W_i H_i) F_i F_i^T`` over the samples of ``tensor``; their number."""
+    samples, terms = _terms(tensor, state, padding)
+    if terms:
+        out.add_grams(terms)
+    return samples
+
+
+def _terms(
+    tensor: Tensor, state: _Map, padding: _Padding | None
+) -> tuple[int, list[tuple[Tensor, float]]]:
+    """The samples of ``tensor`` and the ``(C, K)`` matrices (with their weights) whose
+    products make up its sum."""
     if not state.spatial:  # a Linear's (..., C) input or output: every row is a sample
         rows = tensor.reshape(-1, tensor.shape[-1])
-        if rows.shape[0]:
-            out.add_gram(rows.T, 1.0)
-        return rows.shape[0]
+        return rows.shape[0], [(rows.T, 1.0)] if rows.shape[0] else []
     if tensor.dim() == 3:  # an unbatched (C, H, W) conv map
         tensor = tensor.unsqueeze(0)
     batch, channels, height, width = tensor.shape
     images = padding is None or batch == len(padding.sizes)
     if state.rows_only or not images:
         # RoI features (R, C, h, w): every row is a sample of weight 1 / (h w).
-        if batch:
-            out.add_gram(tensor.movedim(1, -1).reshape(-1, channels).T, 1.0 / (height * width))
-        return batch
+        rows = tensor.movedim(1, -1).reshape(-1, channels).T
+        return batch, [(rows, 1.0 / (height * width))] if batch else []
     if padding is None:  # whole images: one (C, H W) view each, one reshape for the batch
-        for image in tensor.reshape(batch, channels, height * width).unbind(0):
-            out.add_gram(image, 1.0 / (height * width))
-        return batch
+        views = tensor.reshape(batch, channels, height * width).unbind(0)
+        return batch, [(image, 1.0 / (height * width)) for image in views]
+    terms = []
     for i in range(batch):  # the valid, top-left region of image i
         image_h, image_w = padding.sizes[i]
         h = min(height, math.ceil(image_h * height / padding.height))
         w = min(width, math.ceil(image_w * width / padding.width))
-        out.add_gram(tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w))
-    return batch
+        terms.append((tensor[i, :, :h, :w].reshape(channels, h * w), 1.0 / (h * w)))
+    return batch, terms
 
 
 def _merged_sketch(state: _Map, device: torch.device, distributed: bool, count: float) -> Sketched:

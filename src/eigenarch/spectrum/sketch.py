@@ -12,7 +12,7 @@ the shrinkages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -58,6 +58,11 @@ class FrequentDirections:
         """Stream the ``K`` columns of the ``(C, K)`` ``matrix``, each weighted by ``alpha``
         (so the sketched ``B^T B`` approximates the sum of ``alpha * matrix @ matrix.T``)."""
         self.add_rows(matrix.detach().T, alpha)
+
+    def add_grams(self, terms: Sequence[tuple[Tensor, float]]) -> None:
+        """:meth:`add_gram` for every ``(matrix, alpha)`` of ``terms``."""
+        for matrix, alpha in terms:
+            self.add_gram(matrix, alpha)
 
     def add_rows(self, rows: Tensor, alpha: float = 1.0) -> None:
         """Stream the rows of ``rows`` ``(K, C)``, each scaled by ``sqrt(alpha)``."""
