@@ -3,7 +3,7 @@
 torch's intra-op threads are an OpenMP team which, after each op, busy-waits for the next one
 (libgomp spins up to ``GOMP_SPINCOUNT`` times before it sleeps). Jobs on threads of our own
 compete with those spinning threads for the cores: on 2 cores, the collector's products split
-over two Python threads made a forward 2.9x a plain one, against 2.2x in the team (BENCHMARKS.md).
+over two Python threads made a forward 2.9x a plain one, 2.1-2.4x in the team (BENCHMARKS.md).
 So the jobs run as one OpenMP parallel region of the runtime torch uses (``GOMP_parallel``,
 which libgomp, LLVM's libomp and Intel's libiomp5 all export), entered through ``ctypes``
 (which releases the GIL): every thread of the team runs a Python callback that takes its share
