@@ -102,15 +102,12 @@ class _Triangle:
     def add_grams(self, terms: Sequence[tuple[Tensor, float]]) -> None:
         """``+= alpha * matrix @ matrix.T`` for every ``(matrix, alpha)`` of ``terms``, each
         matrix ``(C, K)`` of any strides; on the CPU, one parallel region for them all."""
-        terms = [(self._operand(matrix), alpha) for matrix, alpha in terms]
+        terms = [(matrix.detach().to(self.dtype), alpha) for matrix, alpha in terms]
         if self.device.type != "cpu":
             for matrix, alpha in terms:
                 self.diagonal[0].addmm_(matrix, matrix.T, alpha=alpha)
         else:
             side_by_side([partial(self._panel, i, terms) for i in range(len(self.right))])
-
-    def _operand(self, matrix: Tensor) -> Tensor:
-        return matrix.detach().to(self.dtype)
 
     def _panel(self, i: int, terms: Sequence[tuple[Tensor, float]]) -> None:
         start, stop = self.bounds[i], self.bounds[i + 1]

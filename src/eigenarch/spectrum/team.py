@@ -87,11 +87,10 @@ def _share(jobs: Sequence[Job], index: int, threads: int) -> None:
 
 @cache
 def _runtime() -> _Runtime | None:
-    """torch's OpenMP runtime (the one under torch's folder, else the only one loaded), if
-    torch runs its ops on OpenMP and the runtime exports ``GOMP_parallel``."""
+    """torch's OpenMP runtime (loaded with torch: the one under torch's folder, else the only
+    one loaded), if torch runs its ops on OpenMP and the runtime exports ``GOMP_parallel``."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
-    torch.zeros(1).add_(1)  # torch's runtime is loaded by now
     found = [lib["filepath"] for lib in threadpool_info() if lib["user_api"] == "openmp"]
     ours = [path for path in found if path.startswith(os.path.dirname(torch.__file__))]
     paths = ours or found
