@@ -414,7 +414,7 @@ def fault_rows(work: Path, data: Path, cls: Path) -> list[list[str]]:
                 "--workers", "0", "--out", full / "s.safetensors"]  # fmt: skip
     assert measured(spectrum)[0] == 0
     fill(full, 60_000)
-    case("full disk: spectrum (over an earlier one)", [*spectrum, "--seed", "1"], full)
+    case("full disk: spectrum (over an earlier one)", [*spectrum, "--seed", "1", "--force"], full)
     case("full disk: dynamics (new spectra)", ["dynamics", "--run", full / "run", "--images",
                                                "1", "--workers", "0"], full)  # fmt: skip
     case("full disk: report", ["report", full / "run", "--out", full / "report"], full)

@@ -119,8 +119,8 @@ def test_a_full_disk_keeps_the_previous_spectra(small_disk, run_cli, shapes_root
     assert run_cli(*spectrum).code == 0
     before = _files(disk)
     small_disk.fill(disk, leave=4096)
-    assert _error(run_cli(*spectrum, "--seed", "1")).startswith(f"{out}")
-    assert FULL in _error(run_cli(*spectrum, "--seed", "1"))
+    assert _error(run_cli(*spectrum, "--seed", "1", "--force")).startswith(f"{out}")
+    assert FULL in _error(run_cli(*spectrum, "--seed", "1", "--force"))
     (disk / "filler").unlink()
     assert _files(disk) == before
     _no_temps(disk)

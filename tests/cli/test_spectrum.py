@@ -69,6 +69,19 @@ def test_same_seed_same_file(run_cli, shapes, tmp_path):
     assert sidecars[0] == sidecars[1].replace(str(tmp_path / "b"), str(tmp_path / "a"))
 
 
+def test_an_earlier_spectra_file_is_kept_unless_force(run_cli, shapes, tmp_path):
+    out, args = tmp_path / "r18.safetensors", ("--model", "resnet18", "--include", "fc:*")
+    assert collect(run_cli, shapes, out, *args).code == 0
+    earlier = out.read_bytes(), out.with_name("r18.safetensors.json").read_bytes()
+    r = collect(run_cli, shapes, out, *args, "--seed", "1")
+    assert r.code == 2 and r.stderr.strip().splitlines() == [
+        f"error: {out}: exists (an earlier run's spectra); pass --force to overwrite it"
+    ]
+    assert (out.read_bytes(), out.with_name("r18.safetensors.json").read_bytes()) == earlier
+    assert collect(run_cli, shapes, out, *args, "--seed", "1", "--force").code == 0
+    assert Spectra.load(out).meta["seed"] == 1
+
+
 def test_detector_with_random_weights(run_cli, shapes, tmp_path):
     out = tmp_path / "frcnn.safetensors"
     r = collect(run_cli, shapes, out, "--model", "fasterrcnn_resnet50_fpn", "--min-size", "64",
@@ -245,7 +258,7 @@ def test_a_full_disk_at_the_end_keeps_the_previous_spectra(run_cli, shapes, tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("pathlib.Path.write_bytes", full)
-    r = collect(run_cli, shapes, out, *args, "--seed", "1")
+    r = collect(run_cli, shapes, out, *args, "--seed", "1", "--force")
     last = r.stderr.strip().splitlines()[-1]
     assert (
         r.code == 2

@@ -288,7 +288,8 @@ def test_spectrum_of_a_timm_classifier_with_the_users_weights_then_search(
     other = users_weights("mobilenetv3_small_075")
     save_file(other, tmp_path / "other.safetensors")
     r = run_cli("spectrum", "--model", f"timm:{SMALL}", "--weights", tmp_path / "other.safetensors",
-                "--data", shapes_root, "--images", "2", "--workers", "0", "--out", out)  # fmt: skip
+                "--data", shapes_root, "--images", "2", "--workers", "0", "--out",
+                tmp_path / "other-spectra.safetensors")  # fmt: skip
     key = first_misfit(other, users_weights())
     assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
     assert f"weights do not fit the timm:{SMALL}: {key} has shape" in r.stderr

@@ -90,6 +90,7 @@ def collect(
     device: Device = None,
     workers: Workers = 2,
     as_json: AsJson = False,
+    force: bool = typer.Option(False, help="Overwrite --out if it exists."),
 ) -> None:
     """Collect eigenspectra: random images of a data set through a model, every map hooked.
 
@@ -106,7 +107,7 @@ def collect(
                               seed=seed, batch_size=batch_size, include=comma_list(include),
                               sides=parse_sides(sides), max_channels=max_channels,
                               sketch_rank=sketch_rank, min_size=min_size, device=device,
-                              workers=workers)  # fmt: skip
+                              workers=workers, force=force)  # fmt: skip
     if is_main():
         _report(spectra, cut, as_json)
         console.print(f"wrote {out} ({len(spectra.names)} maps, {spectra.meta['images']} images)",

@@ -324,12 +324,14 @@ def collect_spectra(
     min_size: int | None = None,
     device: str | None = None,
     workers: int = 2,
+    force: bool = False,
 ) -> Spectra:
     """``eigenarch spectrum``: the spectra of ``model`` (see :func:`build_model`) over
     ``images`` images of ``data``'s ``split`` drawn with ``seed``, written to ``out`` (and its
     sidecar) by rank 0. Under ``torchrun``, join the process group first
     (:func:`eigenarch.distributed.init_distributed`): each process takes its share of the
-    images. Every input and the writability of ``out`` are checked before the data pass.
+    images. Every input and the writability of ``out`` are checked before the data pass; an
+    existing ``out`` (an earlier run's spectra) is refused unless ``force``.
     """
     if images < 1 or batch_size < 1:
         raise EigenarchError(f"--images {images} / --batch-size {batch_size}: expected >= 1")
@@ -338,6 +340,9 @@ def collect_spectra(
     check_writable(out)  # a folder or a read-only place fails now, not after the data pass
     # a second process given the same --out is refused while this one works (rank 0 holds)
     with output_lock(out, folder=False) if dist_rank() == 0 else nullcontext():
+        if Path(out).exists() and not force:
+            raise EigenarchError(f"{out}: exists (an earlier run's spectra); pass --force to "
+                                 f"overwrite it")  # fmt: skip
         device = parse_device(device)
         dataset = CocoDetection.from_root(data, split=split, masks=False)
         if len(dataset) == 0:
